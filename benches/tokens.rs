@@ -1,0 +1,2 @@
+//! Visual-token pruning benches (work in progress).
+fn main() {}

@@ -1,0 +1,229 @@
+//! `dprune filter`: flags → [`FilterConfig`] → [`run_filter`].
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{ArgGroup, Args};
+use dprune::cluster::kmeans::{DEFAULT_MAX_ITERS, DEFAULT_TOLERANCE};
+use dprune::cluster::{Distance, KMeansParams};
+use dprune::pipeline::filter::{Balance, DEFAULT_BATCH_ROWS};
+use dprune::pipeline::{EmbeddingSpec, FilterConfig, FilterParams, OutputSpec, run_filter};
+use dprune::score::Metric;
+use dprune::select::{Budget, Keep};
+
+use crate::cli::progress::Bars;
+
+const EXAMPLES: &str = "\
+Examples:
+  # keep the 30% least prototypical rows of every shard (embedding column auto-detected)
+  dprune filter --keep 0.3 'laion/*.parquet' -o pruned/
+
+  # LAION-style .npy sidecars, 500 clusters, save the centroids for later runs
+  dprune filter --keep 0.3 --embeddings 'img_emb/*.npy' --k 500 \\
+      --save-centroids centroids.npy 'laion/*.parquet' -o pruned/
+
+  # scarce data: keep the most prototypical rows, same fraction in every cluster
+  dprune filter --keep 0.5 --keep-easy --balance clusters data.parquet -o out/
+
+  # random baseline, scores table only, see the plan first
+  dprune filter --keep 0.3 --metric random --dry-run 'shards/*.parquet' -o out/
+  dprune filter --keep 0.3 --scores-only 'shards/*.parquet' -o scores/
+
+Outputs: one pruned Parquet file per input (same name, schema and row order),
+_dprune_report.json and _dprune_report.png in the output folder.";
+
+/// Flags of `dprune filter`.
+#[derive(Debug, Args)]
+#[command(after_help = EXAMPLES, group(ArgGroup::new("budget").args(["keep", "keep_n"])),
+          group(ArgGroup::new("emb").args(["embedding_col", "embeddings"])))]
+pub struct FilterArgs {
+    /// Parquet files or quoted globs ('dir/*.parquet'), read in the order given.
+    #[arg(required = true, value_name = "INPUT")]
+    inputs: Vec<String>,
+
+    /// Output folder (created if missing; must be empty unless --overwrite).
+    #[arg(short, long, value_name = "DIR")]
+    output: PathBuf,
+
+    /// Fraction of rows to keep, in (0, 1]: exactly floor(F·N) rows [default: 0.5].
+    #[arg(long, value_name = "F", allow_negative_numbers = true)]
+    keep: Option<f64>,
+
+    /// Number of rows to keep (instead of --keep).
+    #[arg(long, value_name = "N")]
+    keep_n: Option<u64>,
+
+    /// Score: proto (1 − cos to the nearest k-means centroid) or random.
+    #[arg(long, default_value = "proto", value_name = "METRIC")]
+    metric: String,
+
+    /// Keep the most prototypical rows instead of the hardest (for scarce data).
+    #[arg(long)]
+    keep_easy: bool,
+
+    /// Spread the budget: none (one global ranking) or clusters (same fraction per cluster).
+    #[arg(long, default_value = "none", value_name = "HOW")]
+    balance: String,
+
+    /// Embedding column [default: the only list-of-floats column; among several, the one
+    /// named embedding, emb, clip_emb, img_emb, image_embedding or text_embedding].
+    #[arg(long, value_name = "NAME")]
+    embedding_col: Option<String>,
+
+    /// LAION-style .npy sidecars, one per shard in sorted order (paths or a quoted glob).
+    #[arg(long, value_name = "GLOB", num_args = 1..)]
+    embeddings: Option<Vec<String>>,
+
+    /// Number of clusters [default: floor(sqrt(N)), at most 1000].
+    #[arg(long, value_name = "K")]
+    k: Option<usize>,
+
+    /// k-means training rows [default: 256 per cluster, like faiss].
+    #[arg(long, value_name = "ROWS")]
+    sample: Option<u64>,
+
+    /// k-means distance: cosine (spherical) or l2.
+    #[arg(long, default_value = "cosine", value_name = "D")]
+    distance: String,
+
+    /// Maximum Lloyd iterations.
+    #[arg(long, default_value_t = DEFAULT_MAX_ITERS, value_name = "N")]
+    max_iters: usize,
+
+    /// Stop when the inertia improves by less than this fraction (0: run all iterations).
+    #[arg(long, default_value_t = DEFAULT_TOLERANCE, value_name = "T")]
+    tolerance: f64,
+
+    /// Use these centroids (.npy, k × dim) instead of fitting k-means.
+    #[arg(long, value_name = "FILE")]
+    centroids: Option<PathBuf>,
+
+    /// Save the fitted centroids (.npy, k × dim float32).
+    #[arg(long, value_name = "FILE")]
+    save_centroids: Option<PathBuf>,
+
+    /// Seed of every random choice.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+
+    /// Exclude rows whose embedding is null, NaN/inf or all zeros (counted in the report).
+    #[arg(long)]
+    drop_invalid: bool,
+
+    /// Append dprune_cluster and dprune_score columns to the pruned shards.
+    #[arg(long)]
+    with_scores: bool,
+
+    /// Write one table (file, row, cluster, score, kept) instead of pruned shards.
+    #[arg(long)]
+    scores_only: bool,
+
+    /// Compute everything, print the report as JSON, write nothing.
+    #[arg(long)]
+    dry_run: bool,
+
+    /// Replace files in a non-empty output folder.
+    #[arg(long)]
+    overwrite: bool,
+
+    /// Skip the PNG plot.
+    #[arg(long)]
+    no_plot: bool,
+
+    /// Worker threads [default: all cores].
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+
+    /// Rows per batch (results do not depend on it).
+    #[arg(long, default_value_t = DEFAULT_BATCH_ROWS, value_name = "ROWS")]
+    batch_rows: usize,
+
+    /// No progress bars or summary (warnings and errors still print).
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+impl FilterArgs {
+    fn config(&self) -> anyhow::Result<FilterConfig> {
+        let keep = match (self.keep, self.keep_n) {
+            (_, Some(n)) => Budget::Count(n),
+            (Some(f), None) => Budget::Fraction(f),
+            (None, None) => Budget::default(),
+        };
+        let embeddings = match (&self.embedding_col, &self.embeddings) {
+            (Some(c), _) => EmbeddingSpec::Column(c.clone()),
+            (None, Some(g)) => EmbeddingSpec::Sidecars(g.clone()),
+            (None, None) => EmbeddingSpec::Auto,
+        };
+        let params = FilterParams {
+            keep,
+            metric: self.metric.parse::<Metric>()?,
+            prefer: if self.keep_easy { Keep::Easy } else { Keep::Hard },
+            balance: self.balance.parse::<Balance>()?,
+            kmeans: KMeansParams {
+                k: self.k,
+                distance: self.distance.parse::<Distance>()?,
+                max_iters: self.max_iters,
+                tolerance: self.tolerance,
+                sample: self.sample,
+                seed: self.seed,
+            },
+            centroids: self.centroids.clone(),
+            seed: self.seed,
+            drop_invalid: self.drop_invalid,
+            batch_rows: self.batch_rows,
+        };
+        let output = OutputSpec {
+            dir: self.output.clone(),
+            overwrite: self.overwrite,
+            dry_run: self.dry_run,
+            with_scores: self.with_scores,
+            scores_only: self.scores_only,
+            save_centroids: self.save_centroids.clone(),
+            no_plot: self.no_plot,
+        };
+        Ok(FilterConfig {
+            inputs: self.inputs.clone(),
+            embeddings,
+            params,
+            output,
+        })
+    }
+}
+
+/// Runs `dprune filter`.
+pub fn run(args: FilterArgs) -> anyhow::Result<()> {
+    if let Some(t) = args.threads {
+        anyhow::ensure!(t >= 1, "invalid --threads: must be at least 1");
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build_global()
+            .context("starting the thread pool")?;
+    }
+    let cfg = args.config()?;
+    let bars = Bars::new(args.quiet);
+    let report = run_filter(&cfg, &bars)?;
+    if cfg.output.dry_run {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        if !args.quiet {
+            eprintln!(
+                "dry run: would keep {} of {} rows ({:.1}%) from {} file(s); nothing written",
+                report.n_kept,
+                report.n_rows,
+                100.0 * report.n_kept as f64 / report.n_rows as f64,
+                report.inputs.len()
+            );
+        }
+    } else if !args.quiet {
+        eprintln!(
+            "kept {} of {} rows ({:.1}%) in {:.1}s -> {} (report: {})",
+            report.n_kept,
+            report.n_rows,
+            100.0 * report.n_kept as f64 / report.n_rows as f64,
+            report.timings_s.get("total").copied().unwrap_or_default(),
+            cfg.output.dir.display(),
+            cfg.output.dir.join(dprune::pipeline::report::REPORT_JSON).display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,743 @@
+//! k-means with k-means++ initialisation and Lloyd iterations, spherical
+//! (cosine) by default, Euclidean on request.
+//!
+//! * Spherical k-means (Dhillon & Modha 2001): rows and centroids are unit
+//!   vectors, a row goes to the centroid of largest dot product, and a new
+//!   centroid is the normalised mean of its rows — what faiss does with
+//!   `spherical=True` and what SemDeDup/SSP pruning uses.
+//! * Euclidean k-means: nearest centroid by ‖x‖² − 2x·c + ‖c‖², centroid =
+//!   mean.
+//! * Initialisation: k-means++ (Arthur & Vassilvitskii 2007) on a seeded
+//!   sub-sample of [`INIT_POINTS_PER_CENTROID`] points per centroid, because
+//!   exact k-means++ costs one full pass over the data per centroid.
+//! * Distances for a block of rows against all centroids are one GEMM
+//!   ([`crate::distance::dot_batch`]); work is split into fixed-size row
+//!   chunks and every reduction is summed in chunk order, so results do not
+//!   depend on the number of threads.
+//! * Empty clusters are re-seeded by splitting the largest cluster (faiss's
+//!   rule: the two halves move apart by a relative 1/1024 per coordinate).
+
+use std::fmt;
+use std::str::FromStr;
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::distance::{dot_batch, l2_squared, norm2, normalize};
+use crate::rng::Rng;
+use crate::{Error, Result};
+
+/// Lloyd iterations at most, unless converged earlier.
+pub const DEFAULT_MAX_ITERS: usize = 25;
+/// Stop when the relative decrease of the inertia falls to this or below.
+pub const DEFAULT_TOLERANCE: f64 = 1e-4;
+/// Training rows per centroid when no sample size is given (faiss's
+/// `max_points_per_centroid`).
+pub const DEFAULT_POINTS_PER_CENTROID: u64 = 256;
+/// Rows per centroid in the k-means++ sub-sample.
+pub const INIT_POINTS_PER_CENTROID: usize = 16;
+/// The largest k chosen automatically (larger k must be asked for).
+pub const MAX_AUTO_K: usize = 1000;
+
+/// Rows per parallel task: fixed, so sums have a fixed order.
+const CHUNK_ROWS: usize = 256;
+/// Centroids per GEMM tile: bounds scratch memory for very large k.
+const TILE_K: usize = 1024;
+/// Relative perturbation when splitting a cluster to fill an empty one.
+const SPLIT_EPS: f32 = 1.0 / 1024.0;
+
+/// The k used when none is given: ⌊√N⌋, clamped to `1..=`[`MAX_AUTO_K`].
+///
+/// √N keeps both the number of clusters and their mean size growing with
+/// the data; the cap keeps assignment cheap (N·k·d) and is near the values
+/// the literature found best for SSP/DBP on ImageNet-to-DataComp scale.
+pub fn default_k(n: u64) -> usize {
+    ((n as f64).sqrt().floor() as usize).clamp(1, MAX_AUTO_K)
+}
+
+/// How rows are compared with centroids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Distance {
+    /// Spherical k-means on L2-normalised rows: nearest = largest cosine.
+    #[default]
+    Cosine,
+    /// Euclidean k-means on raw rows: nearest = smallest squared distance.
+    L2,
+}
+
+impl fmt::Display for Distance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Distance::Cosine => "cosine",
+            Distance::L2 => "l2",
+        })
+    }
+}
+
+impl FromStr for Distance {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "cosine" | "spherical" => Ok(Distance::Cosine),
+            "l2" | "euclidean" => Ok(Distance::L2),
+            _ => Err(Error::param("--distance", format!("`{s}`: expected cosine or l2"))),
+        }
+    }
+}
+
+/// Parameters of a k-means fit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KMeansParams {
+    /// Number of clusters; `None` picks [`default_k`] of the row count.
+    pub k: Option<usize>,
+    /// How rows are compared with centroids; defaults to [`Distance::Cosine`].
+    pub distance: Distance,
+    /// Lloyd iterations at most; defaults to [`DEFAULT_MAX_ITERS`].
+    pub max_iters: usize,
+    /// Relative inertia decrease that counts as converged; defaults to
+    /// [`DEFAULT_TOLERANCE`]. 0 runs exactly `max_iters` iterations.
+    pub tolerance: f64,
+    /// Training rows; `None` = [`DEFAULT_POINTS_PER_CENTROID`] per centroid.
+    pub sample: Option<u64>,
+    /// Seed of the sample and of the initialisation.
+    #[serde(skip)]
+    pub seed: u64,
+}
+
+impl Default for KMeansParams {
+    fn default() -> Self {
+        KMeansParams {
+            k: None,
+            distance: Distance::default(),
+            max_iters: DEFAULT_MAX_ITERS,
+            tolerance: DEFAULT_TOLERANCE,
+            sample: None,
+            seed: 0,
+        }
+    }
+}
+
+impl KMeansParams {
+    /// Sets `k`.
+    pub fn with_k(mut self, k: usize) -> Self {
+        self.k = Some(k);
+        self
+    }
+
+    /// Sets the distance.
+    pub fn with_distance(mut self, d: Distance) -> Self {
+        self.distance = d;
+        self
+    }
+
+    /// Sets the seed.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Checks ranges that do not depend on the data.
+    pub fn validate(&self) -> Result<()> {
+        if self.k == Some(0) {
+            return Err(Error::param("--k", "must be at least 1"));
+        }
+        if self.max_iters == 0 {
+            return Err(Error::param("--max-iters", "must be at least 1"));
+        }
+        if !(self.tolerance >= 0.0 && self.tolerance.is_finite()) {
+            return Err(Error::param(
+                "--tolerance",
+                format!("{} is not a finite number >= 0", self.tolerance),
+            ));
+        }
+        if self.sample == Some(0) {
+            return Err(Error::param("--sample", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The k for `n` rows.
+    pub fn resolve_k(&self, n: u64) -> usize {
+        self.k.unwrap_or_else(|| default_k(n))
+    }
+
+    /// The number of training rows for `n` rows and `k` clusters.
+    pub fn resolve_sample(&self, n: u64, k: usize) -> u64 {
+        self.sample
+            .unwrap_or(DEFAULT_POINTS_PER_CENTROID.saturating_mul(k as u64))
+            .min(n)
+    }
+}
+
+/// A set of centroids, ready for nearest-centroid search.
+#[derive(Debug, Clone)]
+pub struct Centroids {
+    data: Vec<f32>,
+    norms2: Vec<f32>,
+    k: usize,
+    dim: usize,
+    distance: Distance,
+}
+
+impl Centroids {
+    /// Wraps `k × dim` row-major centroids. With [`Distance::Cosine`] they
+    /// are L2-normalised here, so unnormalised centroids (from Euclidean
+    /// k-means, cuML, ...) still give true cosines.
+    pub fn try_new(mut data: Vec<f32>, dim: usize, distance: Distance) -> Result<Self> {
+        if dim == 0 || data.is_empty() || !data.len().is_multiple_of(dim) {
+            return Err(Error::Shape {
+                op: "centroids",
+                expected: "k x dim with k, dim >= 1".into(),
+                got: format!("{} values for dim {dim}", data.len()),
+            });
+        }
+        let k = data.len() / dim;
+        for (j, c) in data.chunks_exact_mut(dim).enumerate() {
+            if c.iter().any(|v| !v.is_finite()) {
+                return Err(Error::param("centroids", format!("centroid {j} is not finite")));
+            }
+            if distance == Distance::Cosine {
+                let n2 = norm2(c);
+                if n2 == 0.0 {
+                    return Err(Error::param("centroids", format!("centroid {j} is all zeros")));
+                }
+                // Already unit up to rounding (e.g. saved by an earlier run): keep the
+                // exact values, so reloaded centroids reproduce the same scores.
+                if (n2 - 1.0).abs() > 4.0 * f32::EPSILON {
+                    normalize(c);
+                }
+            }
+        }
+        let norms2 = data.chunks_exact(dim).map(norm2).collect();
+        Ok(Centroids {
+            data,
+            norms2,
+            k,
+            dim,
+            distance,
+        })
+    }
+
+    /// Number of centroids.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Dimension.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// The distance used for search.
+    pub fn distance(&self) -> Distance {
+        self.distance
+    }
+
+    /// The centroids, row-major `k × dim`.
+    pub fn as_slice(&self) -> &[f32] {
+        &self.data
+    }
+
+    /// Centroid `j`.
+    pub fn row(&self, j: usize) -> &[f32] {
+        &self.data[j * self.dim..(j + 1) * self.dim]
+    }
+
+    /// For every row of `rows` (row-major, `dim` columns): the nearest
+    /// centroid into `labels` and the row's dot product with it into
+    /// `dots`. Ties go to the lower centroid index. Parallel over fixed
+    /// chunks of rows, so the result does not depend on the thread count.
+    ///
+    /// # Panics
+    /// If the lengths of `rows`, `labels` and `dots` disagree.
+    pub fn nearest(&self, rows: &[f32], labels: &mut [u32], dots: &mut [f32]) {
+        let n = rows.len() / self.dim;
+        assert_eq!(rows.len(), n * self.dim, "nearest: rows not a multiple of dim");
+        assert_eq!(labels.len(), n, "nearest: labels length");
+        assert_eq!(dots.len(), n, "nearest: dots length");
+        rows.par_chunks(CHUNK_ROWS * self.dim)
+            .zip(labels.par_chunks_mut(CHUNK_ROWS))
+            .zip(dots.par_chunks_mut(CHUNK_ROWS))
+            .for_each_init(Vec::new, |scratch, ((x, l), d)| self.nearest_chunk(x, l, d, scratch));
+    }
+
+    /// Single-threaded nearest search for one chunk, tiling the centroids.
+    fn nearest_chunk(&self, x: &[f32], labels: &mut [u32], dots: &mut [f32], scratch: &mut Vec<f32>) {
+        let m = labels.len();
+        let mut best = vec![f32::NEG_INFINITY; m];
+        for t0 in (0..self.k).step_by(TILE_K) {
+            let t1 = (t0 + TILE_K).min(self.k);
+            let kt = t1 - t0;
+            scratch.resize(m * kt, 0.0);
+            dot_batch(x, &self.data[t0 * self.dim..t1 * self.dim], self.dim, scratch);
+            for i in 0..m {
+                let row = &scratch[i * kt..(i + 1) * kt];
+                let (mut bj, mut bv, mut bd) = (labels[i], best[i], dots[i]);
+                match self.distance {
+                    Distance::Cosine => {
+                        for (j, &v) in row.iter().enumerate() {
+                            if v > bv {
+                                (bj, bv, bd) = ((t0 + j) as u32, v, v);
+                            }
+                        }
+                    }
+                    Distance::L2 => {
+                        // argmin ‖c‖² − 2x·c  ==  argmax 2x·c − ‖c‖²
+                        for (j, &v) in row.iter().enumerate() {
+                            let s = 2.0 * v - self.norms2[t0 + j];
+                            if s > bv {
+                                (bj, bv, bd) = ((t0 + j) as u32, s, v);
+                            }
+                        }
+                    }
+                }
+                if t0 == 0 && bv == f32::NEG_INFINITY {
+                    // All NaN (cannot happen for validated rows): pick 0 deterministically.
+                    (bj, bd) = (0, f32::NAN);
+                }
+                labels[i] = bj;
+                best[i] = bv;
+                dots[i] = bd;
+            }
+        }
+    }
+
+    /// Squared Euclidean distance of a row to centroid `j` from their dot
+    /// product (clamped at 0 against rounding).
+    #[inline]
+    pub fn sq_dist_from_dot(&self, row_norm2: f32, j: usize, dot: f32) -> f32 {
+        (row_norm2 - 2.0 * dot + self.norms2[j]).max(0.0)
+    }
+}
+
+/// One Lloyd iteration's numbers, passed to progress callbacks.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct IterationStats {
+    /// 1-based iteration number.
+    pub iteration: usize,
+    /// Sum of squared distances of training rows to their centroid.
+    pub inertia: f64,
+    /// Rows whose cluster changed since the previous iteration.
+    pub changed: u64,
+}
+
+/// A fitted k-means model.
+#[derive(Debug, Clone)]
+pub struct KMeans {
+    /// The centroids.
+    pub centroids: Centroids,
+    /// Lloyd iterations run.
+    pub iterations: usize,
+    /// Inertia (sum of squared L2 distances; for unit rows 2 − 2·cos) at
+    /// every iteration.
+    pub inertia_history: Vec<f64>,
+    /// Whether the tolerance was reached before `max_iters`.
+    pub converged: bool,
+    /// Empty clusters re-seeded by splitting a large one.
+    pub reseeded: usize,
+    /// Training rows used.
+    pub train_rows: usize,
+}
+
+impl KMeans {
+    /// Fits `k` centroids to `data` (`n × dim`, row-major). With
+    /// [`Distance::Cosine`] the rows must already be unit vectors.
+    /// `on_iter` is called after every iteration (progress reporting).
+    pub fn fit(
+        data: &[f32],
+        dim: usize,
+        params: &KMeansParams,
+        on_iter: &mut dyn FnMut(IterationStats),
+    ) -> Result<Self> {
+        params.validate()?;
+        if dim == 0 || !data.len().is_multiple_of(dim) {
+            return Err(Error::Shape {
+                op: "k-means",
+                expected: format!("n x {dim}"),
+                got: format!("{} values", data.len()),
+            });
+        }
+        let n = data.len() / dim;
+        let k = params.resolve_k(n as u64);
+        if n < k {
+            return Err(Error::param(
+                "--k",
+                format!("cannot train {k} centroids with {n} rows; choose a smaller --k (at most {n})"),
+            ));
+        }
+        let init = kmeans_pp(data, dim, k, params.seed);
+        let mut centroids = Centroids::try_new(init, dim, params.distance)?;
+        let mut labels = vec![u32::MAX; n];
+        let mut new_labels = vec![0u32; n];
+        let mut dots = vec![0f32; n];
+        let row_norms: Vec<f32> = match params.distance {
+            Distance::Cosine => Vec::new(),
+            Distance::L2 => data.par_chunks(dim).map(norm2).collect(),
+        };
+        let mut history = Vec::new();
+        let mut converged = false;
+        let mut reseeded = 0;
+        for it in 0..params.max_iters {
+            centroids.nearest(data, &mut new_labels, &mut dots);
+            let inertia = inertia(&centroids, &row_norms, &new_labels, &dots);
+            let changed = labels.iter().zip(&new_labels).filter(|(a, b)| a != b).count() as u64;
+            std::mem::swap(&mut labels, &mut new_labels);
+            history.push(inertia);
+            on_iter(IterationStats {
+                iteration: it + 1,
+                inertia,
+                changed,
+            });
+            if changed == 0 {
+                converged = true;
+                break;
+            }
+            if it > 0 {
+                let prev = history[it - 1];
+                if prev - inertia <= params.tolerance * prev {
+                    converged = params.tolerance > 0.0;
+                    if converged {
+                        break;
+                    }
+                }
+            }
+            if it + 1 == params.max_iters {
+                break; // keep the centroids the final labels were computed with
+            }
+            let (next, filled) = update(data, dim, k, &labels, &centroids, params)?;
+            reseeded += filled;
+            centroids = next;
+        }
+        Ok(KMeans {
+            centroids,
+            iterations: history.len(),
+            inertia_history: history,
+            converged,
+            reseeded,
+            train_rows: n,
+        })
+    }
+
+    /// The final inertia.
+    pub fn inertia(&self) -> f64 {
+        self.inertia_history.last().copied().unwrap_or(f64::NAN)
+    }
+}
+
+/// Sum of squared distances, summed per fixed chunk then in chunk order.
+fn inertia(c: &Centroids, row_norms: &[f32], labels: &[u32], dots: &[f32]) -> f64 {
+    let parts: Vec<f64> = labels
+        .par_chunks(CHUNK_ROWS)
+        .zip(dots.par_chunks(CHUNK_ROWS))
+        .enumerate()
+        .map(|(ci, (l, d))| {
+            let mut s = 0f64;
+            for (i, (&j, &dot)) in l.iter().zip(d).enumerate() {
+                let v = match c.distance {
+                    Distance::Cosine => (2.0 - 2.0 * dot).max(0.0),
+                    Distance::L2 => c.sq_dist_from_dot(row_norms[ci * CHUNK_ROWS + i], j as usize, dot),
+                };
+                s += v as f64;
+            }
+            s
+        })
+        .collect();
+    parts.iter().sum()
+}
+
+/// New centroids from labels: per-cluster sums over rows in ascending
+/// order (f64 accumulators), then mean (L2) or normalised mean (cosine);
+/// empty clusters are filled by splitting the largest.
+fn update(
+    data: &[f32],
+    dim: usize,
+    k: usize,
+    labels: &[u32],
+    old: &Centroids,
+    params: &KMeansParams,
+) -> Result<(Centroids, usize)> {
+    // Counting sort of row indices by cluster (stable: ascending rows).
+    let mut counts = vec![0usize; k];
+    for &l in labels {
+        counts[l as usize] += 1;
+    }
+    let mut starts = vec![0usize; k + 1];
+    for j in 0..k {
+        starts[j + 1] = starts[j] + counts[j];
+    }
+    let mut order = vec![0u32; labels.len()];
+    let mut fill = starts.clone();
+    for (i, &l) in labels.iter().enumerate() {
+        order[fill[l as usize]] = i as u32;
+        fill[l as usize] += 1;
+    }
+    let mut next = vec![0f32; k * dim];
+    next.par_chunks_mut(dim).enumerate().for_each(|(j, c)| {
+        let members = &order[starts[j]..starts[j + 1]];
+        if members.is_empty() {
+            c.copy_from_slice(old.row(j));
+            return;
+        }
+        let mut acc = vec![0f64; dim];
+        for &i in members {
+            let x = &data[i as usize * dim..(i as usize + 1) * dim];
+            for (a, &v) in acc.iter_mut().zip(x) {
+                *a += v as f64;
+            }
+        }
+        let inv = 1.0 / members.len() as f64;
+        for (o, a) in c.iter_mut().zip(&acc) {
+            *o = (a * inv) as f32;
+        }
+    });
+    // Empty clusters: split the currently largest one (ties: lowest index).
+    let mut filled = 0;
+    let mut sizes = counts.clone();
+    for j in 0..k {
+        if counts[j] != 0 {
+            continue;
+        }
+        let big = (0..k)
+            .max_by(|&a, &b| sizes[a].cmp(&sizes[b]).then(b.cmp(&a)))
+            .expect("k >= 1");
+        let mut rng = Rng::for_stream(params.seed, split_stream(j));
+        for d in 0..dim {
+            let s = if rng.next_u64() & 1 == 0 { SPLIT_EPS } else { -SPLIT_EPS };
+            let v = next[big * dim + d];
+            next[j * dim + d] = v * (1.0 + s);
+            next[big * dim + d] = v * (1.0 - s);
+        }
+        sizes[j] = sizes[big] / 2;
+        sizes[big] -= sizes[j];
+        filled += 1;
+    }
+    if params.distance == Distance::Cosine {
+        for c in next.chunks_exact_mut(dim) {
+            if normalize(c) == 0.0 {
+                c[0] = 1.0; // a mean of unit vectors that cancels out exactly: any unit vector will do
+            }
+        }
+    }
+    Ok((Centroids::try_new(next, dim, params.distance)?, filled))
+}
+
+/// RNG stream for the split that fills empty cluster `j` (streams 0 and 1
+/// are used by sampling and initialisation).
+#[inline]
+fn split_stream(j: usize) -> u64 {
+    1000 + j as u64
+}
+
+/// k-means++ seeding on a seeded sub-sample of at most
+/// [`INIT_POINTS_PER_CENTROID`]·k rows. Returns `k × dim` initial centroids.
+fn kmeans_pp(data: &[f32], dim: usize, k: usize, seed: u64) -> Vec<f32> {
+    let n = data.len() / dim;
+    let mut rng = Rng::for_stream(seed, 1);
+    let m = (k * INIT_POINTS_PER_CENTROID).min(n);
+    let idx = rng.sample_indices(n as u64, m as u64);
+    let pts: Vec<f32> = idx
+        .iter()
+        .flat_map(|&i| data[i as usize * dim..(i as usize + 1) * dim].iter().copied())
+        .collect();
+    let mut chosen = Vec::with_capacity(k);
+    let mut taken = vec![false; m];
+    let first = rng.below(m as u64) as usize;
+    chosen.push(first);
+    taken[first] = true;
+    let mut d2 = vec![f32::INFINITY; m];
+    let mut last = first;
+    while chosen.len() < k {
+        let c = &pts[last * dim..(last + 1) * dim];
+        d2.par_chunks_mut(CHUNK_ROWS).enumerate().for_each(|(ci, d)| {
+            for (i, v) in d.iter_mut().enumerate() {
+                let p = ci * CHUNK_ROWS + i;
+                let dist = l2_squared(&pts[p * dim..(p + 1) * dim], c);
+                if dist < *v {
+                    *v = dist;
+                }
+            }
+        });
+        let parts: Vec<f64> = d2
+            .par_chunks(CHUNK_ROWS)
+            .map(|d| d.iter().map(|&v| v as f64).sum::<f64>())
+            .collect();
+        let total: f64 = parts.iter().sum();
+        let next = if total > 0.0 && total.is_finite() {
+            // Walk chunk totals, then rows, to the point where the running sum passes r.
+            let mut r = rng.next_f64() * total;
+            let mut pick = None;
+            for (ci, &p) in parts.iter().enumerate() {
+                if r < p {
+                    for (i, &v) in d2[ci * CHUNK_ROWS..].iter().take(CHUNK_ROWS).enumerate() {
+                        r -= v as f64;
+                        let p_i = ci * CHUNK_ROWS + i;
+                        if r < 0.0 && !taken[p_i] {
+                            pick = Some(p_i);
+                            break;
+                        }
+                    }
+                    break;
+                }
+                r -= p;
+            }
+            // Rounding can walk off the end: fall back to the farthest point.
+            pick.unwrap_or_else(|| {
+                (0..m)
+                    .filter(|&i| !taken[i])
+                    .max_by(|&a, &b| d2[a].total_cmp(&d2[b]).then(b.cmp(&a)))
+                    .expect("m >= k")
+            })
+        } else {
+            // Every remaining point coincides with a chosen one: take untaken points in order.
+            (0..m).find(|&i| !taken[i]).expect("m >= k")
+        };
+        chosen.push(next);
+        taken[next] = true;
+        last = next;
+    }
+    chosen
+        .iter()
+        .flat_map(|&i| pts[i * dim..(i + 1) * dim].iter().copied())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `k` well-separated unit-norm blobs of `per` rows in `dim` dims.
+    pub(crate) fn blobs(k: usize, per: usize, dim: usize, spread: f32, seed: u64) -> (Vec<f32>, Vec<u32>) {
+        let mut rng = Rng::new(seed);
+        let centres: Vec<Vec<f32>> = (0..k)
+            .map(|_| {
+                let mut c: Vec<f32> = (0..dim).map(|_| rng.normal() as f32).collect();
+                normalize(&mut c);
+                c
+            })
+            .collect();
+        let mut data = Vec::new();
+        let mut truth = Vec::new();
+        for i in 0..k * per {
+            let c = i % k;
+            let mut x: Vec<f32> = centres[c].iter().map(|&v| v + spread * rng.normal() as f32).collect();
+            normalize(&mut x);
+            data.extend(x);
+            truth.push(c as u32);
+        }
+        (data, truth)
+    }
+
+    fn purity(labels: &[u32], truth: &[u32], k: usize) -> f64 {
+        let mut best = 0;
+        for c in 0..k {
+            let mut counts = vec![0usize; k];
+            for (l, t) in labels.iter().zip(truth) {
+                if *t as usize == c {
+                    counts[*l as usize] += 1;
+                }
+            }
+            best += counts.iter().max().unwrap();
+        }
+        best as f64 / labels.len() as f64
+    }
+
+    #[test]
+    fn recovers_planted_clusters_cosine_and_l2() {
+        let (data, truth) = blobs(8, 50, 16, 0.05, 1);
+        for distance in [Distance::Cosine, Distance::L2] {
+            let p = KMeansParams::default().with_k(8).with_distance(distance).with_seed(3);
+            let km = KMeans::fit(&data, 16, &p, &mut |_| {}).unwrap();
+            let mut labels = vec![0; truth.len()];
+            let mut dots = vec![0.0; truth.len()];
+            km.centroids.nearest(&data, &mut labels, &mut dots);
+            assert!(purity(&labels, &truth, 8) > 0.99, "{distance}");
+            assert!(km.converged);
+        }
+    }
+
+    #[test]
+    fn inertia_never_increases() {
+        let (data, _) = blobs(10, 40, 8, 0.4, 2);
+        let p = KMeansParams {
+            tolerance: 0.0,
+            max_iters: 15,
+            ..KMeansParams::default().with_k(10)
+        };
+        let km = KMeans::fit(&data, 8, &p, &mut |_| {}).unwrap();
+        for w in km.inertia_history.windows(2) {
+            assert!(w[1] <= w[0] * (1.0 + 1e-6), "{:?}", km.inertia_history);
+        }
+    }
+
+    #[test]
+    fn same_result_for_one_and_two_threads() {
+        let (data, _) = blobs(12, 60, 24, 0.3, 5);
+        let p = KMeansParams::default().with_k(12).with_seed(9);
+        let run = |threads| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| KMeans::fit(&data, 24, &p, &mut |_| {}).unwrap())
+        };
+        let (a, b) = (run(1), run(2));
+        assert_eq!(a.centroids.as_slice(), b.centroids.as_slice());
+        assert_eq!(a.inertia_history, b.inertia_history);
+    }
+
+    #[test]
+    fn empty_clusters_are_reseeded() {
+        // 3 distinct points repeated, k = 5: at most 3 clusters can be non-empty
+        // after assignment, so the update must split to fill the rest.
+        let mut data = Vec::new();
+        for i in 0..30 {
+            let mut v = vec![0.0f32; 4];
+            v[i % 3] = 1.0;
+            data.extend(v);
+        }
+        let p = KMeansParams {
+            tolerance: 0.0,
+            max_iters: 5,
+            ..KMeansParams::default().with_k(5)
+        };
+        let km = KMeans::fit(&data, 4, &p, &mut |_| {}).unwrap();
+        assert_eq!(km.centroids.k(), 5);
+        assert!(km.centroids.as_slice().iter().all(|v| v.is_finite()));
+    }
+
+    #[test]
+    fn too_few_rows_is_an_error() {
+        let data = vec![1.0f32; 4 * 3];
+        let err = KMeans::fit(&data, 4, &KMeansParams::default().with_k(5), &mut |_| {}).unwrap_err();
+        assert!(
+            err.to_string().contains("cannot train 5 centroids with 3 rows"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn nearest_ties_go_to_lowest_index() {
+        let c = Centroids::try_new(vec![1.0, 0.0, 1.0, 0.0, 0.0, 1.0], 2, Distance::Cosine).unwrap();
+        let mut l = [9u32];
+        let mut d = [0f32];
+        c.nearest(&[1.0, 0.0], &mut l, &mut d);
+        assert_eq!((l[0], d[0]), (0, 1.0));
+    }
+
+    #[test]
+    fn unnormalised_centroids_give_true_cosines() {
+        let c = Centroids::try_new(vec![10.0, 0.0, 0.0, 0.5], 2, Distance::Cosine).unwrap();
+        let mut l = [0u32];
+        let mut d = [0f32];
+        let x = [0.6f32, 0.8];
+        c.nearest(&x, &mut l, &mut d);
+        assert_eq!(l[0], 1);
+        assert!((d[0] - 0.8).abs() < 1e-6);
+    }
+
+    #[test]
+    fn default_k_grows_then_caps() {
+        assert_eq!(default_k(1), 1);
+        assert_eq!(default_k(100), 10);
+        assert_eq!(default_k(10_000_000), MAX_AUTO_K);
+    }
+}

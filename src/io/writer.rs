@@ -1,0 +1,257 @@
+//! Writing pruned shards and score tables as Parquet.
+//!
+//! A pruned shard keeps the input's schema (fields, types, metadata) and
+//! row order; only rows flagged in `keep` are written, optionally with
+//! extra columns appended. Files are zstd-compressed, with row groups of at
+//! most [`DEFAULT_ROW_GROUP_ROWS`] rows and about [`DEFAULT_ROW_GROUP_BYTES`]
+//! bytes, and are written under a temporary name, renamed when complete.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, BooleanArray, Float32Array, Int32Array, Int64Array, RecordBatch, StringArray};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+use crate::io::inputs::builder;
+use crate::io::{AtomicFile, Dataset, Shard};
+use crate::{Error, Result};
+
+/// Largest row group, in rows.
+pub const DEFAULT_ROW_GROUP_ROWS: usize = 64 * 1024;
+/// Row groups are closed once they hold about this many bytes (rows with
+/// images can be large).
+pub const DEFAULT_ROW_GROUP_BYTES: usize = 128 << 20;
+/// zstd level of written files.
+pub const ZSTD_LEVEL: i32 = 3;
+/// Rows per batch when copying shards (small: rows may carry images).
+pub const COPY_BATCH_ROWS: usize = 4096;
+
+/// Writer settings for every Parquet file dprune writes.
+pub fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(ZSTD_LEVEL).expect("valid zstd level"),
+        ))
+        .set_max_row_group_row_count(Some(DEFAULT_ROW_GROUP_ROWS))
+        .set_max_row_group_bytes(Some(DEFAULT_ROW_GROUP_BYTES))
+        .set_created_by(format!("dprune {}", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// Values of an extra per-row column, one per row of the shard.
+#[derive(Debug, Clone, Copy)]
+pub enum ExtraValues<'a> {
+    /// Written as `int32` (cluster ids).
+    I32(&'a [i32]),
+    /// Written as `float32` (scores).
+    F32(&'a [f32]),
+    /// Written as `int64` (row ids).
+    I64(&'a [i64]),
+}
+
+/// A column appended to written shards (e.g. `dprune_score`).
+#[derive(Debug, Clone, Copy)]
+pub struct ExtraColumn<'a> {
+    /// Column name; an input column of the same name is replaced.
+    pub name: &'a str,
+    /// One value per row of the shard.
+    pub values: ExtraValues<'a>,
+    /// Rows whose value is null (`false`), if any.
+    pub valid: Option<&'a [bool]>,
+}
+
+impl ExtraColumn<'_> {
+    fn data_type(&self) -> DataType {
+        match self.values {
+            ExtraValues::I32(_) => DataType::Int32,
+            ExtraValues::F32(_) => DataType::Float32,
+            ExtraValues::I64(_) => DataType::Int64,
+        }
+    }
+
+    /// The values at `rows` (shard row indices).
+    fn gather(&self, rows: &[usize]) -> ArrayRef {
+        let ok = |i: usize| self.valid.is_none_or(|v| v[i]);
+        match self.values {
+            ExtraValues::I32(v) => Arc::new(rows.iter().map(|&i| ok(i).then(|| v[i])).collect::<Int32Array>()),
+            ExtraValues::F32(v) => Arc::new(rows.iter().map(|&i| ok(i).then(|| v[i])).collect::<Float32Array>()),
+            ExtraValues::I64(v) => Arc::new(rows.iter().map(|&i| ok(i).then(|| v[i])).collect::<Int64Array>()),
+        }
+    }
+}
+
+/// Copies the rows of `shard` flagged in `keep` (one flag per row) to
+/// `dest`, appending `extra` columns; calls `on_rows` with the number of
+/// input rows processed after every batch. Returns the rows written.
+pub fn write_filtered(
+    shard: &Shard,
+    keep: &[bool],
+    extra: &[ExtraColumn<'_>],
+    dest: &Path,
+    on_rows: &(dyn Fn(u64) + Sync),
+) -> Result<u64> {
+    if keep.len() as u64 != shard.num_rows {
+        return Err(Error::Internal(format!(
+            "keep mask has {} flags for {} rows",
+            keep.len(),
+            shard.num_rows
+        )));
+    }
+    let in_schema = shard.schema.clone();
+    let replaced: Vec<usize> = in_schema
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| extra.iter().any(|e| e.name == f.name()))
+        .map(|(i, _)| i)
+        .collect();
+    let kept_fields: Vec<usize> = (0..in_schema.fields().len())
+        .filter(|i| !replaced.contains(i))
+        .collect();
+    let mut fields: Vec<Arc<Field>> = kept_fields.iter().map(|&i| in_schema.fields()[i].clone()).collect();
+    fields.extend(extra.iter().map(|e| Arc::new(Field::new(e.name, e.data_type(), true))));
+    let out_schema: SchemaRef = Arc::new(Schema::new_with_metadata(fields, in_schema.metadata().clone()));
+
+    let reader = builder(&shard.path)?
+        .with_batch_size(COPY_BATCH_ROWS)
+        .build()
+        .map_err(|source| Error::Parquet {
+            path: shard.path.clone(),
+            source,
+        })?;
+    let atomic = AtomicFile::new(dest)?;
+    let file = File::create(atomic.tmp_path()).map_err(|e| Error::io("creating", atomic.tmp_path(), e))?;
+    let wrap = |source| Error::Parquet {
+        path: dest.to_path_buf(),
+        source,
+    };
+    let mut w = ArrowWriter::try_new(file, out_schema.clone(), Some(writer_properties())).map_err(wrap)?;
+    let mut row = 0usize;
+    let mut written = 0u64;
+    for batch in reader {
+        let batch = batch.map_err(|source| Error::Arrow {
+            path: shard.path.clone(),
+            source,
+        })?;
+        let n = batch.num_rows();
+        let flags = &keep[row..row + n];
+        let rows: Vec<usize> = (row..row + n).filter(|&i| keep[i]).collect();
+        if !rows.is_empty() {
+            let mask = BooleanArray::from(flags.to_vec());
+            let proj = batch.project(&kept_fields).map_err(|source| Error::Arrow {
+                path: shard.path.clone(),
+                source,
+            })?;
+            let filtered = filter_record_batch(&proj, &mask).map_err(|source| Error::Arrow {
+                path: shard.path.clone(),
+                source,
+            })?;
+            let mut cols: Vec<ArrayRef> = filtered.columns().to_vec();
+            cols.extend(extra.iter().map(|e| e.gather(&rows)));
+            let out = RecordBatch::try_new(out_schema.clone(), cols).map_err(|source| Error::Arrow {
+                path: dest.to_path_buf(),
+                source,
+            })?;
+            w.write(&out).map_err(wrap)?;
+            written += rows.len() as u64;
+        }
+        row += n;
+        on_rows(n as u64);
+    }
+    if row as u64 != shard.num_rows {
+        return Err(Error::Internal(format!(
+            "{}: read {row} rows, footer says {}",
+            shard.path.display(),
+            shard.num_rows
+        )));
+    }
+    let file = w.into_inner().map_err(wrap)?;
+    file.sync_all().map_err(|e| Error::io("writing", dest, e))?;
+    drop(file);
+    atomic.commit()?;
+    Ok(written)
+}
+
+/// Per-row results for a scores table, indexed by global row.
+#[derive(Debug, Clone, Copy)]
+pub struct ScoreColumns<'a> {
+    /// Cluster of each row, if clustering ran.
+    pub cluster: Option<&'a [i32]>,
+    /// Score of each row.
+    pub score: &'a [f32],
+    /// Whether each row is kept.
+    pub kept: &'a [bool],
+    /// Whether each row had a usable embedding (others get null score and cluster).
+    pub valid: &'a [bool],
+}
+
+/// Writes one table `(file, row, cluster, score, kept)` for every input row.
+pub fn write_scores_table(data: &Dataset, cols: &ScoreColumns<'_>, dest: &Path) -> Result<()> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("file", DataType::Utf8, false),
+        Field::new("row", DataType::Int64, false),
+        Field::new("cluster", DataType::Int32, true),
+        Field::new("score", DataType::Float32, true),
+        Field::new("kept", DataType::Boolean, false),
+    ]));
+    let atomic = AtomicFile::new(dest)?;
+    let file = File::create(atomic.tmp_path()).map_err(|e| Error::io("creating", atomic.tmp_path(), e))?;
+    let wrap = |source| Error::Parquet {
+        path: dest.to_path_buf(),
+        source,
+    };
+    let mut w = ArrowWriter::try_new(file, schema.clone(), Some(writer_properties())).map_err(wrap)?;
+    for s in &data.shards {
+        let name = s.path.display().to_string();
+        let off = data.offset(s.index) as usize;
+        let mut r0 = 0usize;
+        while (r0 as u64) < s.num_rows {
+            let r1 = (r0 + DEFAULT_ROW_GROUP_ROWS).min(s.num_rows as usize);
+            let g = off + r0..off + r1;
+            let valid = &cols.valid[g.clone()];
+            let file_col = StringArray::from_iter_values(std::iter::repeat_n(name.as_str(), r1 - r0));
+            let row_col = Int64Array::from_iter_values((r0 as i64)..(r1 as i64));
+            let cluster_col: Int32Array = match cols.cluster {
+                Some(c) => c[g.clone()].iter().zip(valid).map(|(&c, &v)| v.then_some(c)).collect(),
+                None => std::iter::repeat_n(None::<i32>, r1 - r0).collect(),
+            };
+            let score_col: Float32Array = cols.score[g.clone()]
+                .iter()
+                .zip(valid)
+                .map(|(&s, &v)| v.then_some(s))
+                .collect();
+            let kept_col = BooleanArray::from(cols.kept[g].to_vec());
+            let batch = RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(file_col),
+                    Arc::new(row_col),
+                    Arc::new(cluster_col),
+                    Arc::new(score_col),
+                    Arc::new(kept_col),
+                ],
+            )
+            .map_err(|source| Error::Arrow {
+                path: dest.to_path_buf(),
+                source,
+            })?;
+            w.write(&batch).map_err(wrap)?;
+            r0 = r1;
+        }
+    }
+    let file = w.into_inner().map_err(wrap)?;
+    file.sync_all().map_err(|e| Error::io("writing", dest, e))?;
+    drop(file);
+    atomic.commit()
+}
+
+/// Rows of a written Parquet file (for checks and tests).
+pub fn count_rows(path: &Path) -> Result<u64> {
+    let b = builder(path)?;
+    Ok(b.metadata().file_metadata().num_rows().max(0) as u64)
+}

@@ -1,0 +1,11 @@
+//! Whole runs: streaming passes over the shards, from inputs to written
+//! outputs and a report.
+
+pub mod filter;
+pub mod plot;
+pub mod progress;
+pub mod report;
+
+pub use filter::{EmbeddingSpec, FilterConfig, FilterParams, OutputSpec, run_filter};
+pub use progress::{NoProgress, Pass, Progress};
+pub use report::Report;

@@ -1,0 +1,12 @@
+//! Integration tests: the `dprune` binary run as a user runs it, on the
+//! Parquet fixtures in `fixtures/` (made by `fixtures/make_fixtures.py`)
+//! and on small files the tests write themselves.
+
+// Helpers: temp dirs, running the binary, reading Parquet back.
+mod util;
+
+// `dprune filter` on good inputs: counts, schema, order, report, determinism.
+mod filter;
+
+// Every bad input `dprune filter` promises a clear error for.
+mod filter_errors;
