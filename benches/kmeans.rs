@@ -1,1 +1,70 @@
-fn main() {}
+//! Criterion benches of the hot kernels behind `dprune filter`: nearest-
+//! centroid search (one GEMM per row chunk), a k-means fit, and exact
+//! top-k selection. Names encode the sizes. Side-by-side comparisons with
+//! the Python references (faiss, numpy) live in `benches/compare.py`.
+
+use std::hint::black_box;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use dprune::cluster::{Centroids, Distance, KMeans, KMeansParams};
+use dprune::distance::normalize;
+use dprune::rng::Rng;
+use dprune::select::{Keep, select_top};
+
+fn unit_rows(n: usize, dim: usize, seed: u64) -> Vec<f32> {
+    let mut r = Rng::new(seed);
+    let mut v: Vec<f32> = (0..n * dim).map(|_| r.normal() as f32).collect();
+    v.chunks_exact_mut(dim).for_each(|x| {
+        normalize(x);
+    });
+    v
+}
+
+fn nearest(c: &mut Criterion) {
+    let mut g = c.benchmark_group("nearest");
+    g.sample_size(10);
+    for &(n, dim, k) in &[(8192usize, 384usize, 1000usize), (8192, 384, 100)] {
+        let rows = unit_rows(n, dim, 1);
+        let cents = Centroids::try_new(unit_rows(k, dim, 2), dim, Distance::Cosine).unwrap();
+        let (mut labels, mut dots) = (vec![0u32; n], vec![0f32; n]);
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_function(BenchmarkId::from_parameter(format!("{n}x{dim}_k{k}")), |b| {
+            b.iter(|| cents.nearest(black_box(&rows), &mut labels, &mut dots))
+        });
+    }
+    g.finish();
+}
+
+fn fit(c: &mut Criterion) {
+    let mut g = c.benchmark_group("kmeans_fit");
+    g.sample_size(10);
+    let (n, dim, k) = (20_000usize, 384usize, 100usize);
+    let rows = unit_rows(n, dim, 3);
+    let p = KMeansParams {
+        tolerance: 0.0,
+        max_iters: 5,
+        ..KMeansParams::default().with_k(k)
+    };
+    g.throughput(Throughput::Elements(n as u64));
+    g.bench_function(BenchmarkId::from_parameter(format!("{n}x{dim}_k{k}_5it")), |b| {
+        b.iter(|| KMeans::fit(black_box(&rows), dim, &p, &mut |_| {}).unwrap())
+    });
+    g.finish();
+}
+
+fn select(c: &mut Criterion) {
+    let mut g = c.benchmark_group("select_top");
+    g.sample_size(10);
+    let n = 1_000_000usize;
+    let mut r = Rng::new(4);
+    let scores: Vec<f32> = (0..n).map(|_| r.next_f64() as f32).collect();
+    let eligible = vec![true; n];
+    g.throughput(Throughput::Elements(n as u64));
+    g.bench_function(BenchmarkId::from_parameter(format!("{n}_keep30")), |b| {
+        b.iter(|| select_top(black_box(&scores), &eligible, (n as u64 * 3) / 10, Keep::Hard))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, nearest, fit, select);
+criterion_main!(benches);

@@ -52,7 +52,6 @@ pub mod pipeline;
 pub mod rng;
 pub mod score;
 pub mod select;
-#[cfg(feature = "tokens")]
 pub mod tokens;
 
 pub use error::{Error, Result};

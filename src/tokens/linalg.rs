@@ -1,0 +1,242 @@
+//! Small dense kernels shared by the reducers: unit rows, Gram matrices, top-k with index
+//! tie-break, percentiles (numpy's linear rule) and Jacobi eigenvalues for numerical rank.
+//!
+//! Products go through ndarray's `dot` / `general_mat_mul` (GEMM); nothing here loops over
+//! token pairs when a matrix product does the job.
+
+use ndarray::{Array2, ArrayView2, s};
+
+use crate::{Error, Result};
+
+/// Rows scaled to unit L2 norm (zero rows stay zero).
+///
+/// # Errors
+/// [`Error::InvalidParam`] naming `what` when a row holds a NaN or infinity.
+pub(crate) fn unit_rows(x: ArrayView2<'_, f32>, what: &'static str) -> Result<Array2<f32>> {
+    let mut out = x.to_owned();
+    for (j, mut row) in out.rows_mut().into_iter().enumerate() {
+        let norm = row.dot(&row).sqrt();
+        if !norm.is_finite() {
+            return Err(Error::param(
+                what,
+                format!("row {j} holds a NaN or infinite value (or overflows)"),
+            ));
+        }
+        if norm > 0.0 {
+            row.mapv_inplace(|v| v / norm);
+        }
+    }
+    Ok(out)
+}
+
+/// Rows per GEMM in [`gram`] (measured: 64–144 are equally fast at N = 576, D = 1024).
+const GRAM_BLOCK: usize = 96;
+
+/// `x · xᵀ` (`[N, N]`), exactly symmetric: each block of rows is multiplied only against
+/// itself and the rows after it (about half the FLOPs of the full product), then the upper
+/// triangle is mirrored.
+pub(crate) fn gram(x: ArrayView2<'_, f32>) -> Array2<f32> {
+    let n = x.nrows();
+    let mut g = Array2::<f32>::zeros((n, n));
+    let mut i0 = 0;
+    while i0 < n {
+        let i1 = (i0 + GRAM_BLOCK).min(n);
+        let xi = x.slice(s![i0..i1, ..]);
+        let xj = x.slice(s![i0.., ..]);
+        let mut blk = g.slice_mut(s![i0..i1, i0..]);
+        ndarray::linalg::general_mat_mul(1.0, &xi, &xj.t(), 0.0, &mut blk);
+        i0 = i1;
+    }
+    mirror_upper(g.as_slice_mut().expect("fresh array is contiguous"), n);
+    g
+}
+
+/// Copies the upper triangle of the row-major `n × n` matrix `a` onto the lower one, in
+/// 32 × 32 tiles so both sides stay in L1.
+fn mirror_upper(a: &mut [f32], n: usize) {
+    const TILE: usize = 32;
+    for i0 in (0..n).step_by(TILE) {
+        for j0 in (0..=i0).step_by(TILE) {
+            for i in i0..(i0 + TILE).min(n) {
+                for j in j0..(j0 + TILE).min(i) {
+                    a[i * n + j] = a[j * n + i];
+                }
+            }
+        }
+    }
+}
+
+/// Lanes of the multi-accumulator reductions below (R18: independent accumulators vectorise).
+const LANES: usize = 16;
+
+/// Maximum of a slice (`-inf` when empty), with [`LANES`] independent accumulators.
+#[inline]
+pub(crate) fn max_lanes(v: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = v.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for l in 0..LANES {
+            acc[l] = acc[l].max(c[l]);
+        }
+    }
+    rest.iter()
+        .fold(acc.iter().copied().fold(f32::NEG_INFINITY, f32::max), |m, &x| m.max(x))
+}
+
+/// Sum of a slice with [`LANES`] independent accumulators.
+#[inline]
+pub(crate) fn sum_lanes(v: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let chunks = v.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for l in 0..LANES {
+            acc[l] += c[l];
+        }
+    }
+    acc.iter().sum::<f32>() + rest.iter().sum::<f32>()
+}
+
+/// Total order "higher score first, then lower index".
+#[inline]
+pub(crate) fn desc_by_score(scores: &[f32], a: usize, b: usize) -> std::cmp::Ordering {
+    scores[b].total_cmp(&scores[a]).then(a.cmp(&b))
+}
+
+/// Indices of the `k` highest scores (ties: lower index), returned ascending.
+pub(crate) fn top_k(scores: &[f32], k: usize) -> Vec<usize> {
+    top_k_of((0..scores.len()).collect(), scores, k)
+}
+
+/// The `k` best of `candidates` by `scores` (ties: lower index), returned ascending.
+pub(crate) fn top_k_of(mut candidates: Vec<usize>, scores: &[f32], k: usize) -> Vec<usize> {
+    if k == 0 {
+        return Vec::new();
+    }
+    if k < candidates.len() {
+        candidates.select_nth_unstable_by(k - 1, |&a, &b| desc_by_score(scores, a, b));
+        candidates.truncate(k);
+    }
+    candidates.sort_unstable();
+    candidates
+}
+
+/// Percentile `q ∈ [0, 1]` of ascending `sorted` by linear interpolation (numpy's default).
+pub(crate) fn percentile_sorted(sorted: &[f64], q: f64) -> f64 {
+    let n = sorted.len();
+    if n == 1 {
+        return sorted[0];
+    }
+    let pos = q * (n - 1) as f64;
+    let lo = pos.floor() as usize;
+    let hi = (lo + 1).min(n - 1);
+    let frac = pos - lo as f64;
+    sorted[lo] + frac * (sorted[hi] - sorted[lo])
+}
+
+/// Maximum Jacobi sweeps (cyclic Jacobi converges quadratically; 30 is generous).
+const JACOBI_MAX_SWEEPS: usize = 30;
+
+/// Eigenvalues of a symmetric matrix by the cyclic Jacobi method (f64).
+pub(crate) fn symmetric_eigenvalues(a: Array2<f64>) -> Vec<f64> {
+    let n = a.nrows();
+    let mut a: Vec<f64> = a.iter().copied().collect(); // logical row-major order
+    let total: f64 = a.iter().map(|v| v * v).sum();
+    for _ in 0..JACOBI_MAX_SWEEPS {
+        let mut off = 0.0;
+        for p in 0..n {
+            for q in p + 1..n {
+                off += a[p * n + q] * a[p * n + q];
+            }
+        }
+        if off <= 1e-30 * total || off == 0.0 {
+            break;
+        }
+        for p in 0..n {
+            for q in p + 1..n {
+                let apq = a[p * n + q];
+                if apq == 0.0 {
+                    continue;
+                }
+                let theta = (a[q * n + q] - a[p * n + p]) / (2.0 * apq);
+                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
+                let c = 1.0 / (t * t + 1.0).sqrt();
+                let sn = t * c;
+                // A <- A·P (columns p, q), then Pᵀ·A (rows p, q).
+                for row in a.chunks_exact_mut(n) {
+                    let (akp, akq) = (row[p], row[q]);
+                    row[p] = c * akp - sn * akq;
+                    row[q] = sn * akp + c * akq;
+                }
+                let (head, tail) = a.split_at_mut(q * n);
+                let rp = &mut head[p * n..(p + 1) * n];
+                let rq = &mut tail[..n];
+                for (x, y) in rp.iter_mut().zip(rq.iter_mut()) {
+                    let (apk, aqk) = (*x, *y);
+                    *x = c * apk - sn * aqk;
+                    *y = sn * apk + c * aqk;
+                }
+            }
+        }
+    }
+    (0..n).map(|i| a[i * n + i]).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::array;
+
+    #[test]
+    fn top_k_breaks_ties_by_index() {
+        let s = [0.5, 0.9, 0.5, 0.1, 0.9];
+        assert_eq!(top_k(&s, 2), vec![1, 4]);
+        assert_eq!(top_k(&s, 3), vec![0, 1, 4]);
+        assert_eq!(top_k(&s, 0), Vec::<usize>::new());
+        assert_eq!(top_k(&s, 9), vec![0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn percentile_matches_numpy_linear() {
+        let v: Vec<f64> = (1..=9).map(f64::from).collect();
+        assert_eq!(percentile_sorted(&v, 0.25), 3.0);
+        assert_eq!(percentile_sorted(&v, 0.75), 7.0);
+        let w = [1.0, 2.0, 4.0, 8.0];
+        assert!((percentile_sorted(&w, 0.75) - 5.0).abs() < 1e-12); // pos 2.25
+    }
+
+    #[test]
+    fn blocked_gram_equals_plain_product() {
+        let x = Array2::from_shape_fn((401, 7), |(i, j)| ((i * 31 + j * 17) % 13) as f32 - 6.0);
+        let g = gram(x.view());
+        let r = x.dot(&x.t());
+        assert_eq!(g, r);
+    }
+
+    #[test]
+    fn lane_reductions_match_iterators() {
+        let v: Vec<f32> = (0..37).map(|i| ((i * 13) % 17) as f32 - 8.0).collect();
+        assert_eq!(max_lanes(&v), 8.0);
+        assert_eq!(sum_lanes(&v), v.iter().sum::<f32>());
+        assert_eq!(max_lanes(&[]), f32::NEG_INFINITY);
+    }
+
+    #[test]
+    fn jacobi_eigenvalues_of_known_matrix() {
+        let a = array![[2.0, 1.0, 0.0], [1.0, 2.0, 0.0], [0.0, 0.0, 5.0]];
+        let mut ev = symmetric_eigenvalues(a);
+        ev.sort_by(f64::total_cmp);
+        for (got, want) in ev.iter().zip([1.0, 3.0, 5.0]) {
+            assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn unit_rows_rejects_nan() {
+        let x = array![[3.0f32, 4.0], [0.0, 0.0], [f32::NAN, 1.0]];
+        assert!(unit_rows(x.view(), "tokens").is_err());
+        let y = unit_rows(x.slice(s![..2, ..]), "tokens").unwrap();
+        assert_eq!(y, array![[0.6, 0.8], [0.0, 0.0]]);
+    }
+}
