@@ -1,8 +1,10 @@
 //! Command-line parsing (clap) and dispatch. No algorithm lives here: each
 //! subcommand builds a library config and calls one library function.
 
+mod embed;
 mod filter;
 mod progress;
+mod run;
 
 use clap::{Parser, Subcommand};
 
@@ -18,6 +20,10 @@ struct Cli {
 enum Command {
     /// Score every row of Parquet shards and write the rows worth keeping.
     Filter(Box<filter::FilterArgs>),
+    /// Add an embedding column (or .npy sidecars) computed by an encoder from a text column.
+    Embed(Box<embed::EmbedArgs>),
+    /// Run a pipeline described in a TOML file (see pipelines/).
+    Run(run::RunArgs),
 }
 
 /// Parses the command line and runs the subcommand.
@@ -25,5 +31,7 @@ pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Filter(args) => filter::run(*args),
+        Command::Embed(args) => embed::run(*args),
+        Command::Run(args) => run::run(args),
     }
 }

@@ -2,6 +2,10 @@
 //!
 //! Later: HNSW indexes and kNN graphs for de-duplication and annotation.
 
+pub mod centroids;
+pub mod hnsw;
 pub mod kmeans;
 
-pub use kmeans::{Centroids, Distance, KMeans, KMeansParams};
+pub use centroids::{Centroids, Distance};
+pub use hnsw::{Hnsw, HnswParams};
+pub use kmeans::{KMeans, KMeansParams};

@@ -46,6 +46,7 @@
 
 pub mod cluster;
 pub mod distance;
+pub mod embed;
 pub mod error;
 pub mod io;
 pub mod pipeline;

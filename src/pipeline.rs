@@ -1,7 +1,9 @@
 //! Whole runs: streaming passes over the shards, from inputs to written
 //! outputs and a report.
 
+pub mod config;
 pub mod filter;
+pub mod passes;
 pub mod plot;
 pub mod progress;
 pub mod report;

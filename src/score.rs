@@ -7,6 +7,10 @@
 //! * [`Metric::Random`]: a seeded uniform score per row id, the baseline
 //!   every pruning metric must beat.
 
+pub mod semdedup;
+
+pub use semdedup::{Assignment, DedupKeep, SemDedupParams};
+
 use std::fmt;
 use std::str::FromStr;
 

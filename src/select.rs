@@ -11,6 +11,12 @@
 //! depend on thread count, batch size or sort algorithm. Row ids are `u32`:
 //! one run handles at most 2³²−1 rows.
 
+pub mod dbp;
+pub mod robust;
+
+pub use dbp::{DbpParams, DbpPlan};
+pub use robust::{CcsParams, ccs_select, moderate_select};
+
 use std::cmp::Ordering;
 use std::fmt;
 use std::str::FromStr;

@@ -10,3 +10,10 @@ mod filter;
 
 // Every bad input `dprune filter` promises a clear error for.
 mod filter_errors;
+
+// Encoders: ONNX text models against reference embeddings, `dprune embed`,
+// `filter --model/--text-col`, and their bad inputs.
+mod embed;
+
+// `dprune run` on every shipped pipeline file.
+mod pipelines;

@@ -6,8 +6,10 @@ use anyhow::Context;
 use clap::{ArgGroup, Args};
 use dprune::cluster::kmeans::{DEFAULT_MAX_ITERS, DEFAULT_TOLERANCE};
 use dprune::cluster::{Distance, KMeansParams};
+use dprune::embed::{Device, EncoderSpec, InputKind};
 use dprune::pipeline::filter::{Balance, DEFAULT_BATCH_ROWS};
-use dprune::pipeline::{EmbeddingSpec, FilterConfig, FilterParams, OutputSpec, run_filter};
+use dprune::pipeline::report::REPORT_JSON;
+use dprune::pipeline::{EmbeddingSpec, FilterConfig, FilterParams, OutputSpec, Report, run_filter};
 use dprune::score::Metric;
 use dprune::select::{Budget, Keep};
 
@@ -25,6 +27,12 @@ Examples:
   # scarce data: keep the most prototypical rows, same fraction in every cluster
   dprune filter --keep 0.5 --keep-easy --balance clusters data.parquet -o out/
 
+  # no embeddings yet: embed a caption column with an ONNX sentence encoder (each row once)
+  dprune filter --keep 0.3 --model minilm.onnx --text-col caption 'shards/*.parquet' -o out/
+
+  # ... or with the built-in hashed n-gram embedder (lexical, no model needed)
+  dprune filter --keep 0.3 --text-col caption 'shards/*.parquet' -o out/
+
   # random baseline, scores table only, see the plan first
   dprune filter --keep 0.3 --metric random --dry-run 'shards/*.parquet' -o out/
   dprune filter --keep 0.3 --scores-only 'shards/*.parquet' -o scores/
@@ -35,7 +43,7 @@ _dprune_report.json and _dprune_report.png in the output folder.";
 /// Flags of `dprune filter`.
 #[derive(Debug, Args)]
 #[command(after_help = EXAMPLES, group(ArgGroup::new("budget").args(["keep", "keep_n"])),
-          group(ArgGroup::new("emb").args(["embedding_col", "embeddings"])))]
+          group(ArgGroup::new("emb").args(["embedding_col", "embeddings", "text_col", "image_col"])))]
 pub struct FilterArgs {
     /// Parquet files or quoted globs ('dir/*.parquet'), read in the order given.
     #[arg(required = true, value_name = "INPUT")]
@@ -73,6 +81,39 @@ pub struct FilterArgs {
     /// LAION-style .npy sidecars, one per shard in sorted order (paths or a quoted glob).
     #[arg(long, value_name = "GLOB", num_args = 1..)]
     embeddings: Option<Vec<String>>,
+
+    /// Embed this text column on the fly (with --model, or the built-in hashed embedder).
+    #[arg(long, value_name = "NAME")]
+    text_col: Option<String>,
+
+    /// Embed this image column on the fly (encoded bytes or file paths; needs --model).
+    #[arg(long, value_name = "NAME")]
+    image_col: Option<String>,
+
+    /// ONNX encoder for --text-col [default: the built-in hashed word/character n-gram embedder].
+    #[arg(long, value_name = "FILE.onnx")]
+    model: Option<PathBuf>,
+
+    /// HF tokenizer.json of the model [default: tokenizer.json next to the model].
+    #[arg(long, value_name = "FILE")]
+    tokenizer: Option<PathBuf>,
+
+    /// Where the model runs: auto (CUDA if available, else CPU), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto", value_name = "DEVICE")]
+    device: String,
+
+    /// Keep encoded embeddings here so later runs (and both passes of this one) reuse them
+    /// [default: a temporary folder removed at the end].
+    #[arg(long, value_name = "DIR")]
+    cache: Option<PathBuf>,
+
+    /// Texts per model call.
+    #[arg(long, default_value_t = dprune::embed::DEFAULT_BATCH_SIZE, value_name = "N")]
+    batch_size: usize,
+
+    /// Tokens kept per text (longer texts are truncated).
+    #[arg(long, default_value_t = dprune::embed::DEFAULT_MAX_LENGTH, value_name = "TOKENS")]
+    max_length: usize,
 
     /// Number of clusters [default: floor(sqrt(N)), at most 1000].
     #[arg(long, value_name = "K")]
@@ -150,11 +191,37 @@ impl FilterArgs {
             (Some(f), None) => Budget::Fraction(f),
             (None, None) => Budget::default(),
         };
-        let embeddings = match (&self.embedding_col, &self.embeddings) {
-            (Some(c), _) => EmbeddingSpec::Column(c.clone()),
-            (None, Some(g)) => EmbeddingSpec::Sidecars(g.clone()),
-            (None, None) => EmbeddingSpec::Auto,
+        let encode_col = self.text_col.as_ref().or(self.image_col.as_ref());
+        let embeddings = match (&self.embedding_col, &self.embeddings, encode_col) {
+            (Some(c), _, _) => EmbeddingSpec::Column(c.clone()),
+            (None, Some(g), _) => EmbeddingSpec::Sidecars(g.clone()),
+            (None, None, Some(c)) => EmbeddingSpec::Encode(EncoderSpec {
+                column: c.clone(),
+                kind: if self.image_col.is_some() {
+                    InputKind::Image
+                } else {
+                    InputKind::Text
+                },
+                model: self.model.clone(),
+                tokenizer: self.tokenizer.clone(),
+                device: self.device.parse::<Device>()?,
+                batch_size: self.batch_size,
+                max_length: self.max_length,
+                threads: self.threads,
+                cache: self.cache.clone(),
+                ..EncoderSpec::default()
+            }),
+            (None, None, None) => EmbeddingSpec::Auto,
         };
+        if encode_col.is_none() {
+            for (flag, set) in [
+                ("--model", self.model.is_some()),
+                ("--tokenizer", self.tokenizer.is_some()),
+                ("--cache", self.cache.is_some()),
+            ] {
+                anyhow::ensure!(!set, "{flag} needs --text-col (or --image-col): the column to embed");
+            }
+        }
         let params = FilterParams {
             keep,
             metric: self.metric.parse::<Metric>()?,
@@ -203,26 +270,31 @@ pub fn run(args: FilterArgs) -> anyhow::Result<()> {
     let cfg = args.config()?;
     let bars = Bars::new(args.quiet);
     let report = run_filter(&cfg, &bars)?;
+    print_summary(&report, &cfg, args.quiet)
+}
+
+/// Prints the outcome of a filter job: the report as JSON for a dry run,
+/// else a one-line summary on stderr (unless `quiet`).
+pub fn print_summary(report: &Report, cfg: &FilterConfig, quiet: bool) -> anyhow::Result<()> {
+    let pct = 100.0 * report.n_kept as f64 / report.n_rows.max(1) as f64;
     if cfg.output.dry_run {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-        if !args.quiet {
+        println!("{}", serde_json::to_string_pretty(report)?);
+        if !quiet {
             eprintln!(
-                "dry run: would keep {} of {} rows ({:.1}%) from {} file(s); nothing written",
+                "dry run: would keep {} of {} rows ({pct:.1}%) from {} file(s); nothing written",
                 report.n_kept,
                 report.n_rows,
-                100.0 * report.n_kept as f64 / report.n_rows as f64,
                 report.inputs.len()
             );
         }
-    } else if !args.quiet {
+    } else if !quiet {
         eprintln!(
-            "kept {} of {} rows ({:.1}%) in {:.1}s -> {} (report: {})",
+            "kept {} of {} rows ({pct:.1}%) in {:.1}s -> {} (report: {})",
             report.n_kept,
             report.n_rows,
-            100.0 * report.n_kept as f64 / report.n_rows as f64,
             report.timings_s.get("total").copied().unwrap_or_default(),
             cfg.output.dir.display(),
-            cfg.output.dir.join(dprune::pipeline::report::REPORT_JSON).display()
+            cfg.output.dir.join(REPORT_JSON).display()
         );
     }
     Ok(())

@@ -17,13 +17,12 @@
 //! * Empty clusters are re-seeded by splitting the largest cluster (faiss's
 //!   rule: the two halves move apart by a relative 1/1024 per coordinate).
 
-use std::fmt;
-use std::str::FromStr;
-
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::distance::{dot_batch, l2_squared, norm2, normalize};
+use crate::cluster::centroids::CHUNK_ROWS;
+pub use crate::cluster::centroids::{Centroids, Distance};
+use crate::distance::{l2_squared, norm2, normalize};
 use crate::rng::Rng;
 use crate::{Error, Result};
 
@@ -39,10 +38,6 @@ pub const INIT_POINTS_PER_CENTROID: usize = 16;
 /// The largest k chosen automatically (larger k must be asked for).
 pub const MAX_AUTO_K: usize = 1000;
 
-/// Rows per parallel task: fixed, so sums have a fixed order.
-const CHUNK_ROWS: usize = 256;
-/// Centroids per GEMM tile: bounds scratch memory for very large k.
-const TILE_K: usize = 1024;
 /// Relative perturbation when splitting a cluster to fill an empty one.
 const SPLIT_EPS: f32 = 1.0 / 1024.0;
 
@@ -53,37 +48,6 @@ const SPLIT_EPS: f32 = 1.0 / 1024.0;
 /// the literature found best for SSP/DBP on ImageNet-to-DataComp scale.
 pub fn default_k(n: u64) -> usize {
     ((n as f64).sqrt().floor() as usize).clamp(1, MAX_AUTO_K)
-}
-
-/// How rows are compared with centroids.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Distance {
-    /// Spherical k-means on L2-normalised rows: nearest = largest cosine.
-    #[default]
-    Cosine,
-    /// Euclidean k-means on raw rows: nearest = smallest squared distance.
-    L2,
-}
-
-impl fmt::Display for Distance {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Distance::Cosine => "cosine",
-            Distance::L2 => "l2",
-        })
-    }
-}
-
-impl FromStr for Distance {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "cosine" | "spherical" => Ok(Distance::Cosine),
-            "l2" | "euclidean" => Ok(Distance::L2),
-            _ => Err(Error::param("--distance", format!("`{s}`: expected cosine or l2"))),
-        }
-    }
 }
 
 /// Parameters of a k-means fit.
@@ -168,147 +132,6 @@ impl KMeansParams {
         self.sample
             .unwrap_or(DEFAULT_POINTS_PER_CENTROID.saturating_mul(k as u64))
             .min(n)
-    }
-}
-
-/// A set of centroids, ready for nearest-centroid search.
-#[derive(Debug, Clone)]
-pub struct Centroids {
-    data: Vec<f32>,
-    norms2: Vec<f32>,
-    k: usize,
-    dim: usize,
-    distance: Distance,
-}
-
-impl Centroids {
-    /// Wraps `k × dim` row-major centroids. With [`Distance::Cosine`] they
-    /// are L2-normalised here, so unnormalised centroids (from Euclidean
-    /// k-means, cuML, ...) still give true cosines.
-    pub fn try_new(mut data: Vec<f32>, dim: usize, distance: Distance) -> Result<Self> {
-        if dim == 0 || data.is_empty() || !data.len().is_multiple_of(dim) {
-            return Err(Error::Shape {
-                op: "centroids",
-                expected: "k x dim with k, dim >= 1".into(),
-                got: format!("{} values for dim {dim}", data.len()),
-            });
-        }
-        let k = data.len() / dim;
-        for (j, c) in data.chunks_exact_mut(dim).enumerate() {
-            if c.iter().any(|v| !v.is_finite()) {
-                return Err(Error::param("centroids", format!("centroid {j} is not finite")));
-            }
-            if distance == Distance::Cosine {
-                let n2 = norm2(c);
-                if n2 == 0.0 {
-                    return Err(Error::param("centroids", format!("centroid {j} is all zeros")));
-                }
-                // Already unit up to rounding (e.g. saved by an earlier run): keep the
-                // exact values, so reloaded centroids reproduce the same scores.
-                if (n2 - 1.0).abs() > 4.0 * f32::EPSILON {
-                    normalize(c);
-                }
-            }
-        }
-        let norms2 = data.chunks_exact(dim).map(norm2).collect();
-        Ok(Centroids {
-            data,
-            norms2,
-            k,
-            dim,
-            distance,
-        })
-    }
-
-    /// Number of centroids.
-    pub fn k(&self) -> usize {
-        self.k
-    }
-
-    /// Dimension.
-    pub fn dim(&self) -> usize {
-        self.dim
-    }
-
-    /// The distance used for search.
-    pub fn distance(&self) -> Distance {
-        self.distance
-    }
-
-    /// The centroids, row-major `k × dim`.
-    pub fn as_slice(&self) -> &[f32] {
-        &self.data
-    }
-
-    /// Centroid `j`.
-    pub fn row(&self, j: usize) -> &[f32] {
-        &self.data[j * self.dim..(j + 1) * self.dim]
-    }
-
-    /// For every row of `rows` (row-major, `dim` columns): the nearest
-    /// centroid into `labels` and the row's dot product with it into
-    /// `dots`. Ties go to the lower centroid index. Parallel over fixed
-    /// chunks of rows, so the result does not depend on the thread count.
-    ///
-    /// # Panics
-    /// If the lengths of `rows`, `labels` and `dots` disagree.
-    pub fn nearest(&self, rows: &[f32], labels: &mut [u32], dots: &mut [f32]) {
-        let n = rows.len() / self.dim;
-        assert_eq!(rows.len(), n * self.dim, "nearest: rows not a multiple of dim");
-        assert_eq!(labels.len(), n, "nearest: labels length");
-        assert_eq!(dots.len(), n, "nearest: dots length");
-        rows.par_chunks(CHUNK_ROWS * self.dim)
-            .zip(labels.par_chunks_mut(CHUNK_ROWS))
-            .zip(dots.par_chunks_mut(CHUNK_ROWS))
-            .for_each_init(Vec::new, |scratch, ((x, l), d)| self.nearest_chunk(x, l, d, scratch));
-    }
-
-    /// Single-threaded nearest search for one chunk, tiling the centroids.
-    fn nearest_chunk(&self, x: &[f32], labels: &mut [u32], dots: &mut [f32], scratch: &mut Vec<f32>) {
-        let m = labels.len();
-        let mut best = vec![f32::NEG_INFINITY; m];
-        for t0 in (0..self.k).step_by(TILE_K) {
-            let t1 = (t0 + TILE_K).min(self.k);
-            let kt = t1 - t0;
-            scratch.resize(m * kt, 0.0);
-            dot_batch(x, &self.data[t0 * self.dim..t1 * self.dim], self.dim, scratch);
-            for i in 0..m {
-                let row = &scratch[i * kt..(i + 1) * kt];
-                let (mut bj, mut bv, mut bd) = (labels[i], best[i], dots[i]);
-                match self.distance {
-                    Distance::Cosine => {
-                        for (j, &v) in row.iter().enumerate() {
-                            if v > bv {
-                                (bj, bv, bd) = ((t0 + j) as u32, v, v);
-                            }
-                        }
-                    }
-                    Distance::L2 => {
-                        // argmin ‖c‖² − 2x·c  ==  argmax 2x·c − ‖c‖²
-                        for (j, &v) in row.iter().enumerate() {
-                            let s = 2.0 * v - self.norms2[t0 + j];
-                            if s > bv {
-                                (bj, bv, bd) = ((t0 + j) as u32, s, v);
-                            }
-                        }
-                    }
-                }
-                if t0 == 0 && bv == f32::NEG_INFINITY {
-                    // All NaN (cannot happen for validated rows): pick 0 deterministically.
-                    (bj, bd) = (0, f32::NAN);
-                }
-                labels[i] = bj;
-                best[i] = bv;
-                dots[i] = bd;
-            }
-        }
-    }
-
-    /// Squared Euclidean distance of a row to centroid `j` from their dot
-    /// product (clamped at 0 against rounding).
-    #[inline]
-    pub fn sq_dist_from_dot(&self, row_norm2: f32, j: usize, dot: f32) -> f32 {
-        (row_norm2 - 2.0 * dot + self.norms2[j]).max(0.0)
     }
 }
 
@@ -435,7 +258,7 @@ fn inertia(c: &Centroids, row_norms: &[f32], labels: &[u32], dots: &[f32]) -> f6
         .map(|(ci, (l, d))| {
             let mut s = 0f64;
             for (i, (&j, &dot)) in l.iter().zip(d).enumerate() {
-                let v = match c.distance {
+                let v = match c.distance() {
                     Distance::Cosine => (2.0 - 2.0 * dot).max(0.0),
                     Distance::L2 => c.sq_dist_from_dot(row_norms[ci * CHUNK_ROWS + i], j as usize, dot),
                 };
@@ -712,26 +535,6 @@ mod tests {
             err.to_string().contains("cannot train 5 centroids with 3 rows"),
             "{err}"
         );
-    }
-
-    #[test]
-    fn nearest_ties_go_to_lowest_index() {
-        let c = Centroids::try_new(vec![1.0, 0.0, 1.0, 0.0, 0.0, 1.0], 2, Distance::Cosine).unwrap();
-        let mut l = [9u32];
-        let mut d = [0f32];
-        c.nearest(&[1.0, 0.0], &mut l, &mut d);
-        assert_eq!((l[0], d[0]), (0, 1.0));
-    }
-
-    #[test]
-    fn unnormalised_centroids_give_true_cosines() {
-        let c = Centroids::try_new(vec![10.0, 0.0, 0.0, 0.5], 2, Distance::Cosine).unwrap();
-        let mut l = [0u32];
-        let mut d = [0f32];
-        let x = [0.6f32, 0.8];
-        c.nearest(&x, &mut l, &mut d);
-        assert_eq!(l[0], 1);
-        assert!((d[0] - 0.8).abs() < 1e-6);
     }
 
     #[test]

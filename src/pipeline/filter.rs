@@ -19,17 +19,17 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::mpsc::sync_channel;
 use std::time::Instant;
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::{Centroids, Distance, KMeans, KMeansParams};
-use crate::distance::normalize;
-use crate::io::embeddings::{ColumnSource, EmbeddingBlock, EmbeddingSource, NpySidecarSource};
+use crate::embed::{EncoderSpec, TextSource};
+use crate::io::embeddings::{ColumnSource, EmbeddingSource, NpySidecarSource};
 use crate::io::writer::{ExtraColumn, ExtraValues, ScoreColumns, write_filtered, write_scores_table};
 use crate::io::{Dataset, expand_inputs, npy};
+use crate::pipeline::passes::{Rows, read_sample, score_rows};
 use crate::pipeline::plot;
 use crate::pipeline::progress::{Pass, Progress};
 use crate::pipeline::report::{
@@ -37,7 +37,7 @@ use crate::pipeline::report::{
     ScoreReport, histogram,
 };
 use crate::rng::Rng;
-use crate::score::{Metric, prototypicality, random_score};
+use crate::score::{Metric, random_score};
 use crate::select::{Budget, Keep, proportional_quotas, select_per_cluster, select_top};
 use crate::{Error, Result};
 
@@ -148,6 +148,9 @@ pub enum EmbeddingSpec {
     Column(String),
     /// `.npy` sidecars (paths or a glob), one per shard in order.
     Sidecars(Vec<String>),
+    /// Encode a column on the fly (`--text-col`, with `--model` or the
+    /// built-in hashed embedder), each row once thanks to the cache.
+    Encode(EncoderSpec),
 }
 
 /// Where and how to write.
@@ -182,13 +185,6 @@ pub struct FilterConfig {
     pub params: FilterParams,
     /// Output.
     pub output: OutputSpec,
-}
-
-/// Per-row state, a few bytes per row.
-struct Rows {
-    labels: Vec<u32>,
-    scores: Vec<f32>,
-    valid: Vec<bool>,
 }
 
 /// Wall-clock timer per pass.
@@ -250,11 +246,7 @@ pub fn run_filter(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Report>
     };
     t.mark("plan");
 
-    let mut rows = Rows {
-        labels: vec![u32::MAX; n as usize],
-        scores: vec![0.0; n as usize],
-        valid: vec![true; n as usize],
-    };
+    let mut rows = Rows::new(n as usize);
     let mut invalid = InvalidReport::default();
     let mut source_desc = None;
     let mut dim = None;
@@ -537,6 +529,7 @@ fn open_source(data: &Dataset, spec: &EmbeddingSpec) -> Result<Box<dyn Embedding
             let files = expand_inputs(pats)?;
             Box::new(NpySidecarSource::open(data, &files)?)
         }
+        EmbeddingSpec::Encode(spec) => Box::new(TextSource::open(data, spec)?),
     })
 }
 
@@ -566,182 +559,6 @@ fn load_centroids(path: &Path, dim: usize, distance: Distance) -> Result<(Centro
         saved_to: None,
     };
     Ok((c, kr))
-}
-
-/// Why a row is unusable, if it is.
-fn check_row(x: &[f32], null: bool) -> Option<&'static str> {
-    if null {
-        return Some("null");
-    }
-    if x.iter().any(|v| !v.is_finite()) {
-        return Some("not finite (NaN or inf)");
-    }
-    if x.iter().all(|&v| v == 0.0) {
-        return Some("all zeros");
-    }
-    None
-}
-
-/// An unusable row: an error naming file and row, or (with
-/// `drop_invalid`) counted and excluded.
-fn reject(p: &FilterParams, invalid: &mut InvalidReport, path: &Path, row: u64, what: &'static str) -> Result<()> {
-    if !p.drop_invalid {
-        return Err(Error::InvalidVector {
-            path: path.to_path_buf(),
-            row,
-            what,
-        });
-    }
-    match what {
-        "null" => invalid.null += 1,
-        "all zeros" => invalid.zero += 1,
-        _ => invalid.not_finite += 1,
-    }
-    Ok(())
-}
-
-/// Streams the blocks of every shard through a bounded channel from a
-/// reader thread, so decoding overlaps computing; `f` sees blocks in order.
-fn for_each_block(
-    data: &Dataset,
-    source: &dyn EmbeddingSource,
-    batch_rows: usize,
-    mut f: impl FnMut(usize, EmbeddingBlock) -> Result<()>,
-) -> Result<()> {
-    std::thread::scope(|scope| {
-        let (tx, rx) = sync_channel::<Result<(usize, EmbeddingBlock)>>(2);
-        let reader = scope.spawn(move || {
-            for s in &data.shards {
-                let blocks = match source.blocks(s, batch_rows) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                        return;
-                    }
-                };
-                for b in blocks {
-                    let stop = b.is_err();
-                    if tx.send(b.map(|b| (s.index, b))).is_err() || stop {
-                        return;
-                    }
-                }
-            }
-        });
-        let mut result = Ok(());
-        for item in rx.iter() {
-            match item.and_then(|(s, b)| f(s, b)) {
-                Ok(()) => {}
-                Err(e) => {
-                    result = Err(e);
-                    break;
-                }
-            }
-        }
-        drop(rx);
-        reader
-            .join()
-            .map_err(|_| Error::Internal("reader thread panicked".into()))?;
-        result
-    })
-}
-
-/// Pass 1: validates every row and collects the (normalised, for cosine)
-/// embeddings of the rows in `sample_ids` (sorted global ids).
-fn read_sample(
-    data: &Dataset,
-    source: &dyn EmbeddingSource,
-    sample_ids: &[u64],
-    p: &FilterParams,
-    invalid: &mut InvalidReport,
-    progress: &dyn Progress,
-) -> Result<Vec<f32>> {
-    let d = source.dim();
-    let mut out = Vec::with_capacity(sample_ids.len() * d);
-    let mut next = 0usize;
-    for_each_block(data, source, p.batch_rows, |s, b| {
-        let shard = &data.shards[s];
-        let base = data.offset(s) + b.first_row;
-        for i in 0..b.rows() {
-            let x = &b.values[i * d..(i + 1) * d];
-            let bad = check_row(x, b.null[i]);
-            if let Some(what) = bad {
-                reject(p, invalid, &shard.path, b.first_row + i as u64, what)?;
-            }
-            let g = base + i as u64;
-            while next < sample_ids.len() && sample_ids[next] < g {
-                next += 1;
-            }
-            if next < sample_ids.len() && sample_ids[next] == g {
-                if bad.is_none() {
-                    let start = out.len();
-                    out.extend_from_slice(x);
-                    if p.kmeans.distance == Distance::Cosine {
-                        normalize(&mut out[start..]);
-                    }
-                }
-                next += 1;
-            }
-        }
-        progress.advance(b.rows() as u64);
-        Ok(())
-    })?;
-    Ok(out)
-}
-
-/// Pass 3: nearest centroid and prototypicality of every row.
-#[allow(clippy::too_many_arguments)]
-fn score_rows(
-    data: &Dataset,
-    source: &dyn EmbeddingSource,
-    c: &Centroids,
-    p: &FilterParams,
-    rows: &mut Rows,
-    invalid: &mut InvalidReport,
-    progress: &dyn Progress,
-) -> Result<()> {
-    let d = source.dim();
-    if c.dim() != d {
-        return Err(Error::Internal(format!(
-            "centroid dim {} vs embedding dim {d}",
-            c.dim()
-        )));
-    }
-    for_each_block(data, source, p.batch_rows, |s, mut b| {
-        let shard = &data.shards[s];
-        let base = (data.offset(s) + b.first_row) as usize;
-        let m = b.rows();
-        // Validate and (for cosine) normalise in parallel; zero out bad rows.
-        let bad: Vec<Option<&'static str>> = b
-            .values
-            .par_chunks_mut(d)
-            .zip(b.null.par_iter())
-            .map(|(x, &null)| {
-                let why = check_row(x, null);
-                if why.is_some() {
-                    x.iter_mut().for_each(|v| *v = 0.0);
-                } else if c.distance() == Distance::Cosine {
-                    normalize(x);
-                }
-                why
-            })
-            .collect();
-        for (i, why) in bad.iter().enumerate() {
-            if let Some(what) = why {
-                reject(p, invalid, &shard.path, b.first_row + i as u64, what)?;
-                rows.valid[base + i] = false;
-            }
-        }
-        let labels = &mut rows.labels[base..base + m];
-        let scores = &mut rows.scores[base..base + m];
-        prototypicality(c, &b.values, labels, scores);
-        for (i, why) in bad.iter().enumerate() {
-            if why.is_some() {
-                scores[i] = f32::NAN;
-            }
-        }
-        progress.advance(m as u64);
-        Ok(())
-    })
 }
 
 fn build_report(

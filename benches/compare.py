@@ -1,0 +1,180 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark of dprune against the Python references in ../shared/bench.
+
+Runs both tools on the same data, on the same machine, in the same run, and prints
+speed as a ratio (reference time / dprune time; > 1 means dprune is faster) and
+selections as set overlap. Every process's wall time and peak RSS are measured here
+(os.wait4), the same way for both sides.
+
+    pip install faiss-cpu scikit-learn pyarrow numpy hnswlib
+    cargo build --release
+    python benches/compare.py --data /tmp/dpb            # all cases
+    python benches/compare.py --data /tmp/dpb --cases kmeans
+
+Data (made with ../shared/bench/gen_data.py if missing):
+  200k: --n 200000 --dim 384 --concepts 1000 --shards 4   (k-means fit)
+  1m:   --n 1000000 --dim 384 --concepts 1000 --shards 4  (end-to-end filter --keep 0.3)
+  2m:   --n 2000000 --dim 384 --concepts 1000 --shards 8  (peak memory of filter)
+"""
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+DATASETS = {"200k": (200_000, 4), "1m": (1_000_000, 4), "2m": (2_000_000, 8)}
+
+
+def run(cmd, env=None):
+    """Runs cmd; returns (stdout, wall seconds, peak RSS MiB). Raises on failure."""
+    t = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    out, err = p.communicate()
+    wall = time.perf_counter() - t
+    if p.returncode != 0:
+        sys.exit(f"command failed ({p.returncode}): {' '.join(cmd)}\n{err[-3000:]}")
+    return out, wall
+
+
+def run_rss(cmd, env=None):
+    """Like run() but also returns the child's own peak RSS in MiB (os.wait4)."""
+    t = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
+    out = p.stdout.read()
+    _, status, ru = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"command failed: {' '.join(cmd)}")
+    return out, wall, ru.ru_maxrss / 1024.0
+
+
+def last_json(text):
+    return json.loads(text.strip().splitlines()[-1])
+
+
+def ensure_data(args, name):
+    n, shards = DATASETS[name]
+    d = os.path.join(args.data, name)
+    if not glob.glob(os.path.join(d, "*.parquet")):
+        print(f"generating {name} ...", file=sys.stderr)
+        run([sys.executable, os.path.join(args.shared, "gen_data.py"), "--n", str(n), "--dim", "384",
+             "--concepts", "1000", "--shards", str(shards), "--out", d])
+    return os.path.join(d, "*.parquet")
+
+
+def env_threads(n):
+    e = dict(os.environ)
+    for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        e[v] = str(n)
+    return e
+
+
+def case_kmeans(args, res):
+    """k-means fit, 200k x 384, k = 1000, exactly 20 iterations, spherical, 2 threads."""
+    data = ensure_data(args, "200k")
+    env = env_threads(args.threads)
+    ref_out, ref_wall = run([sys.executable, os.path.join(args.shared, "ref_kmeans.py"), data, "--impl", "faiss",
+                             "--spherical", "--k", "1000", "--niter", "20", "--threads", str(args.threads)], env)
+    ref = last_json(ref_out)["results"][0]
+    out, wall = run([args.dprune, "filter", data, "-o", os.path.join(args.work, "km"), "--dry-run", "--quiet",
+                     "--k", "1000", "--sample", "200000", "--max-iters", "20", "--tolerance", "0",
+                     "--threads", str(args.threads)])
+    rep = json.loads(out)
+    km = rep["kmeans"]
+    res["kmeans_200k_k1000_20it"] = {
+        "faiss_fit_s": ref["fit_s"], "dprune_fit_s": rep["timings_s"]["kmeans"],
+        "ratio_faiss_over_dprune": round(ref["fit_s"] / rep["timings_s"]["kmeans"], 2),
+        "faiss_mean_cos": ref["mean_cos"], "dprune_iterations": km["iterations"],
+        "dprune_inertia": km["inertia"], "faiss_inertia_l2": ref["inertia_l2"],
+    }
+
+
+def ids_of(data_glob):
+    import pyarrow.parquet as pq
+    return {f: pq.read_table(f, columns=["id"]).column("id").to_numpy() for f in sorted(glob.glob(data_glob))}
+
+
+def case_e2e(args, res):
+    """filter --keep 0.3 on 1M x 384 in 4 shards vs ref_ssl_proto.py; then the kept sets with shared centroids."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    data = ensure_data(args, "1m")
+    env = env_threads(args.threads)
+    cents = os.path.join(args.work, "ref_centroids.npy")
+    ref_kept = os.path.join(args.work, "ref_kept.txt")
+    _, ref_wall, ref_rss = run_rss([sys.executable, os.path.join(args.shared, "ref_ssl_proto.py"), data, "--k", "1000",
+                                    "--niter", "20", "--keep", "0.3", "--threads", str(args.threads),
+                                    "--save-centroids", cents, "--out", ref_kept], env)
+    rows = {}
+    # default: dprune's defaults (stops at --tolerance); 20it: exactly 20 iterations like faiss;
+    # scores_only: like-for-like output with the reference (ids/scores, no pruned Parquet).
+    for label, extra in [("default", []), ("20it", ["--tolerance", "0"]), ("scores_only", ["--scores-only"])]:
+        out_dir = os.path.join(args.work, f"e2e_{label}")
+        _, wall, rss = run_rss([args.dprune, "filter", "--keep", "0.3", data, "-o", out_dir, "--overwrite", "--quiet",
+                                "--k", "1000", "--max-iters", "20", "--threads", str(args.threads)] + extra)
+        rep = json.load(open(os.path.join(out_dir, "_dprune_report.json")))
+        rows[label] = {"wall_s": round(wall, 2), "peak_rss_mb": round(rss), "kmeans_iterations": rep["kmeans"]["iterations"],
+                       "n_kept": rep["n_kept"], "ratio_ref_over_dprune": round(ref_wall / wall, 2),
+                       "timings_s": rep["timings_s"]}
+    # Same centroids: kept sets must agree.
+    out_dir = os.path.join(args.work, "e2e_same_centroids")
+    _, wall_c = run([args.dprune, "filter", "--keep", "0.3", data, "-o", out_dir, "--overwrite", "--quiet",
+                     "--centroids", cents, "--scores-only", "--threads", str(args.threads)])
+    t = pq.read_table(os.path.join(out_dir, "scores.parquet"), columns=["file", "row", "kept"])
+    ids = ids_of(data)
+    files = t.column("file").to_pylist()
+    row = t.column("row").to_numpy()
+    kept = t.column("kept").to_numpy(zero_copy_only=False)
+    dp = set()
+    for f in ids:
+        m = np.array([x == f for x in files]) & kept
+        dp.update(ids[f][row[m]].tolist())
+    ref = set(np.loadtxt(ref_kept, dtype=np.int64).tolist())
+    inter = len(dp & ref)
+    res["e2e_1m_keep0.3_k1000"] = {
+        "ref_wall_s": round(ref_wall, 2), "ref_peak_rss_mb": round(ref_rss), "dprune": rows,
+        "same_centroids": {"dprune_wall_s": round(wall_c, 2), "kept_ref": len(ref), "kept_dprune": len(dp),
+                           "overlap": inter, "jaccard": round(inter / len(dp | ref), 6), "identical": dp == ref},
+    }
+
+
+def case_memory(args, res):
+    """Peak RSS of filter --keep 0.3 on 2M x 384 (8 shards, ~3 GiB of embeddings)."""
+    data = ensure_data(args, "2m")
+    out_dir = os.path.join(args.work, "mem")
+    _, wall, rss = run_rss([args.dprune, "filter", "--keep", "0.3", data, "-o", out_dir, "--overwrite", "--quiet",
+                            "--k", "1000", "--threads", str(args.threads)])
+    size = sum(os.path.getsize(f) for f in glob.glob(data))
+    res["memory_2m_keep0.3"] = {"wall_s": round(wall, 2), "peak_rss_mb": round(rss),
+                                "input_gib": round(size / 2**30, 2), "target_mb": 1024}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="/tmp/dpb", help="folder for the generated datasets")
+    ap.add_argument("--work", default="/tmp/dpb/work", help="scratch folder for outputs")
+    ap.add_argument("--shared", default=os.path.join(ROOT, "..", "shared", "bench"))
+    ap.add_argument("--dprune", default=os.path.join(ROOT, "target", "release", "dprune"))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--cases", default="kmeans,e2e,memory")
+    ap.add_argument("--out", help="write the results JSON here")
+    args = ap.parse_args()
+    os.makedirs(args.work, exist_ok=True)
+    res = {"machine": {"cpus": os.cpu_count(), "loadavg_start": os.getloadavg()[0]}}
+    for c in args.cases.split(","):
+        {"kmeans": case_kmeans, "e2e": case_e2e, "memory": case_memory}[c](args, res)
+        print(json.dumps(res, indent=1), file=sys.stderr)
+    res["machine"]["loadavg_end"] = os.getloadavg()[0]
+    text = json.dumps(res, indent=1)
+    print(text)
+    if args.out:
+        open(args.out, "w").write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,255 @@
+//! The streaming passes of `filter` over the embeddings: drawing the
+//! k-means sample and scoring every row.
+//!
+//! Shards are processed in parallel (one rayon task per shard; inside a
+//! shard a reader thread decodes the next batch while the current one is
+//! scored). Every row's result depends only on the row and the centroids,
+//! and per-shard results are merged in shard order, so the output does not
+//! depend on the thread count or the batch size.
+
+use std::path::Path;
+use std::sync::mpsc::sync_channel;
+
+use rayon::prelude::*;
+
+use crate::cluster::{Centroids, Distance};
+use crate::distance::normalize;
+use crate::io::embeddings::{EmbeddingBlock, EmbeddingSource};
+use crate::io::{Dataset, Shard};
+use crate::pipeline::filter::FilterParams;
+use crate::pipeline::progress::Progress;
+use crate::pipeline::report::InvalidReport;
+use crate::score::prototypicality;
+use crate::{Error, Result};
+
+/// Per-row results of the score pass, a few bytes per row.
+#[derive(Debug, Clone)]
+pub struct Rows {
+    /// Nearest centroid of every row (`u32::MAX` before scoring).
+    pub labels: Vec<u32>,
+    /// Score of every row (NaN for unusable rows).
+    pub scores: Vec<f32>,
+    /// Whether the row's embedding is usable.
+    pub valid: Vec<bool>,
+}
+
+impl Rows {
+    /// State for `n` rows, all valid.
+    pub fn new(n: usize) -> Self {
+        Rows {
+            labels: vec![u32::MAX; n],
+            scores: vec![0.0; n],
+            valid: vec![true; n],
+        }
+    }
+}
+
+/// Why a row is unusable, if it is.
+fn check_row(x: &[f32], null: bool) -> Option<&'static str> {
+    if null {
+        return Some("null");
+    }
+    if x.iter().any(|v| !v.is_finite()) {
+        return Some("not finite (NaN or inf)");
+    }
+    if x.iter().all(|&v| v == 0.0) {
+        return Some("all zeros");
+    }
+    None
+}
+
+/// An unusable row: an error naming file and row, or (with `drop_invalid`)
+/// counted and excluded.
+fn reject(p: &FilterParams, invalid: &mut InvalidReport, path: &Path, row: u64, what: &'static str) -> Result<()> {
+    if !p.drop_invalid {
+        return Err(Error::InvalidVector {
+            path: path.to_path_buf(),
+            row,
+            what,
+        });
+    }
+    match what {
+        "null" => invalid.null += 1,
+        "all zeros" => invalid.zero += 1,
+        _ => invalid.not_finite += 1,
+    }
+    Ok(())
+}
+
+/// Streams the blocks of one shard from a reader thread through a bounded
+/// channel, so decoding overlaps computing; `f` sees the blocks in order.
+fn stream_shard(
+    shard: &Shard,
+    source: &dyn EmbeddingSource,
+    batch_rows: usize,
+    mut f: impl FnMut(EmbeddingBlock) -> Result<()>,
+) -> Result<()> {
+    std::thread::scope(|scope| {
+        let (tx, rx) = sync_channel::<Result<EmbeddingBlock>>(2);
+        let reader = scope.spawn(move || {
+            let blocks = match source.blocks(shard, batch_rows) {
+                Ok(b) => b,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            for b in blocks {
+                let stop = b.is_err();
+                if tx.send(b).is_err() || stop {
+                    return;
+                }
+            }
+        });
+        let mut result = Ok(());
+        for item in rx.iter() {
+            if let Err(e) = item.and_then(&mut f) {
+                result = Err(e);
+                break;
+            }
+        }
+        drop(rx);
+        reader
+            .join()
+            .map_err(|_| Error::Internal("reader thread panicked".into()))?;
+        result
+    })
+}
+
+/// Merges per-shard results in shard order: the first error (by shard)
+/// wins, invalid counts add up.
+fn merge<T>(parts: Vec<Result<(T, InvalidReport)>>, invalid: &mut InvalidReport) -> Result<Vec<T>> {
+    let mut out = Vec::with_capacity(parts.len());
+    for p in parts {
+        let (t, inv) = p?;
+        invalid.null += inv.null;
+        invalid.not_finite += inv.not_finite;
+        invalid.zero += inv.zero;
+        out.push(t);
+    }
+    Ok(out)
+}
+
+/// Sample pass: validates every row and collects the embeddings (unit
+/// vectors for cosine) of the rows in `sample_ids` (sorted global ids).
+pub fn read_sample(
+    data: &Dataset,
+    source: &dyn EmbeddingSource,
+    sample_ids: &[u64],
+    p: &FilterParams,
+    invalid: &mut InvalidReport,
+    progress: &dyn Progress,
+) -> Result<Vec<f32>> {
+    let d = source.dim();
+    let parts: Vec<Result<(Vec<f32>, InvalidReport)>> = data
+        .shards
+        .par_iter()
+        .map(|shard| {
+            let (lo, hi) = (data.offset(shard.index), data.offset(shard.index + 1));
+            let ids = &sample_ids[sample_ids.partition_point(|&g| g < lo)..sample_ids.partition_point(|&g| g < hi)];
+            let mut out = Vec::with_capacity(ids.len() * d);
+            let mut inv = InvalidReport::default();
+            let mut next = 0usize;
+            stream_shard(shard, source, p.batch_rows, |b| {
+                let base = lo + b.first_row;
+                for i in 0..b.rows() {
+                    let x = &b.values[i * d..(i + 1) * d];
+                    let bad = check_row(x, b.null[i]);
+                    if let Some(what) = bad {
+                        reject(p, &mut inv, &shard.path, b.first_row + i as u64, what)?;
+                    }
+                    let g = base + i as u64;
+                    while next < ids.len() && ids[next] < g {
+                        next += 1;
+                    }
+                    if next < ids.len() && ids[next] == g {
+                        if bad.is_none() {
+                            let start = out.len();
+                            out.extend_from_slice(x);
+                            if p.kmeans.distance == Distance::Cosine {
+                                normalize(&mut out[start..]);
+                            }
+                        }
+                        next += 1;
+                    }
+                }
+                progress.advance(b.rows() as u64);
+                Ok(())
+            })?;
+            Ok((out, inv))
+        })
+        .collect();
+    Ok(merge(parts, invalid)?.concat())
+}
+
+/// Score pass: nearest centroid and prototypicality of every row.
+pub fn score_rows(
+    data: &Dataset,
+    source: &dyn EmbeddingSource,
+    c: &Centroids,
+    p: &FilterParams,
+    rows: &mut Rows,
+    invalid: &mut InvalidReport,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let d = source.dim();
+    if c.dim() != d {
+        return Err(Error::Internal(format!(
+            "centroid dim {} vs embedding dim {d}",
+            c.dim()
+        )));
+    }
+    // Disjoint per-shard views of the per-row state.
+    let mut views = Vec::with_capacity(data.shards.len());
+    let (mut l, mut s, mut v) = (&mut rows.labels[..], &mut rows.scores[..], &mut rows.valid[..]);
+    for shard in &data.shards {
+        let n = shard.num_rows as usize;
+        let (l0, l1) = l.split_at_mut(n);
+        let (s0, s1) = s.split_at_mut(n);
+        let (v0, v1) = v.split_at_mut(n);
+        views.push((shard, l0, s0, v0));
+        (l, s, v) = (l1, s1, v1);
+    }
+    let parts: Vec<Result<((), InvalidReport)>> = views
+        .into_par_iter()
+        .map(|(shard, labels, scores, valid)| {
+            let mut inv = InvalidReport::default();
+            stream_shard(shard, source, p.batch_rows, |mut b| {
+                let base = b.first_row as usize;
+                let m = b.rows();
+                // Validate and (for cosine) normalise; zero out bad rows.
+                let bad: Vec<Option<&'static str>> = b
+                    .values
+                    .par_chunks_mut(d)
+                    .zip(b.null.par_iter())
+                    .map(|(x, &null)| {
+                        let why = check_row(x, null);
+                        if why.is_some() {
+                            x.iter_mut().for_each(|v| *v = 0.0);
+                        } else if c.distance() == Distance::Cosine {
+                            normalize(x);
+                        }
+                        why
+                    })
+                    .collect();
+                for (i, why) in bad.iter().enumerate() {
+                    if let Some(what) = why {
+                        reject(p, &mut inv, &shard.path, b.first_row + i as u64, what)?;
+                        valid[base + i] = false;
+                    }
+                }
+                let sc = &mut scores[base..base + m];
+                prototypicality(c, &b.values, &mut labels[base..base + m], sc);
+                for (i, why) in bad.iter().enumerate() {
+                    if why.is_some() {
+                        sc[i] = f32::NAN;
+                    }
+                }
+                progress.advance(m as u64);
+                Ok(())
+            })?;
+            Ok(((), inv))
+        })
+        .collect();
+    merge(parts, invalid).map(|_| ())
+}

@@ -1,0 +1,1189 @@
+//! Semantic de-duplication (SemDeDup, Abbas et al. 2023) and exact
+//! duplicates.
+//!
+//! * Inside each k-means cluster, members are ranked ([`DedupKeep`]), and
+//!   every member gets M = its largest cosine with an earlier-ranked member
+//!   of the same cluster, floored at 0 (the reference's `triu(S, 1).max(0)`),
+//!   and `dup_of` = that member's row id. A row is a duplicate at `eps` when
+//!   M > 1 − eps ([`is_duplicate`]). M does not depend on eps, so one pass
+//!   serves any eps ([`eps_curve`]) and an exact budget ([`keep_least_redundant`]).
+//! * Similarities are computed in square tiles of [`DEFAULT_BLOCK_ROWS`]
+//!   rows as matrix products ([`crate::distance::dot_batch`]); a cluster of
+//!   n rows never needs more than a tile of scratch per thread, not n².
+//! * [`ExactDuplicates`] finds rows with bit-identical embeddings (or keys)
+//!   by a 128-bit hash, first row wins: the cheap pass to run first.
+//!
+//! This module scores; it does not read files or spill clusters to disk.
+//!
+//! ```
+//! use dprune::score::semdedup::{Assignment, SemDedupParams, dedup_clusters, eps_curve, kept_at_eps};
+//!
+//! // Three unit rows in one cluster; row 2 is a near copy of row 0.
+//! let rows = [1.0, 0.0, 0.0, 1.0, 0.999, 0.0447];
+//! let (labels, dist, eligible) = ([0u32, 0, 0], [0.3f32, 0.2, 0.1], [true; 3]);
+//! let assign = Assignment::try_new(&labels, &dist, &eligible, 1)?;
+//! let s = dedup_clusters(&rows, 2, &assign, &SemDedupParams::default())?;
+//! assert_eq!(s.dup_of, vec![None, None, Some(0)]); // row 0 ranks first (farthest)
+//! assert_eq!(kept_at_eps(&s.max_sim, &eligible, 0.01)?, vec![true, true, false]);
+//! assert_eq!(eps_curve(&s.max_sim, &eligible, &[0.0001, 0.01])?[1].kept, 2);
+//! # Ok::<(), dprune::Error>(())
+//! ```
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::fmt;
+use std::str::FromStr;
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::distance::dot_batch;
+use crate::rng::mix64;
+use crate::{Error, Result};
+
+/// Rows per tile of the within-cluster similarity product: a tile of
+/// scratch is `DEFAULT_BLOCK_ROWS²` floats (4 MiB) plus two row blocks.
+pub const DEFAULT_BLOCK_ROWS: usize = 1024;
+
+/// Which member of a group of near-duplicates survives: the ranking inside
+/// a cluster. The first-ranked member of every group is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DedupKeep {
+    /// Farthest from the centroid first (least prototypical survives): the
+    /// SemDeDup default (`which_to_keep: hard`).
+    #[default]
+    Hard,
+    /// Closest to the centroid first (most prototypical survives).
+    Easy,
+    /// A seeded random order (a pure function of seed and row id).
+    Random {
+        /// Seed of the order.
+        seed: u64,
+    },
+}
+
+impl DedupKeep {
+    /// The same choice with `seed` if it is [`DedupKeep::Random`].
+    pub fn with_seed(self, seed: u64) -> Self {
+        match self {
+            DedupKeep::Random { .. } => DedupKeep::Random { seed },
+            other => other,
+        }
+    }
+}
+
+impl fmt::Display for DedupKeep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DedupKeep::Hard => "hard",
+            DedupKeep::Easy => "easy",
+            DedupKeep::Random { .. } => "random",
+        })
+    }
+}
+
+impl FromStr for DedupKeep {
+    type Err = Error;
+    /// `hard`, `easy` or `random` (seed 0; set it with [`DedupKeep::with_seed`]).
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "hard" => Ok(DedupKeep::Hard),
+            "easy" => Ok(DedupKeep::Easy),
+            "random" => Ok(DedupKeep::Random { seed: 0 }),
+            _ => Err(Error::param(
+                "--dedup-keep",
+                format!("`{s}`: expected hard, easy or random"),
+            )),
+        }
+    }
+}
+
+/// Parameters of the within-cluster pass.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SemDedupParams {
+    /// The ranking inside a cluster; defaults to [`DedupKeep::Hard`].
+    pub keep: DedupKeep,
+    /// Rows per similarity tile; defaults to [`DEFAULT_BLOCK_ROWS`]. Results
+    /// do not depend on it beyond float rounding of the matrix product.
+    pub block_rows: usize,
+}
+
+impl Default for SemDedupParams {
+    fn default() -> Self {
+        SemDedupParams {
+            keep: DedupKeep::default(),
+            block_rows: DEFAULT_BLOCK_ROWS,
+        }
+    }
+}
+
+impl SemDedupParams {
+    /// Sets the ranking.
+    pub fn with_keep(mut self, keep: DedupKeep) -> Self {
+        self.keep = keep;
+        self
+    }
+
+    /// Sets the tile size.
+    pub fn with_block_rows(mut self, block_rows: usize) -> Self {
+        self.block_rows = block_rows;
+        self
+    }
+
+    /// Checks ranges.
+    pub fn validate(&self) -> Result<()> {
+        if self.block_rows == 0 {
+            return Err(Error::param("block_rows", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// Rows with their cluster: `labels[i]` in `0..k`, `dist[i]` the cosine
+/// distance of row `i` to its (normalised) centroid, and `eligible[i]`
+/// false for rows to leave out (invalid, removed by an earlier stage).
+/// Row ids are the indices into these slices.
+#[derive(Debug, Clone, Copy)]
+pub struct Assignment<'a> {
+    labels: &'a [u32],
+    dist: &'a [f32],
+    eligible: &'a [bool],
+    k: usize,
+}
+
+impl<'a> Assignment<'a> {
+    /// Checks that the three slices have one entry per row and every
+    /// eligible label is below `k`.
+    pub fn try_new(labels: &'a [u32], dist: &'a [f32], eligible: &'a [bool], k: usize) -> Result<Self> {
+        if dist.len() != labels.len() || eligible.len() != labels.len() {
+            return Err(Error::Shape {
+                op: "cluster assignment",
+                expected: format!("{} labels, distances and eligibility flags", labels.len()),
+                got: format!("{} distances, {} flags", dist.len(), eligible.len()),
+            });
+        }
+        if labels.len() > u32::MAX as usize {
+            return Err(Error::param(
+                "rows",
+                format!("{} rows: at most 2^32 - 1 per run", labels.len()),
+            ));
+        }
+        if let Some(i) = (0..labels.len()).find(|&i| eligible[i] && labels[i] as usize >= k) {
+            return Err(Error::param(
+                "labels",
+                format!("row {i} has cluster {} but there are only {k} clusters", labels[i]),
+            ));
+        }
+        Ok(Assignment {
+            labels,
+            dist,
+            eligible,
+            k,
+        })
+    }
+
+    /// Number of rows.
+    pub fn n_rows(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Number of clusters.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Cluster of every row.
+    pub fn labels(&self) -> &'a [u32] {
+        self.labels
+    }
+
+    /// Cosine distance of every row to its centroid.
+    pub fn dist(&self) -> &'a [f32] {
+        self.dist
+    }
+
+    /// Which rows take part.
+    pub fn eligible(&self) -> &'a [bool] {
+        self.eligible
+    }
+
+    /// Eligible rows per cluster.
+    pub fn sizes(&self) -> Vec<u64> {
+        let mut s = vec![0u64; self.k];
+        for (&l, &e) in self.labels.iter().zip(self.eligible) {
+            if e {
+                s[l as usize] += 1;
+            }
+        }
+        s
+    }
+
+    /// Eligible row ids of every cluster, ascending.
+    pub fn members(&self) -> Vec<Vec<u32>> {
+        let sizes = self.sizes();
+        let mut m: Vec<Vec<u32>> = sizes.iter().map(|&s| Vec::with_capacity(s as usize)).collect();
+        for (i, (&l, &e)) in self.labels.iter().zip(self.eligible).enumerate() {
+            if e {
+                m[l as usize].push(i as u32);
+            }
+        }
+        m
+    }
+}
+
+/// One cluster's members: `rows` (`n × dim` unit vectors, row-major), their
+/// global `row_ids` and their `dist`ance to the cluster's normalised centroid.
+#[derive(Debug, Clone, Copy)]
+pub struct ClusterMembers<'a> {
+    rows: &'a [f32],
+    dim: usize,
+    row_ids: &'a [u32],
+    dist: &'a [f32],
+}
+
+impl<'a> ClusterMembers<'a> {
+    /// Checks the shapes.
+    pub fn try_new(rows: &'a [f32], dim: usize, row_ids: &'a [u32], dist: &'a [f32]) -> Result<Self> {
+        let n = row_ids.len();
+        if dim == 0 || rows.len() != n * dim || dist.len() != n {
+            return Err(Error::Shape {
+                op: "cluster members",
+                expected: format!("{n} x {dim} rows and {n} distances"),
+                got: format!("{} values and {} distances", rows.len(), dist.len()),
+            });
+        }
+        Ok(ClusterMembers {
+            rows,
+            dim,
+            row_ids,
+            dist,
+        })
+    }
+
+    /// Number of members.
+    pub fn len(&self) -> usize {
+        self.row_ids.len()
+    }
+
+    /// Whether the cluster is empty.
+    pub fn is_empty(&self) -> bool {
+        self.row_ids.is_empty()
+    }
+}
+
+/// The result for one cluster, in the order of the members given.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterDedup {
+    /// M: the largest cosine with an earlier-ranked member, floored at 0;
+    /// 0 for the first-ranked member.
+    pub max_sim: Vec<f32>,
+    /// The row id of the earlier-ranked member reaching M (the earliest
+    /// ranked one on ties); `None` for the first-ranked member and when no
+    /// earlier member has a positive cosine.
+    pub dup_of: Vec<Option<u32>>,
+    /// Position of every member in the ranking (0 = kept first).
+    pub rank: Vec<u32>,
+}
+
+/// M and `dup_of` of every row of a dataset.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DedupScores {
+    /// M per row (see [`ClusterDedup::max_sim`]); NaN for rows that are not
+    /// eligible.
+    pub max_sim: Vec<f32>,
+    /// `dup_of` per row (see [`ClusterDedup::dup_of`]); `None` for rows that
+    /// are not eligible.
+    pub dup_of: Vec<Option<u32>>,
+}
+
+impl DedupScores {
+    /// Records the exact-duplicate pass (`exact[i] = Some(first)`, from
+    /// [`ExactDuplicates`]): such rows get M = 1 and `dup_of = first`, so
+    /// one pair of columns explains both stages.
+    ///
+    /// # Panics
+    /// If the lengths differ.
+    pub fn mark_exact(&mut self, exact: &[Option<u32>]) {
+        assert_eq!(exact.len(), self.max_sim.len(), "mark_exact: lengths differ");
+        for (i, e) in exact.iter().enumerate() {
+            if let Some(first) = *e {
+                self.max_sim[i] = 1.0;
+                self.dup_of[i] = Some(first);
+            }
+        }
+    }
+}
+
+/// Cosine distance 1 − cos(x, ĉ) of unit rows to `centroid`, which is
+/// normalised first (an unnormalised centroid gives the same distances).
+///
+/// # Panics
+/// If `rows` is not a multiple of `centroid.len()`.
+pub fn dist_to_centroid(rows: &[f32], centroid: &[f32]) -> Vec<f32> {
+    let dim = centroid.len();
+    assert!(
+        dim > 0 && rows.len().is_multiple_of(dim),
+        "dist_to_centroid: rows not n x dim"
+    );
+    let mut c = centroid.to_vec();
+    crate::distance::normalize(&mut c);
+    let mut out = vec![0f32; rows.len() / dim];
+    dot_batch(rows, &c, dim, &mut out);
+    out.iter_mut().for_each(|d| *d = 1.0 - *d);
+    out
+}
+
+/// The ranking of one cluster's members: local positions (into `row_ids`
+/// and `dist`), first-kept first. [`DedupKeep::Hard`]: `dist` descending,
+/// [`DedupKeep::Easy`]: ascending, [`DedupKeep::Random`]: a seeded hash of
+/// the row id; ties always go to the lower row id.
+///
+/// The reference (`semdedup.py`) makes `easy` the reverse of `hard`, so its
+/// ties go to the higher row id there; dprune keeps the lower one in every
+/// mode. `hard` matches the reference exactly (a stable sort of rows in
+/// dataset order).
+///
+/// # Panics
+/// If the lengths differ.
+pub fn rank_members(row_ids: &[u32], dist: &[f32], keep: DedupKeep) -> Vec<u32> {
+    assert_eq!(row_ids.len(), dist.len(), "rank_members: lengths differ");
+    let mut order: Vec<u32> = (0..row_ids.len() as u32).collect();
+    let id = |p: u32| row_ids[p as usize];
+    let d = |p: u32| dist[p as usize];
+    match keep {
+        DedupKeep::Hard => order.sort_unstable_by(|&a, &b| d(b).total_cmp(&d(a)).then(id(a).cmp(&id(b)))),
+        DedupKeep::Easy => order.sort_unstable_by(|&a, &b| d(a).total_cmp(&d(b)).then(id(a).cmp(&id(b)))),
+        DedupKeep::Random { seed } => {
+            let key = |p: u32| mix64(mix64(seed ^ 0x5EED_DED0_0000_0001).wrapping_add(id(p) as u64));
+            order.sort_unstable_by(|&a, &b| key(a).cmp(&key(b)).then(id(a).cmp(&id(b))));
+        }
+    }
+    order
+}
+
+/// SemDeDup inside one cluster: ranks the members and computes M and
+/// `dup_of` for each (see [`ClusterDedup`]). Parallel over column blocks
+/// for clusters larger than a block.
+pub fn dedup_cluster(members: &ClusterMembers, params: &SemDedupParams) -> Result<ClusterDedup> {
+    params.validate()?;
+    let n = members.len();
+    let order = rank_members(members.row_ids, members.dist, params.keep);
+    let (best, arg) = max_sim_ranked(members.rows, members.dim, &order, params.block_rows);
+    let mut out = ClusterDedup {
+        max_sim: vec![0.0; n],
+        dup_of: vec![None; n],
+        rank: vec![0; n],
+    };
+    for (r, &p) in order.iter().enumerate() {
+        let p = p as usize;
+        let (m, d) = finish(best[r], arg[r]);
+        out.max_sim[p] = m;
+        out.dup_of[p] = d.map(|q| members.row_ids[order[q as usize] as usize]);
+        out.rank[p] = r as u32;
+    }
+    Ok(out)
+}
+
+/// SemDeDup over every cluster of an in-memory dataset: `rows` (`N × dim`
+/// unit vectors) with their [`Assignment`]. Parallel over clusters and,
+/// inside large clusters, over column blocks; no cluster is copied.
+pub fn dedup_clusters(rows: &[f32], dim: usize, assign: &Assignment, params: &SemDedupParams) -> Result<DedupScores> {
+    params.validate()?;
+    let n = assign.n_rows();
+    if dim == 0 || rows.len() != n * dim {
+        return Err(Error::Shape {
+            op: "semdedup",
+            expected: format!("{n} x {dim} rows"),
+            got: format!("{} values", rows.len()),
+        });
+    }
+    let members = assign.members();
+    // Largest clusters first, so the long tasks start early.
+    let mut by_size: Vec<usize> = (0..members.len()).collect();
+    by_size.sort_unstable_by(|&a, &b| members[b].len().cmp(&members[a].len()).then(a.cmp(&b)));
+    let per_cluster: Vec<RankedCluster> = by_size
+        .par_iter()
+        .map(|&c| {
+            let ids = &members[c];
+            let dist: Vec<f32> = ids.iter().map(|&i| assign.dist[i as usize]).collect();
+            let order = rank_members(ids, &dist, params.keep);
+            // Global row ids in rank order index straight into `rows`.
+            let ranked: Vec<u32> = order.iter().map(|&p| ids[p as usize]).collect();
+            let (best, arg) = max_sim_ranked(rows, dim, &ranked, params.block_rows);
+            let mut m = Vec::with_capacity(ranked.len());
+            let mut d = Vec::with_capacity(ranked.len());
+            for (&b, &a) in best.iter().zip(&arg) {
+                let (mm, dd) = finish(b, a);
+                m.push(mm);
+                d.push(dd.map(|q| ranked[q as usize]));
+            }
+            RankedCluster { ranked, m, d }
+        })
+        .collect();
+    let mut out = DedupScores {
+        max_sim: vec![f32::NAN; n],
+        dup_of: vec![None; n],
+    };
+    for RankedCluster { ranked, m, d } in per_cluster {
+        for ((&i, mm), dd) in ranked.iter().zip(m).zip(d) {
+            out.max_sim[i as usize] = mm;
+            out.dup_of[i as usize] = dd;
+        }
+    }
+    Ok(out)
+}
+
+/// Checks an eps: a finite number in [0, 1].
+pub fn validate_eps(eps: f64) -> Result<()> {
+    if !(0.0..=1.0).contains(&eps) {
+        return Err(Error::param(
+            "--dedup",
+            format!("eps {eps} is outside [0, 1]; rows with max similarity > 1 - eps are removed"),
+        ));
+    }
+    Ok(())
+}
+
+/// The similarity threshold 1 − eps, rounded to f32 exactly as the
+/// reference does (`np.float32(1 - eps)`).
+#[inline]
+pub fn similarity_threshold(eps: f64) -> f32 {
+    (1.0 - eps) as f32
+}
+
+/// Whether a row with max similarity `max_sim` is a duplicate at `eps`:
+/// `max_sim > 1 − eps`, strictly, as SemDeDup's `semdedup.py`. NeMo
+/// Curator uses `>=`, which removes rows sitting exactly on the threshold
+/// (e.g. exact copies at eps = 0); NaN is never a duplicate.
+#[inline]
+pub fn is_duplicate(max_sim: f32, eps: f64) -> bool {
+    max_sim > similarity_threshold(eps)
+}
+
+/// Which eligible rows are kept at `eps` (ineligible rows are not kept).
+///
+/// # Panics
+/// If the lengths differ.
+pub fn kept_at_eps(max_sim: &[f32], eligible: &[bool], eps: f64) -> Result<Vec<bool>> {
+    validate_eps(eps)?;
+    assert_eq!(max_sim.len(), eligible.len(), "kept_at_eps: lengths differ");
+    Ok(max_sim
+        .iter()
+        .zip(eligible)
+        .map(|(&m, &e)| e && !is_duplicate(m, eps))
+        .collect())
+}
+
+/// One point of the eps → kept curve.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct EpsPoint {
+    /// The eps.
+    pub eps: f64,
+    /// Eligible rows kept.
+    pub kept: u64,
+    /// Eligible rows removed as duplicates.
+    pub removed: u64,
+}
+
+/// Kept and removed counts for every eps in `eps_list` from one sort of M.
+///
+/// # Panics
+/// If the lengths differ.
+pub fn eps_curve(max_sim: &[f32], eligible: &[bool], eps_list: &[f64]) -> Result<Vec<EpsPoint>> {
+    assert_eq!(max_sim.len(), eligible.len(), "eps_curve: lengths differ");
+    let mut nan = 0u64;
+    let mut m: Vec<f32> = Vec::with_capacity(max_sim.len());
+    for (&v, &e) in max_sim.iter().zip(eligible) {
+        match (e, v.is_nan()) {
+            (false, _) => {}
+            (true, true) => nan += 1,
+            (true, false) => m.push(v),
+        }
+    }
+    m.sort_unstable_by(f32::total_cmp);
+    let total = m.len() as u64 + nan;
+    eps_list
+        .iter()
+        .map(|&eps| {
+            validate_eps(eps)?;
+            let t = similarity_threshold(eps);
+            // M <= t is kept; NaN is never a duplicate.
+            let kept = m.partition_point(|&v| v <= t) as u64 + nan;
+            Ok(EpsPoint {
+                eps,
+                kept,
+                removed: total - kept,
+            })
+        })
+        .collect()
+}
+
+/// The kept set for an exact budget: the `budget` eligible rows of
+/// smallest M, ties to the lower row id (a quantile of M).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExactKeep {
+    /// One flag per row.
+    pub kept: Vec<bool>,
+    /// The largest M kept (the threshold); `None` when nothing is kept.
+    pub max_kept: Option<f32>,
+    /// The smallest M removed; `None` when nothing eligible is removed.
+    pub min_removed: Option<f32>,
+    /// An eps giving the same kept set, `1 − max_kept`, when one exists
+    /// (not when equal M values straddle the cut, or nothing is kept).
+    pub eps: Option<f64>,
+}
+
+/// Keeps exactly `budget` eligible rows: those least redundant (smallest M),
+/// ties to the lower row id.
+///
+/// # Panics
+/// If the lengths differ.
+pub fn keep_least_redundant(max_sim: &[f32], eligible: &[bool], budget: u64) -> Result<ExactKeep> {
+    assert_eq!(max_sim.len(), eligible.len(), "keep_least_redundant: lengths differ");
+    let n_eligible = eligible.iter().filter(|&&e| e).count() as u64;
+    if budget > n_eligible {
+        return Err(Error::param(
+            "--keep",
+            format!("budget {budget} is more than the {n_eligible} rows left"),
+        ));
+    }
+    if let Some(i) = (0..max_sim.len()).find(|&i| eligible[i] && max_sim[i].is_nan()) {
+        return Err(Error::Internal(format!(
+            "row {i} is eligible but has no max similarity"
+        )));
+    }
+    let mut idx: Vec<u32> = (0..max_sim.len() as u32).filter(|&i| eligible[i as usize]).collect();
+    let by = |a: &u32, b: &u32| max_sim[*a as usize].total_cmp(&max_sim[*b as usize]).then(a.cmp(b));
+    let b = budget as usize;
+    if b > 0 && b < idx.len() {
+        idx.select_nth_unstable_by(b - 1, by);
+    }
+    let mut kept = vec![false; max_sim.len()];
+    for &i in &idx[..b] {
+        kept[i as usize] = true;
+    }
+    let max_kept = idx[..b].iter().map(|&i| max_sim[i as usize]).max_by(f32::total_cmp);
+    let min_removed = idx[b..].iter().map(|&i| max_sim[i as usize]).min_by(f32::total_cmp);
+    let eps = match (max_kept, min_removed) {
+        (Some(t), Some(r)) if r > t => Some(1.0 - t as f64),
+        (Some(t), None) => Some(1.0 - t as f64),
+        _ => None,
+    };
+    Ok(ExactKeep {
+        kept,
+        max_kept,
+        min_removed,
+        eps: eps.map(|e| e.clamp(0.0, 1.0)),
+    })
+}
+
+/// Quantiles (`qs` in [0, 1], nearest-rank on the sorted values) of M over
+/// eligible rows; empty when no row is eligible.
+pub fn quantiles(max_sim: &[f32], eligible: &[bool], qs: &[f64]) -> Vec<f32> {
+    let mut m: Vec<f32> = max_sim
+        .iter()
+        .zip(eligible)
+        .filter(|(v, e)| **e && !v.is_nan())
+        .map(|(&v, _)| v)
+        .collect();
+    if m.is_empty() {
+        return Vec::new();
+    }
+    m.sort_unstable_by(f32::total_cmp);
+    let last = m.len() - 1;
+    qs.iter()
+        .map(|&q| m[((q.clamp(0.0, 1.0) * last as f64).round() as usize).min(last)])
+        .collect()
+}
+
+/// The cost of the within-cluster pass for cluster `sizes`: what the
+/// report needs to warn that k is too small for N.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PairwiseCost {
+    /// Σ n_c²: pairs compared (twice) and the f32 count of an unblocked pass.
+    pub sum_sq: u128,
+    /// The largest cluster.
+    pub largest: u64,
+}
+
+impl PairwiseCost {
+    /// From cluster sizes.
+    pub fn new(sizes: &[u64]) -> Self {
+        PairwiseCost {
+            sum_sq: sizes.iter().map(|&s| s as u128 * s as u128).sum(),
+            largest: sizes.iter().copied().max().unwrap_or(0),
+        }
+    }
+
+    /// Floating-point operations of the blocked pass (about n²·dim per
+    /// cluster: half the pairs, two flops each).
+    pub fn flops(&self, dim: usize) -> f64 {
+        self.sum_sq as f64 * dim as f64
+    }
+}
+
+/// Bit-identical duplicates, streaming: push rows in row-id order; every
+/// row whose bits were seen before gets the row id that first had them.
+/// Memory: one 128-bit hash and a row id per distinct row.
+///
+/// Rows are compared by a 128-bit hash of their bits, not the bits
+/// themselves (a false match needs a 2⁻¹²⁸-scale collision). `0.0` and
+/// `-0.0` differ, as do NaNs with different payloads.
+#[derive(Debug, Default, Clone)]
+pub struct ExactDuplicates {
+    first: HashMap<u128, u32>,
+}
+
+impl ExactDuplicates {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Distinct rows seen so far.
+    pub fn distinct(&self) -> usize {
+        self.first.len()
+    }
+
+    /// Records one row (or key) by its bytes; returns the first row id with
+    /// the same bytes, or `None` if it is new.
+    pub fn push_bytes(&mut self, row_id: u32, bytes: &[u8]) -> Option<u32> {
+        self.insert(row_id, hash_bytes(bytes))
+    }
+
+    /// Records the rows of a block (`block.len() / dim` rows, ids from
+    /// `first_row_id`), skipping those not `eligible`; returns, per row, the
+    /// first earlier row with identical bits. Hashing runs in parallel.
+    ///
+    /// # Panics
+    /// If `block` is not `eligible.len() × dim` values.
+    pub fn push_block(&mut self, block: &[f32], dim: usize, first_row_id: u32, eligible: &[bool]) -> Vec<Option<u32>> {
+        assert_eq!(block.len(), eligible.len() * dim, "push_block: block is not rows x dim");
+        let hashes: Vec<u128> = block.par_chunks(dim.max(1)).map(hash_f32).collect();
+        hashes
+            .iter()
+            .zip(eligible)
+            .enumerate()
+            .map(|(i, (&h, &e))| {
+                if e {
+                    self.insert(first_row_id + i as u32, h)
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+
+    fn insert(&mut self, row_id: u32, h: u128) -> Option<u32> {
+        match self.first.entry(h) {
+            Entry::Occupied(o) => Some(*o.get()),
+            Entry::Vacant(v) => {
+                v.insert(row_id);
+                None
+            }
+        }
+    }
+}
+
+/// `dup_of` for bit-identical rows of an in-memory matrix (first row id
+/// wins; ineligible rows get `None` and are not matched against).
+pub fn exact_duplicates(rows: &[f32], dim: usize, eligible: &[bool]) -> Vec<Option<u32>> {
+    ExactDuplicates::new().push_block(rows, dim, 0, eligible)
+}
+
+/// M and the arg-max (rank position) from a best cosine; the reference
+/// floors M at 0 (`triu` leaves zeros).
+#[inline]
+fn finish(best: f32, arg: u32) -> (f32, Option<u32>) {
+    if best > 0.0 { (best, Some(arg)) } else { (0.0, None) }
+}
+
+/// For rows `order[0..m]` of `rows` (taken in that order): the largest dot
+/// product with an earlier row of the order and the position of that row
+/// (the earliest on ties); `(-inf, u32::MAX)` for position 0.
+///
+/// Column blocks `[a, b)` of `block` rows and, inside each, the row tiles
+/// `[r0, r1)` with `r0 < b` all run in parallel; each tile scans its rows in
+/// rank order, and tiles are merged by an order-preserving reduce that only
+/// takes a later tile's value when strictly larger, so the result (value
+/// and arg-max) is the same as one sequential scan, whatever the threads.
+fn max_sim_ranked(rows: &[f32], dim: usize, order: &[u32], block: usize) -> (Vec<f32>, Vec<u32>) {
+    let m = order.len();
+    if m < 2 {
+        return (vec![f32::NEG_INFINITY; m], vec![u32::MAX; m]);
+    }
+    let parts: Vec<TileMax> = (0..m.div_ceil(block))
+        .into_par_iter()
+        .map(|bi| {
+            let a = bi * block;
+            let b = (a + block).min(m);
+            let tc = b - a;
+            let mut cols = Vec::new();
+            gather(rows, dim, &order[a..b], &mut cols);
+            (0..=bi)
+                .into_par_iter()
+                .map_init(Scratch::default, |s, ri| {
+                    let r0 = ri * block;
+                    let r1 = (r0 + block).min(b);
+                    let tr = r1 - r0;
+                    s.out.resize(tr * tc, 0.0);
+                    if ri == bi {
+                        dot_batch(&cols, &cols, dim, &mut s.out);
+                    } else {
+                        gather(rows, dim, &order[r0..r1], &mut s.rows);
+                        dot_batch(&s.rows, &cols, dim, &mut s.out);
+                    }
+                    let mut t = TileMax::empty(tc);
+                    for ii in 0..tr {
+                        let i = r0 + ii;
+                        // only columns ranked after row i: j > i
+                        let start = if i >= a { i - a + 1 } else { 0 };
+                        let line = &s.out[ii * tc + start..(ii + 1) * tc];
+                        for ((&v, bv), g) in line.iter().zip(&mut t.best[start..]).zip(&mut t.arg[start..]) {
+                            if v > *bv {
+                                *bv = v;
+                                *g = i as u32;
+                            }
+                        }
+                    }
+                    t
+                })
+                .reduce(|| TileMax::empty(tc), TileMax::merge)
+        })
+        .collect();
+    let mut best = Vec::with_capacity(m);
+    let mut arg = Vec::with_capacity(m);
+    for t in parts {
+        best.extend(t.best);
+        arg.extend(t.arg);
+    }
+    (best, arg)
+}
+
+/// One cluster's result in [`dedup_clusters`]: global row ids in rank
+/// order, with M and `dup_of` in the same order.
+struct RankedCluster {
+    ranked: Vec<u32>,
+    m: Vec<f32>,
+    d: Vec<Option<u32>>,
+}
+
+/// Running maxima of one column block.
+struct TileMax {
+    best: Vec<f32>,
+    arg: Vec<u32>,
+}
+
+impl TileMax {
+    fn empty(n: usize) -> Self {
+        TileMax {
+            best: vec![f32::NEG_INFINITY; n],
+            arg: vec![u32::MAX; n],
+        }
+    }
+
+    /// `self` covers earlier rows than `later`: ties keep `self`'s arg-max.
+    fn merge(mut self, later: TileMax) -> Self {
+        for ((b, g), (&lb, &lg)) in self
+            .best
+            .iter_mut()
+            .zip(&mut self.arg)
+            .zip(later.best.iter().zip(&later.arg))
+        {
+            if lb > *b {
+                *b = lb;
+                *g = lg;
+            }
+        }
+        self
+    }
+}
+
+#[derive(Default)]
+struct Scratch {
+    rows: Vec<f32>,
+    out: Vec<f32>,
+}
+
+fn gather(rows: &[f32], dim: usize, idx: &[u32], buf: &mut Vec<f32>) {
+    buf.clear();
+    buf.reserve(idx.len() * dim);
+    for &i in idx {
+        let i = i as usize;
+        buf.extend_from_slice(&rows[i * dim..(i + 1) * dim]);
+    }
+}
+
+/// Two independent 64-bit lanes over 64-bit words, then the length.
+fn hash_words(words: impl Iterator<Item = u64>, len: usize) -> u128 {
+    let (mut h1, mut h2) = (0x243F_6A88_85A3_08D3u64, 0x1319_8A2E_0370_7344u64);
+    for w in words {
+        h1 = mix64(h1 ^ w);
+        h2 = mix64(h2.rotate_left(29).wrapping_add(w ^ 0xA409_3822_299F_31D0));
+    }
+    h1 = mix64(h1 ^ len as u64);
+    h2 = mix64(h2 ^ (len as u64).rotate_left(32));
+    ((h1 as u128) << 64) | h2 as u128
+}
+
+fn hash_f32(row: &[f32]) -> u128 {
+    let pairs = row.chunks(2).map(|p| {
+        let lo = p[0].to_bits() as u64;
+        let hi = p.get(1).map_or(0, |v| v.to_bits() as u64);
+        lo | (hi << 32)
+    });
+    hash_words(pairs, row.len() * 4)
+}
+
+fn hash_bytes(bytes: &[u8]) -> u128 {
+    let words = bytes.chunks(8).map(|c| {
+        let mut w = [0u8; 8];
+        w[..c.len()].copy_from_slice(c);
+        u64::from_le_bytes(w)
+    });
+    hash_words(words, bytes.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+    use proptest::prelude::*;
+
+    fn unit(v: &mut [f32]) {
+        crate::distance::normalize(v);
+    }
+
+    /// The literal reference: S = X Xᵀ in f64, T = triu(S, 1), M_j = max(0, max_i T[i, j]).
+    fn reference(rows: &[f32], dim: usize) -> Vec<f64> {
+        let m = rows.len() / dim;
+        let mut out = vec![0f64; m];
+        for j in 0..m {
+            for i in 0..j {
+                let s = crate::distance::dot_reference(&rows[i * dim..(i + 1) * dim], &rows[j * dim..(j + 1) * dim]);
+                out[j] = out[j].max(s);
+            }
+        }
+        out
+    }
+
+    fn random_unit_rows(n: usize, dim: usize, seed: u64) -> Vec<f32> {
+        let mut r = Rng::new(seed);
+        let mut v: Vec<f32> = (0..n * dim).map(|_| r.normal() as f32).collect();
+        v.chunks_exact_mut(dim).for_each(unit);
+        v
+    }
+
+    /// Rows in rank order already: ids 0..n, dist descending.
+    fn ranked_members(n: usize) -> (Vec<u32>, Vec<f32>) {
+        (
+            (0..n as u32).collect(),
+            (0..n).map(|i| 1.0 - i as f32 / (n as f32 + 1.0)).collect(),
+        )
+    }
+
+    #[test]
+    fn hand_checked_cluster() {
+        // Four 2-d rows; ranking by dist (hard = farthest first): ids 12, 10, 13, 11.
+        let s = std::f32::consts::FRAC_1_SQRT_2;
+        let rows = [
+            1.0, 0.0, /* 10 */ 0.0, 1.0, /* 11 */ s, s, /* 12 */ 1.0, 0.0, /* 13 */
+        ];
+        let ids = [10, 11, 12, 13];
+        let dist = [0.3, 0.1, 0.5, 0.2];
+        let m = ClusterMembers::try_new(&rows, 2, &ids, &dist).unwrap();
+        let r = dedup_cluster(&m, &SemDedupParams::default()).unwrap();
+        assert_eq!(r.rank, vec![1, 3, 0, 2]);
+        // 12 first: M 0. 10 vs {12}: s. 13 vs {12, 10}: 1 (equal to 10). 11 vs {12,10,13}: s (from 12).
+        assert_eq!(r.dup_of, vec![Some(12), Some(12), None, Some(10)]);
+        assert!((r.max_sim[0] - s).abs() < 1e-6);
+        assert!((r.max_sim[1] - s).abs() < 1e-6);
+        assert_eq!(r.max_sim[2], 0.0);
+        assert!((r.max_sim[3] - 1.0).abs() < 1e-6);
+        // Easy reverses the ranking: 11, 13, 10, 12.
+        let e = dedup_cluster(&m, &SemDedupParams::default().with_keep(DedupKeep::Easy)).unwrap();
+        assert_eq!(e.rank, vec![2, 0, 3, 1]);
+        // 13 vs {11}: cosine 0, no dup_of; 10 vs {11, 13}: 1.0 from 13; 12: s from all three, 11 earliest.
+        assert_eq!(e.dup_of, vec![Some(13), None, Some(11), None]);
+    }
+
+    /// Golden values from `ref_semdedup.py::max_sim_to_earlier` on the same
+    /// rows (its stable sort by −dist, then `M > np.float32(1 − eps)`).
+    #[test]
+    fn golden_against_ref_semdedup() {
+        let mut rows: Vec<f32> = vec![
+            1.0, 0.0, 0.0, 0.0, /**/ 1.0, 0.01, 0.0, 0.0, /**/ 0.0, 1.0, 0.0, 0.0, /**/ 0.0, 1.0, 0.0,
+            0.0, /**/ 1.0, 1.0, 0.0, 0.0, /**/ 0.0, 0.0, 1.0, 0.0, /**/ 0.0, 0.0, 1.0, 0.1,
+            /**/ 0.0, 0.0, 0.0, 1.0, /**/ 1.0, 1.0, 1.0, 1.0, /**/ -1.0, 0.0, 0.0, 0.0,
+        ];
+        rows.chunks_exact_mut(4).for_each(unit);
+        let dist = [0.5, 0.5, 0.3, 0.3, 0.7, 0.2, 0.25, 0.9, 0.1, 0.6];
+        let ids: Vec<u32> = (0..10).collect();
+        let m = ClusterMembers::try_new(&rows, 4, &ids, &dist).unwrap();
+        let r = dedup_cluster(&m, &SemDedupParams::default().with_block_rows(3)).unwrap();
+        let order: Vec<u32> = (0..10u32)
+            .map(|k| r.rank.iter().position(|&x| x == k).unwrap() as u32)
+            .collect();
+        assert_eq!(order, vec![7, 4, 9, 0, 1, 2, 3, 6, 5, 8]);
+        let want = [
+            0.7071067690849304,
+            0.9999500513076782,
+            0.7071067690849304,
+            1.0,
+            0.0,
+            0.9950371384620667,
+            0.09950371831655502,
+            0.0,
+            0.7071067690849304,
+            0.0,
+        ];
+        for (j, (&g, &w)) in r.max_sim.iter().zip(&want).enumerate() {
+            assert!((g as f64 - w).abs() < 1e-6, "row {j}: {g} vs {w}");
+        }
+        let kept = |eps| {
+            kept_at_eps(&r.max_sim, &[true; 10], eps)
+                .unwrap()
+                .iter()
+                .map(|&k| k as u8)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(kept(0.001), vec![1, 0, 1, 0, 1, 1, 1, 1, 1, 1]);
+        assert_eq!(kept(0.01), vec![1, 0, 1, 0, 1, 0, 1, 1, 1, 1]);
+        assert_eq!(kept(0.05), vec![1, 0, 1, 0, 1, 0, 1, 1, 1, 1]);
+        assert_eq!(kept(0.3), vec![0, 0, 0, 0, 1, 0, 1, 1, 0, 1]);
+        assert_eq!(kept(0.4), vec![0, 0, 0, 0, 1, 0, 1, 1, 0, 1]);
+        assert_eq!(r.dup_of[3], Some(2));
+        assert_eq!(r.dup_of[1], Some(0));
+    }
+
+    #[test]
+    fn ties_in_distance_go_to_lower_row_id() {
+        // Identical rows with identical distances: the lower id survives in every mode.
+        let rows = [0.6, 0.8, 0.6, 0.8, 0.6, 0.8];
+        let ids = [7, 3, 5];
+        let dist = [0.25, 0.25, 0.25];
+        let m = ClusterMembers::try_new(&rows, 2, &ids, &dist).unwrap();
+        for keep in [DedupKeep::Hard, DedupKeep::Easy] {
+            let r = dedup_cluster(&m, &SemDedupParams::default().with_keep(keep)).unwrap();
+            assert_eq!(r.rank, vec![2, 0, 1], "{keep}");
+            assert_eq!(r.dup_of, vec![Some(3), None, Some(3)], "{keep}");
+        }
+    }
+
+    #[test]
+    fn singleton_empty_and_orthogonal_clusters() {
+        let p = SemDedupParams::default();
+        let one = dedup_cluster(&ClusterMembers::try_new(&[1.0, 0.0], 2, &[4], &[0.0]).unwrap(), &p).unwrap();
+        assert_eq!((one.max_sim, one.dup_of, one.rank), (vec![0.0], vec![None], vec![0]));
+        let none = dedup_cluster(&ClusterMembers::try_new(&[], 2, &[], &[]).unwrap(), &p).unwrap();
+        assert!(none.max_sim.is_empty());
+        // Opposite and orthogonal rows: negative / zero cosines floor to M = 0, no dup_of;
+        // a zero vector has cosine 0 with everything.
+        let rows = [1.0, 0.0, -1.0, 0.0, 0.0, 1.0, 0.0, 0.0];
+        let r = dedup_cluster(
+            &ClusterMembers::try_new(&rows, 2, &[0, 1, 2, 3], &[0.9, 0.8, 0.7, 0.6]).unwrap(),
+            &p,
+        )
+        .unwrap();
+        assert_eq!(r.max_sim, vec![0.0; 4]);
+        assert_eq!(r.dup_of, vec![None; 4]);
+    }
+
+    #[test]
+    fn unnormalised_centroid_gives_the_same_distances() {
+        let rows = random_unit_rows(20, 5, 1);
+        let c = [0.3f32, -1.0, 2.0, 0.5, 0.1];
+        let c10: Vec<f32> = c.iter().map(|v| v * 10.0).collect();
+        let a = dist_to_centroid(&rows, &c);
+        let b = dist_to_centroid(&rows, &c10);
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() < 1e-6);
+        }
+        let ids: Vec<u32> = (0..20).collect();
+        assert_eq!(
+            rank_members(&ids, &a, DedupKeep::Hard),
+            rank_members(&ids, &b, DedupKeep::Hard)
+        );
+    }
+
+    #[test]
+    fn random_order_is_seeded_and_independent_of_member_order() {
+        let ids = [5u32, 9, 2, 40, 11];
+        let dist = [0.0; 5];
+        let a = rank_members(&ids, &dist, DedupKeep::Random { seed: 3 });
+        let rev: Vec<u32> = ids.iter().rev().copied().collect();
+        let b = rank_members(&rev, &dist, DedupKeep::Random { seed: 3 });
+        let ids_a: Vec<u32> = a.iter().map(|&p| ids[p as usize]).collect();
+        let ids_b: Vec<u32> = b.iter().map(|&p| rev[p as usize]).collect();
+        assert_eq!(ids_a, ids_b);
+        let c = rank_members(&ids, &dist, DedupKeep::Random { seed: 4 });
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn all_clusters_match_per_cluster() {
+        let (n, dim) = (300, 8);
+        let rows = random_unit_rows(n, dim, 5);
+        let labels: Vec<u32> = (0..n as u32).map(|i| (i * 7) % 5).collect();
+        let dist: Vec<f32> = (0..n).map(|i| ((i * 31) % 17) as f32 / 17.0).collect();
+        let mut eligible = vec![true; n];
+        eligible[17] = false;
+        let assign = Assignment::try_new(&labels, &dist, &eligible, 6).unwrap();
+        let p = SemDedupParams::default().with_block_rows(16);
+        let all = dedup_clusters(&rows, dim, &assign, &p).unwrap();
+        assert!(all.max_sim[17].is_nan() && all.dup_of[17].is_none());
+        for (c, ids) in assign.members().iter().enumerate() {
+            let sub: Vec<f32> = ids
+                .iter()
+                .flat_map(|&i| rows[i as usize * dim..][..dim].to_vec())
+                .collect();
+            let d: Vec<f32> = ids.iter().map(|&i| dist[i as usize]).collect();
+            let one = dedup_cluster(&ClusterMembers::try_new(&sub, dim, ids, &d).unwrap(), &p).unwrap();
+            for (pos, &i) in ids.iter().enumerate() {
+                assert_eq!(all.max_sim[i as usize], one.max_sim[pos], "cluster {c} row {i}");
+                assert_eq!(all.dup_of[i as usize], one.dup_of[pos], "cluster {c} row {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn identical_results_for_any_thread_count() {
+        let (n, dim) = (400, 16);
+        let mut rows = random_unit_rows(n, dim, 11);
+        // exact copies make ties in the arg-max, which must resolve the same way
+        for t in 0..40 {
+            let (src, dst) = (t * 3, n - 1 - t);
+            let v = rows[src * dim..(src + 1) * dim].to_vec();
+            rows[dst * dim..(dst + 1) * dim].copy_from_slice(&v);
+        }
+        let (ids, dist) = ranked_members(n);
+        let m = ClusterMembers::try_new(&rows, dim, &ids, &dist).unwrap();
+        let p = SemDedupParams::default().with_block_rows(7);
+        let run = |threads| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| dedup_cluster(&m, &p).unwrap())
+        };
+        let one = run(1);
+        assert_eq!(one, run(4));
+        assert_eq!(one, run(3));
+    }
+
+    #[test]
+    fn eps_threshold_is_strict_and_curve_matches_masks() {
+        assert!(!is_duplicate(0.95, 0.05));
+        assert!(is_duplicate(0.950_001, 0.05));
+        assert!(!is_duplicate(f32::NAN, 0.5));
+        let m = [0.0, 0.95, 0.96, 0.99, 1.0, 0.5, f32::NAN];
+        let e = [true, true, true, true, true, true, false];
+        let eps = [0.0, 0.01, 0.05, 0.5, 1.0];
+        let curve = eps_curve(&m, &e, &eps).unwrap();
+        for (pt, &x) in curve.iter().zip(&eps) {
+            let kept = kept_at_eps(&m, &e, x).unwrap().iter().filter(|&&k| k).count() as u64;
+            assert_eq!(pt.kept, kept, "eps {x}");
+            assert_eq!(pt.kept + pt.removed, 6);
+        }
+        assert_eq!(curve[0].kept, 6);
+        assert_eq!(curve[2].kept, 3); // 0.0, 0.95, 0.5
+        assert_eq!(curve[4].kept, 1); // only M = 0
+        assert!(kept_at_eps(&m, &e, 1.5).is_err());
+        assert!(eps_curve(&m, &e, &[-0.1]).is_err());
+    }
+
+    #[test]
+    fn exact_keep_is_a_quantile_with_row_id_ties() {
+        let m = [0.5, 0.2, 0.5, 0.9, 0.2, 0.5];
+        let e = [true; 6];
+        let k = keep_least_redundant(&m, &e, 3).unwrap();
+        // 0.2 (1), 0.2 (4), then the first 0.5 by row id (0).
+        assert_eq!(k.kept, vec![true, true, false, false, true, false]);
+        assert_eq!((k.max_kept, k.min_removed, k.eps), (Some(0.5), Some(0.5), None));
+        let k = keep_least_redundant(&m, &e, 5).unwrap();
+        assert_eq!(k.kept, vec![true, true, true, false, true, true]);
+        assert!((k.eps.unwrap() - 0.5).abs() < 1e-9);
+        assert_eq!(
+            kept_at_eps(&m, &e, k.eps.unwrap()).unwrap(),
+            k.kept,
+            "the reported eps reproduces the set"
+        );
+        assert!(keep_least_redundant(&m, &e, 7).is_err());
+        assert_eq!(keep_least_redundant(&m, &e, 0).unwrap().kept, vec![false; 6]);
+    }
+
+    #[test]
+    fn exact_duplicates_first_row_wins() {
+        let rows = [
+            1.0, 2.0, 3.0, 1.0, 2.0, 3.0, 1.0, 2.0, 3.5, 1.0, 2.0, 3.0, -0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
+        ];
+        let e = [true, false, true, true, true, true];
+        // row 1 is ineligible: row 3 matches row 0; -0.0 differs from 0.0.
+        assert_eq!(
+            exact_duplicates(&rows, 3, &e),
+            vec![None, None, None, Some(0), None, None]
+        );
+        let mut d = ExactDuplicates::new();
+        assert_eq!(d.push_block(&rows[..6], 3, 0, &[true, true]), vec![None, Some(0)]);
+        assert_eq!(d.push_block(&rows[6..12], 3, 2, &[true, true]), vec![None, Some(0)]);
+        assert_eq!(d.distinct(), 2);
+        assert_eq!(d.push_bytes(9, b"abc"), None);
+        assert_eq!(d.push_bytes(10, b"abc"), Some(9));
+        assert_eq!(d.push_bytes(11, b"abc\0"), None);
+        let mut s = DedupScores {
+            max_sim: vec![0.0, f32::NAN],
+            dup_of: vec![None, None],
+        };
+        s.mark_exact(&[None, Some(0)]);
+        assert_eq!((s.max_sim, s.dup_of), (vec![0.0, 1.0], vec![None, Some(0)]));
+    }
+
+    #[test]
+    fn pairwise_cost_and_quantiles() {
+        let c = PairwiseCost::new(&[3, 0, 4]);
+        assert_eq!((c.sum_sq, c.largest), (25, 4));
+        assert_eq!(c.flops(10), 250.0);
+        let q = quantiles(
+            &[0.1, 0.4, 0.2, 0.3, f32::NAN],
+            &[true, true, true, true, true],
+            &[0.0, 0.5, 1.0],
+        );
+        assert_eq!(q, vec![0.1, 0.3, 0.4]);
+    }
+
+    proptest! {
+        #[test]
+        fn blocked_max_sim_matches_the_literal_reference(
+            n in 0usize..70, dim in 1usize..12, block in 1usize..20, seed in 0u64..1000, dups in 0usize..10,
+        ) {
+            let mut rows = random_unit_rows(n, dim, seed);
+            // plant exact and near copies of earlier rows
+            for t in 0..dups.min(n / 2) {
+                let (src, dst) = (t, n - 1 - t);
+                for d in 0..dim {
+                    rows[dst * dim + d] = rows[src * dim + d] + if t % 2 == 0 { 0.0 } else { 1e-3 };
+                }
+                unit(&mut rows[dst * dim..(dst + 1) * dim]);
+            }
+            let (ids, dist) = ranked_members(n);
+            let m = ClusterMembers::try_new(&rows, dim, &ids, &dist).unwrap();
+            let got = dedup_cluster(&m, &SemDedupParams::default().with_block_rows(block)).unwrap();
+            let want = reference(&rows, dim);
+            for j in 0..n {
+                prop_assert!((got.max_sim[j] as f64 - want[j]).abs() <= 1e-5, "row {j}: {} vs {}", got.max_sim[j], want[j]);
+                match got.dup_of[j] {
+                    None => prop_assert!(want[j] <= 1e-5),
+                    Some(i) => {
+                        prop_assert!(i < j as u32, "dup_of must be ranked earlier");
+                        let s = crate::distance::dot_reference(&rows[i as usize * dim..][..dim], &rows[j * dim..][..dim]);
+                        prop_assert!((s - want[j]).abs() <= 1e-5);
+                    }
+                }
+            }
+            // the result does not depend on the block size beyond rounding of M
+            let one = dedup_cluster(&m, &SemDedupParams::default().with_block_rows(1024)).unwrap();
+            for j in 0..n {
+                prop_assert!((one.max_sim[j] - got.max_sim[j]).abs() <= 1e-6);
+            }
+        }
+    }
+}
