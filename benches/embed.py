@@ -18,6 +18,7 @@ summary with the ratios:
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -91,6 +92,7 @@ def main():
     summary.update({"n": a.n, "batch": a.batch, "threads": a.threads, "max_length": a.max_length,
                     "model": os.path.basename(a.model)})
     print(json.dumps({"summary": summary}, indent=1))
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

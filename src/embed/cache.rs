@@ -67,7 +67,7 @@ impl NpyWriter {
 
     /// Appends whole rows.
     pub(crate) fn write_rows(&mut self, values: &[f32]) -> Result<()> {
-        if self.cols == 0 || values.len() % self.cols != 0 {
+        if self.cols == 0 || !values.len().is_multiple_of(self.cols) {
             return Err(Error::Internal(format!(
                 "{} values for rows of {}",
                 values.len(),

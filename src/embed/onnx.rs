@@ -493,7 +493,7 @@ fn load_err(model: &Path, e: ort::Error) -> Error {
 
 fn open_cpu(env: &ort::environment::Environment, model: &Path, threads: Option<usize>) -> ort::Result<Session> {
     let mut b = Session::builder(env)?
-        .with_optimization_level(ort::session::builder::GraphOptimizationLevel::Level3)?
+        .with_optimization_level(ort::session::builder::GraphOptimizationLevel::All)?
         .with_inter_threads(1)?;
     if let Some(t) = threads {
         b = b.with_intra_threads(t)?;
@@ -522,7 +522,7 @@ mod cuda {
         preload();
         let go = || -> ort::Result<Session> {
             let mut b = Session::builder(env)?
-                .with_optimization_level(ort::session::builder::GraphOptimizationLevel::Level3)?
+                .with_optimization_level(ort::session::builder::GraphOptimizationLevel::All)?
                 .with_execution_providers([ep::CUDA::default().with_device_id(id).build().error_on_failure()])?;
             if let Some(t) = p.threads {
                 b = b.with_intra_threads(t)?;
@@ -535,10 +535,16 @@ mod cuda {
     /// Preloads the CUDA and cuDNN libraries the provider needs from the
     /// `nvidia-*` Python packages (`site-packages/nvidia/*/lib`), when present.
     fn preload() {
-        let names: Vec<&str> = ep::cuda::CUDA_DYLIBS.iter().chain(ep::cuda::CUDNN_DYLIBS).copied().collect();
+        let names: Vec<&str> = ep::cuda::CUDA_DYLIBS
+            .iter()
+            .chain(ep::cuda::CUDNN_DYLIBS)
+            .copied()
+            .collect();
         let mut done = std::collections::HashSet::new();
         for sp in super::super::runtime::python_paths() {
-            let Ok(rd) = std::fs::read_dir(sp.join("nvidia")) else { continue };
+            let Ok(rd) = std::fs::read_dir(sp.join("nvidia")) else {
+                continue;
+            };
             for pkg in rd.filter_map(|e| e.ok()) {
                 let lib = pkg.path().join("lib");
                 for n in &names {

@@ -29,7 +29,7 @@ use crate::{Error, Result};
 /// CLIP's per-channel mean (RGB).
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 /// CLIP's per-channel standard deviation (RGB).
-pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_1];
+pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
 /// Input size used when the model's is dynamic.
 pub const DEFAULT_IMAGE_SIZE: u32 = 224;
 
