@@ -427,6 +427,22 @@ fn missing(signal: Signal, who: &str) -> Error {
     )
 }
 
+/// The scores a budget needs: computed for an adaptive budget, which decides
+/// its count from them; otherwise only the input is checked.
+pub(crate) fn budget_scores(
+    reducer: &dyn Reducer,
+    input: &VisualInput<'_>,
+    budget: &Budget,
+) -> Result<Option<Vec<f32>>> {
+    match budget {
+        Budget::Adaptive { .. } => reducer.scores(input),
+        _ => {
+            check_input(reducer, input)?;
+            Ok(None)
+        }
+    }
+}
+
 /// Validates the input and checks that `reducer`'s required signals are present.
 pub(crate) fn check_input(reducer: &dyn Reducer, input: &VisualInput<'_>) -> Result<()> {
     input.validate()?;

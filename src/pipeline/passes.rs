@@ -179,7 +179,14 @@ pub fn read_sample(
             Ok((out, inv))
         })
         .collect();
-    Ok(merge(parts, invalid)?.concat())
+    // Concatenate part by part, freeing each part as it is copied: peak memory is the
+    // sample plus one shard's part, not twice the sample (`concat` would keep all parts).
+    let parts = merge(parts, invalid)?;
+    let mut out = Vec::with_capacity(parts.iter().map(Vec::len).sum());
+    for part in parts {
+        out.extend_from_slice(&part);
+    }
+    Ok(out)
 }
 
 /// Score pass: nearest centroid and prototypicality of every row.

@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::rng::SplitMix64;
-use super::{Budget, Reducer, Reduction, Signal, VisualInput, check_input, fallback_scores, gather};
+use super::{Budget, Reducer, Reduction, Signal, VisualInput, budget_scores, check_input, fallback_scores, gather};
 use crate::Result;
 
 /// Default seed of [`RandomParams`].
@@ -87,13 +87,7 @@ impl Reducer for Random {
     }
 
     fn reduce(&self, input: &VisualInput<'_>, budget: &Budget) -> Result<Reduction> {
-        let scores = match budget {
-            Budget::Adaptive { .. } => self.scores(input)?,
-            _ => {
-                check_input(self, input)?;
-                None
-            }
-        };
+        let scores = budget_scores(self, input, budget)?;
         let n = input.n();
         let k = budget.resolve(input, scores.as_deref())?;
         let mut rng = SplitMix64::new(self.params.seed);
@@ -123,13 +117,7 @@ impl Reducer for UniformGrid {
     }
 
     fn reduce(&self, input: &VisualInput<'_>, budget: &Budget) -> Result<Reduction> {
-        let scores = match budget {
-            Budget::Adaptive { .. } => self.scores(input)?,
-            _ => {
-                check_input(self, input)?;
-                None
-            }
-        };
+        let scores = budget_scores(self, input, budget)?;
         let k = budget.resolve(input, scores.as_deref())?;
         let (rows, cols) = input.grid.unwrap_or((1, input.n()));
         Ok(gather(input, &grid_skeleton(rows, cols, k), scores))

@@ -12,7 +12,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::linalg::{gram, max_lanes, sum_lanes, unit_rows};
-use super::{Budget, Metric, Reducer, Reduction, Signal, VisualInput, check_input, fallback_scores, gather};
+use super::{
+    Budget, Metric, Reducer, Reduction, Signal, VisualInput, budget_scores, check_input, fallback_scores, gather,
+};
 use crate::Result;
 
 /// Parameters of [`DivPrune`].
@@ -83,13 +85,7 @@ impl Reducer for DivPrune {
     }
 
     fn reduce(&self, input: &VisualInput<'_>, budget: &Budget) -> Result<Reduction> {
-        let scores = match budget {
-            Budget::Adaptive { .. } => self.scores(input)?,
-            _ => {
-                check_input(self, input)?;
-                None
-            }
-        };
+        let scores = budget_scores(self, input, budget)?;
         let n = input.n();
         let k = budget.resolve(input, scores.as_deref())?;
         if k >= n {

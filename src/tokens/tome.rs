@@ -14,7 +14,9 @@ use ndarray::Axis;
 use serde::{Deserialize, Serialize};
 
 use super::linalg::{desc_by_score, unit_rows};
-use super::{Budget, Metric, Reducer, Reduction, Signal, VisualInput, check_input, fallback_scores, merge};
+use super::{
+    Budget, Metric, Reducer, Reduction, Signal, VisualInput, budget_scores, check_input, fallback_scores, merge,
+};
 use crate::Result;
 
 /// Parameters of [`ToMe`].
@@ -85,13 +87,7 @@ impl Reducer for ToMe {
     }
 
     fn reduce(&self, input: &VisualInput<'_>, budget: &Budget) -> Result<Reduction> {
-        let scores = match budget {
-            Budget::Adaptive { .. } => self.scores(input)?,
-            _ => {
-                check_input(self, input)?;
-                None
-            }
-        };
+        let scores = budget_scores(self, input, budget)?;
         let n = input.n();
         let k = budget.resolve(input, scores.as_deref())?.max(1);
         let what = if self.params.metric == Metric::Tokens || input.keys.is_none() {
