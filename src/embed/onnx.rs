@@ -17,7 +17,7 @@ use ort::value::{Tensor, ValueType};
 use serde::{Deserialize, Serialize};
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
-use crate::embed::runtime::runtime;
+use crate::embed::runtime::{model_err, runtime};
 use crate::embed::{Device, Encoder, EncoderInfo, Prepared, l2_normalize, private_pool, sha256_file};
 use crate::{Error, Result};
 
@@ -93,10 +93,6 @@ impl std::fmt::Debug for OnnxTextEncoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OnnxTextEncoder").field("info", &self.info).finish()
     }
-}
-
-fn model_err(path: &Path, reason: impl std::fmt::Display) -> Error {
-    Error::param("--model", format!("{}: {reason}", path.display()))
 }
 
 impl OnnxTextEncoder {

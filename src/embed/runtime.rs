@@ -33,6 +33,11 @@ pub struct Runtime {
 
 static RUNTIME: OnceLock<std::result::Result<Runtime, String>> = OnceLock::new();
 
+/// An error about the model file at `path`, reported against `--model`.
+pub(crate) fn model_err(path: &std::path::Path, reason: impl std::fmt::Display) -> Error {
+    Error::param("--model", format!("{}: {reason}", path.display()))
+}
+
 /// Loads ONNX Runtime (once per process) and returns it.
 pub fn runtime() -> Result<&'static Runtime> {
     RUNTIME

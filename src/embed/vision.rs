@@ -22,7 +22,7 @@ use ort::value::{Tensor, ValueType};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::embed::runtime::runtime;
+use crate::embed::runtime::{model_err, runtime};
 use crate::embed::{Device, Encoder, EncoderInfo, InputKind, Prepared, l2_normalize, private_pool, sha256_file};
 use crate::{Error, Result};
 
@@ -149,10 +149,6 @@ impl std::fmt::Debug for OnnxImageEncoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OnnxImageEncoder").field("info", &self.info).finish()
     }
-}
-
-fn model_err(path: &Path, reason: impl std::fmt::Display) -> Error {
-    Error::param("--model", format!("{}: {reason}", path.display()))
 }
 
 impl OnnxImageEncoder {

@@ -7,7 +7,6 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -129,15 +128,4 @@ impl Dataset {
     pub fn offset(&self, i: usize) -> u64 {
         self.offsets[i]
     }
-
-    /// (shard, row within shard) of a global row index.
-    pub fn locate(&self, global: u64) -> (usize, u64) {
-        let s = self.offsets.partition_point(|&o| o <= global) - 1;
-        (s, global - self.offsets[s])
-    }
-}
-
-/// A shared schema handle for tests and writers.
-pub fn schema_of(shard: &Shard) -> SchemaRef {
-    Arc::clone(&shard.schema)
 }

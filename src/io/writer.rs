@@ -249,9 +249,3 @@ pub fn write_scores_table(data: &Dataset, cols: &ScoreColumns<'_>, dest: &Path) 
     drop(file);
     atomic.commit()
 }
-
-/// Rows of a written Parquet file (for checks and tests).
-pub fn count_rows(path: &Path) -> Result<u64> {
-    let b = builder(path)?;
-    Ok(b.metadata().file_metadata().num_rows().max(0) as u64)
-}
