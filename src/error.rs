@@ -55,6 +55,17 @@ pub enum Error {
         reason: String,
     },
 
+    /// A scalar column (quality or score column) is missing or unusable.
+    #[error("{path}: column `{column}`: {reason}")]
+    Column {
+        /// The file.
+        path: PathBuf,
+        /// The column.
+        column: String,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// Embeddings of different dimensions were found.
     #[error("{path}{}: embedding dimension {found}, expected {expected}", row_suffix(*.row))]
     Dimension {

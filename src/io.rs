@@ -2,6 +2,7 @@
 //! that are written to a temporary name and renamed only when complete.
 
 pub mod atomic;
+pub mod columns;
 pub mod embeddings;
 pub mod inputs;
 pub mod npy;

@@ -1,12 +1,15 @@
 //! Whole runs: streaming passes over the shards, from inputs to written
 //! outputs and a report.
 
+pub mod budget;
 pub mod config;
 pub mod filter;
 pub mod passes;
 pub mod plot;
 pub mod progress;
 pub mod report;
+pub mod spill;
+pub mod stages;
 
 pub use filter::{EmbeddingSpec, FilterConfig, FilterParams, OutputSpec, run_filter};
 pub use progress::{NoProgress, Pass, Progress};

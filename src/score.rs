@@ -6,6 +6,12 @@
 //!   hard (atypical), low = easy (prototypical).
 //! * [`Metric::Random`]: a seeded uniform score per row id, the baseline
 //!   every pruning metric must beat.
+//! * [`Metric::Semdedup`]: SemDeDup's M (largest cosine with an
+//!   earlier-ranked member of the cluster); the least redundant rows are
+//!   kept ([`semdedup`]).
+//! * [`Metric::Dbp`], [`Metric::Ccs`], [`Metric::Moderate`]: selection
+//!   rules over the prototypicality score ([`crate::select::dbp`],
+//!   [`crate::select::robust`]).
 
 pub mod semdedup;
 
@@ -31,6 +37,19 @@ pub enum Metric {
     Proto,
     /// Seeded random scores.
     Random,
+    /// SemDeDup redundancy: keep the rows with the smallest M.
+    Semdedup,
+    /// Density-based pruning: per-cluster quotas from complexity.
+    Dbp,
+    /// Coverage-centric coreset selection over score strata.
+    Ccs,
+    /// Moderate coreset: rows nearest their cluster's median distance.
+    Moderate,
+}
+
+impl Metric {
+    /// Every metric name, for help and error texts.
+    pub const NAMES: &'static str = "proto, random, semdedup, dbp, ccs or moderate";
 }
 
 impl fmt::Display for Metric {
@@ -38,6 +57,10 @@ impl fmt::Display for Metric {
         f.write_str(match self {
             Metric::Proto => "proto",
             Metric::Random => "random",
+            Metric::Semdedup => "semdedup",
+            Metric::Dbp => "dbp",
+            Metric::Ccs => "ccs",
+            Metric::Moderate => "moderate",
         })
     }
 }
@@ -48,7 +71,11 @@ impl FromStr for Metric {
         match s {
             "proto" | "ssp" => Ok(Metric::Proto),
             "random" => Ok(Metric::Random),
-            _ => Err(Error::param("--metric", format!("`{s}`: expected proto or random"))),
+            "semdedup" => Ok(Metric::Semdedup),
+            "dbp" => Ok(Metric::Dbp),
+            "ccs" => Ok(Metric::Ccs),
+            "moderate" => Ok(Metric::Moderate),
+            _ => Err(Error::param("--metric", format!("`{s}`: expected {}", Metric::NAMES))),
         }
     }
 }

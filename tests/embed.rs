@@ -49,28 +49,6 @@ fn open(batch_size: usize, threads: Option<usize>) -> OnnxTextEncoder {
     OnnxTextEncoder::open(&params(batch_size, threads)).unwrap_or_else(|e| panic!("opening MiniLM: {e}"))
 }
 
-fn run_ok(args: &[&str]) -> String {
-    let out = dprune().args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "dprune {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn fails(args: &[&str]) -> String {
-    let out = dprune().args(args).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "dprune {args:?} should fail; stderr:\n{err}"
-    );
-    assert!(!err.contains("panicked"), "panic instead of an error: {err}");
-    err
-}
-
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
     let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
@@ -190,7 +168,7 @@ fn embed_writes_shards_with_an_embedding_column_and_a_report() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("emb");
     let model = minilm();
-    run_ok(&[
+    run_ok_stderr(&[
         "embed",
         "--model",
         &model,
@@ -236,7 +214,7 @@ fn embed_writes_shards_with_an_embedding_column_and_a_report() {
 fn embed_sidecars_f16_and_hashed_default() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("side");
-    run_ok(&[
+    run_ok_stderr(&[
         "embed",
         "--text-col",
         "caption",
@@ -257,7 +235,7 @@ fn embed_sidecars_f16_and_hashed_default() {
 
     // The hashed embedder is deterministic: a second run gives the same bytes.
     let out2 = tmp.path().join("side2");
-    run_ok(&[
+    run_ok_stderr(&[
         "embed",
         "--text-col",
         "caption",
@@ -287,7 +265,7 @@ fn embed_nulls_are_errors_or_counted() {
         "{err}"
     );
     let out2 = tmp.path().join("o2");
-    run_ok(&[
+    run_ok_stderr(&[
         "embed",
         "--text-col",
         "caption",
@@ -312,7 +290,7 @@ fn filter_with_a_model_encodes_each_row_once_and_reuses_the_cache() {
     let mut kept = Vec::new();
     for run in 0..2 {
         let out = tmp.path().join(format!("out{run}"));
-        run_ok(&[
+        run_ok_stderr(&[
             "filter",
             "--keep",
             "0.5",
@@ -350,7 +328,7 @@ fn filter_with_a_model_encodes_each_row_once_and_reuses_the_cache() {
 fn filter_with_the_hashed_embedder_needs_no_model() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("o");
-    run_ok(&[
+    run_ok_stderr(&[
         "filter",
         "--keep",
         "0.3",
@@ -496,7 +474,7 @@ fn bad_text_columns_are_named() {
         &o,
     ]);
     assert!(err.contains("row 3") && err.contains("null"), "{err}");
-    run_ok(&[
+    run_ok_stderr(&[
         "filter",
         "--keep",
         "0.5",
@@ -591,7 +569,7 @@ fn image_encoder_embeds_png_bytes_usefully() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("o");
     let vit = models().join("toyvit-mnist.onnx").display().to_string();
-    run_ok(&[
+    run_ok_stderr(&[
         "embed",
         "--model",
         &vit,
@@ -687,7 +665,7 @@ fn image_paths_and_bad_images() {
         "{err}"
     );
     let o2 = tmp.path().join("o2");
-    run_ok(&[
+    run_ok_stderr(&[
         "embed",
         "--model",
         &vit,
@@ -755,6 +733,6 @@ fn device_and_runtime_choices_are_explained() {
     // auto says which provider it chose and why.
     let mut args = base.to_vec();
     args.extend(["--device", "auto"]);
-    let err = run_ok(&args);
+    let err = run_ok_stderr(&args);
     assert!(err.contains("device: CPUExecutionProvider ("), "{err}");
 }

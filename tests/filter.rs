@@ -15,16 +15,6 @@ const SHARDS: [&str; 4] = [
     "part-00003.parquet",
 ];
 
-fn run_ok(args: &[&str]) -> String {
-    let out = dprune().args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "dprune {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 /// One row of a scores table: (file, row, cluster, score, kept).
 type ScoreRow = (String, i64, Option<i32>, Option<f32>, bool);
 

@@ -3,19 +3,6 @@
 
 use crate::util::*;
 
-/// Runs dprune expecting failure; returns stderr.
-fn fails(args: &[&str]) -> String {
-    let out = dprune().args(args).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "dprune {args:?} should fail with exit 2; stderr:\n{err}"
-    );
-    assert!(!err.contains("panicked"), "panic instead of an error: {err}");
-    err
-}
-
 fn out_dir(tmp: &tempfile::TempDir) -> String {
     tmp.path().join("out").display().to_string()
 }

@@ -15,5 +15,8 @@ mod filter_errors;
 // `filter --model/--text-col`, and their bad inputs.
 mod embed;
 
+// Exact dedup, SemDeDup, quality, DBP/CCS/Moderate and their composition.
+mod stages;
+
 // `dprune run` on every shipped pipeline file.
 mod pipelines;

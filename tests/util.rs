@@ -28,6 +28,41 @@ pub fn dprune() -> Command {
     c
 }
 
+/// Runs dprune expecting success; returns stdout.
+pub fn run_ok(args: &[&str]) -> String {
+    let out = dprune().args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "dprune {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs dprune expecting success; returns stderr (summaries, warnings).
+pub fn run_ok_stderr(args: &[&str]) -> String {
+    let out = dprune().args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "dprune {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Runs dprune expecting failure with exit code 2 and no panic; returns stderr.
+pub fn fails(args: &[&str]) -> String {
+    let out = dprune().args(args).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "dprune {args:?} should fail with exit 2; stderr:\n{err}"
+    );
+    assert!(!err.contains("panicked"), "panic instead of an error: {err}");
+    err
+}
+
 /// Reads a whole Parquet file: (schema, all rows as one batch).
 pub fn read(path: &Path) -> (SchemaRef, RecordBatch) {
     let f = File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

@@ -9,8 +9,11 @@ use dprune::cluster::{Distance, KMeansParams};
 use dprune::embed::{Device, EncoderSpec, InputKind};
 use dprune::pipeline::filter::{Balance, DEFAULT_BATCH_ROWS};
 use dprune::pipeline::report::REPORT_JSON;
+use dprune::pipeline::stages::{DedupParams, DedupRank, KeepOf, QualityParams};
 use dprune::pipeline::{EmbeddingSpec, FilterConfig, FilterParams, OutputSpec, Report, run_filter};
 use dprune::score::Metric;
+use dprune::select::dbp::DbpParams;
+use dprune::select::robust::CcsParams;
 use dprune::select::{Budget, Keep};
 
 use crate::cli::progress::Bars;
@@ -32,6 +35,16 @@ Examples:
 
   # ... or with the built-in hashed n-gram embedder (lexical, no model needed)
   dprune filter --keep 0.3 --text-col caption 'shards/*.parquet' -o out/
+
+  # SemDeDup at eps 0.05 after exact de-duplication, then keep 30% of the input by SSP
+  dprune filter --exact-dedup --dedup 0.05 --keep 0.3 'laion/*.parquet' -o pruned/
+
+  # only de-duplicate (keep everything else), with M and dup_of columns to audit
+  dprune filter --dedup 0.05 --with-scores 'laion/*.parquet' -o dedup/
+
+  # density-based pruning (DBP) to 30%, after dropping the 20% lowest CLIP scores
+  dprune filter --metric dbp --keep 0.3 --quality-col clip_score --quality-drop 20 \\
+      'laion/*.parquet' -o pruned/
 
   # random baseline, scores table only, see the plan first
   dprune filter --keep 0.3 --metric random --dry-run 'shards/*.parquet' -o out/
@@ -61,9 +74,70 @@ pub struct FilterArgs {
     #[arg(long, value_name = "N")]
     keep_n: Option<u64>,
 
-    /// Score: proto (1 − cos to the nearest k-means centroid) or random.
+    /// Final rule: proto (1 − cos to the nearest k-means centroid), random, semdedup
+    /// (least redundant), dbp (density-based quotas), ccs (coverage strata) or moderate.
     #[arg(long, default_value = "proto", value_name = "METRIC")]
     metric: String,
+
+    /// What --keep is a fraction of: input (usable input rows) or stage (rows left after
+    /// the removal stages).
+    #[arg(long, default_value = "input", value_name = "WHAT")]
+    keep_of: String,
+
+    /// Stage 1: remove rows whose embedding is bit-identical to an earlier row's.
+    #[arg(long)]
+    exact_dedup: bool,
+
+    /// With --exact-dedup: compare this column's values instead of the embedding.
+    #[arg(long, value_name = "COL")]
+    exact_key: Option<String>,
+
+    /// Stage 2, SemDeDup: remove rows with cosine > 1 − EPS to an earlier-ranked row of
+    /// their cluster (e.g. 0.05).
+    #[arg(long, value_name = "EPS")]
+    dedup: Option<f64>,
+
+    /// Which member of a near-duplicate group survives: hard (farthest from the
+    /// centroid), easy or random.
+    #[arg(long, default_value = "hard", value_name = "RULE")]
+    dedup_keep: String,
+
+    /// Also remove near-duplicates across clusters (HNSW index over the rows left; holds
+    /// their embeddings in memory).
+    #[arg(long)]
+    dedup_global: bool,
+
+    /// Stage 3: a numeric quality column (e.g. a CLIP score; higher is better).
+    #[arg(long, value_name = "COL", requires = "quality_drop")]
+    quality_col: Option<String>,
+
+    /// With --quality-col: drop this percentage of the rows left, lowest first.
+    #[arg(long, value_name = "PCT", requires = "quality_col")]
+    quality_drop: Option<f64>,
+
+    /// Rank by this numeric column (higher = harder) instead of prototypicality.
+    #[arg(long, value_name = "COL")]
+    score_col: Option<String>,
+
+    /// DBP: nearest other centroids averaged in d_inter.
+    #[arg(long, default_value_t = dprune::select::dbp::DEFAULT_NEIGHBORS, value_name = "N")]
+    dbp_neighbors: usize,
+
+    /// DBP: softmax temperature of the complexity shares.
+    #[arg(long, default_value_t = dprune::select::dbp::DEFAULT_TEMPERATURE, value_name = "T")]
+    temperature: f64,
+
+    /// DBP: every cluster's floor as a fraction of the uniform share.
+    #[arg(long, default_value_t = dprune::select::dbp::DEFAULT_FLOOR_RATIO, value_name = "R")]
+    dbp_floor: f64,
+
+    /// CCS: fraction of the hardest rows dropped before stratifying.
+    #[arg(long, default_value_t = dprune::select::robust::DEFAULT_CCS_BETA, value_name = "B")]
+    ccs_beta: f64,
+
+    /// Folder for SemDeDup's temporary per-cluster files [default: the system temp folder].
+    #[arg(long, value_name = "DIR")]
+    spill_dir: Option<PathBuf>,
 
     /// Keep the most prototypical rows instead of the hardest (for scarce data).
     #[arg(long)]
@@ -151,7 +225,8 @@ pub struct FilterArgs {
     #[arg(long)]
     drop_invalid: bool,
 
-    /// Append dprune_cluster and dprune_score columns to the pruned shards.
+    /// Append dprune_cluster and dprune_score (and after de-duplication dprune_max_sim and
+    /// dprune_dup_of) columns to the pruned shards.
     #[arg(long)]
     with_scores: bool,
 
@@ -186,9 +261,16 @@ pub struct FilterArgs {
 
 impl FilterArgs {
     fn config(&self) -> anyhow::Result<FilterConfig> {
+        let removal_only = self.exact_dedup || self.dedup.is_some() || self.quality_col.is_some();
+        let mut keep_of = self.keep_of.parse::<KeepOf>()?;
         let keep = match (self.keep, self.keep_n) {
             (_, Some(n)) => Budget::Count(n),
             (Some(f), None) => Budget::Fraction(f),
+            // Only removal stages asked for: keep every row they leave.
+            (None, None) if removal_only => {
+                keep_of = KeepOf::Stage;
+                Budget::Fraction(1.0)
+            }
             (None, None) => Budget::default(),
         };
         let encode_col = self.text_col.as_ref().or(self.image_col.as_ref());
@@ -239,6 +321,31 @@ impl FilterArgs {
             seed: self.seed,
             drop_invalid: self.drop_invalid,
             batch_rows: self.batch_rows,
+            exact_dedup: self.exact_dedup,
+            exact_key: self.exact_key.clone(),
+            dedup: DedupParams {
+                eps: self.dedup,
+                keep: self.dedup_keep.parse::<DedupRank>()?,
+                global: self.dedup_global,
+                ..DedupParams::default()
+            },
+            quality: self.quality_col.as_ref().map(|c| QualityParams {
+                column: c.clone(),
+                drop_below_percentile: self.quality_drop.unwrap_or_default(),
+            }),
+            keep_of,
+            score_col: self.score_col.clone(),
+            dbp: DbpParams {
+                neighbors: self.dbp_neighbors,
+                temperature: self.temperature,
+                floor_ratio: self.dbp_floor,
+                ..DbpParams::default()
+            },
+            ccs: CcsParams {
+                beta: self.ccs_beta,
+                ..CcsParams::default()
+            },
+            spill_dir: self.spill_dir.clone(),
         };
         let output = OutputSpec {
             dir: self.output.clone(),

@@ -188,17 +188,30 @@ pub struct ScoreColumns<'a> {
     pub kept: &'a [bool],
     /// Whether each row had a usable embedding (others get null score and cluster).
     pub valid: &'a [bool],
+    /// SemDeDup's M per row (NaN → null), when computed: adds `max_sim`.
+    pub max_sim: Option<&'a [f32]>,
+    /// Global row id of the row each row duplicates, when a de-duplication
+    /// stage ran: adds `dup_of`.
+    pub dup_of: Option<&'a [Option<u32>]>,
 }
 
-/// Writes one table `(file, row, cluster, score, kept)` for every input row.
+/// Writes one table `(file, row, cluster, score, kept[, max_sim][, dup_of])`
+/// for every input row.
 pub fn write_scores_table(data: &Dataset, cols: &ScoreColumns<'_>, dest: &Path) -> Result<()> {
-    let schema = Arc::new(Schema::new(vec![
+    let mut fields = vec![
         Field::new("file", DataType::Utf8, false),
         Field::new("row", DataType::Int64, false),
         Field::new("cluster", DataType::Int32, true),
         Field::new("score", DataType::Float32, true),
         Field::new("kept", DataType::Boolean, false),
-    ]));
+    ];
+    if cols.max_sim.is_some() {
+        fields.push(Field::new("max_sim", DataType::Float32, true));
+    }
+    if cols.dup_of.is_some() {
+        fields.push(Field::new("dup_of", DataType::Int64, true));
+    }
+    let schema = Arc::new(Schema::new(fields));
     let atomic = AtomicFile::new(dest)?;
     let file = File::create(atomic.tmp_path()).map_err(|e| Error::io("creating", atomic.tmp_path(), e))?;
     let wrap = |source| Error::Parquet {
@@ -225,18 +238,23 @@ pub fn write_scores_table(data: &Dataset, cols: &ScoreColumns<'_>, dest: &Path) 
                 .zip(valid)
                 .map(|(&s, &v)| v.then_some(s))
                 .collect();
-            let kept_col = BooleanArray::from(cols.kept[g].to_vec());
-            let batch = RecordBatch::try_new(
-                schema.clone(),
-                vec![
-                    Arc::new(file_col),
-                    Arc::new(row_col),
-                    Arc::new(cluster_col),
-                    Arc::new(score_col),
-                    Arc::new(kept_col),
-                ],
-            )
-            .map_err(|source| Error::Arrow {
+            let kept_col = BooleanArray::from(cols.kept[g.clone()].to_vec());
+            let mut columns: Vec<ArrayRef> = vec![
+                Arc::new(file_col),
+                Arc::new(row_col),
+                Arc::new(cluster_col),
+                Arc::new(score_col),
+                Arc::new(kept_col),
+            ];
+            if let Some(m) = cols.max_sim {
+                let c: Float32Array = m[g.clone()].iter().map(|&v| (!v.is_nan()).then_some(v)).collect();
+                columns.push(Arc::new(c));
+            }
+            if let Some(d) = cols.dup_of {
+                let c: Int64Array = d[g.clone()].iter().map(|v| v.map(i64::from)).collect();
+                columns.push(Arc::new(c));
+            }
+            let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|source| Error::Arrow {
                 path: dest.to_path_buf(),
                 source,
             })?;

@@ -28,7 +28,8 @@ use crate::cluster::{Centroids, Distance, KMeans, KMeansParams};
 use crate::embed::{EncoderSpec, TextSource};
 use crate::io::embeddings::{ColumnSource, EmbeddingSource, NpySidecarSource};
 use crate::io::writer::{ExtraColumn, ExtraValues, ScoreColumns, write_filtered, write_scores_table};
-use crate::io::{Dataset, expand_inputs, npy};
+use crate::io::{Dataset, columns, expand_inputs, npy};
+use crate::pipeline::budget::{Ranking, choose};
 use crate::pipeline::passes::{Rows, read_sample, score_rows};
 use crate::pipeline::plot;
 use crate::pipeline::progress::{Pass, Progress};
@@ -36,9 +37,17 @@ use crate::pipeline::report::{
     ClusterReport, HISTOGRAM_BINS, InputReport, InvalidReport, KMeansReport, REPORT_JSON, REPORT_PNG, Report,
     ScoreReport, histogram,
 };
+use crate::pipeline::spill::{ClusterSpill, partitions_for};
+use crate::pipeline::stages::{
+    DedupParams, EPS_CURVE, KeepOf, QualityParams, SemDedupReport, StageReport, check_distance, exact_dedup,
+    global_duplicates, pairwise_warning, quality_drop, remove, semdedup_spilled,
+};
 use crate::rng::Rng;
+use crate::score::semdedup::{SemDedupParams, eps_curve, hash_bytes, is_duplicate, quantiles};
 use crate::score::{Metric, random_score};
-use crate::select::{Budget, Keep, proportional_quotas, select_per_cluster, select_top};
+use crate::select::dbp::DbpParams;
+use crate::select::robust::CcsParams;
+use crate::select::{Budget, Keep};
 use crate::{Error, Result};
 
 /// Rows per embedding batch in the sample and score passes.
@@ -49,6 +58,13 @@ pub const SCORES_TABLE: &str = "scores.parquet";
 pub const CLUSTER_COLUMN: &str = "dprune_cluster";
 /// Column added by `with_scores`: the row's score.
 pub const SCORE_COLUMN: &str = "dprune_score";
+/// Column added by `with_scores` after SemDeDup: M, the row's largest
+/// cosine with an earlier-ranked row of its cluster (1 for exact duplicates).
+pub const MAX_SIM_COLUMN: &str = "dprune_max_sim";
+/// Column added by `with_scores` after a de-duplication stage: the global
+/// row id (row index over the inputs in order) of the row this one
+/// duplicates, or null.
+pub const DUP_OF_COLUMN: &str = "dprune_dup_of";
 
 /// How the kept fraction is spread over clusters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -103,6 +119,27 @@ pub struct FilterParams {
     pub drop_invalid: bool,
     /// Rows per batch; defaults to [`DEFAULT_BATCH_ROWS`]. Results do not depend on it.
     pub batch_rows: usize,
+    /// Stage 1: remove rows whose embedding (or `exact_key`) equals an
+    /// earlier row's.
+    pub exact_dedup: bool,
+    /// Compare this column's values instead of the embedding in stage 1.
+    pub exact_key: Option<String>,
+    /// Stage 2 (SemDeDup with `dedup.eps`) and the `semdedup` metric.
+    pub dedup: DedupParams,
+    /// Stage 3: a percentile rule on a score column.
+    pub quality: Option<QualityParams>,
+    /// What `keep` is a fraction of.
+    pub keep_of: KeepOf,
+    /// Rank by this numeric column (higher = harder) instead of the
+    /// prototypicality score.
+    pub score_col: Option<String>,
+    /// DBP allocation (`metric = "dbp"`).
+    pub dbp: DbpParams,
+    /// CCS (`metric = "ccs"`).
+    pub ccs: CcsParams,
+    /// Folder for SemDeDup's temporary cluster files [default: the
+    /// system temporary folder].
+    pub spill_dir: Option<PathBuf>,
 }
 
 impl Default for FilterParams {
@@ -117,6 +154,15 @@ impl Default for FilterParams {
             seed: 0,
             drop_invalid: false,
             batch_rows: DEFAULT_BATCH_ROWS,
+            exact_dedup: false,
+            exact_key: None,
+            dedup: DedupParams::default(),
+            quality: None,
+            keep_of: KeepOf::default(),
+            score_col: None,
+            dbp: DbpParams::default(),
+            ccs: CcsParams::default(),
+            spill_dir: None,
         }
     }
 }
@@ -129,11 +175,37 @@ impl FilterParams {
         if self.batch_rows == 0 {
             return Err(Error::param("--batch-rows", "must be at least 1"));
         }
+        self.dedup.validate()?;
+        if let Some(q) = &self.quality {
+            q.validate()?;
+        }
+        self.dbp.validate()?;
+        self.ccs.validate()?;
+        if self.exact_key.is_some() && !self.exact_dedup {
+            return Err(Error::param("--exact-key", "only applies with --exact-dedup"));
+        }
+        if self.runs_semdedup() {
+            check_distance(self.kmeans.distance)?;
+        }
         Ok(())
     }
 
+    /// Whether embeddings (and so k-means) are needed.
     fn needs_clusters(&self) -> bool {
-        self.metric == Metric::Proto || self.balance == Balance::Clusters
+        let by_metric = match self.metric {
+            Metric::Random => false,
+            Metric::Proto | Metric::Ccs => self.score_col.is_none(),
+            Metric::Semdedup | Metric::Dbp | Metric::Moderate => true,
+        };
+        by_metric
+            || self.balance == Balance::Clusters
+            || self.runs_semdedup()
+            || (self.exact_dedup && self.exact_key.is_none())
+    }
+
+    /// Whether the SemDeDup pass runs.
+    fn runs_semdedup(&self) -> bool {
+        self.metric == Metric::Semdedup || self.dedup.eps.is_some()
     }
 }
 
@@ -253,6 +325,7 @@ pub fn run_filter(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Report>
     let mut kreport = None;
     let mut centroids_kept = None;
 
+    let mut spilled = None;
     if p.needs_clusters() {
         let source = open_source(&data, &cfg.embeddings)?;
         let d = source.dim();
@@ -302,29 +375,43 @@ pub fn run_filter(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Report>
             }
         };
         invalid = InvalidReport::default(); // the score pass recounts every row
-        progress.begin(Pass::Score, n);
-        score_rows(&data, source.as_ref(), &centroids, p, &mut rows, &mut invalid, progress)?;
-        progress.end();
-        t.mark("score");
-        if p.metric == Metric::Random {
-            rows.scores
-                .par_iter_mut()
-                .enumerate()
-                .for_each(|(i, s)| *s = random_score(p.seed, i as u64));
+        if p.exact_dedup && p.exact_key.is_none() {
+            rows.hashes = vec![None; n as usize];
         }
+        let spill = if p.runs_semdedup() {
+            let parts = partitions_for(n, d, centroids.k());
+            Some(ClusterSpill::create(p.spill_dir.as_deref(), d, parts)?)
+        } else {
+            None
+        };
+        progress.begin(Pass::Score, n);
+        score_rows(
+            &data,
+            source.as_ref(),
+            &centroids,
+            p,
+            &mut rows,
+            spill.as_ref(),
+            &mut invalid,
+            progress,
+        )?;
+        progress.end();
+        spilled = spill.map(ClusterSpill::finish).transpose()?;
+        t.mark("score");
         kreport = Some(kr);
         centroids_kept = Some(centroids);
-    } else {
+    }
+    // The prototypicality score doubles as the distance to the centroid (DBP, Moderate).
+    let dist = rows.scores.clone();
+    if p.metric == Metric::Random {
         rows.scores
             .par_iter_mut()
             .enumerate()
             .for_each(|(i, s)| *s = random_score(p.seed, i as u64));
-        t.mark("score");
     }
 
-    // Select.
-    let n_eligible = rows.valid.iter().filter(|&&v| v).count() as u64;
-    if n_eligible == 0 {
+    let n_usable = rows.valid.iter().filter(|&&v| v).count() as u64;
+    if n_usable == 0 {
         return Err(Error::Empty(format!(
             "all {n} rows have unusable embeddings; nothing to select from"
         )));
@@ -338,35 +425,169 @@ pub fn run_filter(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Report>
             invalid.zero
         ));
     }
-    let budget = p.keep.resolve(n_eligible)?;
-    if budget == 0 {
-        warn(format!(
-            "the budget rounds to 0 rows of {n_eligible}; nothing will be kept"
-        ));
+
+    // Removal stages: each narrows `eligible`.
+    let mut eligible = rows.valid.clone();
+    let mut stages = Vec::new();
+    let mut stage = |name: &str, eligible: &[bool], removed: u64| {
+        let left = eligible.iter().filter(|&&e| e).count() as u64;
+        stages.push(StageReport {
+            name: name.into(),
+            rows_in: left + removed,
+            removed,
+            rows_out: left,
+        });
+    };
+    let mut dup_of: Vec<Option<u32>> = Vec::new();
+    if p.exact_dedup {
+        let hashes = match &p.exact_key {
+            Some(col) => columns::map_keys(&data, col, hash_bytes)?,
+            None => std::mem::take(&mut rows.hashes),
+        };
+        dup_of = exact_dedup(&hashes, &eligible);
+        let removed = remove(&mut eligible, |i| dup_of[i].is_some());
+        stage("exact_dedup", &eligible, removed);
+        t.mark("exact_dedup");
     }
-    let k = centroids_kept.as_ref().map_or(0, |c| c.k());
-    let kept = match p.balance {
-        Balance::Clusters => {
-            let mut sizes = vec![0u64; k];
-            for (&l, &v) in rows.labels.iter().zip(&rows.valid) {
-                if v {
-                    sizes[l as usize] += 1;
+    let mut max_sim: Option<Vec<f32>> = None;
+    let mut sd_report = None;
+    if let (Some(sp), Some(c)) = (&spilled, &centroids_kept) {
+        let params = SemDedupParams::default().with_keep(p.dedup.keep.to_keep(p.seed));
+        let mut sizes = vec![0u64; c.k()];
+        for (&l, &e) in rows.labels.iter().zip(&eligible) {
+            if e {
+                sizes[l as usize] += 1;
+            }
+        }
+        if let Some(w) = pairwise_warning(&sizes, c.dim()) {
+            warn(w);
+        }
+        progress.begin(Pass::Dedup, sp.rows);
+        let mut sc = semdedup_spilled(sp, &rows.labels, &eligible, c, &params, &|m| progress.advance(m))?;
+        progress.end();
+        let mut curve_eps: Vec<f64> = EPS_CURVE.to_vec();
+        if let Some(e) = p.dedup.eps
+            && !curve_eps.contains(&e)
+        {
+            curve_eps.push(e);
+            curve_eps.sort_by(f64::total_cmp);
+        }
+        let qs = [0.5, 0.9, 0.95, 0.99, 0.999, 1.0];
+        let mut report = SemDedupReport {
+            eps: p.dedup.eps,
+            keep: p.dedup.keep.to_string(),
+            partitions: sp.partitions(),
+            spill_bytes: sp.bytes,
+            largest_cluster: sizes.iter().copied().max().unwrap_or(0),
+            pairs: sizes.iter().map(|&s| (s as f64) * (s as f64)).sum(),
+            max_sim_quantiles: qs.iter().copied().zip(quantiles(&sc.max_sim, &eligible, &qs)).collect(),
+            eps_curve: eps_curve(&sc.max_sim, &eligible, &curve_eps)?,
+            removed_within: 0,
+            removed_global: 0,
+        };
+        if let Some(eps) = p.dedup.eps {
+            let m = &sc.max_sim;
+            report.removed_within = remove(&mut eligible, |i| is_duplicate(m[i], eps));
+            stage("semdedup", &eligible, report.removed_within);
+            if p.dedup.global {
+                let g = global_duplicates(sp, &rows.labels, &eligible, c.dim(), eps, &p.dedup.hnsw)?;
+                report.removed_global = remove(&mut eligible, |i| g[i].is_some());
+                stage("semdedup_global", &eligible, report.removed_global);
+                for (i, g) in g.into_iter().enumerate() {
+                    if g.is_some() {
+                        sc.dup_of[i] = g;
+                    }
                 }
             }
-            let q = proportional_quotas(&sizes, budget);
-            select_per_cluster(&rows.scores, &rows.labels, &rows.valid, &q, p.prefer)
         }
-        Balance::None => select_top(&rows.scores, &rows.valid, budget, p.prefer),
+        if !dup_of.is_empty() {
+            sc.mark_exact(&dup_of);
+        }
+        dup_of = sc.dup_of;
+        max_sim = Some(sc.max_sim);
+        sd_report = Some(report);
+        t.mark("semdedup");
+    }
+    drop(spilled);
+    if let Some(q) = &p.quality {
+        let values = columns::read_f64_column(&data, &q.column)?;
+        let nan = values.iter().zip(&eligible).filter(|(v, e)| **e && v.is_nan()).count();
+        if nan > 0 {
+            warn(format!(
+                "{nan} rows have a null or NaN `{}` and were dropped by the quality stage",
+                q.column
+            ));
+        }
+        let drop = quality_drop(&values, &eligible, q.drop_below_percentile);
+        let removed = remove(&mut eligible, |i| drop[i]);
+        stage("quality", &eligible, removed);
+        t.mark("quality");
+    }
+    if let Some(col) = &p.score_col {
+        let values = columns::read_f64_column(&data, col)?;
+        let nan = remove(&mut eligible, |i| values[i].is_nan());
+        if nan > 0 {
+            warn(format!(
+                "{nan} rows have a null or NaN `{col}` and cannot be ranked; they are not kept"
+            ));
+        }
+        rows.scores.iter_mut().zip(&values).for_each(|(s, &v)| *s = v as f32);
+    }
+
+    // Final stage: the budget.
+    let n_left = eligible.iter().filter(|&&e| e).count() as u64;
+    let base = match p.keep_of {
+        KeepOf::Input => n_usable,
+        KeepOf::Stage => n_left,
     };
+    let mut budget = p.keep.resolve(base)?;
+    if budget > n_left {
+        warn(format!(
+            "the budget of {budget} rows is more than the {n_left} rows left after the removal stages; keeping all {n_left}"
+        ));
+        budget = n_left;
+    }
+    if budget == 0 {
+        warn(format!("the budget rounds to 0 rows of {base}; nothing will be kept"));
+    }
+    let chosen = choose(
+        p,
+        &Ranking {
+            scores: &rows.scores,
+            labels: &rows.labels,
+            dist: &dist,
+            eligible: &eligible,
+            centroids: centroids_kept.as_ref(),
+            max_sim: max_sim.as_deref(),
+        },
+        budget,
+    )?;
+    let kept = chosen.kept;
+    stage(&p.metric.to_string(), &kept, n_left - budget);
+    if p.metric == Metric::Semdedup {
+        rows.scores = max_sim.clone().expect("semdedup ran");
+    } else if let Some(sh) = chosen.shown_scores {
+        rows.scores = sh;
+    }
+    let k = centroids_kept.as_ref().map_or(0, |c| c.k());
     t.mark("select");
 
     // Report (before writing, so a dry run shows the same numbers).
     let mut report = build_report(cfg, &data, &rows, &kept, invalid, kreport, k);
     report.embedding_source = source_desc;
     report.dim = dim;
+    report.stages = stages;
+    report.semdedup = sd_report;
+    if let Some(plan) = &chosen.dbp {
+        for (j, c) in report.clusters.iter_mut().enumerate() {
+            c.complexity = plan.complexity.as_ref().map(|cx| cx.value[j]);
+            c.share = Some(plan.shares[j]);
+            c.quota = Some(plan.allocation.quotas[j]);
+        }
+    }
     if let Some(c) = &centroids_kept
         && k > 0
-        && (n_eligible as f64) / (k as f64) < 2.0
+        && (n_usable as f64) / (k as f64) < 2.0
     {
         warn(format!(
             "k = {} leaves fewer than 2 rows per cluster on average; choose a smaller --k",
@@ -389,6 +610,8 @@ pub fn run_filter(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Report>
                     score: &rows.scores,
                     kept: &kept,
                     valid: &rows.valid,
+                    max_sim: max_sim.as_deref(),
+                    dup_of: (!dup_of.is_empty()).then_some(&dup_of[..]),
                 },
                 &dest,
             )?;
@@ -397,6 +620,15 @@ pub fn run_filter(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Report>
         } else {
             let labels_i32: Option<Vec<i32>> =
                 (out.with_scores && centroids_kept.is_some()).then(|| rows.labels.iter().map(|&l| l as i32).collect());
+            let dup_i64: Option<(Vec<i64>, Vec<bool>)> = (out.with_scores && !dup_of.is_empty()).then(|| {
+                (
+                    dup_of.iter().map(|d| d.map_or(-1, |v| v as i64)).collect(),
+                    dup_of.iter().map(Option::is_some).collect(),
+                )
+            });
+            let sim_valid: Option<Vec<bool>> = max_sim
+                .as_ref()
+                .map(|m| m.iter().zip(&rows.valid).map(|(v, &ok)| ok && !v.is_nan()).collect());
             let written: Vec<Result<(usize, PathBuf)>> = data
                 .shards
                 .par_iter()
@@ -416,6 +648,20 @@ pub fn run_filter(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Report>
                             values: ExtraValues::F32(&rows.scores[r.clone()]),
                             valid: Some(&rows.valid[r.clone()]),
                         });
+                        if let (Some(m), Some(v)) = (&max_sim, &sim_valid) {
+                            extra.push(ExtraColumn {
+                                name: MAX_SIM_COLUMN,
+                                values: ExtraValues::F32(&m[r.clone()]),
+                                valid: Some(&v[r.clone()]),
+                            });
+                        }
+                        if let Some((d, v)) = &dup_i64 {
+                            extra.push(ExtraColumn {
+                                name: DUP_OF_COLUMN,
+                                values: ExtraValues::I64(&d[r.clone()]),
+                                valid: Some(&v[r.clone()]),
+                            });
+                        }
                     }
                     let dest = out.dir.join(s.path.file_name().expect("input files have names"));
                     write_filtered(s, &kept[r], &extra, &dest, &|m| progress.advance(m))?;
@@ -591,54 +837,73 @@ fn build_report(
             size: 0,
             kept: 0,
             mean_score: 0.0,
+            complexity: None,
+            share: None,
+            quota: None,
         })
         .collect();
-    let mut sums = vec![0f64; k];
+    let mut sums = vec![(0f64, 0u64); k];
     if k > 0 {
         for (i, _) in rows.valid.iter().enumerate().filter(|(_, v)| **v) {
             let c = rows.labels[i] as usize;
             clusters[c].size += 1;
             clusters[c].kept += kept[i] as u64;
-            sums[c] += rows.scores[i] as f64;
+            if !rows.scores[i].is_nan() {
+                sums[c].0 += rows.scores[i] as f64;
+                sums[c].1 += 1;
+            }
         }
-        for (c, s) in clusters.iter_mut().zip(&sums) {
-            c.mean_score = if c.size > 0 {
-                (s / c.size as f64) as f32
-            } else {
-                f32::NAN
-            };
+        for (c, &(s, m)) in clusters.iter_mut().zip(&sums) {
+            c.mean_score = if m > 0 { (s / m as f64) as f32 } else { f32::NAN };
         }
     }
     let n_kept = kept.iter().filter(|&&k| k).count() as u64;
+    let scored: Vec<bool> = rows
+        .valid
+        .iter()
+        .zip(&rows.scores)
+        .map(|(&v, s)| v && !s.is_nan())
+        .collect();
     let mut valid_scores: Vec<f32> = rows
         .scores
         .iter()
         .zip(&rows.valid)
-        .filter(|(_, v)| **v)
+        .filter(|(s, v)| **v && !s.is_nan())
         .map(|(s, _)| *s)
         .collect();
     valid_scores.par_sort_unstable_by(|a, b| a.total_cmp(b));
+    if valid_scores.is_empty() {
+        valid_scores.push(f32::NAN);
+    }
     let q = |f: f64| valid_scores[((valid_scores.len() - 1) as f64 * f).round() as usize];
     let quantiles = [0.0, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 1.0]
         .iter()
         .map(|&f| (format!("{f}"), q(f)))
         .collect();
-    let threshold = (p.balance == Balance::None && n_kept > 0).then(|| {
-        let it = rows.scores.iter().zip(kept).filter(|(_, k)| **k).map(|(s, _)| *s);
-        match p.prefer {
-            Keep::Hard => it.fold(f32::INFINITY, f32::min),
-            Keep::Easy => it.fold(f32::NEG_INFINITY, f32::max),
-        }
-    });
+    // A single score threshold exists only for the global rules.
+    let global_rule = match p.metric {
+        Metric::Proto | Metric::Random => Some(p.prefer),
+        Metric::Semdedup => Some(Keep::Easy),
+        _ => None,
+    };
+    let threshold = global_rule
+        .filter(|_| p.balance == Balance::None && n_kept > 0)
+        .map(|prefer| {
+            let it = rows.scores.iter().zip(kept).filter(|(_, k)| **k).map(|(s, _)| *s);
+            match prefer {
+                Keep::Hard => it.fold(f32::INFINITY, f32::min),
+                Keep::Easy => it.fold(f32::NEG_INFINITY, f32::max),
+            }
+        });
     let mean = valid_scores.iter().map(|&v| v as f64).sum::<f64>() / valid_scores.len() as f64;
     let scores = ScoreReport {
         metric: p.metric.to_string(),
         min: valid_scores[0],
-        max: *valid_scores.last().expect("n_eligible > 0"),
+        max: *valid_scores.last().expect("at least one value"),
         mean,
         quantiles,
         threshold,
-        histogram: histogram(&rows.scores, &rows.valid, kept, HISTOGRAM_BINS),
+        histogram: histogram(&rows.scores, &scored, kept, HISTOGRAM_BINS),
     };
     Report {
         dprune_version: env!("CARGO_PKG_VERSION").into(),
@@ -656,6 +921,8 @@ fn build_report(
         kmeans,
         clusters,
         scores: Some(scores),
+        stages: vec![],
+        semdedup: None,
         outputs: vec![],
         timings_s: BTreeMap::new(),
         warnings: vec![],

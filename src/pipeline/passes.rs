@@ -19,7 +19,9 @@ use crate::io::{Dataset, Shard};
 use crate::pipeline::filter::FilterParams;
 use crate::pipeline::progress::Progress;
 use crate::pipeline::report::InvalidReport;
+use crate::pipeline::spill::ClusterSpill;
 use crate::score::prototypicality;
+use crate::score::semdedup::hash_f32;
 use crate::{Error, Result};
 
 /// Per-row results of the score pass, a few bytes per row.
@@ -31,6 +33,9 @@ pub struct Rows {
     pub scores: Vec<f32>,
     /// Whether the row's embedding is usable.
     pub valid: Vec<bool>,
+    /// A 128-bit hash of the raw embedding bits of every usable row, when
+    /// the exact-duplicate stage asks for it (empty otherwise).
+    pub hashes: Vec<Option<u128>>,
 }
 
 impl Rows {
@@ -40,6 +45,7 @@ impl Rows {
             labels: vec![u32::MAX; n],
             scores: vec![0.0; n],
             valid: vec![true; n],
+            hashes: Vec::new(),
         }
     }
 }
@@ -189,13 +195,17 @@ pub fn read_sample(
     Ok(out)
 }
 
-/// Score pass: nearest centroid and prototypicality of every row.
+/// Score pass: nearest centroid and prototypicality of every row; also
+/// hashes the raw embeddings when `rows.hashes` is sized to the rows, and
+/// appends every usable row's unit embedding to `spill` when given.
+#[allow(clippy::too_many_arguments)]
 pub fn score_rows(
     data: &Dataset,
     source: &dyn EmbeddingSource,
     c: &Centroids,
     p: &FilterParams,
     rows: &mut Rows,
+    spill: Option<&ClusterSpill>,
     invalid: &mut InvalidReport,
     progress: &dyn Progress,
 ) -> Result<()> {
@@ -207,23 +217,38 @@ pub fn score_rows(
         )));
     }
     // Disjoint per-shard views of the per-row state.
+    let hashing = !rows.hashes.is_empty();
     let mut views = Vec::with_capacity(data.shards.len());
     let (mut l, mut s, mut v) = (&mut rows.labels[..], &mut rows.scores[..], &mut rows.valid[..]);
+    let mut h = &mut rows.hashes[..];
     for shard in &data.shards {
         let n = shard.num_rows as usize;
         let (l0, l1) = l.split_at_mut(n);
         let (s0, s1) = s.split_at_mut(n);
         let (v0, v1) = v.split_at_mut(n);
-        views.push((shard, l0, s0, v0));
-        (l, s, v) = (l1, s1, v1);
+        let (h0, h1) = h.split_at_mut(if hashing { n } else { 0 });
+        views.push((shard, l0, s0, v0, h0));
+        (l, s, v, h) = (l1, s1, v1, h1);
     }
     let parts: Vec<Result<((), InvalidReport)>> = views
         .into_par_iter()
-        .map(|(shard, labels, scores, valid)| {
+        .map(|(shard, labels, scores, valid, hashes)| {
             let mut inv = InvalidReport::default();
+            let mut buffer = spill.map(|s| s.buffer());
+            let first_id = data.offset(shard.index);
             stream_shard(shard, source, p.batch_rows, |mut b| {
                 let base = b.first_row as usize;
                 let m = b.rows();
+                if hashing {
+                    // Raw bits, before normalisation: "identical embedding" means identical input.
+                    let hs: Vec<Option<u128>> = b
+                        .values
+                        .par_chunks(d)
+                        .zip(b.null.par_iter())
+                        .map(|(x, &null)| (!null).then(|| hash_f32(x)))
+                        .collect();
+                    hashes[base..base + m].copy_from_slice(&hs);
+                }
                 // Validate and (for cosine) normalise; zero out bad rows.
                 let bad: Vec<Option<&'static str>> = b
                     .values
@@ -250,11 +275,25 @@ pub fn score_rows(
                 for (i, why) in bad.iter().enumerate() {
                     if why.is_some() {
                         sc[i] = f32::NAN;
+                        if hashing {
+                            hashes[base + i] = None;
+                        }
+                    }
+                }
+                if let Some(buf) = buffer.as_mut() {
+                    for (i, why) in bad.iter().enumerate() {
+                        if why.is_none() {
+                            let id = (first_id + b.first_row) as u32 + i as u32;
+                            buf.push(labels[base + i], id, &b.values[i * d..(i + 1) * d])?;
+                        }
                     }
                 }
                 progress.advance(m as u64);
                 Ok(())
             })?;
+            if let Some(buf) = buffer.as_mut() {
+                buf.flush()?;
+            }
             Ok(((), inv))
         })
         .collect();

@@ -10,6 +10,8 @@ pub enum Pass {
     KMeans,
     /// Assigning and scoring every row.
     Score,
+    /// SemDeDup over the spilled clusters.
+    Dedup,
     /// Writing outputs.
     Write,
 }
@@ -21,6 +23,7 @@ impl Pass {
             Pass::Sample => "sample",
             Pass::KMeans => "k-means",
             Pass::Score => "score",
+            Pass::Dedup => "semdedup",
             Pass::Write => "write",
         }
     }

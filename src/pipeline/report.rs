@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::io::AtomicFile;
 use crate::pipeline::filter::FilterParams;
+use crate::pipeline::stages::{SemDedupReport, StageReport};
 use crate::{Error, Result};
 
 /// Name of the JSON report inside the output folder.
@@ -67,6 +68,15 @@ pub struct ClusterReport {
     pub kept: u64,
     /// Mean score of the cluster's rows.
     pub mean_score: f32,
+    /// DBP complexity (d_intra · d_inter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub complexity: Option<f64>,
+    /// DBP share of the budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share: Option<f64>,
+    /// DBP quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<u64>,
 }
 
 /// A histogram over `[lo, hi]` with equal-width bins.
@@ -152,6 +162,12 @@ pub struct Report {
     pub clusters: Vec<ClusterReport>,
     /// Scores.
     pub scores: Option<ScoreReport>,
+    /// Rows in, removed and left by every stage, in order (the last is the budget).
+    #[serde(default)]
+    pub stages: Vec<StageReport>,
+    /// The SemDeDup pass, when it ran.
+    #[serde(default)]
+    pub semdedup: Option<SemDedupReport>,
     /// Output folder and files (empty for a dry run).
     pub outputs: Vec<String>,
     /// Seconds per pass and in total.

@@ -89,7 +89,7 @@ fn hash_words(words: impl Iterator<Item = u64>, len: usize) -> u128 {
     ((h1 as u128) << 64) | h2 as u128
 }
 
-fn hash_f32(row: &[f32]) -> u128 {
+pub(crate) fn hash_f32(row: &[f32]) -> u128 {
     let pairs = row.chunks(2).map(|p| {
         let lo = p[0].to_bits() as u64;
         let hi = p.get(1).map_or(0, |v| v.to_bits() as u64);
@@ -98,7 +98,7 @@ fn hash_f32(row: &[f32]) -> u128 {
     hash_words(pairs, row.len() * 4)
 }
 
-fn hash_bytes(bytes: &[u8]) -> u128 {
+pub(crate) fn hash_bytes(bytes: &[u8]) -> u128 {
     let words = bytes.chunks(8).map(|c| {
         let mut w = [0u8; 8];
         w[..c.len()].copy_from_slice(c);

@@ -48,7 +48,7 @@ pub fn kept_at_eps(max_sim: &[f32], eligible: &[bool], eps: f64) -> Result<Vec<b
 }
 
 /// One point of the eps → kept curve.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
 pub struct EpsPoint {
     /// The eps.
     pub eps: f64,

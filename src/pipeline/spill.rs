@@ -1,0 +1,300 @@
+//! Grouping rows by cluster on disk, so per-cluster work (SemDeDup) never
+//! holds the dataset: the score pass appends every row's id and unit
+//! embedding to one of P temporary Arrow IPC stream files (cluster `c` goes
+//! to partition `c mod P`), then partitions are read back one at a time.
+//! P is chosen so a partition is about [`TARGET_PARTITION_BYTES`]; peak
+//! memory is one partition plus the per-task write buffers, not N·dim.
+//!
+//! The spill folder is removed when the [`ClusterSpill`] /
+//! [`SpilledClusters`] value is dropped, also on errors.
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arrow::array::{Array, FixedSizeListArray, Float32Array, UInt32Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::ipc::reader::StreamReader;
+use arrow::ipc::writer::StreamWriter;
+use arrow::record_batch::RecordBatch;
+
+use crate::{Error, Result};
+
+/// Bytes of embeddings per partition file aimed at (and so the memory of
+/// processing one partition).
+pub const TARGET_PARTITION_BYTES: u64 = 64 << 20;
+/// At most this many partition files (so per-task write buffers stay small).
+pub const MAX_PARTITIONS: usize = 64;
+/// A task's buffer for one partition is flushed at this many bytes.
+const FLUSH_BYTES: usize = 512 << 10;
+
+/// Partition files being written by the score pass.
+pub struct ClusterSpill {
+    dir: SpillDir,
+    dim: usize,
+    schema: SchemaRef,
+    writers: Vec<Mutex<StreamWriter<BufWriter<File>>>>,
+    rows: AtomicU64,
+}
+
+/// Partition files once written, read back one at a time.
+pub struct SpilledClusters {
+    dir: SpillDir,
+    dim: usize,
+    paths: Vec<PathBuf>,
+    /// Rows spilled.
+    pub rows: u64,
+    /// Bytes on disk.
+    pub bytes: u64,
+}
+
+/// A temporary folder removed on drop.
+struct SpillDir(PathBuf);
+
+impl Drop for SpillDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The number of partitions for `rows` rows of `dim` floats in `k` clusters.
+pub fn partitions_for(rows: u64, dim: usize, k: usize) -> usize {
+    let bytes = rows * (dim as u64 * 4 + 4);
+    let p = bytes.div_ceil(TARGET_PARTITION_BYTES).max(1) as usize;
+    p.min(MAX_PARTITIONS).min(k.max(1))
+}
+
+impl ClusterSpill {
+    /// Creates `partitions` empty files in a new folder under `parent`
+    /// (the system temporary folder when `None`).
+    pub fn create(parent: Option<&Path>, dim: usize, partitions: usize) -> Result<Self> {
+        let parent = parent.map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let path = parent.join(format!("dprune-spill-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&path).map_err(|e| Error::io("creating", &path, e))?;
+        let dir = SpillDir(path);
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("row", DataType::UInt32, false),
+            Field::new(
+                "emb",
+                DataType::FixedSizeList(Arc::new(Field::new("item", DataType::Float32, false)), dim as i32),
+                false,
+            ),
+        ]));
+        let mut writers = Vec::with_capacity(partitions);
+        for p in 0..partitions.max(1) {
+            let path = dir.0.join(format!("part-{p:03}.arrows"));
+            let f = File::create(&path).map_err(|e| Error::io("creating", &path, e))?;
+            let w = StreamWriter::try_new(BufWriter::with_capacity(1 << 20, f), &schema)
+                .map_err(|source| Error::Arrow { path, source })?;
+            writers.push(Mutex::new(w));
+        }
+        Ok(ClusterSpill {
+            dir,
+            dim,
+            schema,
+            writers,
+            rows: AtomicU64::new(0),
+        })
+    }
+
+    /// Number of partitions.
+    pub fn partitions(&self) -> usize {
+        self.writers.len()
+    }
+
+    /// The partition holding `cluster`.
+    pub fn partition_of(&self, cluster: u32) -> usize {
+        cluster as usize % self.writers.len()
+    }
+
+    /// A per-task buffer; rows pushed to it reach the files on
+    /// [`SpillBuffer::flush`] (also done when it fills).
+    pub fn buffer(&self) -> SpillBuffer<'_> {
+        let p = self.writers.len();
+        SpillBuffer {
+            spill: self,
+            ids: vec![Vec::new(); p],
+            values: vec![Vec::new(); p],
+        }
+    }
+
+    fn write(&self, p: usize, ids: Vec<u32>, values: Vec<f32>) -> Result<()> {
+        let n = ids.len();
+        let path = self.dir.0.join(format!("part-{p:03}.arrows"));
+        let arrow_err = |source| Error::Arrow {
+            path: path.clone(),
+            source,
+        };
+        let item = Arc::new(Field::new("item", DataType::Float32, false));
+        let emb = FixedSizeListArray::try_new(item, self.dim as i32, Arc::new(Float32Array::from(values)), None)
+            .map_err(arrow_err)?;
+        let batch = RecordBatch::try_new(
+            self.schema.clone(),
+            vec![Arc::new(UInt32Array::from(ids)), Arc::new(emb)],
+        )
+        .map_err(arrow_err)?;
+        self.writers[p]
+            .lock()
+            .map_err(|_| Error::Internal("spill writer lock poisoned".into()))?
+            .write(&batch)
+            .map_err(arrow_err)?;
+        self.rows.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Closes the files.
+    pub fn finish(self) -> Result<SpilledClusters> {
+        let mut paths = Vec::with_capacity(self.writers.len());
+        let mut bytes = 0;
+        for (p, w) in self.writers.into_iter().enumerate() {
+            let path = self.dir.0.join(format!("part-{p:03}.arrows"));
+            let mut w = w
+                .into_inner()
+                .map_err(|_| Error::Internal("spill writer lock poisoned".into()))?;
+            w.finish().map_err(|source| Error::Arrow {
+                path: path.clone(),
+                source,
+            })?;
+            drop(w);
+            bytes += std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            paths.push(path);
+        }
+        Ok(SpilledClusters {
+            dir: self.dir,
+            dim: self.dim,
+            paths,
+            rows: self.rows.into_inner(),
+            bytes,
+        })
+    }
+}
+
+/// Rows waiting to be written, per partition (one per task: no locking
+/// until a buffer fills).
+pub struct SpillBuffer<'a> {
+    spill: &'a ClusterSpill,
+    ids: Vec<Vec<u32>>,
+    values: Vec<Vec<f32>>,
+}
+
+impl SpillBuffer<'_> {
+    /// Adds row `row` of `cluster` with unit embedding `x`.
+    pub fn push(&mut self, cluster: u32, row: u32, x: &[f32]) -> Result<()> {
+        let p = self.spill.partition_of(cluster);
+        self.ids[p].push(row);
+        self.values[p].extend_from_slice(x);
+        if self.values[p].len() * 4 >= FLUSH_BYTES {
+            self.flush_one(p)?;
+        }
+        Ok(())
+    }
+
+    fn flush_one(&mut self, p: usize) -> Result<()> {
+        if self.ids[p].is_empty() {
+            return Ok(());
+        }
+        let ids = std::mem::take(&mut self.ids[p]);
+        let values = std::mem::take(&mut self.values[p]);
+        self.spill.write(p, ids, values)
+    }
+
+    /// Writes everything buffered.
+    pub fn flush(&mut self) -> Result<()> {
+        (0..self.ids.len()).try_for_each(|p| self.flush_one(p))
+    }
+}
+
+impl SpilledClusters {
+    /// Number of partitions.
+    pub fn partitions(&self) -> usize {
+        self.paths.len()
+    }
+
+    /// The folder holding the files (removed on drop).
+    pub fn dir(&self) -> &Path {
+        &self.dir.0
+    }
+
+    /// Row ids and embeddings (`ids.len() × dim`) of partition `p`, in the
+    /// order written (callers sort by row id where order matters).
+    pub fn read_partition(&self, p: usize) -> Result<(Vec<u32>, Vec<f32>)> {
+        let path = &self.paths[p];
+        let arrow_err = |source| Error::Arrow {
+            path: path.clone(),
+            source,
+        };
+        let f = File::open(path).map_err(|e| Error::io("reading", path, e))?;
+        let reader = StreamReader::try_new(std::io::BufReader::with_capacity(1 << 20, f), None).map_err(arrow_err)?;
+        let (mut ids, mut values) = (Vec::new(), Vec::new());
+        for batch in reader {
+            let batch = batch.map_err(arrow_err)?;
+            let bad = || Error::Internal(format!("{}: unexpected spill layout", path.display()));
+            let r = batch.column(0).as_any().downcast_ref::<UInt32Array>().ok_or_else(bad)?;
+            let e = batch
+                .column(1)
+                .as_any()
+                .downcast_ref::<FixedSizeListArray>()
+                .ok_or_else(bad)?;
+            let v = e.values().as_any().downcast_ref::<Float32Array>().ok_or_else(bad)?;
+            if e.value_length() as usize != self.dim || v.len() != r.len() * self.dim {
+                return Err(bad());
+            }
+            ids.extend_from_slice(r.values());
+            values.extend_from_slice(v.values());
+        }
+        Ok((ids, values))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_come_back_in_their_cluster_partition_and_the_folder_is_removed() {
+        let parent = tempfile::tempdir().unwrap();
+        let spill = ClusterSpill::create(Some(parent.path()), 3, 4).unwrap();
+        {
+            let mut a = spill.buffer();
+            let mut b = spill.buffer();
+            for row in 0..1000u32 {
+                let x = [row as f32, 1.0, -(row as f32)];
+                let buf = if row % 2 == 0 { &mut a } else { &mut b };
+                buf.push(row % 10, row, &x).unwrap();
+            }
+            a.flush().unwrap();
+            b.flush().unwrap();
+        }
+        let done = spill.finish().unwrap();
+        let dir = done.dir().to_path_buf();
+        assert_eq!((done.rows, done.partitions()), (1000, 4));
+        let mut seen = 0;
+        for p in 0..4 {
+            let (ids, v) = done.read_partition(p).unwrap();
+            for (i, &row) in ids.iter().enumerate() {
+                assert_eq!((row % 10) as usize % 4, p);
+                assert_eq!(&v[i * 3..i * 3 + 3], &[row as f32, 1.0, -(row as f32)]);
+            }
+            seen += ids.len();
+        }
+        assert_eq!(seen, 1000);
+        assert!(dir.exists());
+        drop(done);
+        assert!(!dir.exists());
+    }
+
+    #[test]
+    fn partition_count_follows_the_data_size() {
+        assert_eq!(partitions_for(1000, 32, 30), 1);
+        assert_eq!(partitions_for(1_000_000, 384, 1000), 23);
+        assert_eq!(partitions_for(100_000_000, 384, 1000), MAX_PARTITIONS);
+        assert_eq!(partitions_for(1_000_000, 384, 5), 5);
+    }
+}

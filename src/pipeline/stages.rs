@@ -1,0 +1,447 @@
+//! The stages that remove rows before the final budget, in the order of
+//! `data_pruning.md` §9 (issue 3, "Composition"):
+//!
+//! 1. **exact duplicates** — bit-identical embeddings, or identical values
+//!    of a key column; the first row (lowest row id) survives;
+//! 2. **SemDeDup** (Abbas et al. 2023) — within each k-means cluster, rows
+//!    with M > 1 − eps are removed (M: the largest cosine with an
+//!    earlier-ranked member); optionally a cross-cluster pass over an HNSW
+//!    index (`global`). Clusters are grouped on disk ([`crate::pipeline::spill`]),
+//!    so memory holds one partition, not the dataset;
+//! 3. **quality** — drop the lowest `drop_below_percentile` % of a score
+//!    column (e.g. a CLIP score) among the rows left; null or NaN values
+//!    are dropped too.
+//!
+//! Each stage narrows an eligibility mask; [`StageReport`] records the
+//! counts after every stage.
+
+use std::fmt;
+use std::str::FromStr;
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::hnsw::{Hnsw, HnswParams};
+use crate::cluster::{Centroids, Distance};
+use crate::pipeline::spill::SpilledClusters;
+use crate::score::semdedup::{
+    ClusterMembers, DedupKeep, DedupScores, EpsPoint, PairwiseCost, SemDedupParams, dedup_cluster, dist_to_centroid,
+    validate_eps,
+};
+use crate::select::{Keep, floor_fraction, select_top};
+use crate::{Error, Result};
+
+/// The eps values of the report's EPS → kept curve.
+pub const EPS_CURVE: [f64; 10] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3];
+/// Estimated within-cluster work (Σ n_c² · dim multiply-adds) above which
+/// the report warns that k is too small for N.
+pub const PAIRWISE_WARN_FLOPS: f64 = 2e12;
+
+/// Which member of a near-duplicate group survives (SemDeDup's ranking).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DedupRank {
+    /// Farthest from the centroid first (the SemDeDup default).
+    #[default]
+    Hard,
+    /// Closest to the centroid first.
+    Easy,
+    /// Seeded random order (`seed` of the run).
+    Random,
+}
+
+impl DedupRank {
+    /// The library ranking with the run's seed.
+    pub fn to_keep(self, seed: u64) -> DedupKeep {
+        match self {
+            DedupRank::Hard => DedupKeep::Hard,
+            DedupRank::Easy => DedupKeep::Easy,
+            DedupRank::Random => DedupKeep::Random { seed },
+        }
+    }
+}
+
+impl fmt::Display for DedupRank {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DedupRank::Hard => "hard",
+            DedupRank::Easy => "easy",
+            DedupRank::Random => "random",
+        })
+    }
+}
+
+impl FromStr for DedupRank {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "hard" => Ok(DedupRank::Hard),
+            "easy" => Ok(DedupRank::Easy),
+            "random" => Ok(DedupRank::Random),
+            _ => Err(Error::param(
+                "--dedup-keep",
+                format!("`{s}`: expected hard, easy or random"),
+            )),
+        }
+    }
+}
+
+/// SemDeDup settings: used by the threshold stage (`eps`) and by
+/// `metric = "semdedup"`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DedupParams {
+    /// Remove rows with M > 1 − eps (the stage is off when `None`).
+    pub eps: Option<f64>,
+    /// Ranking inside a cluster.
+    pub keep: DedupRank,
+    /// Also remove near-duplicates across clusters (HNSW over the rows
+    /// left; holds their embeddings in memory).
+    pub global: bool,
+    /// The HNSW index of the global pass.
+    pub hnsw: HnswParams,
+}
+
+impl DedupParams {
+    /// Checks ranges.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(eps) = self.eps {
+            validate_eps(eps)?;
+        } else if self.global {
+            return Err(Error::param("--dedup-global", "needs a threshold: --dedup EPS"));
+        }
+        self.hnsw.validate()
+    }
+}
+
+/// The quality stage: a percentile rule on a numeric column.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QualityParams {
+    /// The column (higher = better).
+    pub column: String,
+    /// Drop this percentage of the rows left, lowest values first, in [0, 100).
+    pub drop_below_percentile: f64,
+}
+
+impl QualityParams {
+    /// Checks ranges.
+    pub fn validate(&self) -> Result<()> {
+        if self.column.is_empty() {
+            return Err(Error::param("--quality-col", "no column given"));
+        }
+        if !(0.0..100.0).contains(&self.drop_below_percentile) {
+            return Err(Error::param(
+                "--quality-drop",
+                format!("{} is outside [0, 100)", self.drop_below_percentile),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What `--keep F` is a fraction of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeepOf {
+    /// The usable input rows.
+    #[default]
+    Input,
+    /// The rows left after the removal stages.
+    Stage,
+}
+
+impl FromStr for KeepOf {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "input" => Ok(KeepOf::Input),
+            "stage" => Ok(KeepOf::Stage),
+            _ => Err(Error::param("--keep-of", format!("`{s}`: expected input or stage"))),
+        }
+    }
+}
+
+/// Counts around one stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageReport {
+    /// `exact_dedup`, `semdedup`, `semdedup_global`, `quality` or the final metric.
+    pub name: String,
+    /// Rows entering the stage.
+    pub rows_in: u64,
+    /// Rows removed.
+    pub removed: u64,
+    /// Rows left.
+    pub rows_out: u64,
+}
+
+/// What the SemDeDup pass found.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SemDedupReport {
+    /// The threshold, when the stage ran.
+    pub eps: Option<f64>,
+    /// The ranking.
+    pub keep: String,
+    /// Spill partitions and bytes.
+    pub partitions: usize,
+    /// Bytes spilled.
+    pub spill_bytes: u64,
+    /// Largest cluster (rows) and Σ n_c² of the pairwise pass.
+    pub largest_cluster: u64,
+    /// Σ n_c² over clusters.
+    pub pairs: f64,
+    /// Quantiles of M over the rows scored.
+    pub max_sim_quantiles: Vec<(f64, f32)>,
+    /// Kept rows at each eps of [`EPS_CURVE`] (and the run's eps).
+    pub eps_curve: Vec<EpsPoint>,
+    /// Rows removed within clusters.
+    pub removed_within: u64,
+    /// Rows removed by the cross-cluster pass.
+    pub removed_global: u64,
+}
+
+/// Removes `dup` rows from `eligible`; returns how many were removed.
+pub fn remove(eligible: &mut [bool], dup: impl Fn(usize) -> bool) -> u64 {
+    let mut n = 0;
+    for (i, e) in eligible.iter_mut().enumerate() {
+        if *e && dup(i) {
+            *e = false;
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Stage 1 on per-row hashes (`None`: no key, never a duplicate): the
+/// first eligible row of every hash survives; returns `dup_of` per row.
+pub fn exact_dedup(hashes: &[Option<u128>], eligible: &[bool]) -> Vec<Option<u32>> {
+    let mut first = std::collections::HashMap::with_capacity(hashes.len());
+    hashes
+        .iter()
+        .zip(eligible)
+        .enumerate()
+        .map(|(i, (h, &e))| match (h, e) {
+            (Some(h), true) => match first.entry(*h) {
+                std::collections::hash_map::Entry::Occupied(o) => Some(*o.get()),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(i as u32);
+                    None
+                }
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+/// Stage 3: the eligible rows to drop, lowest `column` values first (NaN
+/// first of all), ties to the higher row id so the lower one survives.
+pub fn quality_drop(values: &[f64], eligible: &[bool], drop_percentile: f64) -> Vec<bool> {
+    let n = eligible.iter().filter(|&&e| e).count() as u64;
+    let nan = values.iter().zip(eligible).filter(|(v, e)| **e && v.is_nan()).count() as u64;
+    let by_rule = floor_fraction(drop_percentile / 100.0, n);
+    // Keep the highest values: select_top over -value keeps the best; NaN ranks lowest.
+    let keep_n = n - by_rule.max(nan);
+    let scores: Vec<f32> = values
+        .iter()
+        .map(|&v| if v.is_nan() { f32::NEG_INFINITY } else { v as f32 })
+        .collect();
+    let kept = select_top(&scores, eligible, keep_n, Keep::Hard);
+    eligible.iter().zip(&kept).map(|(&e, &k)| e && !k).collect()
+}
+
+/// Row ids, M and `dup_of` of one cluster.
+type ClusterResult = (Vec<u32>, Vec<f32>, Vec<Option<u32>>);
+
+/// SemDeDup over spilled clusters: M and `dup_of` of every `eligible` row
+/// (NaN / `None` for the others). Partitions are processed one at a time,
+/// the clusters of a partition in parallel; results do not depend on the
+/// order rows were spilled in (members are sorted by row id first).
+pub fn semdedup_spilled(
+    spilled: &SpilledClusters,
+    labels: &[u32],
+    eligible: &[bool],
+    centroids: &Centroids,
+    params: &SemDedupParams,
+    on_partition: &(dyn Fn(u64) + Sync),
+) -> Result<DedupScores> {
+    let n = labels.len();
+    let d = centroids.dim();
+    let mut out = DedupScores {
+        max_sim: vec![f32::NAN; n],
+        dup_of: vec![None; n],
+    };
+    for p in 0..spilled.partitions() {
+        let (ids, values) = spilled.read_partition(p)?;
+        // Positions of eligible rows, grouped by cluster then row id.
+        let mut pos: Vec<u32> = (0..ids.len() as u32)
+            .filter(|&i| eligible[ids[i as usize] as usize])
+            .collect();
+        pos.sort_unstable_by_key(|&i| (labels[ids[i as usize] as usize], ids[i as usize]));
+        let mut groups = Vec::new();
+        let mut start = 0;
+        while start < pos.len() {
+            let c = labels[ids[pos[start] as usize] as usize];
+            let end = start + pos[start..].partition_point(|&i| labels[ids[i as usize] as usize] == c);
+            groups.push((c, &pos[start..end]));
+            start = end;
+        }
+        let results: Vec<Result<ClusterResult>> = groups
+            .par_iter()
+            .map(|&(c, members)| {
+                let row_ids: Vec<u32> = members.iter().map(|&i| ids[i as usize]).collect();
+                let mut rows = Vec::with_capacity(members.len() * d);
+                for &i in members {
+                    rows.extend_from_slice(&values[i as usize * d..(i as usize + 1) * d]);
+                }
+                let dist = dist_to_centroid(&rows, centroids.row(c as usize));
+                let m = ClusterMembers::try_new(&rows, d, &row_ids, &dist)?;
+                let r = dedup_cluster(&m, params)?;
+                Ok((row_ids, r.max_sim, r.dup_of))
+            })
+            .collect();
+        for r in results {
+            let (row_ids, m, dup) = r?;
+            for ((&id, &m), dup) in row_ids.iter().zip(&m).zip(dup) {
+                out.max_sim[id as usize] = m;
+                out.dup_of[id as usize] = dup;
+            }
+        }
+        on_partition(ids.len() as u64);
+    }
+    if let Some(i) = (0..n).find(|&i| eligible[i] && out.max_sim[i].is_nan()) {
+        return Err(Error::Internal(format!("row {i} was not spilled for SemDeDup")));
+    }
+    Ok(out)
+}
+
+/// The cross-cluster pass: an HNSW index over the `eligible` rows (read
+/// back from the spill, in row-id order) finds rows with a more similar
+/// than 1 − eps row of lower id in another cluster. Memory: the eligible
+/// rows' embeddings.
+pub fn global_duplicates(
+    spilled: &SpilledClusters,
+    labels: &[u32],
+    eligible: &[bool],
+    dim: usize,
+    eps: f64,
+    params: &HnswParams,
+) -> Result<Vec<Option<u32>>> {
+    let mut chunks: Vec<(u32, Vec<f32>)> = Vec::new();
+    for p in 0..spilled.partitions() {
+        let (ids, values) = spilled.read_partition(p)?;
+        for (i, &id) in ids.iter().enumerate() {
+            if eligible[id as usize] {
+                chunks.push((id, values[i * dim..(i + 1) * dim].to_vec()));
+            }
+        }
+    }
+    chunks.sort_unstable_by_key(|c| c.0);
+    let ids: Vec<u32> = chunks.iter().map(|c| c.0).collect();
+    let mut rows = Vec::with_capacity(ids.len() * dim);
+    for (_, v) in chunks {
+        rows.extend_from_slice(&v);
+    }
+    let local_labels: Vec<u32> = ids.iter().map(|&i| labels[i as usize]).collect();
+    let index = Hnsw::build(&rows, dim, &vec![true; ids.len()], params)?;
+    let local = index.cross_cluster_duplicates(&rows, &local_labels, eps)?;
+    let mut out = vec![None; labels.len()];
+    for (j, dup) in local.into_iter().enumerate() {
+        out[ids[j] as usize] = dup.map(|q| ids[q as usize]);
+    }
+    Ok(out)
+}
+
+/// A warning when the within-cluster pass is large for the data: k too
+/// small for N.
+pub fn pairwise_warning(sizes: &[u64], dim: usize) -> Option<String> {
+    let cost = PairwiseCost::new(sizes);
+    let flops = cost.flops(dim);
+    (flops > PAIRWISE_WARN_FLOPS).then(|| {
+        format!(
+            "SemDeDup compares {:.2e} row pairs (largest cluster {} rows, about {:.1e} flops): k = {} is small for these data; a larger --k is faster",
+            cost.sum_sq as f64,
+            cost.largest,
+            flops,
+            sizes.len()
+        )
+    })
+}
+
+/// Cosine is required for SemDeDup; checked when the stage is asked for.
+pub fn check_distance(distance: Distance) -> Result<()> {
+    if distance != Distance::Cosine {
+        return Err(Error::param(
+            "--distance",
+            "SemDeDup clusters with spherical k-means: use --distance cosine",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exact_first_eligible_row_wins() {
+        let h = [Some(1), Some(2), Some(1), None, None, Some(2), Some(1)];
+        let e = [false, true, true, true, true, true, true];
+        assert_eq!(
+            exact_dedup(&h, &e),
+            vec![None, None, None, None, None, Some(1), Some(2)]
+        );
+    }
+
+    #[test]
+    fn quality_drops_lowest_then_nan_first_and_exactly() {
+        let v = [0.5, f64::NAN, 0.1, 0.9, 0.1, 0.7, 0.3, 0.2, 0.8, 0.6];
+        let e = [true; 10];
+        // 30% of 10 = 3 rows: NaN, then the two 0.1 (ties: the higher id goes first? both go).
+        let d = quality_drop(&v, &e, 30.0);
+        assert_eq!(d.iter().filter(|&&x| x).count(), 3);
+        assert!(d[1] && d[2] && d[4]);
+        // 10%: one row; the NaN goes first.
+        let d = quality_drop(&v, &e, 10.0);
+        assert_eq!(d.iter().position(|&x| x), Some(1));
+        assert_eq!(d.iter().filter(|&&x| x).count(), 1);
+        // ties at the cut: the lower row id survives
+        let d = quality_drop(&[1.0, 1.0, 1.0, 1.0], &[true; 4], 50.0);
+        assert_eq!(d, vec![false, false, true, true]);
+        // ineligible rows are never dropped and not counted
+        let d = quality_drop(&[0.0, 5.0, 1.0, 2.0], &[false, true, true, true], 34.0);
+        assert_eq!(d, vec![false, false, true, false]);
+    }
+
+    #[test]
+    fn params_are_checked() {
+        assert!(
+            DedupParams {
+                eps: Some(1.5),
+                ..Default::default()
+            }
+            .validate()
+            .is_err()
+        );
+        let e = DedupParams {
+            global: true,
+            ..Default::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.to_string().contains("--dedup EPS"), "{e}");
+        assert!(
+            QualityParams {
+                column: "q".into(),
+                drop_below_percentile: 100.0
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(QualityParams::default().validate().is_err());
+        assert!("stage".parse::<KeepOf>().is_ok() && "x".parse::<KeepOf>().is_err());
+        assert_eq!(
+            "random".parse::<DedupRank>().unwrap().to_keep(7),
+            DedupKeep::Random { seed: 7 }
+        );
+    }
+}
