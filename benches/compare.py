@@ -15,6 +15,8 @@ Data (made with ../shared/bench/gen_data.py if missing):
   200k: --n 200000 --dim 384 --concepts 1000 --shards 4   (k-means fit)
   1m:   --n 1000000 --dim 384 --concepts 1000 --shards 4  (end-to-end filter --keep 0.3)
   2m:   --n 2000000 --dim 384 --concepts 1000 --shards 8  (peak memory of filter)
+  1m5:  --n 1000000 --dim 384 --concepts 1000 --shards 4 --dup-frac 0.05
+        (SemDeDup vs ref_semdedup.py and DBP vs ref_dbp.py: cases semdedup, dbp)
 """
 import argparse
 import glob
@@ -26,7 +28,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-DATASETS = {"200k": (200_000, 4), "1m": (1_000_000, 4), "2m": (2_000_000, 8)}
+DATASETS = {"200k": (200_000, 4), "1m": (1_000_000, 4), "2m": (2_000_000, 8), "1m5": (1_000_000, 4)}
+EXTRA_GEN = {"1m5": ["--dup-frac", "0.05"]}
 
 
 def run(cmd, env=None):
@@ -62,7 +65,7 @@ def ensure_data(args, name):
     if not glob.glob(os.path.join(d, "*.parquet")):
         print(f"generating {name} ...", file=sys.stderr)
         run([sys.executable, os.path.join(args.shared, "gen_data.py"), "--n", str(n), "--dim", "384",
-             "--concepts", "1000", "--shards", str(shards), "--out", d])
+             "--concepts", "1000", "--shards", str(shards), "--out", d] + EXTRA_GEN.get(name, []))
     return os.path.join(d, "*.parquet")
 
 
@@ -143,6 +146,104 @@ def case_e2e(args, res):
     }
 
 
+def dprune_kept_ids(out_dir, data):
+    """Ids of the rows a --scores-only run kept, in input order, and the kept mask."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(os.path.join(out_dir, "scores.parquet"), columns=["kept"])
+    ids = np.concatenate(list(ids_of(data).values()))
+    kept = t.column("kept").to_numpy(zero_copy_only=False)
+    return ids, kept
+
+
+def case_semdedup(args, res):
+    """SemDeDup at eps 0.05 on 1M x 384 with 5% planted near-duplicates vs ref_semdedup.py:
+    wall time and peak RSS of both (each fits its own k-means, k = 1000, 20 iterations),
+    precision/recall against the planted groups (the reference's own metric), and the kept
+    sets when both are given the same centroids."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    sys.path.insert(0, args.shared)
+    from _common import dedup_metrics
+
+    data = ensure_data(args, "1m5")
+    env = env_threads(args.threads)
+    cents = os.path.join(args.work, "sd_ref_centroids.npy")
+    ref_kept = os.path.join(args.work, "sd_ref_kept.txt")
+    ref_out, ref_wall, ref_rss = run_rss([sys.executable, os.path.join(args.shared, "ref_semdedup.py"), data,
+                                          "--k", "1000", "--niter", "20", "--eps", "0.05",
+                                          "--threads", str(args.threads), "--save-centroids", cents,
+                                          "--out", ref_kept], env)
+    ref = last_json(ref_out)
+    truth = {f: pq.read_table(f, columns=["dup_of"]).column("dup_of").to_numpy() for f in sorted(glob.glob(data))}
+    dup_of = np.concatenate(list(truth.values()))
+    rows = {}
+    for label, extra in [("default", []), ("20it", ["--tolerance", "0"])]:
+        out_dir = os.path.join(args.work, f"sd_{label}")
+        _, wall, rss = run_rss([args.dprune, "filter", "--dedup", "0.05", data, "-o", out_dir, "--overwrite",
+                                "--quiet", "--k", "1000", "--max-iters", "20", "--scores-only",
+                                "--threads", str(args.threads)] + extra)
+        rep = json.load(open(os.path.join(out_dir, "_dprune_report.json")))
+        ids, kept = dprune_kept_ids(out_dir, data)
+        m = dedup_metrics(ids, dup_of, ~kept)
+        rows[label] = {"wall_s": round(wall, 2), "peak_rss_mb": round(rss), "n_kept": rep["n_kept"],
+                       "ratio_ref_over_dprune": round(ref_wall / wall, 2), "precision": m["precision"],
+                       "recall": m["recall"], "timings_s": rep["timings_s"],
+                       "spill_partitions": rep["semdedup"]["partitions"]}
+    out_dir = os.path.join(args.work, "sd_same_centroids")
+    _, wall_c = run([args.dprune, "filter", "--dedup", "0.05", data, "-o", out_dir, "--overwrite", "--quiet",
+                     "--centroids", cents, "--scores-only", "--threads", str(args.threads)])
+    ids, kept = dprune_kept_ids(out_dir, data)
+    dp = set(ids[kept].tolist())
+    refset = set(np.loadtxt(ref_kept, dtype=np.int64).tolist())
+    inter = len(dp & refset)
+    res["semdedup_1m_eps0.05_k1000"] = {
+        "ref_wall_s": round(ref_wall, 2), "ref_peak_rss_mb": round(ref_rss),
+        "ref_precision": ref["per_eps"][0].get("precision"), "ref_recall": ref["per_eps"][0].get("recall"),
+        "ref_phases_s": ref.get("phases_s"), "dprune": rows,
+        "same_centroids": {"dprune_wall_s": round(wall_c, 2), "kept_ref": len(refset), "kept_dprune": len(dp),
+                           "overlap": inter, "symmetric_difference": len(dp ^ refset), "identical": dp == refset},
+    }
+
+
+def case_dbp(args, res):
+    """DBP --keep 0.5 on the 1m5 data vs ref_dbp.py: wall time and peak RSS (each fits its own
+    k-means), then per-cluster quotas with the reference's centroids (within +-1 of its rint)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    data = ensure_data(args, "1m5")
+    env = env_threads(args.threads)
+    cents = os.path.join(args.work, "dbp_ref_centroids.npy")
+    quotas = os.path.join(args.work, "dbp_ref_quotas.parquet")
+    ref_out, ref_wall, ref_rss = run_rss([sys.executable, os.path.join(args.shared, "ref_dbp.py"), data, "--k", "1000",
+                                          "--niter", "20", "--keep", "0.5", "--threads", str(args.threads),
+                                          "--save-centroids", cents, "--quotas-out", quotas], env)
+    out_dir = os.path.join(args.work, "dbp_own")
+    _, wall, rss = run_rss([args.dprune, "filter", "--metric", "dbp", "--keep", "0.5", data, "-o", out_dir,
+                            "--overwrite", "--quiet", "--k", "1000", "--max-iters", "20", "--scores-only",
+                            "--threads", str(args.threads)])
+    out_c = os.path.join(args.work, "dbp_same_centroids")
+    _, wall_c, rss_c = run_rss([args.dprune, "filter", "--metric", "dbp", "--keep", "0.5", data, "-o", out_c,
+                                "--overwrite", "--quiet", "--centroids", cents, "--scores-only",
+                                "--threads", str(args.threads)])
+    rep = json.load(open(os.path.join(out_c, "_dprune_report.json")))
+    q = pq.read_table(quotas).to_pandas().sort_values("cluster")
+    ours = np.array([c["quota"] for c in rep["clusters"]], dtype=np.int64)
+    theirs = q["quota"].to_numpy().astype(np.int64)
+    diff = np.abs(ours - theirs)
+    res["dbp_1m_keep0.5_k1000"] = {
+        "ref_wall_s": round(ref_wall, 2), "ref_peak_rss_mb": round(ref_rss), "ref_kept": int(theirs.sum()),
+        "dprune_wall_s": round(wall, 2), "dprune_peak_rss_mb": round(rss),
+        "ratio_ref_over_dprune": round(ref_wall / wall, 2),
+        "same_centroids": {"dprune_wall_s": round(wall_c, 2), "dprune_peak_rss_mb": round(rss_c),
+                           "dprune_kept": int(ours.sum()), "max_abs_quota_diff": int(diff.max()),
+                           "clusters_differing": int((diff > 0).sum()), "clusters": int(len(ours))},
+    }
+
+
 def case_memory(args, res):
     """Peak RSS of filter --keep 0.3 on 2M x 384 (8 shards, ~3 GiB of embeddings)."""
     data = ensure_data(args, "2m")
@@ -167,7 +268,8 @@ def main():
     os.makedirs(args.work, exist_ok=True)
     res = {"machine": {"cpus": os.cpu_count(), "loadavg_start": os.getloadavg()[0]}}
     for c in args.cases.split(","):
-        {"kmeans": case_kmeans, "e2e": case_e2e, "memory": case_memory}[c](args, res)
+        {"kmeans": case_kmeans, "e2e": case_e2e, "memory": case_memory, "semdedup": case_semdedup,
+         "dbp": case_dbp}[c](args, res)
         print(json.dumps(res, indent=1), file=sys.stderr)
     res["machine"]["loadavg_end"] = os.getloadavg()[0]
     text = json.dumps(res, indent=1)

@@ -13,6 +13,7 @@
 //!   rules over the prototypicality score ([`crate::select::dbp`],
 //!   [`crate::select::robust`]).
 
+pub mod knn;
 pub mod semdedup;
 
 pub use semdedup::{Assignment, DedupKeep, SemDedupParams};
@@ -45,11 +46,14 @@ pub enum Metric {
     Ccs,
     /// Moderate coreset: rows nearest their cluster's median distance.
     Moderate,
+    /// kNN density: mean cosine distance to the nearest rows of the
+    /// cluster ([`knn`]), with an outlier cap for keep-hard.
+    Knn,
 }
 
 impl Metric {
     /// Every metric name, for help and error texts.
-    pub const NAMES: &'static str = "proto, random, semdedup, dbp, ccs or moderate";
+    pub const NAMES: &'static str = "proto, random, semdedup, dbp, ccs, moderate or knn";
 }
 
 impl fmt::Display for Metric {
@@ -61,6 +65,7 @@ impl fmt::Display for Metric {
             Metric::Dbp => "dbp",
             Metric::Ccs => "ccs",
             Metric::Moderate => "moderate",
+            Metric::Knn => "knn",
         })
     }
 }
@@ -75,6 +80,7 @@ impl FromStr for Metric {
             "dbp" => Ok(Metric::Dbp),
             "ccs" => Ok(Metric::Ccs),
             "moderate" => Ok(Metric::Moderate),
+            "knn" => Ok(Metric::Knn),
             _ => Err(Error::param("--metric", format!("`{s}`: expected {}", Metric::NAMES))),
         }
     }

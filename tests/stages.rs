@@ -381,6 +381,96 @@ fn stage_errors_name_the_flag_column_or_file() {
     ]);
     assert!(e.contains("--quality-drop"), "{e}");
     let e = fails(&["filter", "--metric", "nope", "-o", &o, &f]);
-    assert!(e.contains("semdedup, dbp, ccs or moderate"), "{e}");
+    assert!(e.contains("semdedup, dbp, ccs, moderate or knn"), "{e}");
+    let e = fails(&["filter", "--metric", "semdedup", "--keep-easy", "-o", &o, &f]);
+    assert!(e.contains("--keep-easy") && e.contains("least redundant"), "{e}");
+    let e = fails(&["filter", "--metric", "dbp", "--balance", "clusters", "-o", &o, &f]);
+    assert!(e.contains("--balance") && e.contains("own per-cluster quotas"), "{e}");
     assert!(!Path::new(&o).exists(), "failed runs write nothing");
+}
+
+#[test]
+fn knn_keeps_the_most_isolated_after_the_outlier_cap() {
+    let (_tmp, out) = filter_dups(&["--metric", "knn", "--keep", "0.3", "--k", "8", "--scores-only"]);
+    let t = table(&out);
+    let mut order: Vec<usize> = (0..600).collect();
+    order.sort_by(|&a, &b| t.score[b].unwrap().total_cmp(&t.score[a].unwrap()).then(a.cmp(&b)));
+    // floor(0.01 * 600) = 6 set aside, then the next 180 kept.
+    assert!(order[..6].iter().all(|&i| !t.kept[i]));
+    assert!(order[6..186].iter().all(|&i| t.kept[i]));
+    assert_eq!(t.kept.iter().filter(|&&k| k).count(), 180);
+    // With one neighbour, an exact copy and its original are at distance 0: the densest
+    // rows, which keep-easy keeps first.
+    let (_tmp2, easy) = filter_dups(&[
+        "--metric",
+        "knn",
+        "--knn",
+        "1",
+        "--keep",
+        "0.1",
+        "--keep-easy",
+        "--k",
+        "8",
+        "--scores-only",
+    ]);
+    let t = table(&easy);
+    let (exact, _) = truth();
+    for &(c, o) in &exact {
+        assert!(t.score[c].unwrap().abs() < 1e-6 && t.score[o].unwrap().abs() < 1e-6);
+    }
+    let kept: Vec<usize> = (0..600).filter(|&i| t.kept[i]).collect();
+    assert_eq!(kept.len(), 60);
+    assert!(kept.iter().all(|&i| t.score[i].unwrap().abs() < 1e-6), "only zero-distance rows");
+}
+
+#[test]
+fn dbp_takes_external_cluster_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path().join("w.npy");
+    dprune::io::npy::write_matrix(&w, &[8.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0], 8, 1).unwrap();
+    let (_t, out) = filter_dups(&[
+        "--metric",
+        "dbp",
+        "--keep",
+        "0.3",
+        "--k",
+        "8",
+        "--cluster-weights",
+        w.to_str().unwrap(),
+        "--shares",
+        "proportional",
+        "--scores-only",
+    ]);
+    let r = report(&out);
+    let cl = r["clusters"].as_array().unwrap();
+    assert_eq!(cl.iter().map(|c| c["quota"].as_u64().unwrap()).sum::<u64>(), 180);
+    let share0 = cl[0]["share"].as_f64().unwrap();
+    assert!((share0 - 8.0 / 15.0).abs() < 1e-9, "{share0}");
+    let q0 = cl[0]["quota"].as_u64().unwrap();
+    assert!(cl[1..].iter().all(|c| c["quota"].as_u64().unwrap() < q0));
+    // The wrong number of weights is an error naming the file and the counts.
+    dprune::io::npy::write_matrix(&w, &[1.0, 2.0, 3.0], 3, 1).unwrap();
+    let o = tmp.path().join("o2").display().to_string();
+    let e = fails(&[
+        "filter",
+        "--metric",
+        "dbp",
+        "--k",
+        "8",
+        "--cluster-weights",
+        w.to_str().unwrap(),
+        "-o",
+        &o,
+        &fixture(DUPS),
+    ]);
+    assert!(e.contains("w.npy") && e.contains("3 weights for 8 clusters"), "{e}");
+    let e = fails(&[
+        "filter",
+        "--cluster-weights",
+        w.to_str().unwrap(),
+        "-o",
+        &o,
+        &fixture(DUPS),
+    ]);
+    assert!(e.contains("--metric dbp"), "{e}");
 }

@@ -9,10 +9,10 @@ use dprune::cluster::{Distance, KMeansParams};
 use dprune::embed::{Device, EncoderSpec, InputKind};
 use dprune::pipeline::filter::{Balance, DEFAULT_BATCH_ROWS};
 use dprune::pipeline::report::REPORT_JSON;
-use dprune::pipeline::stages::{DedupParams, DedupRank, KeepOf, QualityParams};
+use dprune::pipeline::stages::{DedupParams, DedupRank, KeepOf, KnnParams, QualityParams};
 use dprune::pipeline::{EmbeddingSpec, FilterConfig, FilterParams, OutputSpec, Report, run_filter};
 use dprune::score::Metric;
-use dprune::select::dbp::DbpParams;
+use dprune::select::dbp::{DbpParams, ShareRule};
 use dprune::select::robust::CcsParams;
 use dprune::select::{Budget, Keep};
 
@@ -75,7 +75,8 @@ pub struct FilterArgs {
     keep_n: Option<u64>,
 
     /// Final rule: proto (1 − cos to the nearest k-means centroid), random, semdedup
-    /// (least redundant), dbp (density-based quotas), ccs (coverage strata) or moderate.
+    /// (least redundant), dbp (density-based quotas), ccs (coverage strata), moderate
+    /// (nearest the median distance) or knn (kNN density, outlier-capped).
     #[arg(long, default_value = "proto", value_name = "METRIC")]
     metric: String,
 
@@ -134,6 +135,23 @@ pub struct FilterArgs {
     /// CCS: fraction of the hardest rows dropped before stratifying.
     #[arg(long, default_value_t = dprune::select::robust::DEFAULT_CCS_BETA, value_name = "B")]
     ccs_beta: f64,
+
+    /// kNN metric: neighbours averaged per row (searched within the row's cluster).
+    #[arg(long, default_value_t = dprune::score::knn::DEFAULT_KNN, value_name = "N")]
+    knn: usize,
+
+    /// kNN metric with keep-hard: first set aside this fraction of the most isolated rows.
+    #[arg(long, default_value_t = dprune::select::robust::DEFAULT_OUTLIER_CAP, value_name = "F")]
+    outlier_cap: f64,
+
+    /// DBP: per-cluster weights (.npy vector of k values, e.g. from an external score)
+    /// instead of the complexity.
+    #[arg(long, value_name = "FILE.npy")]
+    cluster_weights: Option<PathBuf>,
+
+    /// DBP: how weights become shares: softmax (weights / temperature) or proportional.
+    #[arg(long, default_value = "softmax", value_name = "RULE")]
+    shares: String,
 
     /// Folder for SemDeDup's temporary per-cluster files [default: the system temp folder].
     #[arg(long, value_name = "DIR")]
@@ -339,12 +357,21 @@ impl FilterArgs {
                 neighbors: self.dbp_neighbors,
                 temperature: self.temperature,
                 floor_ratio: self.dbp_floor,
-                ..DbpParams::default()
+                shares: match self.shares.as_str() {
+                    "softmax" => ShareRule::Softmax,
+                    "proportional" => ShareRule::Proportional,
+                    s => anyhow::bail!("invalid --shares: `{s}`: expected softmax or proportional"),
+                },
             },
             ccs: CcsParams {
                 beta: self.ccs_beta,
                 ..CcsParams::default()
             },
+            knn: KnnParams {
+                neighbors: self.knn,
+                outlier_cap: self.outlier_cap,
+            },
+            cluster_weights: self.cluster_weights.clone(),
             spill_dir: self.spill_dir.clone(),
         };
         let output = OutputSpec {

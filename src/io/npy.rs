@@ -60,6 +60,21 @@ fn bad(path: &Path, reason: impl Into<String>) -> Error {
 
 /// Reads and checks the header of a 2-D float `.npy` file.
 pub fn read_header(path: &Path) -> Result<NpyHeader> {
+    parse_header(path, false)
+}
+
+/// Reads a 1-D float `.npy` vector (or an `n × 1` matrix) as f32.
+pub fn read_vector(path: &Path) -> Result<Vec<f32>> {
+    let h = parse_header(path, true)?;
+    if h.cols != 1 {
+        return Err(bad(path, format!("expected a vector, found {} x {}", h.rows, h.cols)));
+    }
+    let mut out = Vec::with_capacity(h.rows as usize);
+    RowReader::open(&h, 0)?.read_rows(h.rows as usize, &mut out)?;
+    Ok(out)
+}
+
+fn parse_header(path: &Path, allow_1d: bool) -> Result<NpyHeader> {
     let mut f = File::open(path).map_err(|e| Error::io("opening", path, e))?;
     let mut pre = [0u8; 10];
     f.read_exact(&mut pre)
@@ -107,6 +122,11 @@ pub fn read_header(path: &Path) -> Result<NpyHeader> {
         .filter(|s| !s.is_empty())
         .map(|s| s.parse::<u64>().map_err(|_| bad(path, format!("bad shape {shape}"))))
         .collect::<Result<_>>()?;
+    let dims = if allow_1d && dims.len() == 1 {
+        vec![dims[0], 1]
+    } else {
+        dims
+    };
     if dims.len() != 2 {
         return Err(bad(
             path,

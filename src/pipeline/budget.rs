@@ -8,17 +8,19 @@
 //! | `dbp` | DBP quotas per cluster, filled by score ([`crate::select::dbp`]) |
 //! | `ccs` | CCS strata and water-filling ([`crate::select::robust`]) |
 //! | `moderate` | rows nearest their cluster's median distance |
+//! | `knn` | kNN density within the cluster, hardest after an outlier cap |
 //!
 //! Scores are "higher = harder"; `prefer = easy` flips the rules that
 //! rank by score.
 
 use crate::cluster::Centroids;
+use crate::io::npy;
 use crate::pipeline::filter::{Balance, FilterParams};
 use crate::score::Metric;
 use crate::score::semdedup::{Assignment, keep_least_redundant};
 use crate::select::dbp::{self, DbpPlan};
 use crate::select::robust::{ccs_per_cluster, ccs_select, moderate_scores, moderate_select};
-use crate::select::{Keep, proportional_quotas, select_per_cluster, select_top};
+use crate::select::{Keep, floor_fraction, proportional_quotas, select_per_cluster, select_top};
 use crate::{Error, Result};
 
 /// What the final stage ranks and groups by.
@@ -35,6 +37,8 @@ pub struct Ranking<'a> {
     pub centroids: Option<&'a Centroids>,
     /// SemDeDup's M, when computed.
     pub max_sim: Option<&'a [f32]>,
+    /// kNN density, when computed.
+    pub knn: Option<&'a [f32]>,
 }
 
 /// The kept rows and what the report shows about the rule.
@@ -54,15 +58,16 @@ fn need<T>(v: Option<T>, metric: Metric) -> Result<T> {
 /// Applies the final rule of `p.metric` for exactly `budget` rows
 /// (`budget` ≤ eligible rows).
 pub fn choose(p: &FilterParams, r: &Ranking, budget: u64) -> Result<Chosen> {
-    let per_cluster_quotas = |c: &Centroids| {
+    let quotas_for = |c: &Centroids, eligible: &[bool]| {
         let mut sizes = vec![0u64; c.k()];
-        for (&l, &e) in r.labels.iter().zip(r.eligible) {
+        for (&l, &e) in r.labels.iter().zip(eligible) {
             if e {
                 sizes[l as usize] += 1;
             }
         }
         proportional_quotas(&sizes, budget)
     };
+    let per_cluster_quotas = |c: &Centroids| quotas_for(c, r.eligible);
     let assignment = |c: &'_ Centroids| Assignment::try_new(r.labels, r.dist, r.eligible, c.k());
     let mut out = Chosen {
         kept: Vec::new(),
@@ -87,7 +92,20 @@ pub fn choose(p: &FilterParams, r: &Ranking, budget: u64) -> Result<Chosen> {
         }
         Metric::Dbp => {
             let c = need(r.centroids, p.metric)?;
-            let plan = dbp::plan(&assignment(c)?, c, budget, &p.dbp)?;
+            let a = assignment(c)?;
+            let plan = match &p.cluster_weights {
+                Some(path) => {
+                    let w: Vec<f64> = npy::read_vector(path)?.into_iter().map(f64::from).collect();
+                    if w.len() != c.k() {
+                        return Err(Error::param(
+                            "--cluster-weights",
+                            format!("{}: {} weights for {} clusters", path.display(), w.len(), c.k()),
+                        ));
+                    }
+                    dbp::plan_with_weights(&a.sizes(), &w, budget, &p.dbp)?
+                }
+                None => dbp::plan(&a, c, budget, &p.dbp)?,
+            };
             let kept = select_per_cluster(r.scores, r.labels, r.eligible, &plan.allocation.quotas, p.prefer);
             out.dbp = Some(plan);
             kept
@@ -106,6 +124,27 @@ pub fn choose(p: &FilterParams, r: &Ranking, budget: u64) -> Result<Chosen> {
             match (p.balance, r.centroids) {
                 (Balance::Clusters, Some(c)) => ccs_per_cluster(s, r.labels, r.eligible, &per_cluster_quotas(c), &ccs)?,
                 _ => ccs_select(s, r.eligible, budget, &ccs)?.kept,
+            }
+        }
+        Metric::Knn => {
+            let d = need(r.knn, p.metric)?;
+            // Keep-hard keeps the most isolated rows; the outlier cap first sets aside the
+            // most isolated ones of all (likely noise), as far as the budget allows.
+            let eligible: Vec<bool> = match p.prefer {
+                Keep::Hard => {
+                    let n = r.eligible.iter().filter(|&&e| e).count() as u64;
+                    let cap = floor_fraction(p.knn.outlier_cap, n).min(n - budget);
+                    let out = select_top(d, r.eligible, cap, Keep::Hard);
+                    r.eligible.iter().zip(&out).map(|(&e, &o)| e && !o).collect()
+                }
+                Keep::Easy => r.eligible.to_vec(),
+            };
+            out.shown_scores = Some(d.to_vec());
+            match (p.balance, r.centroids) {
+                (Balance::Clusters, Some(c)) => {
+                    select_per_cluster(d, r.labels, &eligible, &quotas_for(c, &eligible), p.prefer)
+                }
+                _ => select_top(d, &eligible, budget, p.prefer),
             }
         }
         Metric::Moderate => {

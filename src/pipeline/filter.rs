@@ -39,8 +39,8 @@ use crate::pipeline::report::{
 };
 use crate::pipeline::spill::{ClusterSpill, partitions_for};
 use crate::pipeline::stages::{
-    DedupParams, EPS_CURVE, KeepOf, QualityParams, SemDedupReport, StageReport, check_distance, exact_dedup,
-    global_duplicates, pairwise_warning, quality_drop, remove, semdedup_spilled,
+    DedupParams, EPS_CURVE, KeepOf, KnnParams, QualityParams, SemDedupReport, StageReport, check_distance, exact_dedup,
+    global_duplicates, knn_spilled, pairwise_warning, quality_drop, remove, semdedup_spilled,
 };
 use crate::rng::Rng;
 use crate::score::semdedup::{SemDedupParams, eps_curve, hash_bytes, is_duplicate, quantiles};
@@ -137,8 +137,13 @@ pub struct FilterParams {
     pub dbp: DbpParams,
     /// CCS (`metric = "ccs"`).
     pub ccs: CcsParams,
-    /// Folder for SemDeDup's temporary cluster files [default: the
-    /// system temporary folder].
+    /// kNN density (`metric = "knn"`).
+    pub knn: KnnParams,
+    /// External per-cluster weights for DBP's allocation instead of the
+    /// complexity (PASER-style): a `.npy` vector of k values.
+    pub cluster_weights: Option<PathBuf>,
+    /// Folder for the temporary per-cluster files of SemDeDup and kNN
+    /// [default: the system temporary folder].
     pub spill_dir: Option<PathBuf>,
 }
 
@@ -162,6 +167,8 @@ impl Default for FilterParams {
             score_col: None,
             dbp: DbpParams::default(),
             ccs: CcsParams::default(),
+            knn: KnnParams::default(),
+            cluster_weights: None,
             spill_dir: None,
         }
     }
@@ -181,10 +188,38 @@ impl FilterParams {
         }
         self.dbp.validate()?;
         self.ccs.validate()?;
+        self.knn.validate()?;
+        // Flags a rule would silently ignore are errors.
+        if self.prefer == Keep::Easy && matches!(self.metric, Metric::Semdedup | Metric::Moderate) {
+            return Err(Error::param(
+                "--keep-easy",
+                format!(
+                    "does not apply to --metric {}: it keeps {}",
+                    self.metric,
+                    if self.metric == Metric::Semdedup {
+                        "the least redundant rows"
+                    } else {
+                        "the rows nearest their cluster's median distance"
+                    }
+                ),
+            ));
+        }
+        if self.balance == Balance::Clusters && matches!(self.metric, Metric::Dbp | Metric::Moderate) {
+            return Err(Error::param(
+                "--balance",
+                format!(
+                    "clusters does not apply to --metric {}: it sets its own per-cluster quotas",
+                    self.metric
+                ),
+            ));
+        }
+        if self.cluster_weights.is_some() && self.metric != Metric::Dbp {
+            return Err(Error::param("--cluster-weights", "only applies with --metric dbp"));
+        }
         if self.exact_key.is_some() && !self.exact_dedup {
             return Err(Error::param("--exact-key", "only applies with --exact-dedup"));
         }
-        if self.runs_semdedup() {
+        if self.needs_spill() {
             check_distance(self.kmeans.distance)?;
         }
         Ok(())
@@ -195,7 +230,7 @@ impl FilterParams {
         let by_metric = match self.metric {
             Metric::Random => false,
             Metric::Proto | Metric::Ccs => self.score_col.is_none(),
-            Metric::Semdedup | Metric::Dbp | Metric::Moderate => true,
+            Metric::Semdedup | Metric::Dbp | Metric::Moderate | Metric::Knn => true,
         };
         by_metric
             || self.balance == Balance::Clusters
@@ -206,6 +241,11 @@ impl FilterParams {
     /// Whether the SemDeDup pass runs.
     fn runs_semdedup(&self) -> bool {
         self.metric == Metric::Semdedup || self.dedup.eps.is_some()
+    }
+
+    /// Whether rows are grouped by cluster on disk (SemDeDup, kNN).
+    fn needs_spill(&self) -> bool {
+        self.runs_semdedup() || self.metric == Metric::Knn
     }
 }
 
@@ -378,7 +418,7 @@ pub fn run_filter(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Report>
         if p.exact_dedup && p.exact_key.is_none() {
             rows.hashes = vec![None; n as usize];
         }
-        let spill = if p.runs_semdedup() {
+        let spill = if p.needs_spill() {
             let parts = partitions_for(n, d, centroids.k());
             Some(ClusterSpill::create(p.spill_dir.as_deref(), d, parts)?)
         } else {
@@ -451,7 +491,9 @@ pub fn run_filter(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Report>
     }
     let mut max_sim: Option<Vec<f32>> = None;
     let mut sd_report = None;
-    if let (Some(sp), Some(c)) = (&spilled, &centroids_kept) {
+    if let (Some(sp), Some(c)) = (&spilled, &centroids_kept)
+        && p.runs_semdedup()
+    {
         let params = SemDedupParams::default().with_keep(p.dedup.keep.to_keep(p.seed));
         let mut sizes = vec![0u64; c.k()];
         for (&l, &e) in rows.labels.iter().zip(&eligible) {
@@ -508,6 +550,20 @@ pub fn run_filter(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Report>
         sd_report = Some(report);
         t.mark("semdedup");
     }
+    let mut knn = None;
+    if let (Some(sp), Some(c), Metric::Knn) = (&spilled, &centroids_kept, p.metric) {
+        progress.begin(Pass::Knn, sp.rows);
+        knn = Some(knn_spilled(
+            sp,
+            &rows.labels,
+            &eligible,
+            c.dim(),
+            p.knn.neighbors,
+            &|m| progress.advance(m),
+        )?);
+        progress.end();
+        t.mark("knn");
+    }
     drop(spilled);
     if let Some(q) = &p.quality {
         let values = columns::read_f64_column(&data, &q.column)?;
@@ -559,6 +615,7 @@ pub fn run_filter(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Report>
             eligible: &eligible,
             centroids: centroids_kept.as_ref(),
             max_sim: max_sim.as_deref(),
+            knn: knn.as_deref(),
         },
         budget,
     )?;

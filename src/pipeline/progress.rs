@@ -12,6 +12,8 @@ pub enum Pass {
     Score,
     /// SemDeDup over the spilled clusters.
     Dedup,
+    /// kNN density over the spilled clusters.
+    Knn,
     /// Writing outputs.
     Write,
 }
@@ -24,6 +26,7 @@ impl Pass {
             Pass::KMeans => "k-means",
             Pass::Score => "score",
             Pass::Dedup => "semdedup",
+            Pass::Knn => "knn",
             Pass::Write => "write",
         }
     }

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::cluster::hnsw::{Hnsw, HnswParams};
 use crate::cluster::{Centroids, Distance};
 use crate::pipeline::spill::SpilledClusters;
+use crate::score::knn::knn_distance;
 use crate::score::semdedup::{
     ClusterMembers, DedupKeep, DedupScores, EpsPoint, PairwiseCost, SemDedupParams, dedup_cluster, dist_to_centroid,
     validate_eps,
@@ -111,6 +112,43 @@ impl DedupParams {
             return Err(Error::param("--dedup-global", "needs a threshold: --dedup EPS"));
         }
         self.hnsw.validate()
+    }
+}
+
+/// `metric = "knn"`: kNN density within clusters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KnnParams {
+    /// Neighbours averaged; defaults to [`crate::score::knn::DEFAULT_KNN`].
+    pub neighbors: usize,
+    /// With keep-hard, first exclude this fraction of the most isolated
+    /// rows (likely noise); defaults to
+    /// [`crate::select::robust::DEFAULT_OUTLIER_CAP`].
+    pub outlier_cap: f64,
+}
+
+impl Default for KnnParams {
+    fn default() -> Self {
+        KnnParams {
+            neighbors: crate::score::knn::DEFAULT_KNN,
+            outlier_cap: crate::select::robust::DEFAULT_OUTLIER_CAP,
+        }
+    }
+}
+
+impl KnnParams {
+    /// Checks ranges.
+    pub fn validate(&self) -> Result<()> {
+        if self.neighbors == 0 {
+            return Err(Error::param("--knn", "must be at least 1"));
+        }
+        if !(0.0..1.0).contains(&self.outlier_cap) {
+            return Err(Error::param(
+                "--outlier-cap",
+                format!("{} is outside [0, 1)", self.outlier_cap),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -249,27 +287,20 @@ pub fn quality_drop(values: &[f64], eligible: &[bool], drop_percentile: f64) -> 
     eligible.iter().zip(&kept).map(|(&e, &k)| e && !k).collect()
 }
 
-/// Row ids, M and `dup_of` of one cluster.
-type ClusterResult = (Vec<u32>, Vec<f32>, Vec<Option<u32>>);
-
-/// SemDeDup over spilled clusters: M and `dup_of` of every `eligible` row
-/// (NaN / `None` for the others). Partitions are processed one at a time,
-/// the clusters of a partition in parallel; results do not depend on the
-/// order rows were spilled in (members are sorted by row id first).
-pub fn semdedup_spilled(
+/// Runs `f(cluster, row_ids, rows)` on every cluster of the spill, with
+/// only its `eligible` rows, sorted by row id (`rows`: their unit
+/// embeddings, `row_ids.len() × dim`). Partitions are read one at a time;
+/// the clusters of a partition run in parallel. Results come back in a
+/// fixed order (partition, then cluster id), whatever the spill order.
+pub fn map_spilled_clusters<T: Send>(
     spilled: &SpilledClusters,
     labels: &[u32],
     eligible: &[bool],
-    centroids: &Centroids,
-    params: &SemDedupParams,
+    dim: usize,
+    f: impl Fn(u32, &[u32], &[f32]) -> Result<T> + Sync,
     on_partition: &(dyn Fn(u64) + Sync),
-) -> Result<DedupScores> {
-    let n = labels.len();
-    let d = centroids.dim();
-    let mut out = DedupScores {
-        max_sim: vec![f32::NAN; n],
-        dup_of: vec![None; n],
-    };
+) -> Result<Vec<(Vec<u32>, T)>> {
+    let mut out = Vec::new();
     for p in 0..spilled.partitions() {
         let (ids, values) = spilled.read_partition(p)?;
         // Positions of eligible rows, grouped by cluster then row id.
@@ -285,31 +316,89 @@ pub fn semdedup_spilled(
             groups.push((c, &pos[start..end]));
             start = end;
         }
-        let results: Vec<Result<ClusterResult>> = groups
+        let results: Vec<Result<(Vec<u32>, T)>> = groups
             .par_iter()
             .map(|&(c, members)| {
                 let row_ids: Vec<u32> = members.iter().map(|&i| ids[i as usize]).collect();
-                let mut rows = Vec::with_capacity(members.len() * d);
+                let mut rows = Vec::with_capacity(members.len() * dim);
                 for &i in members {
-                    rows.extend_from_slice(&values[i as usize * d..(i as usize + 1) * d]);
+                    rows.extend_from_slice(&values[i as usize * dim..(i as usize + 1) * dim]);
                 }
-                let dist = dist_to_centroid(&rows, centroids.row(c as usize));
-                let m = ClusterMembers::try_new(&rows, d, &row_ids, &dist)?;
-                let r = dedup_cluster(&m, params)?;
-                Ok((row_ids, r.max_sim, r.dup_of))
+                let t = f(c, &row_ids, &rows)?;
+                Ok((row_ids, t))
             })
             .collect();
         for r in results {
-            let (row_ids, m, dup) = r?;
-            for ((&id, &m), dup) in row_ids.iter().zip(&m).zip(dup) {
-                out.max_sim[id as usize] = m;
-                out.dup_of[id as usize] = dup;
-            }
+            out.push(r?);
         }
         on_partition(ids.len() as u64);
     }
+    Ok(out)
+}
+
+/// SemDeDup over spilled clusters: M and `dup_of` of every `eligible` row
+/// (NaN / `None` for the others).
+pub fn semdedup_spilled(
+    spilled: &SpilledClusters,
+    labels: &[u32],
+    eligible: &[bool],
+    centroids: &Centroids,
+    params: &SemDedupParams,
+    on_partition: &(dyn Fn(u64) + Sync),
+) -> Result<DedupScores> {
+    let n = labels.len();
+    let d = centroids.dim();
+    let per_cluster = map_spilled_clusters(
+        spilled,
+        labels,
+        eligible,
+        d,
+        |c, row_ids, rows| {
+            let dist = dist_to_centroid(rows, centroids.row(c as usize));
+            let m = ClusterMembers::try_new(rows, d, row_ids, &dist)?;
+            dedup_cluster(&m, params)
+        },
+        on_partition,
+    )?;
+    let mut out = DedupScores {
+        max_sim: vec![f32::NAN; n],
+        dup_of: vec![None; n],
+    };
+    for (row_ids, r) in per_cluster {
+        for ((&id, &m), dup) in row_ids.iter().zip(&r.max_sim).zip(r.dup_of) {
+            out.max_sim[id as usize] = m;
+            out.dup_of[id as usize] = dup;
+        }
+    }
     if let Some(i) = (0..n).find(|&i| eligible[i] && out.max_sim[i].is_nan()) {
-        return Err(Error::Internal(format!("row {i} was not spilled for SemDeDup")));
+        return Err(Error::Internal(format!("row {i} was not spilled")));
+    }
+    Ok(out)
+}
+
+/// kNN density of every `eligible` row within its cluster
+/// ([`crate::score::knn::knn_distance`]); NaN for the others.
+pub fn knn_spilled(
+    spilled: &SpilledClusters,
+    labels: &[u32],
+    eligible: &[bool],
+    dim: usize,
+    k: usize,
+    on_partition: &(dyn Fn(u64) + Sync),
+) -> Result<Vec<f32>> {
+    let per_cluster = map_spilled_clusters(
+        spilled,
+        labels,
+        eligible,
+        dim,
+        |_, _, rows| Ok(knn_distance(rows, dim, k)),
+        on_partition,
+    )?;
+    let mut out = vec![f32::NAN; labels.len()];
+    for (row_ids, d) in per_cluster {
+        for (&id, &v) in row_ids.iter().zip(&d) {
+            out[id as usize] = v;
+        }
     }
     Ok(out)
 }
