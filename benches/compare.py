@@ -180,7 +180,7 @@ def case_semdedup(args, res):
     truth = {f: pq.read_table(f, columns=["dup_of"]).column("dup_of").to_numpy() for f in sorted(glob.glob(data))}
     dup_of = np.concatenate(list(truth.values()))
     rows = {}
-    for label, extra in [("default", []), ("20it", ["--tolerance", "0"])]:
+    for label, extra in [("default", []), ("20it", ["--tolerance", "0"]), ("global", ["--dedup-global"])]:
         out_dir = os.path.join(args.work, f"sd_{label}")
         _, wall, rss = run_rss([args.dprune, "filter", "--dedup", "0.05", data, "-o", out_dir, "--overwrite",
                                 "--quiet", "--k", "1000", "--max-iters", "20", "--scores-only",
@@ -230,9 +230,10 @@ def case_dbp(args, res):
                                 "--overwrite", "--quiet", "--centroids", cents, "--scores-only",
                                 "--threads", str(args.threads)])
     rep = json.load(open(os.path.join(out_c, "_dprune_report.json")))
-    q = pq.read_table(quotas).to_pandas().sort_values("cluster")
+    q = pq.read_table(quotas, columns=["cluster", "quota"])
+    order = np.argsort(q.column("cluster").to_numpy())
     ours = np.array([c["quota"] for c in rep["clusters"]], dtype=np.int64)
-    theirs = q["quota"].to_numpy().astype(np.int64)
+    theirs = q.column("quota").to_numpy()[order].astype(np.int64)
     diff = np.abs(ours - theirs)
     res["dbp_1m_keep0.5_k1000"] = {
         "ref_wall_s": round(ref_wall, 2), "ref_peak_rss_mb": round(ref_rss), "ref_kept": int(theirs.sum()),

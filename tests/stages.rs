@@ -215,11 +215,19 @@ fn cross_cluster_pass_finds_pairs_split_by_the_clustering() {
     };
     let (t, _) = run(&[], "within");
     assert!(t.kept[0] && t.kept[1], "a within-cluster pass cannot see the pair");
-    let (t, r) = run(&["--dedup-global"], "global");
-    assert!(t.kept[0] && !t.kept[1], "the later row of the pair goes");
-    assert_eq!(t.dup_of[1], Some(0));
-    assert_eq!(r["semdedup"]["removed_global"], 1);
-    assert_eq!(t.kept.iter().filter(|&&k| k).count(), 19);
+    for (how, name) in [
+        (None, "second"),
+        (Some("hnsw"), "hnsw"),
+        (Some("second-cluster"), "second2"),
+    ] {
+        let mut extra = vec!["--dedup-global"];
+        extra.extend(how);
+        let (t, r) = run(&extra, name);
+        assert!(t.kept[0] && !t.kept[1], "{name}: the later row of the pair goes");
+        assert_eq!(t.dup_of[1], Some(0));
+        assert_eq!(r["semdedup"]["removed_global"], 1);
+        assert_eq!(t.kept.iter().filter(|&&k| k).count(), 19);
+    }
 }
 
 #[test]
@@ -331,6 +339,7 @@ fn stage_results_do_not_depend_on_threads_or_batch_size() {
             "--exact-dedup",
             "--dedup",
             "0.02",
+            "--dedup-global",
             "--metric",
             "dbp",
             "--keep",
@@ -358,6 +367,11 @@ fn stage_errors_name_the_flag_column_or_file() {
     assert!(e.contains("--dedup") && e.contains("1.5"), "{e}");
     let e = fails(&["filter", "--dedup-global", "-o", &o, &f]);
     assert!(e.contains("--dedup EPS"), "{e}");
+    let e = fails(&["filter", "--dedup", "0.1", "--dedup-global", "faiss", "-o", &o, &f]);
+    assert!(
+        e.contains("`faiss`") && e.contains("second-cluster, hnsw or off"),
+        "{e}"
+    );
     let e = fails(&["filter", "--exact-key", "caption", "-o", &o, &f]);
     assert!(e.contains("--exact-dedup"), "{e}");
     let e = fails(&["filter", "--dedup", "0.05", "--distance", "l2", "-o", &o, &f]);
@@ -420,7 +434,10 @@ fn knn_keeps_the_most_isolated_after_the_outlier_cap() {
     }
     let kept: Vec<usize> = (0..600).filter(|&i| t.kept[i]).collect();
     assert_eq!(kept.len(), 60);
-    assert!(kept.iter().all(|&i| t.score[i].unwrap().abs() < 1e-6), "only zero-distance rows");
+    assert!(
+        kept.iter().all(|&i| t.score[i].unwrap().abs() < 1e-6),
+        "only zero-distance rows"
+    );
 }
 
 #[test]

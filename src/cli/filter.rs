@@ -9,7 +9,7 @@ use dprune::cluster::{Distance, KMeansParams};
 use dprune::embed::{Device, EncoderSpec, InputKind};
 use dprune::pipeline::filter::{Balance, DEFAULT_BATCH_ROWS};
 use dprune::pipeline::report::REPORT_JSON;
-use dprune::pipeline::stages::{DedupParams, DedupRank, KeepOf, KnnParams, QualityParams};
+use dprune::pipeline::stages::{DedupParams, DedupRank, GlobalPass, KeepOf, KnnParams, QualityParams};
 use dprune::pipeline::{EmbeddingSpec, FilterConfig, FilterParams, OutputSpec, Report, run_filter};
 use dprune::score::Metric;
 use dprune::select::dbp::{DbpParams, ShareRule};
@@ -103,10 +103,11 @@ pub struct FilterArgs {
     #[arg(long, default_value = "hard", value_name = "RULE")]
     dedup_keep: String,
 
-    /// Also remove near-duplicates across clusters (HNSW index over the rows left; holds
-    /// their embeddings in memory).
-    #[arg(long)]
-    dedup_global: bool,
+    /// Also remove near-duplicates split across clusters: second-cluster (the default
+    /// when the flag is given: every row also meets its second-nearest cluster; exact,
+    /// bounded memory) or hnsw (an HNSW index over all rows left; in memory, slow).
+    #[arg(long, value_name = "METHOD", num_args = 0..=1, default_missing_value = "second-cluster")]
+    dedup_global: Option<String>,
 
     /// Stage 3: a numeric quality column (e.g. a CLIP score; higher is better).
     #[arg(long, value_name = "COL", requires = "quality_drop")]
@@ -344,7 +345,10 @@ impl FilterArgs {
             dedup: DedupParams {
                 eps: self.dedup,
                 keep: self.dedup_keep.parse::<DedupRank>()?,
-                global: self.dedup_global,
+                global: match &self.dedup_global {
+                    Some(m) => m.parse::<GlobalPass>()?,
+                    None => GlobalPass::Off,
+                },
                 ..DedupParams::default()
             },
             quality: self.quality_col.as_ref().map(|c| QualityParams {

@@ -141,13 +141,47 @@ impl Centroids {
         rows.par_chunks(CHUNK_ROWS * self.dim)
             .zip(labels.par_chunks_mut(CHUNK_ROWS))
             .zip(dots.par_chunks_mut(CHUNK_ROWS))
-            .for_each_init(Vec::new, |scratch, ((x, l), d)| self.nearest_chunk(x, l, d, scratch));
+            .for_each_init(Vec::new, |scratch, ((x, l), d)| {
+                self.nearest_chunk(x, l, d, None, scratch)
+            });
+    }
+
+    /// [`Centroids::nearest`], and also the second-nearest centroid of
+    /// every row into `second` (`u32::MAX` when k = 1; ties to the lower
+    /// index). Used to find near-duplicates split by a cluster boundary.
+    ///
+    /// # Panics
+    /// If the lengths disagree.
+    pub fn nearest_two(&self, rows: &[f32], labels: &mut [u32], dots: &mut [f32], second: &mut [u32]) {
+        let n = rows.len() / self.dim;
+        assert!(
+            rows.len() == n * self.dim && labels.len() == n && dots.len() == n && second.len() == n,
+            "nearest_two: lengths disagree"
+        );
+        rows.par_chunks(CHUNK_ROWS * self.dim)
+            .zip(labels.par_chunks_mut(CHUNK_ROWS))
+            .zip(dots.par_chunks_mut(CHUNK_ROWS))
+            .zip(second.par_chunks_mut(CHUNK_ROWS))
+            .for_each_init(Vec::new, |scratch, (((x, l), d), s2)| {
+                self.nearest_chunk(x, l, d, Some(s2), scratch)
+            });
     }
 
     /// Single-threaded nearest search for one chunk, tiling the centroids.
-    fn nearest_chunk(&self, x: &[f32], labels: &mut [u32], dots: &mut [f32], scratch: &mut Vec<f32>) {
+    fn nearest_chunk(
+        &self,
+        x: &[f32],
+        labels: &mut [u32],
+        dots: &mut [f32],
+        mut second: Option<&mut [u32]>,
+        scratch: &mut Vec<f32>,
+    ) {
         let m = labels.len();
         let mut best = vec![f32::NEG_INFINITY; m];
+        let mut best2 = vec![f32::NEG_INFINITY; if second.is_some() { m } else { 0 }];
+        if let Some(s2) = second.as_deref_mut() {
+            s2.fill(u32::MAX);
+        }
         for t0 in (0..self.k).step_by(TILE_K) {
             let t1 = (t0 + TILE_K).min(self.k);
             let kt = t1 - t0;
@@ -178,6 +212,26 @@ impl Centroids {
                     // All NaN (cannot happen for validated rows): pick 0 deterministically.
                     (bj, bd) = (0, f32::NAN);
                 }
+                if let Some(s2) = second.as_deref_mut() {
+                    // Second best over the tile, then merged with the running one; the
+                    // running best moves to second place when this tile beat it.
+                    let (mut sj, mut sv) = (s2[i], best2[i]);
+                    if bj != labels[i] && best[i] > f32::NEG_INFINITY {
+                        (sj, sv) = (labels[i], best[i]);
+                    }
+                    for (j, &v) in row.iter().enumerate() {
+                        let jj = (t0 + j) as u32;
+                        let v = match self.distance {
+                            Distance::Cosine => v,
+                            Distance::L2 => 2.0 * v - self.norms2[t0 + j],
+                        };
+                        if jj != bj && (v > sv || (v == sv && jj < sj)) {
+                            (sj, sv) = (jj, v);
+                        }
+                    }
+                    s2[i] = sj;
+                    best2[i] = sv;
+                }
                 labels[i] = bj;
                 best[i] = bv;
                 dots[i] = bd;
@@ -196,6 +250,29 @@ impl Centroids {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn second_nearest_matches_a_sort() {
+        let mut r = crate::rng::Rng::new(5);
+        let (k, dim, n) = (2500, 6, 300); // k > TILE_K: the merge across tiles is exercised
+        let c: Vec<f32> = (0..k * dim).map(|_| r.normal() as f32).collect();
+        let cs = Centroids::try_new(c, dim, Distance::Cosine).unwrap();
+        let mut rows: Vec<f32> = (0..n * dim).map(|_| r.normal() as f32).collect();
+        rows.chunks_exact_mut(dim).for_each(|x| {
+            crate::distance::normalize(x);
+        });
+        let (mut l, mut d, mut s2) = (vec![0; n], vec![0.0; n], vec![0; n]);
+        cs.nearest_two(&rows, &mut l, &mut d, &mut s2);
+        let (mut l1, mut d1) = (vec![0; n], vec![0.0; n]);
+        cs.nearest(&rows, &mut l1, &mut d1);
+        assert_eq!(l, l1);
+        for i in 0..n {
+            let x = &rows[i * dim..(i + 1) * dim];
+            let mut sims: Vec<(f32, u32)> = (0..k).map(|j| (crate::distance::dot(x, cs.row(j)), j as u32)).collect();
+            sims.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            assert_eq!((l[i], s2[i]), (sims[0].1, sims[1].1), "row {i}");
+        }
+    }
 
     #[test]
     fn nearest_ties_go_to_lowest_index() {

@@ -30,7 +30,7 @@ use crate::io::embeddings::{ColumnSource, EmbeddingSource, NpySidecarSource};
 use crate::io::writer::{ExtraColumn, ExtraValues, ScoreColumns, write_filtered, write_scores_table};
 use crate::io::{Dataset, columns, expand_inputs, npy};
 use crate::pipeline::budget::{Ranking, choose};
-use crate::pipeline::passes::{Rows, read_sample, score_rows};
+use crate::pipeline::passes::{Rows, Spills, read_sample, score_rows};
 use crate::pipeline::plot;
 use crate::pipeline::progress::{Pass, Progress};
 use crate::pipeline::report::{
@@ -39,8 +39,9 @@ use crate::pipeline::report::{
 };
 use crate::pipeline::spill::{ClusterSpill, partitions_for};
 use crate::pipeline::stages::{
-    DedupParams, EPS_CURVE, KeepOf, KnnParams, QualityParams, SemDedupReport, StageReport, check_distance, exact_dedup,
-    global_duplicates, knn_spilled, pairwise_warning, quality_drop, remove, semdedup_spilled,
+    DedupParams, EPS_CURVE, GlobalPass, KeepOf, KnnParams, QualityParams, SemDedupReport, StageReport, check_distance,
+    exact_dedup, global_duplicates, knn_spilled, pairwise_warning, quality_drop, remove, second_cluster_duplicates,
+    semdedup_spilled,
 };
 use crate::rng::Rng;
 use crate::score::semdedup::{SemDedupParams, eps_curve, hash_bytes, is_duplicate, quantiles};
@@ -366,6 +367,7 @@ pub fn run_filter(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Report>
     let mut centroids_kept = None;
 
     let mut spilled = None;
+    let mut guest_spill = None;
     if p.needs_clusters() {
         let source = open_source(&data, &cfg.embeddings)?;
         let d = source.dim();
@@ -418,8 +420,13 @@ pub fn run_filter(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Report>
         if p.exact_dedup && p.exact_key.is_none() {
             rows.hashes = vec![None; n as usize];
         }
+        let parts = partitions_for(n, d, centroids.k());
         let spill = if p.needs_spill() {
-            let parts = partitions_for(n, d, centroids.k());
+            Some(ClusterSpill::create(p.spill_dir.as_deref(), d, parts)?)
+        } else {
+            None
+        };
+        let guests = if p.dedup.eps.is_some() && p.dedup.global == GlobalPass::SecondCluster {
             Some(ClusterSpill::create(p.spill_dir.as_deref(), d, parts)?)
         } else {
             None
@@ -431,12 +438,16 @@ pub fn run_filter(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Report>
             &centroids,
             p,
             &mut rows,
-            spill.as_ref(),
+            Spills {
+                owners: spill.as_ref(),
+                guests: guests.as_ref(),
+            },
             &mut invalid,
             progress,
         )?;
         progress.end();
         spilled = spill.map(ClusterSpill::finish).transpose()?;
+        guest_spill = guests.map(ClusterSpill::finish).transpose()?;
         t.mark("score");
         kreport = Some(kr);
         centroids_kept = Some(centroids);
@@ -531,8 +542,28 @@ pub fn run_filter(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Report>
             let m = &sc.max_sim;
             report.removed_within = remove(&mut eligible, |i| is_duplicate(m[i], eps));
             stage("semdedup", &eligible, report.removed_within);
-            if p.dedup.global {
-                let g = global_duplicates(sp, &rows.labels, &eligible, c.dim(), eps, &p.dedup.hnsw)?;
+            let g = match (p.dedup.global, &guest_spill) {
+                (GlobalPass::SecondCluster, Some(gs)) => Some(second_cluster_duplicates(
+                    sp,
+                    gs,
+                    &rows.labels,
+                    &rows.second,
+                    &eligible,
+                    c.dim(),
+                    eps,
+                    &|_| {},
+                )?),
+                (GlobalPass::Hnsw, _) => Some(global_duplicates(
+                    sp,
+                    &rows.labels,
+                    &eligible,
+                    c.dim(),
+                    eps,
+                    &p.dedup.hnsw,
+                )?),
+                _ => None,
+            };
+            if let Some(g) = g {
                 report.removed_global = remove(&mut eligible, |i| g[i].is_some());
                 stage("semdedup_global", &eligible, report.removed_global);
                 for (i, g) in g.into_iter().enumerate() {
@@ -565,6 +596,7 @@ pub fn run_filter(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Report>
         t.mark("knn");
     }
     drop(spilled);
+    drop(guest_spill);
     if let Some(q) = &p.quality {
         let values = columns::read_f64_column(&data, &q.column)?;
         let nan = values.iter().zip(&eligible).filter(|(v, e)| **e && v.is_nan()).count();

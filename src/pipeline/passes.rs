@@ -36,6 +36,9 @@ pub struct Rows {
     /// A 128-bit hash of the raw embedding bits of every usable row, when
     /// the exact-duplicate stage asks for it (empty otherwise).
     pub hashes: Vec<Option<u128>>,
+    /// Second-nearest centroid of every row, when the cross-cluster pass
+    /// asks for it (empty otherwise).
+    pub second: Vec<u32>,
 }
 
 impl Rows {
@@ -46,6 +49,7 @@ impl Rows {
             scores: vec![0.0; n],
             valid: vec![true; n],
             hashes: Vec::new(),
+            second: Vec::new(),
         }
     }
 }
@@ -195,9 +199,19 @@ pub fn read_sample(
     Ok(out)
 }
 
+/// Where the score pass groups rows by cluster (see [`crate::pipeline::spill`]).
+#[derive(Default, Clone, Copy)]
+pub struct Spills<'a> {
+    /// Every usable row under its nearest centroid.
+    pub owners: Option<&'a ClusterSpill>,
+    /// Every usable row under its second-nearest centroid (cosine only;
+    /// fills `rows.second`).
+    pub guests: Option<&'a ClusterSpill>,
+}
+
 /// Score pass: nearest centroid and prototypicality of every row; also
 /// hashes the raw embeddings when `rows.hashes` is sized to the rows, and
-/// appends every usable row's unit embedding to `spill` when given.
+/// appends every usable row's unit embedding to the `spills` given.
 #[allow(clippy::too_many_arguments)]
 pub fn score_rows(
     data: &Dataset,
@@ -205,7 +219,7 @@ pub fn score_rows(
     c: &Centroids,
     p: &FilterParams,
     rows: &mut Rows,
-    spill: Option<&ClusterSpill>,
+    spills: Spills,
     invalid: &mut InvalidReport,
     progress: &dyn Progress,
 ) -> Result<()> {
@@ -218,23 +232,32 @@ pub fn score_rows(
     }
     // Disjoint per-shard views of the per-row state.
     let hashing = !rows.hashes.is_empty();
+    if spills.guests.is_some() {
+        if c.distance() != Distance::Cosine {
+            return Err(Error::Internal("second-cluster spill needs cosine centroids".into()));
+        }
+        rows.second = vec![u32::MAX; rows.labels.len()];
+    }
     let mut views = Vec::with_capacity(data.shards.len());
     let (mut l, mut s, mut v) = (&mut rows.labels[..], &mut rows.scores[..], &mut rows.valid[..]);
     let mut h = &mut rows.hashes[..];
+    let mut sec = &mut rows.second[..];
     for shard in &data.shards {
         let n = shard.num_rows as usize;
         let (l0, l1) = l.split_at_mut(n);
         let (s0, s1) = s.split_at_mut(n);
         let (v0, v1) = v.split_at_mut(n);
         let (h0, h1) = h.split_at_mut(if hashing { n } else { 0 });
-        views.push((shard, l0, s0, v0, h0));
-        (l, s, v, h) = (l1, s1, v1, h1);
+        let (x0, x1) = sec.split_at_mut(if spills.guests.is_some() { n } else { 0 });
+        views.push((shard, l0, s0, v0, h0, x0));
+        (l, s, v, h, sec) = (l1, s1, v1, h1, x1);
     }
     let parts: Vec<Result<((), InvalidReport)>> = views
         .into_par_iter()
-        .map(|(shard, labels, scores, valid, hashes)| {
+        .map(|(shard, labels, scores, valid, hashes, second)| {
             let mut inv = InvalidReport::default();
-            let mut buffer = spill.map(|s| s.buffer());
+            let mut buffer = spills.owners.map(|s| s.buffer());
+            let mut guest_buffer = spills.guests.map(|s| s.buffer());
             let first_id = data.offset(shard.index);
             stream_shard(shard, source, p.batch_rows, |mut b| {
                 let base = b.first_row as usize;
@@ -271,7 +294,13 @@ pub fn score_rows(
                     }
                 }
                 let sc = &mut scores[base..base + m];
-                prototypicality(c, &b.values, &mut labels[base..base + m], sc);
+                if guest_buffer.is_some() {
+                    // Cosine (checked above): the score is 1 − the dot with the nearest centroid.
+                    c.nearest_two(&b.values, &mut labels[base..base + m], sc, &mut second[base..base + m]);
+                    sc.iter_mut().for_each(|s| *s = 1.0 - *s);
+                } else {
+                    prototypicality(c, &b.values, &mut labels[base..base + m], sc);
+                }
                 for (i, why) in bad.iter().enumerate() {
                     if why.is_some() {
                         sc[i] = f32::NAN;
@@ -288,10 +317,21 @@ pub fn score_rows(
                         }
                     }
                 }
+                if let Some(buf) = guest_buffer.as_mut() {
+                    for (i, why) in bad.iter().enumerate() {
+                        if why.is_none() && second[base + i] != u32::MAX {
+                            let id = (first_id + b.first_row) as u32 + i as u32;
+                            buf.push(second[base + i], id, &b.values[i * d..(i + 1) * d])?;
+                        }
+                    }
+                }
                 progress.advance(m as u64);
                 Ok(())
             })?;
             if let Some(buf) = buffer.as_mut() {
+                buf.flush()?;
+            }
+            if let Some(buf) = guest_buffer.as_mut() {
                 buf.flush()?;
             }
             Ok(((), inv))

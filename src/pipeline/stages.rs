@@ -23,11 +23,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::hnsw::{Hnsw, HnswParams};
 use crate::cluster::{Centroids, Distance};
+use crate::distance::dot_batch;
 use crate::pipeline::spill::SpilledClusters;
 use crate::score::knn::knn_distance;
 use crate::score::semdedup::{
     ClusterMembers, DedupKeep, DedupScores, EpsPoint, PairwiseCost, SemDedupParams, dedup_cluster, dist_to_centroid,
-    validate_eps,
+    similarity_threshold, validate_eps,
 };
 use crate::select::{Keep, floor_fraction, select_top};
 use crate::{Error, Result};
@@ -96,9 +97,8 @@ pub struct DedupParams {
     pub eps: Option<f64>,
     /// Ranking inside a cluster.
     pub keep: DedupRank,
-    /// Also remove near-duplicates across clusters (HNSW over the rows
-    /// left; holds their embeddings in memory).
-    pub global: bool,
+    /// Also remove near-duplicates split across clusters.
+    pub global: GlobalPass,
     /// The HNSW index of the global pass.
     pub hnsw: HnswParams,
 }
@@ -108,7 +108,7 @@ impl DedupParams {
     pub fn validate(&self) -> Result<()> {
         if let Some(eps) = self.eps {
             validate_eps(eps)?;
-        } else if self.global {
+        } else if self.global != GlobalPass::Off {
             return Err(Error::param("--dedup-global", "needs a threshold: --dedup EPS"));
         }
         self.hnsw.validate()
@@ -149,6 +149,42 @@ impl KnnParams {
             ));
         }
         Ok(())
+    }
+}
+
+/// The cross-cluster pass of SemDeDup. In both, a row goes when a row of
+/// lower id in another cluster, also left by the within-cluster pass, has
+/// cosine > 1 − eps with it (SemDeDup's rule, first row wins).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GlobalPass {
+    /// Within clusters only.
+    #[default]
+    Off,
+    /// Every row is also compared with the rows of its second-nearest
+    /// cluster (exact, blocked matrix products over a second spill): finds
+    /// pairs split by one cluster boundary, which is where near-duplicates
+    /// split; bounded memory, deterministic, about the cost of the
+    /// within-cluster pass.
+    SecondCluster,
+    /// An HNSW index (hnsw_rs) over all rows left: finds pairs anywhere,
+    /// but holds the rows in memory and builds single-threaded (slow: 566 s
+    /// for 180k × 384 here).
+    Hnsw,
+}
+
+impl FromStr for GlobalPass {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "off" => Ok(GlobalPass::Off),
+            "second-cluster" | "second_cluster" => Ok(GlobalPass::SecondCluster),
+            "hnsw" => Ok(GlobalPass::Hnsw),
+            _ => Err(Error::param(
+                "--dedup-global",
+                format!("`{s}`: expected second-cluster, hnsw or off"),
+            )),
+        }
     }
 }
 
@@ -403,6 +439,97 @@ pub fn knn_spilled(
     Ok(out)
 }
 
+/// Groups the eligible rows of one spill partition by `cluster_of` (then
+/// row id): (cluster, positions into the partition).
+fn group_partition(ids: &[u32], eligible: &[bool], cluster_of: &[u32]) -> Vec<(u32, Vec<u32>)> {
+    let mut pos: Vec<u32> = (0..ids.len() as u32)
+        .filter(|&i| eligible[ids[i as usize] as usize])
+        .collect();
+    pos.sort_unstable_by_key(|&i| (cluster_of[ids[i as usize] as usize], ids[i as usize]));
+    let mut out: Vec<(u32, Vec<u32>)> = Vec::new();
+    for i in pos {
+        let c = cluster_of[ids[i as usize] as usize];
+        match out.last_mut() {
+            Some((lc, v)) if *lc == c => v.push(i),
+            _ => out.push((c, vec![i])),
+        }
+    }
+    out
+}
+
+/// The second-cluster cross pass ([`GlobalPass::SecondCluster`]): for every
+/// cluster, the rows whose second-nearest centroid it is (`guests`) against
+/// its own rows (`owners`), in tiles of matrix products. Returns, per row,
+/// the most similar lower-id row of another cluster above 1 − eps (lower
+/// id on ties).
+#[allow(clippy::too_many_arguments)]
+pub fn second_cluster_duplicates(
+    owners: &SpilledClusters,
+    guests: &SpilledClusters,
+    labels: &[u32],
+    second: &[u32],
+    eligible: &[bool],
+    dim: usize,
+    eps: f64,
+    on_partition: &(dyn Fn(u64) + Sync),
+) -> Result<Vec<Option<u32>>> {
+    const TILE: usize = 1024;
+    let thr = similarity_threshold(eps);
+    let mut best: Vec<(f32, u32)> = vec![(f32::NEG_INFINITY, u32::MAX); labels.len()];
+    for p in 0..owners.partitions() {
+        let (oids, ovals) = owners.read_partition(p)?;
+        let (gids, gvals) = guests.read_partition(p)?;
+        let og = group_partition(&oids, eligible, labels);
+        let gg = group_partition(&gids, eligible, second);
+        let pairs: Vec<(&Vec<u32>, &Vec<u32>)> = gg
+            .iter()
+            .filter_map(|(c, g)| og.binary_search_by_key(c, |(oc, _)| *oc).ok().map(|k| (g, &og[k].1)))
+            .collect();
+        let found: Vec<Vec<(u32, f32, u32)>> = pairs
+            .par_iter()
+            .map(|&(g, o)| {
+                let gather = |ids: &[u32], vals: &[f32], pos: &[u32]| {
+                    let mut r = Vec::with_capacity(pos.len() * dim);
+                    for &i in pos {
+                        r.extend_from_slice(&vals[i as usize * dim..(i as usize + 1) * dim]);
+                    }
+                    let id: Vec<u32> = pos.iter().map(|&i| ids[i as usize]).collect();
+                    (id, r)
+                };
+                let (gi, gr) = gather(&gids, &gvals, g);
+                let (oi, or) = gather(&oids, &ovals, o);
+                let mut hits = Vec::new();
+                let mut s = Vec::new();
+                for a in (0..gi.len()).step_by(TILE) {
+                    let a1 = (a + TILE).min(gi.len());
+                    for b in (0..oi.len()).step_by(TILE) {
+                        let b1 = (b + TILE).min(oi.len());
+                        s.resize((a1 - a) * (b1 - b), 0.0);
+                        dot_batch(&gr[a * dim..a1 * dim], &or[b * dim..b1 * dim], dim, &mut s);
+                        for (x, line) in s.chunks_exact(b1 - b).enumerate() {
+                            for (y, &v) in line.iter().enumerate() {
+                                if v > thr {
+                                    let (u, w) = (gi[a + x], oi[b + y]);
+                                    hits.push((u.max(w), v, u.min(w)));
+                                }
+                            }
+                        }
+                    }
+                }
+                hits
+            })
+            .collect();
+        for (row, v, other) in found.into_iter().flatten() {
+            let b = &mut best[row as usize];
+            if v > b.0 || (v == b.0 && other < b.1) {
+                *b = (v, other);
+            }
+        }
+        on_partition(oids.len() as u64);
+    }
+    Ok(best.into_iter().map(|(_, o)| (o != u32::MAX).then_some(o)).collect())
+}
+
 /// The cross-cluster pass: an HNSW index over the `eligible` rows (read
 /// back from the spill, in row-id order) finds rows with a more similar
 /// than 1 − eps row of lower id in another cluster. Memory: the eligible
@@ -512,7 +639,7 @@ mod tests {
             .is_err()
         );
         let e = DedupParams {
-            global: true,
+            global: GlobalPass::Hnsw,
             ..Default::default()
         }
         .validate()
