@@ -17,3 +17,6 @@ mod embed;
 
 // `dprune run` on every shipped pipeline file.
 mod pipelines;
+
+// `dprune annotate` and `dprune demos` (issue 5), with their bad inputs.
+mod annotate;
