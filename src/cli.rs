@@ -1,6 +1,8 @@
 //! Command-line parsing (clap) and dispatch. No algorithm lives here: each
 //! subcommand builds a library config and calls one library function.
 
+mod annotate;
+mod demos;
 mod embed;
 mod filter;
 mod progress;
@@ -24,6 +26,10 @@ enum Command {
     Embed(Box<embed::EmbedArgs>),
     /// Run a pipeline described in a TOML file (see pipelines/).
     Run(run::RunArgs),
+    /// Choose which pool rows to annotate for in-context learning (vote-k, IDEAL, ...).
+    Annotate(Box<annotate::AnnotateArgs>),
+    /// Retrieve demonstrations for queries from annotated rows.
+    Demos(Box<demos::DemosArgs>),
 }
 
 /// Parses the command line and runs the subcommand.
@@ -33,5 +39,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Filter(args) => filter::run(*args),
         Command::Embed(args) => embed::run(*args),
         Command::Run(args) => run::run(args),
+        Command::Annotate(args) => annotate::run(*args),
+        Command::Demos(args) => demos::run(*args),
     }
 }

@@ -5,6 +5,7 @@
 pub mod centroids;
 pub mod hnsw;
 pub mod kmeans;
+pub mod knn;
 
 pub use centroids::{Centroids, Distance};
 pub use hnsw::{Hnsw, HnswParams};

@@ -13,6 +13,14 @@
 //! * The pieces are usable alone: [`cluster::KMeans::fit`] on a slice,
 //!   [`score::prototypicality`] for any centroids, [`select::select_top`]
 //!   for any scores.
+//! * Removal stages and rules of `filter` ([`pipeline::stages`],
+//!   [`pipeline::budget`]): exact dedup, SemDeDup over clusters spilled to
+//!   Arrow IPC ([`pipeline::spill`]), quality percentiles, DBP, CCS,
+//!   Moderate, kNN density.
+//! * [`pipeline::annotate`] runs `dprune annotate` / `dprune demos`:
+//!   selective annotation for in-context learning ([`select::annotate`]:
+//!   vote-k, IDEAL, facility location, k-center) over a kNN graph
+//!   ([`cluster::knn`]), and demonstration retrieval.
 //! * [`tokens`] prunes visual tokens at VLM inference.
 //!
 //! ## Example

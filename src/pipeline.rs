@@ -1,6 +1,7 @@
 //! Whole runs: streaming passes over the shards, from inputs to written
 //! outputs and a report.
 
+pub mod annotate;
 pub mod budget;
 pub mod config;
 pub mod filter;

@@ -11,6 +11,7 @@
 //! depend on thread count, batch size or sort algorithm. Row ids are `u32`:
 //! one run handles at most 2³²−1 rows.
 
+pub mod annotate;
 pub mod dbp;
 pub mod robust;
 

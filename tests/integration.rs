@@ -20,3 +20,6 @@ mod stages;
 
 // `dprune run` on every shipped pipeline file.
 mod pipelines;
+
+// `dprune annotate` and `dprune demos` (issue 5), with their bad inputs.
+mod annotate;

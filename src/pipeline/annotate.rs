@@ -1,0 +1,909 @@
+//! `annotate` and `demos`: choose the pool rows to annotate, then retrieve
+//! demonstrations for queries from the annotated rows only.
+//!
+//! [`run_annotate`] reads the pool's embeddings (a Parquet column), centres
+//! them on the pool mean (optional, on by default as in both reference
+//! repositories) and normalises them, selects rows
+//! ([`crate::select::annotate`]), and writes the selected rows, all columns,
+//! in selection order, plus `dprune_rank`, `dprune_gain` and
+//! `dprune_method`. The file's schema metadata (key [`META_KEY`]) records
+//! the centering mean and the encoder, so [`run_demos`] applies the pool's
+//! transform to queries. A JSON report holds label-free coverage metrics.
+//!
+//! [`run_demos`] searches every query exactly over the annotated rows and
+//! writes (query id, position, demo id, cosine), most similar last by
+//! default, never pairing a query with a demo of the same id.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{
+    Array, ArrayRef, Float32Array, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray, UInt32Array,
+};
+use arrow::compute::{cast, concat, concat_batches, take};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::ProjectionMask;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::knn::{apply_transform, prepare};
+use crate::distance::dot_batch;
+use crate::io::embeddings::{ColumnSource, EmbeddingSource};
+use crate::io::inputs::builder;
+use crate::io::writer::{COPY_BATCH_ROWS, writer_properties};
+use crate::io::{AtomicFile, Dataset, expand_inputs};
+use crate::rng::Rng;
+use crate::select::annotate::{AnnotateParams, Selection, best_similarity, select};
+use crate::{Error, Result};
+
+/// Schema-metadata key of the annotate record in written files.
+pub const META_KEY: &str = "dprune.annotate";
+/// Column added by `annotate`: 0-based selection rank.
+pub const RANK_COLUMN: &str = "dprune_rank";
+/// Column added by `annotate`: what the row added when selected.
+pub const GAIN_COLUMN: &str = "dprune_gain";
+/// Column added by `annotate`: the method.
+pub const METHOD_COLUMN: &str = "dprune_method";
+/// Column added by `annotate --row-index`: the row's position in the pool.
+pub const ROW_COLUMN: &str = "dprune_row";
+/// Id column when none is named.
+pub const DEFAULT_ID_COLUMN: &str = "id";
+/// Demonstrations per query when none is given.
+pub const DEFAULT_DEMOS_K: usize = 8;
+/// Pool rows whose nearest-neighbour cosine sets the τ quantiles.
+pub const COVERAGE_SAMPLE: usize = 2_000;
+/// Rows per embedding block read.
+const READ_ROWS: usize = 8192;
+
+/// An `annotate` run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AnnotateConfig {
+    /// Pool Parquet files or globs.
+    pub inputs: Vec<String>,
+    /// Embedding column (auto-detected when `None`).
+    pub embedding_col: Option<String>,
+    /// Id column; defaults to [`DEFAULT_ID_COLUMN`].
+    pub id_col: String,
+    /// Use row positions as ids (adds [`ROW_COLUMN`]) instead of an id column.
+    pub row_index: bool,
+    /// Centre embeddings on the pool mean before normalising (default on).
+    pub center: bool,
+    /// Selection parameters.
+    pub params: AnnotateParams,
+    /// Selected rows (Parquet).
+    pub output: PathBuf,
+    /// JSON report; defaults to the output with extension `.report.json`.
+    pub report: Option<PathBuf>,
+    /// Replace existing outputs.
+    pub overwrite: bool,
+}
+
+impl Default for AnnotateConfig {
+    fn default() -> Self {
+        AnnotateConfig {
+            inputs: Vec::new(),
+            embedding_col: None,
+            id_col: DEFAULT_ID_COLUMN.into(),
+            row_index: false,
+            center: true,
+            params: AnnotateParams::default(),
+            output: PathBuf::new(),
+            report: None,
+            overwrite: false,
+        }
+    }
+}
+
+impl AnnotateConfig {
+    /// The report path.
+    pub fn report_path(&self) -> PathBuf {
+        self.report
+            .clone()
+            .unwrap_or_else(|| self.output.with_extension("report.json"))
+    }
+}
+
+/// What `annotate` records in its output's metadata, for `demos`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnnotateMeta {
+    /// Method used.
+    pub method: String,
+    /// Embedding column.
+    pub embedding_col: String,
+    /// Embedding dimension.
+    pub dim: usize,
+    /// The encoder (from the column's `dprune.encoder` metadata), if known.
+    pub encoder: Option<String>,
+    /// Whether embeddings were centred.
+    pub centered: bool,
+    /// The pool mean subtracted before normalising.
+    pub mean: Option<Vec<f32>>,
+    /// Seed.
+    pub seed: u64,
+}
+
+/// τ-coverage at one pool quantile.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Coverage {
+    /// Quantile q of the pool's nearest-neighbour cosines.
+    pub q: f64,
+    /// τ_q.
+    pub tau: f64,
+    /// Fraction of pool rows with a selected row at cosine ≥ τ_q.
+    pub coverage: f64,
+}
+
+/// The k-center radius at one quantile.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Radius {
+    /// Quantile p over pool rows.
+    pub p: f64,
+    /// p-quantile of 1 − max cos to the selection.
+    pub radius: f64,
+}
+
+/// Label-free coverage metrics of a selection on its pool (cosines after
+/// the run's centering). Quantiles are nearest-rank.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CoverageMetrics {
+    /// Mean over pool rows of max(0, max cos to the selection).
+    pub facility_location: f64,
+    /// The same floored at −1 (the reference's objective / N).
+    pub facility_location_floor_minus1: f64,
+    /// τ-coverage for τ at pool quantiles 0.1, 0.25, 0.5 of nearest-neighbour
+    /// cosines (measured on a seeded sample of [`COVERAGE_SAMPLE`] rows).
+    pub coverage: Vec<Coverage>,
+    /// Robust k-center radius at p = 0.9, 0.95, 1.
+    pub kcenter_radius: Vec<Radius>,
+    /// Mean pairwise cosine within the selection (`None` for one row).
+    pub redundancy: Option<f64>,
+}
+
+/// The JSON report of `annotate`.
+#[derive(Debug, Clone, Serialize)]
+pub struct AnnotateReport {
+    /// dprune version.
+    pub version: String,
+    /// Input files.
+    pub inputs: Vec<PathBuf>,
+    /// Pool rows.
+    pub pool_rows: usize,
+    /// The record also stored in the output's metadata.
+    pub meta: AnnotateMeta,
+    /// Budget.
+    pub budget: usize,
+    /// The selection's facts (without the row lists).
+    pub nested: bool,
+    /// Rows added at random after the method ran out of candidates.
+    pub fallback: usize,
+    /// kNN backend, for graph methods.
+    pub knn_backend: Option<String>,
+    /// Recall@k of an approximate graph on a sample.
+    pub knn_recall: Option<f64>,
+    /// IDEAL: σ̂ and its standard error.
+    pub ideal_spread: Option<(f64, f64)>,
+    /// Coverage metrics.
+    pub metrics: CoverageMetrics,
+    /// Seconds: reading, kNN graph, selecting (without the graph), metrics, writing.
+    pub seconds: HashMap<String, f64>,
+    /// The selected rows file.
+    pub output: PathBuf,
+}
+
+/// Reads `column` of every shard as one array.
+fn read_column(data: &Dataset, column: &str) -> Result<ArrayRef> {
+    let mut parts: Vec<ArrayRef> = Vec::new();
+    for s in &data.shards {
+        let b = builder(&s.path)?;
+        let idx = b
+            .parquet_schema()
+            .root_schema()
+            .get_fields()
+            .iter()
+            .position(|f| f.name() == column)
+            .ok_or_else(|| Error::Internal(format!("column `{column}` vanished")))?;
+        let mask = ProjectionMask::roots(b.parquet_schema(), [idx]);
+        let r = b
+            .with_projection(mask)
+            .with_batch_size(READ_ROWS)
+            .build()
+            .map_err(|source| Error::Parquet {
+                path: s.path.clone(),
+                source,
+            })?;
+        for batch in r {
+            let batch = batch.map_err(|source| Error::Arrow {
+                path: s.path.clone(),
+                source,
+            })?;
+            parts.push(batch.column(0).clone());
+        }
+    }
+    let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
+    if refs.is_empty() {
+        return Err(Error::Empty("no rows in the inputs".into()));
+    }
+    concat(&refs).map_err(|source| Error::Arrow {
+        path: data.shards[0].path.clone(),
+        source,
+    })
+}
+
+/// Ids of a file as (original array, text form); checks presence, nulls
+/// and uniqueness.
+fn read_ids(data: &Dataset, column: &str, flag: &'static str) -> Result<(ArrayRef, Vec<String>)> {
+    for s in &data.shards {
+        if s.schema.field_with_name(column).is_err() {
+            let cols: Vec<&str> = s.schema.fields().iter().map(|f| f.name().as_str()).collect();
+            return Err(Error::param(
+                flag,
+                format!(
+                    "{}: no id column `{column}`; columns are: {}. Name the id column with {flag}{}",
+                    s.path.display(),
+                    cols.join(", "),
+                    if flag == "--id-col" {
+                        ", or pass --row-index to use row positions"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
+    }
+    let arr = read_column(data, column)?;
+    let text = cast(&arr, &DataType::Utf8).map_err(|source| Error::Arrow {
+        path: data.shards[0].path.clone(),
+        source,
+    })?;
+    let text = text
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .ok_or_else(|| Error::Internal("cast to utf8".into()))?;
+    let mut seen: HashMap<&str, usize> = HashMap::with_capacity(text.len());
+    for i in 0..text.len() {
+        if text.is_null(i) {
+            return Err(Error::param(flag, format!("id column `{column}` is null at row {i}")));
+        }
+        if let Some(first) = seen.insert(text.value(i), i) {
+            return Err(Error::param(
+                flag,
+                format!(
+                    "id `{}` of column `{column}` appears at rows {first} and {i}; ids must be unique",
+                    text.value(i)
+                ),
+            ));
+        }
+    }
+    let strings = (0..text.len()).map(|i| text.value(i).to_string()).collect();
+    Ok((arr, strings))
+}
+
+/// All embeddings of `data` as `n × dim`, checked (no null, non-finite or
+/// zero rows), with the column source and the recorded encoder.
+fn read_embeddings(data: &Dataset, column: Option<&str>) -> Result<(Vec<f32>, ColumnSource, Option<String>)> {
+    let src = ColumnSource::detect(data, column)?;
+    let dim = src.dim();
+    let encoder = data.shards[0]
+        .schema
+        .field_with_name(src.name())
+        .ok()
+        .and_then(|f| f.metadata().get("dprune.encoder").cloned());
+    let mut rows = Vec::with_capacity(data.num_rows() as usize * dim);
+    for s in &data.shards {
+        for block in src.blocks(s, READ_ROWS)? {
+            let block = block?;
+            for r in 0..block.rows() {
+                let v = &block.values[r * dim..(r + 1) * dim];
+                let what = if block.null[r] {
+                    Some("null")
+                } else if v.iter().any(|x| !x.is_finite()) {
+                    Some("not finite (NaN or inf)")
+                } else if v.iter().all(|&x| x == 0.0) {
+                    Some("all zeros")
+                } else {
+                    None
+                };
+                if let Some(what) = what {
+                    return Err(Error::InvalidVector {
+                        path: s.path.clone(),
+                        row: block.first_row + r as u64,
+                        what,
+                    });
+                }
+            }
+            rows.extend_from_slice(&block.values);
+        }
+    }
+    Ok((rows, src, encoder))
+}
+
+fn check_output(path: &Path, overwrite: bool, inputs: &[PathBuf]) -> Result<()> {
+    if path.as_os_str().is_empty() {
+        return Err(Error::param("--output", "no output file given"));
+    }
+    if path.exists() && !overwrite {
+        return Err(Error::OutputExists {
+            path: path.to_path_buf(),
+        });
+    }
+    let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    if inputs.iter().any(|i| canon(i) == canon(path)) {
+        return Err(Error::OutputIsInput {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
+/// Nearest-rank p-quantile of `v` (sorted ascending in place).
+fn quantile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let i = ((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
+    v[i]
+}
+
+/// Coverage metrics of `order` on the pool `rows` (unit vectors).
+pub fn coverage_metrics(rows: &[f32], dim: usize, order: &[u32], seed: u64) -> CoverageMetrics {
+    let n = rows.len() / dim;
+    let best = best_similarity(rows, dim, order);
+    let fl = best.iter().map(|&b| b.max(0.0) as f64).sum::<f64>() / n as f64;
+    let fl1 = best.iter().map(|&b| b.max(-1.0) as f64).sum::<f64>() / n as f64;
+    // nearest-neighbour cosine of sampled pool rows
+    let sample = Rng::for_stream(seed, 0xc0de).sample_indices(n as u64, COVERAGE_SAMPLE as u64);
+    let mut nn1: Vec<f64> = sample
+        .par_chunks(64)
+        .flat_map_iter(|chunk| {
+            let x: Vec<f32> = chunk
+                .iter()
+                .flat_map(|&i| rows[i as usize * dim..(i as usize + 1) * dim].iter().copied())
+                .collect();
+            let mut s = vec![0f32; chunk.len() * n];
+            dot_batch(&x, rows, dim, &mut s);
+            chunk
+                .iter()
+                .enumerate()
+                .map(|(r, &i)| {
+                    s[r * n..(r + 1) * n]
+                        .iter()
+                        .enumerate()
+                        .filter(|&(j, _)| j as u64 != i)
+                        .map(|(_, &v)| v as f64)
+                        .fold(f64::NEG_INFINITY, f64::max)
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let coverage = [0.1, 0.25, 0.5]
+        .iter()
+        .map(|&q| {
+            let tau = quantile(&mut nn1, q);
+            let c = best.iter().filter(|&&b| b as f64 >= tau).count();
+            Coverage {
+                q,
+                tau,
+                coverage: c as f64 / n as f64,
+            }
+        })
+        .collect();
+    let mut dist: Vec<f64> = best.iter().map(|&b| 1.0 - b as f64).collect();
+    let kcenter_radius = [0.9, 0.95, 1.0]
+        .iter()
+        .map(|&p| Radius {
+            p,
+            radius: quantile(&mut dist, p),
+        })
+        .collect();
+    let b = order.len();
+    let redundancy = (b > 1).then(|| {
+        let l: Vec<f32> = order
+            .iter()
+            .flat_map(|&i| rows[i as usize * dim..(i as usize + 1) * dim].iter().copied())
+            .collect();
+        let mut s = vec![0f32; b * b];
+        dot_batch(&l, &l, dim, &mut s);
+        let mut sum = 0.0;
+        for i in 0..b {
+            for j in i + 1..b {
+                sum += s[i * b + j] as f64;
+            }
+        }
+        sum / (b * (b - 1) / 2) as f64
+    });
+    CoverageMetrics {
+        facility_location: fl,
+        facility_location_floor_minus1: fl1,
+        coverage,
+        kcenter_radius,
+        redundancy,
+    }
+}
+
+/// Writes the rows of `data` at `order` (global row ids), in that order,
+/// with `extra` columns appended and `meta` added to the schema metadata.
+fn write_rows(
+    data: &Dataset,
+    order: &[u32],
+    extra: Vec<(Field, ArrayRef)>,
+    meta: (&str, String),
+    dest: &Path,
+) -> Result<()> {
+    let mut rank_of: HashMap<u64, usize> = HashMap::with_capacity(order.len());
+    for (r, &i) in order.iter().enumerate() {
+        rank_of.insert(i as u64, r);
+    }
+    let mut parts: Vec<RecordBatch> = Vec::new();
+    let mut ranks: Vec<usize> = Vec::new();
+    let mut schema: Option<SchemaRef> = None;
+    for (si, s) in data.shards.iter().enumerate() {
+        let r = builder(&s.path)?
+            .with_batch_size(COPY_BATCH_ROWS)
+            .build()
+            .map_err(|source| Error::Parquet {
+                path: s.path.clone(),
+                source,
+            })?;
+        let mut row = data.offset(si);
+        for batch in r {
+            let batch = batch.map_err(|source| Error::Arrow {
+                path: s.path.clone(),
+                source,
+            })?;
+            let n = batch.num_rows() as u64;
+            let local: Vec<u32> = (0..n as u32)
+                .filter(|&j| rank_of.contains_key(&(row + j as u64)))
+                .collect();
+            if !local.is_empty() {
+                ranks.extend(local.iter().map(|&j| rank_of[&(row + j as u64)]));
+                let idx = UInt32Array::from(local);
+                let cols = batch
+                    .columns()
+                    .iter()
+                    .map(|c| take(c.as_ref(), &idx, None))
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(|source| Error::Arrow {
+                        path: s.path.clone(),
+                        source,
+                    })?;
+                let sc = schema.get_or_insert_with(|| batch.schema()).clone();
+                let b = RecordBatch::try_new(sc, cols).map_err(|source| Error::Arrow {
+                    path: s.path.clone(),
+                    source,
+                })?;
+                parts.push(b);
+            }
+            row += n;
+        }
+    }
+    let schema = schema.ok_or_else(|| Error::Internal("no selected row found".into()))?;
+    let all = concat_batches(&schema, &parts).map_err(|source| Error::Arrow {
+        path: dest.to_path_buf(),
+        source,
+    })?;
+    // reorder by rank
+    let mut pos = vec![0u32; ranks.len()];
+    for (p, &r) in ranks.iter().enumerate() {
+        pos[r] = p as u32;
+    }
+    let idx = UInt32Array::from(pos);
+    let arrow_err = |source| Error::Arrow {
+        path: dest.to_path_buf(),
+        source,
+    };
+    let mut cols: Vec<ArrayRef> = Vec::new();
+    let mut fields: Vec<Arc<Field>> = Vec::new();
+    for (f, c) in schema.fields().iter().zip(all.columns()) {
+        if extra.iter().any(|(e, _)| e.name() == f.name()) {
+            continue;
+        }
+        fields.push(f.clone());
+        cols.push(take(c.as_ref(), &idx, None).map_err(arrow_err)?);
+    }
+    for (f, c) in extra {
+        fields.push(Arc::new(f));
+        cols.push(c);
+    }
+    let mut md = schema.metadata().clone();
+    md.insert(meta.0.to_string(), meta.1);
+    let out_schema = Arc::new(Schema::new_with_metadata(fields, md));
+    let out = RecordBatch::try_new(out_schema.clone(), cols).map_err(arrow_err)?;
+    write_batch(&out, dest)
+}
+
+fn write_batch(batch: &RecordBatch, dest: &Path) -> Result<()> {
+    let atomic = AtomicFile::new(dest)?;
+    let file = File::create(atomic.tmp_path()).map_err(|e| Error::io("creating", atomic.tmp_path(), e))?;
+    let wrap = |source| Error::Parquet {
+        path: dest.to_path_buf(),
+        source,
+    };
+    let mut w = ArrowWriter::try_new(file, batch.schema(), Some(writer_properties())).map_err(wrap)?;
+    w.write(batch).map_err(wrap)?;
+    let file = w.into_inner().map_err(wrap)?;
+    file.sync_all().map_err(|e| Error::io("writing", dest, e))?;
+    drop(file);
+    atomic.commit()
+}
+
+fn write_json<T: Serialize>(value: &T, dest: &Path) -> Result<()> {
+    let atomic = AtomicFile::new(dest)?;
+    let text = serde_json::to_string_pretty(value).map_err(|e| Error::Internal(e.to_string()))?;
+    std::fs::write(atomic.tmp_path(), text + "\n").map_err(|e| Error::io("writing", atomic.tmp_path(), e))?;
+    atomic.commit()
+}
+
+/// Runs `annotate` (see the module docs); returns the report, also written
+/// as JSON.
+pub fn run_annotate(cfg: &AnnotateConfig) -> Result<(AnnotateReport, Selection)> {
+    cfg.params.validate()?;
+    let t0 = Instant::now();
+    let paths = expand_inputs(&cfg.inputs)?;
+    let report_path = cfg.report_path();
+    check_output(&cfg.output, cfg.overwrite, &paths)?;
+    check_output(&report_path, cfg.overwrite, &paths)?;
+    let data = Dataset::open(&paths)?;
+    let n = data.num_rows() as usize;
+    if n == 0 {
+        return Err(Error::Empty("the pool has no rows".into()));
+    }
+    if n > u32::MAX as usize {
+        return Err(Error::param("inputs", format!("{n} rows: at most 2^32 - 1 per run")));
+    }
+    if !cfg.row_index {
+        read_ids(&data, &cfg.id_col, "--id-col")?;
+    }
+    let (mut rows, src, encoder) = read_embeddings(&data, cfg.embedding_col.as_deref())?;
+    let dim = src.dim();
+    let mean = prepare(&mut rows, dim, cfg.center)?;
+    let t_read = t0.elapsed().as_secs_f64();
+
+    let t1 = Instant::now();
+    let sel = select(&rows, dim, &cfg.params)?;
+    let t_select = t1.elapsed().as_secs_f64();
+
+    let t2 = Instant::now();
+    let metrics = coverage_metrics(&rows, dim, &sel.order, cfg.params.seed);
+    let t_metrics = t2.elapsed().as_secs_f64();
+
+    let t3 = Instant::now();
+    let meta = AnnotateMeta {
+        method: sel.method.to_string(),
+        embedding_col: src.name().to_string(),
+        dim,
+        encoder,
+        centered: cfg.center,
+        mean,
+        seed: cfg.params.seed,
+    };
+    let b = sel.order.len();
+    let mut extra: Vec<(Field, ArrayRef)> = vec![
+        (
+            Field::new(RANK_COLUMN, DataType::Int32, false),
+            Arc::new(Int32Array::from_iter_values(0..b as i32)),
+        ),
+        (
+            Field::new(GAIN_COLUMN, DataType::Float64, false),
+            Arc::new(Float64Array::from(sel.gain.clone())),
+        ),
+        (
+            Field::new(METHOD_COLUMN, DataType::Utf8, false),
+            Arc::new(StringArray::from(vec![sel.method.to_string(); b])),
+        ),
+    ];
+    if cfg.row_index {
+        extra.push((
+            Field::new(ROW_COLUMN, DataType::Int64, false),
+            Arc::new(Int64Array::from_iter_values(sel.order.iter().map(|&i| i as i64))),
+        ));
+    }
+    let meta_json = serde_json::to_string(&meta).map_err(|e| Error::Internal(e.to_string()))?;
+    write_rows(&data, &sel.order, extra, (META_KEY, meta_json), &cfg.output)?;
+    let t_write = t3.elapsed().as_secs_f64();
+
+    let report = AnnotateReport {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        inputs: paths,
+        pool_rows: n,
+        meta,
+        budget: b,
+        nested: sel.nested,
+        fallback: sel.fallback,
+        knn_backend: sel.knn_backend.map(|k| k.to_string()),
+        knn_recall: sel.knn_recall,
+        ideal_spread: sel.spread,
+        metrics,
+        seconds: HashMap::from([
+            ("read".to_string(), t_read),
+            ("knn".to_string(), sel.knn_seconds),
+            ("select".to_string(), t_select - sel.knn_seconds),
+            ("metrics".to_string(), t_metrics),
+            ("write".to_string(), t_write),
+        ]),
+        output: cfg.output.clone(),
+    };
+    write_json(&report, &report_path)?;
+    Ok((report, sel))
+}
+
+/// Order of demonstrations in a prompt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DemoOrder {
+    /// Least similar first, most similar right before the query (the
+    /// reference's order).
+    #[default]
+    Ascending,
+    /// Most similar first.
+    Descending,
+}
+
+impl FromStr for DemoOrder {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "ascending" => Ok(DemoOrder::Ascending),
+            "descending" => Ok(DemoOrder::Descending),
+            _ => Err(Error::param(
+                "--order",
+                format!("`{s}`: expected ascending or descending"),
+            )),
+        }
+    }
+}
+
+/// A `demos` run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DemosConfig {
+    /// The annotated rows (usually `annotate`'s output with labels added).
+    pub annotated: Vec<String>,
+    /// The queries.
+    pub queries: Vec<String>,
+    /// Embedding column of both files (auto-detected when `None`).
+    pub embedding_col: Option<String>,
+    /// Id column of the annotated rows; defaults to [`DEFAULT_ID_COLUMN`].
+    pub id_col: String,
+    /// Id column of the queries; defaults to `id_col`.
+    pub query_id_col: Option<String>,
+    /// Demonstrations per query; defaults to [`DEFAULT_DEMOS_K`].
+    pub k: usize,
+    /// Order in the output; defaults to [`DemoOrder::Ascending`].
+    pub order: DemoOrder,
+    /// Keep a demo whose id equals the query's (off: such pairs are skipped).
+    pub keep_self: bool,
+    /// Proceed although the recorded encoders differ.
+    pub force: bool,
+    /// Output Parquet file.
+    pub output: PathBuf,
+    /// Replace an existing output.
+    pub overwrite: bool,
+}
+
+impl Default for DemosConfig {
+    fn default() -> Self {
+        DemosConfig {
+            annotated: Vec::new(),
+            queries: Vec::new(),
+            embedding_col: None,
+            id_col: DEFAULT_ID_COLUMN.into(),
+            query_id_col: None,
+            k: DEFAULT_DEMOS_K,
+            order: DemoOrder::default(),
+            keep_self: false,
+            force: false,
+            output: PathBuf::new(),
+            overwrite: false,
+        }
+    }
+}
+
+/// What `demos` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct DemosSummary {
+    /// Queries.
+    pub queries: usize,
+    /// Annotated rows searched.
+    pub annotated: usize,
+    /// Rows written.
+    pub rows: usize,
+    /// Pairs skipped because query and demo share an id.
+    pub self_skipped: usize,
+    /// Whether the pool mean recorded by `annotate` was applied.
+    pub centered: bool,
+    /// Notes for the user (e.g. no `annotate` record found).
+    pub notes: Vec<String>,
+}
+
+/// Runs `demos` (see the module docs).
+pub fn run_demos(cfg: &DemosConfig) -> Result<DemosSummary> {
+    if cfg.k == 0 {
+        return Err(Error::param("--k", "0: must be at least 1"));
+    }
+    let ann_paths = expand_inputs(&cfg.annotated)?;
+    let q_paths = expand_inputs(&cfg.queries)?;
+    let mut all_inputs = ann_paths.clone();
+    all_inputs.extend(q_paths.iter().cloned());
+    check_output(&cfg.output, cfg.overwrite, &all_inputs)?;
+    let ann = Dataset::open(&ann_paths)?;
+    let qs = Dataset::open(&q_paths)?;
+    let m = ann.num_rows() as usize;
+    if m == 0 {
+        return Err(Error::Empty("the annotated file has no rows".into()));
+    }
+    if cfg.k > m {
+        return Err(Error::param(
+            "--k",
+            format!("{} is more than the {m} annotated rows; lower --k", cfg.k),
+        ));
+    }
+    let (ann_ids, ann_text) = read_ids(&ann, &cfg.id_col, "--id-col")?;
+    let qcol = cfg.query_id_col.as_deref().unwrap_or(&cfg.id_col);
+    let (q_ids, q_text) = read_ids(&qs, qcol, "--query-id-col")?;
+    let (mut a_rows, a_src, a_enc) = read_embeddings(&ann, cfg.embedding_col.as_deref())?;
+    let (mut q_rows, q_src, q_enc) = read_embeddings(&qs, cfg.embedding_col.as_deref())?;
+    let dim = a_src.dim();
+    if q_src.dim() != dim {
+        return Err(Error::Dimension {
+            path: qs.shards[0].path.clone(),
+            row: None,
+            expected: dim,
+            found: q_src.dim(),
+        });
+    }
+    let mut notes = Vec::new();
+    let meta: Option<AnnotateMeta> = ann.shards[0]
+        .schema
+        .metadata()
+        .get(META_KEY)
+        .map(|s| serde_json::from_str(s))
+        .transpose()
+        .map_err(|e| Error::param("--annotated", format!("unreadable `{META_KEY}` metadata: {e}")))?;
+    let recorded_encoder = meta.as_ref().and_then(|m| m.encoder.clone()).or(a_enc);
+    if let (Some(a), Some(q)) = (&recorded_encoder, &q_enc)
+        && a != q
+        && !cfg.force
+    {
+        return Err(Error::param(
+            "--queries",
+            format!("queries were embedded with `{q}` but the annotated rows with `{a}`; re-embed, or pass --force"),
+        ));
+    }
+    let mean = match &meta {
+        Some(m) => {
+            if m.dim != dim {
+                return Err(Error::Dimension {
+                    path: ann.shards[0].path.clone(),
+                    row: None,
+                    expected: m.dim,
+                    found: dim,
+                });
+            }
+            m.mean.clone()
+        }
+        None => {
+            notes.push(format!(
+                "the annotated file has no `{META_KEY}` record: embeddings are only L2-normalised, not centred"
+            ));
+            None
+        }
+    };
+    // Annotated rows were centred on the pool mean by `annotate`; queries get the same.
+    apply_transform(&mut a_rows, dim, mean.as_deref());
+    apply_transform(&mut q_rows, dim, mean.as_deref());
+
+    let nq = q_text.len();
+    let k = cfg.k;
+    let lists: Vec<(Vec<(u32, f32)>, usize)> = (0..nq)
+        .into_par_iter()
+        .chunks(64)
+        .flat_map_iter(|chunk| {
+            let x: Vec<f32> = chunk
+                .iter()
+                .flat_map(|&i| q_rows[i * dim..(i + 1) * dim].iter().copied())
+                .collect();
+            let mut s = vec![0f32; chunk.len() * m];
+            dot_batch(&x, &a_rows, dim, &mut s);
+            chunk
+                .iter()
+                .enumerate()
+                .map(|(r, &qi)| {
+                    let mut skipped = 0;
+                    let mut cand: Vec<(u32, f32)> = Vec::with_capacity(m);
+                    for (j, &v) in s[r * m..(r + 1) * m].iter().enumerate() {
+                        if !cfg.keep_self && ann_text[j] == q_text[qi] {
+                            skipped += 1;
+                        } else {
+                            cand.push((j as u32, v));
+                        }
+                    }
+                    let by_sim = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+                    if cand.len() > k {
+                        cand.select_nth_unstable_by(k - 1, by_sim);
+                        cand.truncate(k);
+                    }
+                    cand.sort_by(by_sim);
+                    if cfg.order == DemoOrder::Ascending {
+                        cand.reverse();
+                    }
+                    (cand, skipped)
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let total: usize = lists.iter().map(|l| l.0.len()).sum();
+    let mut q_idx = Vec::with_capacity(total);
+    let mut pos = Vec::with_capacity(total);
+    let mut d_idx = Vec::with_capacity(total);
+    let mut cos = Vec::with_capacity(total);
+    for (qi, (l, _)) in lists.iter().enumerate() {
+        for (p, &(j, c)) in l.iter().enumerate() {
+            q_idx.push(qi as u32);
+            pos.push(p as i32);
+            d_idx.push(j);
+            cos.push(c);
+        }
+    }
+    let arrow_err = |source| Error::Arrow {
+        path: cfg.output.clone(),
+        source,
+    };
+    let qid = take(q_ids.as_ref(), &UInt32Array::from(q_idx), None).map_err(arrow_err)?;
+    let did = take(ann_ids.as_ref(), &UInt32Array::from(d_idx), None).map_err(arrow_err)?;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("query_id", qid.data_type().clone(), false),
+        Field::new("position", DataType::Int32, false),
+        Field::new("demo_id", did.data_type().clone(), false),
+        Field::new("cosine", DataType::Float32, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            qid,
+            Arc::new(Int32Array::from(pos)),
+            did,
+            Arc::new(Float32Array::from(cos)),
+        ],
+    )
+    .map_err(arrow_err)?;
+    write_batch(&batch, &cfg.output)?;
+    Ok(DemosSummary {
+        queries: nq,
+        annotated: m,
+        rows: total,
+        self_skipped: lists.iter().map(|l| l.1).sum(),
+        centered: mean.is_some(),
+        notes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_quantiles() {
+        let mut v = vec![5.0, 1.0, 4.0, 2.0, 3.0];
+        assert_eq!(quantile(&mut v, 0.1), 1.0);
+        assert_eq!(quantile(&mut v, 0.5), 3.0);
+        assert_eq!(quantile(&mut v, 1.0), 5.0);
+    }
+
+    #[test]
+    fn coverage_metrics_of_the_whole_pool_are_perfect() {
+        let dim = 3;
+        let mut rows: Vec<f32> = (0..30).map(|i| ((i * 7) % 11) as f32 + 1.0).collect();
+        prepare(&mut rows, dim, false).unwrap();
+        let all: Vec<u32> = (0..10).collect();
+        let m = coverage_metrics(&rows, dim, &all, 1);
+        assert!((m.facility_location - 1.0).abs() < 1e-5);
+        assert!(m.coverage.iter().all(|c| c.coverage == 1.0));
+        assert!(m.kcenter_radius.iter().all(|r| r.radius.abs() < 1e-5));
+        let one = coverage_metrics(&rows, dim, &[0], 1);
+        assert!(one.redundancy.is_none() && one.facility_location < 1.0);
+    }
+}
