@@ -16,7 +16,17 @@ fn main() -> ExitCode {
             }) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("error: {err:#}");
+            // The chain, skipping causes whose text the message already holds (library
+            // errors quote their source, e.g. "creating FILE: No such file or directory").
+            let mut msg = err.to_string();
+            for cause in err.chain().skip(1) {
+                let c = cause.to_string();
+                if !msg.contains(&c) {
+                    msg.push_str(": ");
+                    msg.push_str(&c);
+                }
+            }
+            eprintln!("error: {msg}");
             ExitCode::from(2)
         }
     }

@@ -270,3 +270,21 @@ fn failed_write_leaves_no_temporary_files() {
     );
     assert!(!out.join("_dprune_report.json").exists(), "no report for a failed run");
 }
+
+#[test]
+fn os_errors_are_reported_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("plain-file");
+    std::fs::write(&file, b"x").unwrap();
+    let out = file.join("sub").display().to_string();
+    let e = fails(&[
+        "filter",
+        "--keep",
+        "0.3",
+        &fixture("laion_mini/part-00000.parquet"),
+        "-o",
+        &out,
+    ]);
+    assert!(e.contains("plain-file"), "{e}");
+    assert_eq!(e.matches("(os error").count(), 1, "the OS error is repeated: {e}");
+}

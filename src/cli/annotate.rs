@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use dprune::cluster::knn::{DEFAULT_HNSW_THRESHOLD, KnnBackend};
-use dprune::pipeline::annotate::{AnnotateConfig, DEFAULT_ID_COLUMN, run_annotate};
+use dprune::pipeline::annotate::{AnnotateConfig, AnnotateReport, DEFAULT_ID_COLUMN, run_annotate};
 use dprune::select::annotate::facility::{DEFAULT_FACILITY_FLOOR, DEFAULT_SPARSE_ABOVE, DEFAULT_SPARSE_K};
 use dprune::select::annotate::ideal::{DEFAULT_IDEAL_K, DEFAULT_REALISATIONS};
 use dprune::select::annotate::votek::{DEFAULT_VOTEK_K, DEFAULT_VOTEK_RHO};
@@ -166,7 +166,13 @@ pub fn run(args: AnnotateArgs) -> anyhow::Result<()> {
     }
     let cfg = args.config()?;
     let (report, _) = run_annotate(&cfg)?;
-    if !args.quiet {
+    print_annotate_summary(&report, &cfg, args.quiet);
+    Ok(())
+}
+
+/// The one-line summary of an annotate run on stderr (unless `quiet`).
+pub fn print_annotate_summary(report: &AnnotateReport, cfg: &AnnotateConfig, quiet: bool) {
+    if !quiet {
         let m = &report.metrics;
         eprintln!(
             "selected {} of {} rows with {} in {:.2}s -> {} (report: {}); facility location {:.4}, coverage@q0.5 {:.3}",
@@ -189,5 +195,4 @@ pub fn run(args: AnnotateArgs) -> anyhow::Result<()> {
             eprintln!("note: approximate kNN graph, recall@k {r:.3} against exact search on a sample");
         }
     }
-    Ok(())
 }

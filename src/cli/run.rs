@@ -5,9 +5,11 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use dprune::pipeline::config::load_pipeline;
+use dprune::pipeline::annotate::run_annotate;
+use dprune::pipeline::config::{Job, load_job};
 use dprune::pipeline::run_filter;
 
+use crate::cli::annotate::print_annotate_summary;
 use crate::cli::filter::print_summary;
 use crate::cli::progress::Bars;
 
@@ -15,7 +17,8 @@ const EXAMPLES: &str = "\
 Examples:
   dprune run pipelines/ssl-prototypes.toml
   dprune run pipelines/random-baseline.toml -o /tmp/random --overwrite
-  dprune run pipelines/ssl-prototypes.toml --dry-run";
+  dprune run pipelines/ssl-prototypes.toml --dry-run
+  dprune run pipelines/icl-annotate.toml -o /tmp/to_annotate.parquet --overwrite";
 
 /// Flags of `dprune run`.
 #[derive(Debug, Args)]
@@ -25,8 +28,8 @@ pub struct RunArgs {
     #[arg(value_name = "PIPELINE")]
     file: PathBuf,
 
-    /// Output folder (overrides `output.dir`).
-    #[arg(short, long, value_name = "DIR")]
+    /// Output folder (overrides `output.dir`); for an annotate pipeline, the output file.
+    #[arg(short, long, value_name = "PATH")]
     output: Option<PathBuf>,
 
     /// Replace files in a non-empty output folder (overrides `output.overwrite`).
@@ -55,7 +58,24 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             .build_global()
             .context("starting the thread pool")?;
     }
-    let mut cfg = load_pipeline(&args.file)?;
+    let mut cfg = match load_job(&args.file)? {
+        Job::Filter(cfg) => *cfg,
+        Job::Annotate(mut cfg) => {
+            anyhow::ensure!(!args.dry_run, "--dry-run applies to filter pipelines only");
+            if let Some(o) = args.output {
+                cfg.output = o;
+            }
+            cfg.overwrite |= args.overwrite;
+            anyhow::ensure!(
+                !cfg.output.as_os_str().is_empty(),
+                "{}: no output file: set `output` or pass -o",
+                args.file.display()
+            );
+            let (report, _) = run_annotate(&cfg)?;
+            print_annotate_summary(&report, &cfg, args.quiet);
+            return Ok(());
+        }
+    };
     if let Some(o) = args.output {
         cfg.output.dir = o;
     }

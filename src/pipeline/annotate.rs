@@ -516,6 +516,9 @@ fn write_rows(
 }
 
 fn write_batch(batch: &RecordBatch, dest: &Path) -> Result<()> {
+    if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io("creating", parent, e))?;
+    }
     let atomic = AtomicFile::new(dest)?;
     let file = File::create(atomic.tmp_path()).map_err(|e| Error::io("creating", atomic.tmp_path(), e))?;
     let wrap = |source| Error::Parquet {
@@ -531,6 +534,9 @@ fn write_batch(batch: &RecordBatch, dest: &Path) -> Result<()> {
 }
 
 fn write_json<T: Serialize>(value: &T, dest: &Path) -> Result<()> {
+    if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io("creating", parent, e))?;
+    }
     let atomic = AtomicFile::new(dest)?;
     let text = serde_json::to_string_pretty(value).map_err(|e| Error::Internal(e.to_string()))?;
     std::fs::write(atomic.tmp_path(), text + "\n").map_err(|e| Error::io("writing", atomic.tmp_path(), e))?;
