@@ -700,6 +700,38 @@ fn image_paths_and_bad_images() {
         &o1,
     ]);
     assert!(err.contains("input_ids") && err.contains("image encoder"), "{err}");
+
+    // `filter` encodes images on the fly with the same options: --skip-bad excludes and
+    // counts the undecodable row.
+    let o3 = tmp.path().join("o3");
+    run_ok_stderr(&[
+        "filter",
+        "--model",
+        &vit,
+        "--image-col",
+        "path",
+        "--skip-bad",
+        "--mean",
+        "0.1307",
+        "--std",
+        "0.3081",
+        "--k",
+        "1",
+        "--keep-n",
+        "1",
+        shard.to_str().unwrap(),
+        "-o",
+        o3.to_str().unwrap(),
+        "-q",
+    ]);
+    let r = report(&o3);
+    assert_eq!(
+        (r["invalid"]["null"].as_u64(), r["n_eligible"].as_u64()),
+        (Some(1), Some(2))
+    );
+    assert_eq!(r["n_kept"], 1);
+    let err = fails(&["filter", "--mean", "0.5", shard.to_str().unwrap(), "-o", &o1]);
+    assert!(err.contains("--mean needs --image-col"), "{err}");
 }
 
 #[test]

@@ -186,7 +186,7 @@ impl EmbedArgs {
 }
 
 /// `"v"` or `"r,g,b"` as three values (one value is repeated).
-fn triple(flag: &str, v: Option<&str>, default: [f32; 3]) -> anyhow::Result<[f32; 3]> {
+pub(crate) fn triple(flag: &str, v: Option<&str>, default: [f32; 3]) -> anyhow::Result<[f32; 3]> {
     let Some(v) = v else { return Ok(default) };
     let parts: Vec<f32> = v
         .split(',')

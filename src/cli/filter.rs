@@ -16,6 +16,7 @@ use dprune::select::dbp::{DbpParams, ShareRule};
 use dprune::select::robust::CcsParams;
 use dprune::select::{Budget, Keep};
 
+use crate::cli::embed::triple;
 use crate::cli::progress::Bars;
 
 const EXAMPLES: &str = "\
@@ -208,6 +209,23 @@ pub struct FilterArgs {
     #[arg(long, default_value_t = dprune::embed::DEFAULT_MAX_LENGTH, value_name = "TOKENS")]
     max_length: usize,
 
+    /// --image-col: input size when the model's is dynamic (shortest side resized, centre crop).
+    #[arg(long, default_value_t = dprune::embed::DEFAULT_IMAGE_SIZE, value_name = "PIXELS")]
+    image_size: u32,
+
+    /// --image-col: per-channel mean after scaling to [0, 1], one value or R,G,B [default: CLIP's].
+    #[arg(long, value_name = "M")]
+    mean: Option<String>,
+
+    /// --image-col: per-channel standard deviation, one value or R,G,B [default: CLIP's].
+    #[arg(long, value_name = "S")]
+    std: Option<String>,
+
+    /// --image-col: rows whose image cannot be decoded are excluded (counted in the report)
+    /// instead of stopping the run.
+    #[arg(long)]
+    skip_bad: bool,
+
     /// Number of clusters [default: floor(sqrt(N)), at most 1000].
     #[arg(long, value_name = "K")]
     k: Option<usize>,
@@ -310,10 +328,24 @@ impl FilterArgs {
                 max_length: self.max_length,
                 threads: self.threads,
                 cache: self.cache.clone(),
+                image_size: self.image_size,
+                mean: triple("--mean", self.mean.as_deref(), dprune::embed::CLIP_MEAN)?,
+                std: triple("--std", self.std.as_deref(), dprune::embed::CLIP_STD)?,
+                skip_bad: self.skip_bad,
                 ..EncoderSpec::default()
             }),
             (None, None, None) => EmbeddingSpec::Auto,
         };
+        if self.image_col.is_none() {
+            for (flag, set) in [
+                ("--mean", self.mean.is_some()),
+                ("--std", self.std.is_some()),
+                ("--skip-bad", self.skip_bad),
+                ("--image-size", self.image_size != dprune::embed::DEFAULT_IMAGE_SIZE),
+            ] {
+                anyhow::ensure!(!set, "{flag} needs --image-col: it sets how images are decoded");
+            }
+        }
         if encode_col.is_none() {
             for (flag, set) in [
                 ("--model", self.model.is_some()),
@@ -338,7 +370,8 @@ impl FilterArgs {
             },
             centroids: self.centroids.clone(),
             seed: self.seed,
-            drop_invalid: self.drop_invalid,
+            // Undecodable images become null embeddings, excluded and counted.
+            drop_invalid: self.drop_invalid || self.skip_bad,
             batch_rows: self.batch_rows,
             exact_dedup: self.exact_dedup,
             exact_key: self.exact_key.clone(),
