@@ -351,6 +351,54 @@ fn demos_retrieve_from_the_annotated_rows_most_similar_last() {
 }
 
 #[test]
+fn demos_mmr_trades_similarity_for_diversity() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sel = tmp.path().join("sel.parquet");
+    annotate(&fixture(POOL), &sel, &["--method", "random", "--budget", "60"]);
+    let queries = fixture("laion_mini/part-00001.parquet");
+    let run = |extra: &[&str], name: &str| {
+        let out = tmp.path().join(name);
+        dprune()
+            .args([
+                "demos",
+                "--annotated",
+                sel.to_str().unwrap(),
+                "--queries",
+                &queries,
+                "--k",
+                "4",
+            ])
+            .args(extra)
+            .args(["-o", out.to_str().unwrap(), "--quiet"])
+            .assert()
+            .success();
+        read(&out).1
+    };
+    let plain = run(&[], "p.parquet");
+    let one = run(&["--mmr", "1"], "one.parquet");
+    assert_eq!(i64s(&plain, "demo_id"), i64s(&one, "demo_id"), "λ = 1 is plain nearest");
+    let div = run(&["--mmr", "0.3"], "d.parquet");
+    assert_eq!(div.num_rows(), 500 * 4);
+    // Same total count, lower mean similarity to the query (more diverse), and some lists differ.
+    let mean = |b: &arrow::array::RecordBatch| f32s(b, "cosine").iter().map(|c| c.unwrap() as f64).sum::<f64>();
+    assert!(mean(&div) < mean(&plain));
+    assert_ne!(i64s(&plain, "demo_id"), i64s(&div, "demo_id"));
+    let o = tmp.path().join("bad.parquet").display().to_string();
+    let e = fails(&[
+        "demos",
+        "--annotated",
+        sel.to_str().unwrap(),
+        "--queries",
+        &queries,
+        "--mmr",
+        "1.5",
+        "-o",
+        &o,
+    ]);
+    assert!(e.contains("--mmr") && e.contains("1.5"), "{e}");
+}
+
+#[test]
 fn demos_center_queries_with_the_pool_mean() {
     // Every vector is offset by a large constant: without the pool mean all
     // cosines would be ~1; centred, the nearest demo of a query equal to an

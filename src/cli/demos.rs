@@ -59,6 +59,11 @@ pub struct DemosArgs {
     #[arg(long)]
     keep_self: bool,
 
+    /// Diverse demos by maximal marginal relevance: λ·similarity − (1 − λ)·redundancy
+    /// with the demos already picked (e.g. 0.7; 1 = plain nearest).
+    #[arg(long, value_name = "LAMBDA")]
+    mmr: Option<f32>,
+
     /// Proceed although queries and annotated rows record different encoders.
     #[arg(long)]
     force: bool,
@@ -84,6 +89,7 @@ pub fn run(args: DemosArgs) -> anyhow::Result<()> {
         k: args.k as usize,
         order: args.order.parse::<DemoOrder>()?,
         keep_self: args.keep_self,
+        mmr: args.mmr,
         force: args.force,
         output: args.output.clone(),
         overwrite: args.overwrite,

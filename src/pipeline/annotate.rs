@@ -32,7 +32,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::knn::{apply_transform, prepare};
-use crate::distance::dot_batch;
+use crate::distance::{dot, dot_batch};
 use crate::io::embeddings::{ColumnSource, EmbeddingSource};
 use crate::io::inputs::builder;
 use crate::io::writer::{COPY_BATCH_ROWS, writer_properties};
@@ -682,6 +682,10 @@ pub struct DemosConfig {
     pub order: DemoOrder,
     /// Keep a demo whose id equals the query's (off: such pairs are skipped).
     pub keep_self: bool,
+    /// Maximal marginal relevance: pick demos greedily by
+    /// λ·cos(query, d) − (1 − λ)·max cos(d, picked), for diverse demos;
+    /// `None` picks the k most similar.
+    pub mmr: Option<f32>,
     /// Proceed although the recorded encoders differ.
     pub force: bool,
     /// Output Parquet file.
@@ -701,6 +705,7 @@ impl Default for DemosConfig {
             k: DEFAULT_DEMOS_K,
             order: DemoOrder::default(),
             keep_self: false,
+            mmr: None,
             force: false,
             output: PathBuf::new(),
             overwrite: false,
@@ -729,6 +734,11 @@ pub struct DemosSummary {
 pub fn run_demos(cfg: &DemosConfig) -> Result<DemosSummary> {
     if cfg.k == 0 {
         return Err(Error::param("--k", "0: must be at least 1"));
+    }
+    if let Some(l) = cfg.mmr
+        && !(0.0..=1.0).contains(&l)
+    {
+        return Err(Error::param("--mmr", format!("{l} is outside [0, 1]")));
     }
     let ann_paths = expand_inputs(&cfg.annotated)?;
     let q_paths = expand_inputs(&cfg.queries)?;
@@ -828,7 +838,9 @@ pub fn run_demos(cfg: &DemosConfig) -> Result<DemosSummary> {
                         }
                     }
                     let by_sim = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-                    if cand.len() > k {
+                    if let Some(lambda) = cfg.mmr {
+                        cand = mmr_pick(cand, &a_rows, dim, k, lambda);
+                    } else if cand.len() > k {
                         cand.select_nth_unstable_by(k - 1, by_sim);
                         cand.truncate(k);
                     }
@@ -887,9 +899,70 @@ pub fn run_demos(cfg: &DemosConfig) -> Result<DemosSummary> {
     })
 }
 
+/// Candidates considered by MMR per query: the most similar ones (MMR
+/// never reaches far down the similarity list for useful λ).
+const MMR_POOL: usize = 256;
+
+/// Maximal marginal relevance (Carbonell & Goldstein 1998) over the
+/// `MMR_POOL` most similar candidates: greedily the candidate maximising
+/// λ·sim(q, d) − (1 − λ)·max_{s picked} cos(d, s); ties to the lower index.
+fn mmr_pick(mut cand: Vec<(u32, f32)>, rows: &[f32], dim: usize, k: usize, lambda: f32) -> Vec<(u32, f32)> {
+    let by_sim = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    let pool = MMR_POOL.max(k);
+    if cand.len() > pool {
+        cand.select_nth_unstable_by(pool - 1, by_sim);
+        cand.truncate(pool);
+    }
+    cand.sort_by(by_sim);
+    let row = |j: u32| &rows[j as usize * dim..(j as usize + 1) * dim];
+    let mut redundancy = vec![f32::NEG_INFINITY; cand.len()];
+    let mut taken = vec![false; cand.len()];
+    let mut out = Vec::with_capacity(k.min(cand.len()));
+    while out.len() < k.min(cand.len()) {
+        let mut best: Option<(usize, f32)> = None;
+        for (i, &(j, s)) in cand.iter().enumerate() {
+            if taken[i] {
+                continue;
+            }
+            let r = if out.is_empty() { 0.0 } else { redundancy[i] };
+            let v = lambda * s - (1.0 - lambda) * r;
+            let better = match best {
+                None => true,
+                Some((bi, bv)) => v > bv || (v == bv && j < cand[bi].0),
+            };
+            if better {
+                best = Some((i, v));
+            }
+        }
+        let (bi, _) = best.expect("a candidate is left");
+        taken[bi] = true;
+        out.push(cand[bi]);
+        let picked = row(cand[bi].0);
+        for (i, &(j, _)) in cand.iter().enumerate() {
+            if !taken[i] {
+                redundancy[i] = redundancy[i].max(dot(row(j), picked));
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mmr_trades_similarity_for_diversity() {
+        // Rows 0 and 1 are the same direction, row 2 another; the query is closest to 0/1.
+        let s = std::f32::consts::FRAC_1_SQRT_2;
+        let rows = [1.0, 0.0, 1.0, 0.0, s, s];
+        let cand = vec![(0, 0.99), (1, 0.99), (2, 0.7)];
+        // λ = 1: plain similarity (0, then 1); λ = 0.5: the duplicate of 0 loses to row 2.
+        let p: Vec<u32> = mmr_pick(cand.clone(), &rows, 2, 2, 1.0).iter().map(|c| c.0).collect();
+        assert_eq!(p, vec![0, 1]);
+        let p: Vec<u32> = mmr_pick(cand, &rows, 2, 2, 0.5).iter().map(|c| c.0).collect();
+        assert_eq!(p, vec![0, 2]);
+    }
 
     #[test]
     fn nearest_rank_quantiles() {
