@@ -7,6 +7,7 @@ mod embed;
 mod filter;
 mod progress;
 mod run;
+mod tokens;
 
 use clap::{Parser, Subcommand};
 
@@ -30,6 +31,8 @@ enum Command {
     Annotate(Box<annotate::AnnotateArgs>),
     /// Retrieve demonstrations for queries from annotated rows.
     Demos(Box<demos::DemosArgs>),
+    /// Visual-token pruning for VLM inference: `tokens eval` measures reducers on a split ViT.
+    Tokens(tokens::TokensArgs),
 }
 
 /// Parses the command line and runs the subcommand.
@@ -41,5 +44,6 @@ pub fn run() -> anyhow::Result<()> {
         Command::Run(args) => run::run(args),
         Command::Annotate(args) => annotate::run(*args),
         Command::Demos(args) => demos::run(*args),
+        Command::Tokens(args) => tokens::run(args),
     }
 }

@@ -25,6 +25,7 @@ mod job;
 mod onnx;
 pub mod runtime;
 mod source;
+pub mod split;
 mod vision;
 
 use std::fmt;

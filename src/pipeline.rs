@@ -11,6 +11,7 @@ pub mod progress;
 pub mod report;
 pub mod spill;
 pub mod stages;
+pub mod tokens_eval;
 
 pub use filter::{EmbeddingSpec, FilterConfig, FilterParams, OutputSpec, run_filter};
 pub use progress::{NoProgress, Pass, Progress};

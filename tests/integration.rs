@@ -23,3 +23,6 @@ mod pipelines;
 
 // `dprune annotate` and `dprune demos` (issue 5), with their bad inputs.
 mod annotate;
+
+// `dprune tokens eval` (issue 6) on the toy ViT split graphs, with its bad inputs.
+mod tokens_eval;

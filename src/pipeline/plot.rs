@@ -21,7 +21,7 @@ const HEIGHT: u32 = 560;
 const ALL: RGBColor = RGBColor(170, 170, 170);
 const KEPT: RGBColor = RGBColor(31, 119, 180);
 
-fn register() {
+pub(crate) fn register() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // Registration only fails for a malformed font, which is embedded and tested.
@@ -29,8 +29,8 @@ fn register() {
     });
 }
 
-fn plot_err(e: impl std::fmt::Display) -> Error {
-    Error::Internal(format!("drawing the report plot: {e}"))
+pub(crate) fn plot_err(e: impl std::fmt::Display) -> Error {
+    Error::Internal(format!("drawing the plot: {e}"))
 }
 
 /// Renders the report plot to `path` (PNG, written atomically).
@@ -260,10 +260,15 @@ fn draw_quotas<DB: DrawingBackend>(report: &Report, area: &DrawingArea<DB, plott
 
 /// Encodes an RGB buffer as PNG bytes.
 fn image_png(rgb: &[u8], width: u32) -> Result<Vec<u8>> {
+    png_bytes(rgb, width, HEIGHT)
+}
+
+/// Encodes a `width × height` RGB buffer as PNG bytes.
+pub(crate) fn png_bytes(rgb: &[u8], width: u32, height: u32) -> Result<Vec<u8>> {
     use image::ImageEncoder;
     let mut out = Vec::new();
     image::codecs::png::PngEncoder::new(&mut out)
-        .write_image(rgb, width, HEIGHT, image::ColorType::Rgb8)
+        .write_image(rgb, width, height, image::ColorType::Rgb8)
         .map_err(plot_err)?;
     Ok(out)
 }
