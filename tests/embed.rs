@@ -525,20 +525,6 @@ fn model_without_a_column_is_refused() {
     assert!(err.contains("--model needs --text-col"), "{err}");
 }
 
-fn mnist() -> String {
-    let p = root()
-        .join("..")
-        .join("shared")
-        .join("data")
-        .join("mnist-test-1k.parquet");
-    assert!(
-        p.is_file(),
-        "the MNIST test digits are missing: expected {}",
-        p.display()
-    );
-    p.display().to_string()
-}
-
 #[test]
 fn image_preprocessing_matches_the_raw_pixels() {
     // 28x28 greyscale PNGs need no resize: (pixel / 255 - mean) / std exactly.

@@ -18,23 +18,9 @@ fn models() -> PathBuf {
     d
 }
 
-fn images() -> String {
-    let p = root()
-        .join("..")
-        .join("shared")
-        .join("data")
-        .join("mnist-test-1k.parquet");
-    assert!(
-        p.is_file(),
-        "the MNIST test images are missing: expected {}",
-        p.display()
-    );
-    p.display().to_string()
-}
-
 fn eval(out: &std::path::Path, limit: &str, extra: &[&str]) -> Value {
     let m = models().display().to_string();
-    let im = images();
+    let im = mnist();
     let o = out.display().to_string();
     let mut args = vec![
         "tokens", "eval", "--models", &m, "--images", &im, "--limit", limit, "-o", &o, "-q",
@@ -138,7 +124,7 @@ fn tokens_eval_does_not_depend_on_batch_size_and_refuses_to_overwrite() {
     }
     // Existing outputs are refused without --overwrite, and kept as they were.
     let m = models().display().to_string();
-    let im = images();
+    let im = mnist();
     let o = d.path().join("a").display().to_string();
     let before = std::fs::read(d.path().join("a").join("tokens_eval.json")).unwrap();
     let err = fails(&[
@@ -156,18 +142,11 @@ fn tokens_eval_missing_model_is_named() {
     let d = tempfile::tempdir().unwrap();
     let empty = d.path().join("models");
     std::fs::create_dir(&empty).unwrap();
-    let im = images();
+    let im = mnist();
     let o = d.path().join("out").display().to_string();
-    let err = fails(&[
-        "tokens",
-        "eval",
-        "--models",
-        &empty.display().to_string(),
-        "--images",
-        &im,
-        "-o",
-        &o,
-    ]);
+    let dir = empty.display().to_string();
+    let run_fail = || fails(&["tokens", "eval", "--models", &dir, "--images", &im, "-o", &o]);
+    let err = run_fail();
     assert!(
         err.contains("toyvit-mnist-part1.onnx") && err.contains("no such model file"),
         "{err}"
@@ -178,16 +157,7 @@ fn tokens_eval_missing_model_is_named() {
     for name in ["toyvit-mnist-part1.onnx", "toyvit-mnist-part2.onnx"] {
         std::fs::copy(models().join("toyvit-mnist-part2.onnx"), empty.join(name)).unwrap();
     }
-    let err = fails(&[
-        "tokens",
-        "eval",
-        "--models",
-        &empty.display().to_string(),
-        "--images",
-        &im,
-        "-o",
-        &o,
-    ]);
+    let err = run_fail();
     assert!(
         err.contains("pixel_values") && err.contains("toyvit-mnist-part1.onnx"),
         "{err}"

@@ -28,6 +28,21 @@ pub fn dprune() -> Command {
     c
 }
 
+/// The 1,000 MNIST test digits in `../shared/data` (the toy ViT's evaluation images).
+pub fn mnist() -> String {
+    let p = root()
+        .join("..")
+        .join("shared")
+        .join("data")
+        .join("mnist-test-1k.parquet");
+    assert!(
+        p.is_file(),
+        "the MNIST test digits are missing: expected {}",
+        p.display()
+    );
+    p.display().to_string()
+}
+
 /// Runs dprune expecting success; returns stdout.
 pub fn run_ok(args: &[&str]) -> String {
     let out = dprune().args(args).output().unwrap();
