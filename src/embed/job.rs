@@ -344,23 +344,7 @@ fn append_column(
 
 /// Refuses a non-empty output folder without `overwrite` and writing over an input.
 fn check_output(inputs: &[PathBuf], out: &EmbedOutput) -> Result<()> {
-    if out.dir.as_os_str().is_empty() {
-        return Err(Error::param("--output", "no output folder given"));
-    }
-    if out.dir.exists() && !out.dir.is_dir() {
-        return Err(Error::param(
-            "--output",
-            format!("{} exists and is not a folder", out.dir.display()),
-        ));
-    }
-    let non_empty = out.dir.is_dir()
-        && std::fs::read_dir(&out.dir)
-            .map_err(|e| Error::io("reading", &out.dir, e))?
-            .next()
-            .is_some();
-    if non_empty && !out.overwrite {
-        return Err(Error::OutputExists { path: out.dir.clone() });
-    }
+    crate::io::atomic::check_output_dir(&out.dir, out.overwrite)?;
     let mut names = std::collections::HashSet::new();
     for p in inputs {
         let name = p.file_name().unwrap_or_default().to_os_string();

@@ -62,6 +62,31 @@ impl Drop for AtomicFile {
     }
 }
 
+/// Checks an output folder before anything is written: a path is given,
+/// it is a folder if it exists, and it is empty unless `overwrite`.
+pub fn check_output_dir(dir: &Path, overwrite: bool) -> Result<()> {
+    if dir.as_os_str().is_empty() {
+        return Err(Error::param("--output", "no output folder given"));
+    }
+    if dir.exists() && !dir.is_dir() {
+        return Err(Error::param(
+            "--output",
+            format!("{} exists and is not a folder", dir.display()),
+        ));
+    }
+    let non_empty = dir.is_dir()
+        && std::fs::read_dir(dir)
+            .map_err(|e| Error::io("reading", dir, e))?
+            .next()
+            .is_some();
+    if non_empty && !overwrite {
+        return Err(Error::OutputExists {
+            path: dir.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

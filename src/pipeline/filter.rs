@@ -17,26 +17,22 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Instant;
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::{Centroids, Distance, KMeans, KMeansParams};
-use crate::embed::{EncoderSpec, TextSource};
-use crate::io::embeddings::{ColumnSource, EmbeddingSource, NpySidecarSource};
+use crate::cluster::{KMeans, KMeansParams};
+use crate::embed::EncoderSpec;
 use crate::io::writer::{ExtraColumn, ExtraValues, ScoreColumns, write_filtered, write_scores_table};
 use crate::io::{Dataset, columns, expand_inputs, npy};
 use crate::pipeline::budget::{Ranking, choose};
 use crate::pipeline::passes::{Rows, Spills, read_sample, score_rows};
 use crate::pipeline::plot;
 use crate::pipeline::progress::{Pass, Progress};
-use crate::pipeline::report::{
-    ClusterReport, HISTOGRAM_BINS, InputReport, InvalidReport, KMeansReport, REPORT_JSON, REPORT_PNG, Report,
-    ScoreReport, histogram,
-};
+use crate::pipeline::report::{InvalidReport, KMeansReport, REPORT_JSON, REPORT_PNG, Report};
 use crate::pipeline::spill::{ClusterSpill, partitions_for};
 use crate::pipeline::stages::{
     DedupParams, EPS_CURVE, GlobalPass, KeepOf, KnnParams, QualityParams, SemDedupReport, StageReport, check_distance,
@@ -50,6 +46,14 @@ use crate::select::dbp::DbpParams;
 use crate::select::robust::CcsParams;
 use crate::select::{Budget, Keep};
 use crate::{Error, Result};
+
+mod checks;
+mod sources;
+mod summary;
+
+use checks::check_output;
+use sources::{load_centroids, open_source};
+use summary::build_report;
 
 /// Rows per embedding batch in the sample and score passes.
 pub const DEFAULT_BATCH_ROWS: usize = 8192;
@@ -785,235 +789,4 @@ pub fn run_filter(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Report>
         report.write_json(&json)?;
     }
     Ok(report)
-}
-
-/// Refuses to write into a non-empty folder without `overwrite`, and to
-/// replace an input file in any case.
-fn check_output(inputs: &[PathBuf], out: &OutputSpec) -> Result<()> {
-    if out.dir.as_os_str().is_empty() {
-        return Err(Error::param("--output", "no output folder given"));
-    }
-    if out.dir.exists() && !out.dir.is_dir() {
-        return Err(Error::param(
-            "--output",
-            format!("{} exists and is not a folder", out.dir.display()),
-        ));
-    }
-    let non_empty = out.dir.is_dir()
-        && std::fs::read_dir(&out.dir)
-            .map_err(|e| Error::io("reading", &out.dir, e))?
-            .next()
-            .is_some();
-    if non_empty && !out.overwrite {
-        return Err(Error::OutputExists { path: out.dir.clone() });
-    }
-    if let Some(c) = &out.save_centroids
-        && c.exists()
-        && !out.overwrite
-    {
-        return Err(Error::OutputExists { path: c.clone() });
-    }
-    // Same file names from different folders would overwrite each other.
-    let mut names = std::collections::HashMap::new();
-    for p in inputs {
-        let name = p.file_name().unwrap_or_default().to_os_string();
-        if let Some(prev) = names.insert(name.clone(), p)
-            && !out.scores_only
-        {
-            {
-                return Err(Error::param(
-                    "inputs",
-                    format!(
-                        "{} and {} have the same file name; their pruned shards would collide in one output folder",
-                        prev.display(),
-                        p.display()
-                    ),
-                ));
-            }
-        }
-    }
-    let out_dir = canonical_dir(&out.dir);
-    for p in inputs {
-        let input = std::fs::canonicalize(p).map_err(|e| Error::io("reading", p, e))?;
-        let dest = out_dir.join(p.file_name().unwrap_or_default());
-        if !out.scores_only && dest == input {
-            return Err(Error::OutputIsInput { path: dest });
-        }
-    }
-    Ok(())
-}
-
-/// The canonical form of a folder that may not exist yet.
-fn canonical_dir(dir: &Path) -> PathBuf {
-    if let Ok(c) = std::fs::canonicalize(dir) {
-        return c;
-    }
-    match (dir.parent(), dir.file_name()) {
-        (Some(parent), Some(name)) if !parent.as_os_str().is_empty() => canonical_dir(parent).join(name),
-        _ => std::env::current_dir()
-            .map(|c| c.join(dir))
-            .unwrap_or_else(|_| dir.to_path_buf()),
-    }
-}
-
-fn open_source(data: &Dataset, spec: &EmbeddingSpec) -> Result<Box<dyn EmbeddingSource>> {
-    Ok(match spec {
-        EmbeddingSpec::Auto => Box::new(ColumnSource::detect(data, None)?),
-        EmbeddingSpec::Column(c) => Box::new(ColumnSource::detect(data, Some(c))?),
-        EmbeddingSpec::Sidecars(pats) => {
-            let files = expand_inputs(pats)?;
-            Box::new(NpySidecarSource::open(data, &files)?)
-        }
-        EmbeddingSpec::Encode(spec) => Box::new(TextSource::open(data, spec)?),
-    })
-}
-
-fn load_centroids(path: &Path, dim: usize, distance: Distance) -> Result<(Centroids, KMeansReport)> {
-    let (data, k, d) = npy::read_matrix(path)?;
-    if d != dim {
-        return Err(Error::Dimension {
-            path: path.to_path_buf(),
-            row: None,
-            expected: dim,
-            found: d,
-        });
-    }
-    let c = Centroids::try_new(data, d, distance).map_err(|e| Error::Npy {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    let kr = KMeansReport {
-        k,
-        source: path.display().to_string(),
-        train_rows: 0,
-        iterations: 0,
-        converged: false,
-        inertia: None,
-        inertia_history: vec![],
-        reseeded_empty: 0,
-        saved_to: None,
-    };
-    Ok((c, kr))
-}
-
-fn build_report(
-    cfg: &FilterConfig,
-    data: &Dataset,
-    rows: &Rows,
-    kept: &[bool],
-    invalid: InvalidReport,
-    kmeans: Option<KMeansReport>,
-    k: usize,
-) -> Report {
-    let p = &cfg.params;
-    let inputs = data
-        .shards
-        .iter()
-        .map(|s| {
-            let r = data.offset(s.index) as usize..data.offset(s.index + 1) as usize;
-            InputReport {
-                path: s.path.display().to_string(),
-                rows: s.num_rows,
-                kept: kept[r.clone()].iter().filter(|&&k| k).count() as u64,
-                invalid: rows.valid[r].iter().filter(|&&v| !v).count() as u64,
-                output: None,
-            }
-        })
-        .collect();
-    let mut clusters: Vec<ClusterReport> = (0..k as u32)
-        .map(|id| ClusterReport {
-            id,
-            size: 0,
-            kept: 0,
-            mean_score: 0.0,
-            complexity: None,
-            share: None,
-            quota: None,
-        })
-        .collect();
-    let mut sums = vec![(0f64, 0u64); k];
-    if k > 0 {
-        for (i, _) in rows.valid.iter().enumerate().filter(|(_, v)| **v) {
-            let c = rows.labels[i] as usize;
-            clusters[c].size += 1;
-            clusters[c].kept += kept[i] as u64;
-            if !rows.scores[i].is_nan() {
-                sums[c].0 += rows.scores[i] as f64;
-                sums[c].1 += 1;
-            }
-        }
-        for (c, &(s, m)) in clusters.iter_mut().zip(&sums) {
-            c.mean_score = if m > 0 { (s / m as f64) as f32 } else { f32::NAN };
-        }
-    }
-    let n_kept = kept.iter().filter(|&&k| k).count() as u64;
-    let scored: Vec<bool> = rows
-        .valid
-        .iter()
-        .zip(&rows.scores)
-        .map(|(&v, s)| v && !s.is_nan())
-        .collect();
-    let mut valid_scores: Vec<f32> = rows
-        .scores
-        .iter()
-        .zip(&rows.valid)
-        .filter(|(s, v)| **v && !s.is_nan())
-        .map(|(s, _)| *s)
-        .collect();
-    valid_scores.par_sort_unstable_by(|a, b| a.total_cmp(b));
-    if valid_scores.is_empty() {
-        valid_scores.push(f32::NAN);
-    }
-    let q = |f: f64| valid_scores[((valid_scores.len() - 1) as f64 * f).round() as usize];
-    let quantiles = [0.0, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 1.0]
-        .iter()
-        .map(|&f| (format!("{f}"), q(f)))
-        .collect();
-    // A single score threshold exists only for the global rules.
-    let global_rule = match p.metric {
-        Metric::Proto | Metric::Random => Some(p.prefer),
-        Metric::Semdedup => Some(Keep::Easy),
-        _ => None,
-    };
-    let threshold = global_rule
-        .filter(|_| p.balance == Balance::None && n_kept > 0)
-        .map(|prefer| {
-            let it = rows.scores.iter().zip(kept).filter(|(_, k)| **k).map(|(s, _)| *s);
-            match prefer {
-                Keep::Hard => it.fold(f32::INFINITY, f32::min),
-                Keep::Easy => it.fold(f32::NEG_INFINITY, f32::max),
-            }
-        });
-    let mean = valid_scores.iter().map(|&v| v as f64).sum::<f64>() / valid_scores.len() as f64;
-    let scores = ScoreReport {
-        metric: p.metric.to_string(),
-        min: valid_scores[0],
-        max: *valid_scores.last().expect("at least one value"),
-        mean,
-        quantiles,
-        threshold,
-        histogram: histogram(&rows.scores, &scored, kept, HISTOGRAM_BINS),
-    };
-    Report {
-        dprune_version: env!("CARGO_PKG_VERSION").into(),
-        command: "filter".into(),
-        dry_run: cfg.output.dry_run,
-        inputs,
-        embedding_source: None,
-        dim: None,
-        n_rows: data.num_rows(),
-        n_eligible: rows.valid.iter().filter(|&&v| v).count() as u64,
-        invalid,
-        n_kept,
-        params: p.clone(),
-        seed: p.seed,
-        kmeans,
-        clusters,
-        scores: Some(scores),
-        stages: vec![],
-        semdedup: None,
-        outputs: vec![],
-        timings_s: BTreeMap::new(),
-        warnings: vec![],
-    }
 }
