@@ -35,12 +35,11 @@ use crate::pipeline::progress::{Pass, Progress};
 use crate::pipeline::report::{InvalidReport, KMeansReport, REPORT_JSON, REPORT_PNG, Report};
 use crate::pipeline::spill::{ClusterSpill, partitions_for};
 use crate::pipeline::stages::{
-    DedupParams, EPS_CURVE, GlobalPass, KeepOf, KnnParams, QualityParams, SemDedupReport, StageReport, check_distance,
-    exact_dedup, global_duplicates, knn_spilled, pairwise_warning, quality_drop, remove, second_cluster_duplicates,
-    semdedup_spilled,
+    DedupParams, GlobalPass, KeepOf, KnnParams, QualityParams, StageReport, check_distance, exact_dedup, knn_spilled,
+    quality_drop, remove,
 };
 use crate::rng::Rng;
-use crate::score::semdedup::{SemDedupParams, eps_curve, hash_bytes, is_duplicate, quantiles};
+use crate::score::semdedup::hash_bytes;
 use crate::score::{Metric, random_score};
 use crate::select::dbp::DbpParams;
 use crate::select::robust::CcsParams;
@@ -48,10 +47,12 @@ use crate::select::{Budget, Keep};
 use crate::{Error, Result};
 
 mod checks;
+mod dedup;
 mod sources;
 mod summary;
 
 use checks::check_output;
+use dedup::run_semdedup;
 use sources::{load_centroids, open_source};
 use summary::build_report;
 
@@ -509,80 +510,21 @@ pub fn run_filter(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Report>
     if let (Some(sp), Some(c)) = (&spilled, &centroids_kept)
         && p.runs_semdedup()
     {
-        let params = SemDedupParams::default().with_keep(p.dedup.keep.to_keep(p.seed));
-        let mut sizes = vec![0u64; c.k()];
-        for (&l, &e) in rows.labels.iter().zip(&eligible) {
-            if e {
-                sizes[l as usize] += 1;
-            }
-        }
-        if let Some(w) = pairwise_warning(&sizes, c.dim()) {
-            warn(w);
-        }
-        progress.begin(Pass::Dedup, sp.rows);
-        let mut sc = semdedup_spilled(sp, &rows.labels, &eligible, c, &params, &|m| progress.advance(m))?;
-        progress.end();
-        let mut curve_eps: Vec<f64> = EPS_CURVE.to_vec();
-        if let Some(e) = p.dedup.eps
-            && !curve_eps.contains(&e)
-        {
-            curve_eps.push(e);
-            curve_eps.sort_by(f64::total_cmp);
-        }
-        let qs = [0.5, 0.9, 0.95, 0.99, 0.999, 1.0];
-        let mut report = SemDedupReport {
-            eps: p.dedup.eps,
-            keep: p.dedup.keep.to_string(),
-            partitions: sp.partitions(),
-            spill_bytes: sp.bytes,
-            largest_cluster: sizes.iter().copied().max().unwrap_or(0),
-            pairs: sizes.iter().map(|&s| (s as f64) * (s as f64)).sum(),
-            max_sim_quantiles: qs.iter().copied().zip(quantiles(&sc.max_sim, &eligible, &qs)).collect(),
-            eps_curve: eps_curve(&sc.max_sim, &eligible, &curve_eps)?,
-            removed_within: 0,
-            removed_global: 0,
-        };
-        if let Some(eps) = p.dedup.eps {
-            let m = &sc.max_sim;
-            report.removed_within = remove(&mut eligible, |i| is_duplicate(m[i], eps));
-            stage("semdedup", &eligible, report.removed_within);
-            let g = match (p.dedup.global, &guest_spill) {
-                (GlobalPass::SecondCluster, Some(gs)) => Some(second_cluster_duplicates(
-                    sp,
-                    gs,
-                    &rows.labels,
-                    &rows.second,
-                    &eligible,
-                    c.dim(),
-                    eps,
-                    &|_| {},
-                )?),
-                (GlobalPass::Hnsw, _) => Some(global_duplicates(
-                    sp,
-                    &rows.labels,
-                    &eligible,
-                    c.dim(),
-                    eps,
-                    &p.dedup.hnsw,
-                )?),
-                _ => None,
-            };
-            if let Some(g) = g {
-                report.removed_global = remove(&mut eligible, |i| g[i].is_some());
-                stage("semdedup_global", &eligible, report.removed_global);
-                for (i, g) in g.into_iter().enumerate() {
-                    if g.is_some() {
-                        sc.dup_of[i] = g;
-                    }
-                }
-            }
-        }
-        if !dup_of.is_empty() {
-            sc.mark_exact(&dup_of);
-        }
-        dup_of = sc.dup_of;
-        max_sim = Some(sc.max_sim);
-        sd_report = Some(report);
+        let out = run_semdedup(
+            p,
+            &rows,
+            &mut eligible,
+            sp,
+            guest_spill.as_ref(),
+            c,
+            &dup_of,
+            &mut stage,
+            &mut warn,
+            progress,
+        )?;
+        dup_of = out.dup_of;
+        max_sim = Some(out.max_sim);
+        sd_report = Some(out.report);
         t.mark("semdedup");
     }
     let mut knn = None;
