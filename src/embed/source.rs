@@ -11,12 +11,11 @@ use std::thread::JoinHandle;
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::DataType;
-use parquet::arrow::ProjectionMask;
 
 use crate::embed::cache::{CacheEntry, NpyOut, NpyWriter};
 use crate::embed::{Encoder, EncoderSpec, InputKind, Prepared};
+use crate::io::embeddings::column_reader;
 use crate::io::embeddings::{BlockIter, EmbeddingBlock, EmbeddingSource};
-use crate::io::inputs::builder;
 use crate::io::npy::{self, RowReader};
 use crate::io::{Dataset, Shard};
 use crate::{Error, Result};
@@ -120,30 +119,7 @@ impl EncodeStream {
         all_columns: bool,
         batch_rows: usize,
     ) -> Result<Self> {
-        let b = builder(&shard.path)?;
-        let idx = b
-            .parquet_schema()
-            .root_schema()
-            .get_fields()
-            .iter()
-            .position(|f| f.name() == column)
-            .ok_or_else(|| Error::EmbeddingColumn {
-                path: shard.path.clone(),
-                reason: format!("no column `{column}`"),
-            })?;
-        let b = if all_columns {
-            b
-        } else {
-            let mask = ProjectionMask::roots(b.parquet_schema(), [idx]);
-            b.with_projection(mask)
-        };
-        let reader = b
-            .with_batch_size(batch_rows.max(1))
-            .build()
-            .map_err(|source| Error::Parquet {
-                path: shard.path.clone(),
-                source,
-            })?;
+        let reader = column_reader(shard, column, batch_rows, !all_columns)?;
         let (tx, rx) = sync_channel::<Result<(RecordBatch, Prepared)>>(1);
         let enc = encoder.clone();
         let path = shard.path.clone();

@@ -232,6 +232,18 @@ fn reader(
     column: &str,
     batch_rows: usize,
 ) -> Result<parquet::arrow::arrow_reader::ParquetRecordBatchReader> {
+    column_reader(s, column, batch_rows, true)
+}
+
+/// A batch reader over shard `s` that checks `column` exists (an
+/// [`Error::EmbeddingColumn`] naming the file otherwise) and reads only that
+/// column when `project_only`, else every column.
+pub(crate) fn column_reader(
+    s: &Shard,
+    column: &str,
+    batch_rows: usize,
+    project_only: bool,
+) -> Result<parquet::arrow::arrow_reader::ParquetRecordBatchReader> {
     let b = builder(&s.path)?;
     let idx = b
         .parquet_schema()
@@ -243,9 +255,13 @@ fn reader(
             path: s.path.clone(),
             reason: format!("no column `{column}`"),
         })?;
-    let mask = ProjectionMask::roots(b.parquet_schema(), [idx]);
-    b.with_projection(mask)
-        .with_batch_size(batch_rows)
+    let b = if project_only {
+        let mask = ProjectionMask::roots(b.parquet_schema(), [idx]);
+        b.with_projection(mask)
+    } else {
+        b
+    };
+    b.with_batch_size(batch_rows.max(1))
         .build()
         .map_err(|source| Error::Parquet {
             path: s.path.clone(),
