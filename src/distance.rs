@@ -7,8 +7,13 @@
 //! fixed-size row chunks, which keeps every sum in a fixed order and makes
 //! results independent of the thread count.
 
+use std::sync::OnceLock;
+
 use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2};
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 
 /// Independent accumulators per kernel, so LLVM can vectorise without
 /// reordering a single serial sum (16 f32 = two AVX2 registers).
@@ -78,11 +83,93 @@ pub fn dot_reference(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
 }
 
+/// Which matrix-product kernel this process uses: AVX-512 where the CPU has
+/// it, else the portable one (ndarray's). Decided once, never per call, so a
+/// row's products never depend on the size of the block it is in.
+/// `DPRUNE_KERNEL=portable` forces the portable kernel (for comparisons).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// Register-tiled AVX-512 kernel ([`avx512`]).
+    Avx512,
+    /// ndarray's `general_mat_mul` (matrixmultiply).
+    Portable,
+}
+
+/// The kernel in use (see [`Kernel`]).
+pub fn kernel() -> Kernel {
+    static K: OnceLock<Kernel> = OnceLock::new();
+    *K.get_or_init(|| {
+        let forced = std::env::var("DPRUNE_KERNEL").is_ok_and(|v| v == "portable");
+        #[cfg(target_arch = "x86_64")]
+        if !forced && avx512::available() {
+            return Kernel::Avx512;
+        }
+        let _ = forced;
+        Kernel::Portable
+    })
+}
+
+/// Right-hand rows prepared once for many [`dot_batch_packed`] calls (the
+/// centroids of a search): packed for the kernel in use.
+#[derive(Debug, Clone)]
+pub struct PackedRows {
+    data: Vec<f32>,
+    k: usize,
+    dim: usize,
+}
+
+impl PackedRows {
+    /// Packs `k = c.len() / dim` row-major rows.
+    ///
+    /// # Panics
+    /// If `c.len()` is not a multiple of `dim`.
+    pub fn new(c: &[f32], dim: usize) -> Self {
+        assert!(dim > 0 && c.len().is_multiple_of(dim), "PackedRows: c is not k x dim");
+        let data = match kernel() {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => avx512::pack(c, dim),
+            _ => c.to_vec(),
+        };
+        PackedRows {
+            data,
+            k: c.len() / dim,
+            dim,
+        }
+    }
+
+    /// Number of rows.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+}
+
+/// [`dot_batch`] against rows packed once by [`PackedRows::new`]:
+/// `out[i * k + j] = x_i · c_j`, bit-identical to `dot_batch(x, c, ..)`.
+///
+/// # Panics
+/// If the lengths do not match.
+pub fn dot_batch_packed(x: &[f32], c: &PackedRows, out: &mut [f32]) {
+    let (dim, k) = (c.dim, c.k);
+    let m = x.len() / dim;
+    assert_eq!(x.len(), m * dim, "dot_batch_packed: x is not m x dim");
+    assert_eq!(out.len(), m * k, "dot_batch_packed: out is not m x k");
+    if m == 0 || k == 0 {
+        return;
+    }
+    match kernel() {
+        // SAFETY: the kernel was chosen because the CPU has AVX-512F; `c` was
+        // packed for it with this dim and k; lengths are checked above.
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => unsafe { avx512::dot_batch(x, &c.data, k, dim, out) },
+        _ => portable(x, &c.data, dim, m, k, out),
+    }
+}
+
 /// `out[i * k + j] = x_i · c_j` for `m` rows `x` and `k` rows `c`, both
 /// row-major with `dim` columns: one single-threaded GEMM (X·Cᵀ).
 ///
-/// Each output element is accumulated in the same order whatever `m` is, so
-/// a row's results do not depend on which rows share its block.
+/// Each output element is accumulated in the same order whatever `m` and `k`
+/// are, so a row's results do not depend on which rows share its block.
 ///
 /// # Panics
 /// If the slice lengths do not match `m`, `k` and `dim`.
@@ -95,9 +182,34 @@ pub fn dot_batch(x: &[f32], c: &[f32], dim: usize, out: &mut [f32]) {
     if m == 0 || k == 0 {
         return;
     }
-    let a = ArrayView2::from_shape((m, dim), x).expect("shape checked above");
-    let b = ArrayView2::from_shape((k, dim), c).expect("shape checked above");
-    let mut o = ArrayViewMut2::from_shape((m, k), out).expect("shape checked above");
+    match kernel() {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => {
+            // Pack the smaller side: x·c and c·x are the same fused chains
+            // (multiplication commutes exactly), so either gives identical values.
+            if m >= k {
+                // SAFETY: AVX-512F checked by kernel(); packed with this dim and k.
+                unsafe { avx512::dot_batch(x, &avx512::pack(c, dim), k, dim, out) }
+            } else {
+                let mut t = vec![0f32; k * m];
+                // SAFETY: as above, with the roles of x and c swapped.
+                unsafe { avx512::dot_batch(c, &avx512::pack(x, dim), m, dim, &mut t) }
+                for (j, col) in t.chunks_exact(m).enumerate() {
+                    for (i, &v) in col.iter().enumerate() {
+                        out[i * k + j] = v;
+                    }
+                }
+            }
+        }
+        _ => portable(x, c, dim, m, k, out),
+    }
+}
+
+/// ndarray's GEMM (matrixmultiply), single-threaded.
+fn portable(x: &[f32], c: &[f32], dim: usize, m: usize, k: usize, out: &mut [f32]) {
+    let a = ArrayView2::from_shape((m, dim), x).expect("shape checked by the caller");
+    let b = ArrayView2::from_shape((k, dim), c).expect("shape checked by the caller");
+    let mut o = ArrayViewMut2::from_shape((m, k), out).expect("shape checked by the caller");
     general_mat_mul(1.0, &a, &b.t(), 0.0, &mut o);
 }
 
@@ -152,6 +264,43 @@ mod tests {
                     prop_assert!((d_gemm - d_ref).abs() <= 1e-3 * (dim as f64));
                 }
             }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn packed_and_unpacked_products_are_identical(
+            m in 1usize..40, k in 1usize..80, dim in 1usize..70, seed in 0u64..1000
+        ) {
+            let mut rng = crate::rng::Rng::new(seed);
+            let x: Vec<f32> = (0..m * dim).map(|_| rng.normal() as f32).collect();
+            let c: Vec<f32> = (0..k * dim).map(|_| rng.normal() as f32).collect();
+            let (mut a, mut b) = (vec![0f32; m * k], vec![0f32; m * k]);
+            dot_batch(&x, &c, dim, &mut a);
+            dot_batch_packed(&x, &PackedRows::new(&c, dim), &mut b);
+            prop_assert_eq!(&a, &b);
+            // Transposed roles give the transposed values exactly.
+            let mut t = vec![0f32; k * m];
+            dot_batch(&c, &x, dim, &mut t);
+            for i in 0..m {
+                for j in 0..k {
+                    prop_assert_eq!(a[i * k + j].to_bits(), t[j * m + i].to_bits());
+                }
+            }
+            // The portable kernel agrees to rounding.
+            let mut p = vec![0f32; m * k];
+            portable(&x, &c, dim, m, k, &mut p);
+            for (u, v) in a.iter().zip(&p) {
+                prop_assert!((u - v).abs() <= 1e-4 * (dim as f32).sqrt() * 4.0, "{u} vs {v}");
+            }
+        }
+    }
+
+    #[test]
+    fn kernel_is_avx512_where_the_cpu_has_it() {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx512f") && std::env::var("DPRUNE_KERNEL").is_err() {
+            assert_eq!(kernel(), Kernel::Avx512);
         }
     }
 

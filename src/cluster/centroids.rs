@@ -13,7 +13,7 @@ use std::str::FromStr;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::distance::{dot_batch, norm2, normalize};
+use crate::distance::{PackedRows, dot_batch_packed, norm2, normalize};
 use crate::{Error, Result};
 
 /// Rows per parallel task: fixed, so sums have a fixed order.
@@ -57,6 +57,9 @@ impl FromStr for Distance {
 pub struct Centroids {
     data: Vec<f32>,
     norms2: Vec<f32>,
+    /// The centroids packed for the GEMM kernel, one entry per tile of
+    /// [`TILE_K`]: packed once, searched by every chunk of every pass.
+    tiles: Vec<PackedRows>,
     k: usize,
     dim: usize,
     distance: Distance,
@@ -92,9 +95,11 @@ impl Centroids {
             }
         }
         let norms2 = data.chunks_exact(dim).map(norm2).collect();
+        let tiles = data.chunks(TILE_K * dim).map(|t| PackedRows::new(t, dim)).collect();
         Ok(Centroids {
             data,
             norms2,
+            tiles,
             k,
             dim,
             distance,
@@ -186,7 +191,7 @@ impl Centroids {
             let t1 = (t0 + TILE_K).min(self.k);
             let kt = t1 - t0;
             scratch.resize(m * kt, 0.0);
-            dot_batch(x, &self.data[t0 * self.dim..t1 * self.dim], self.dim, scratch);
+            dot_batch_packed(x, &self.tiles[t0 / TILE_K], scratch);
             for i in 0..m {
                 let row = &scratch[i * kt..(i + 1) * kt];
                 let (mut bj, mut bv, mut bd) = (labels[i], best[i], dots[i]);
