@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{ArgGroup, Args};
-use dprune::cluster::kmeans::{DEFAULT_MAX_ITERS, DEFAULT_TOLERANCE, DEFAULT_WARMUP_POINTS_PER_CENTROID};
+use dprune::cluster::kmeans::{DEFAULT_MAX_ITERS, DEFAULT_TOLERANCE};
 use dprune::cluster::{Distance, KMeansParams};
 use dprune::embed::{Device, EncoderSpec, InputKind};
 use dprune::pipeline::filter::{Balance, DEFAULT_BATCH_ROWS};
@@ -234,11 +234,6 @@ pub struct FilterArgs {
     #[arg(long, value_name = "ROWS")]
     sample: Option<u64>,
 
-    /// k-means warm-up: first converge on this many rows per cluster, then refine on
-    /// the whole sample (0: no warm-up; skipped when not at most half the sample).
-    #[arg(long, default_value_t = DEFAULT_WARMUP_POINTS_PER_CENTROID, value_name = "ROWS")]
-    warmup: u64,
-
     /// k-means distance: cosine (spherical) or l2.
     #[arg(long, default_value = "cosine", value_name = "D")]
     distance: String,
@@ -371,7 +366,6 @@ impl FilterArgs {
                 max_iters: self.max_iters,
                 tolerance: self.tolerance,
                 sample: self.sample,
-                warmup: self.warmup,
                 seed: self.seed,
             },
             centroids: self.centroids.clone(),

@@ -33,18 +33,10 @@ pub const DEFAULT_TOLERANCE: f64 = 1e-4;
 /// Training rows per centroid when no sample size is given (faiss's
 /// `max_points_per_centroid`).
 pub const DEFAULT_POINTS_PER_CENTROID: u64 = 256;
-/// Rows per centroid in the warm-up sub-sample ([`KMeansParams::warmup`]):
-/// a quarter of [`DEFAULT_POINTS_PER_CENTROID`], so the warm-up iterations
-/// cost a quarter of the full ones.
-pub const DEFAULT_WARMUP_POINTS_PER_CENTROID: u64 = 64;
 /// Rows per centroid in the k-means++ sub-sample.
 pub const INIT_POINTS_PER_CENTROID: usize = 16;
 /// The largest k chosen automatically (larger k must be asked for).
 pub const MAX_AUTO_K: usize = 1000;
-
-/// RNG stream of the warm-up sub-sample (0: the caller's training sample,
-/// 1: initialisation, 1000+: splits).
-const WARMUP_STREAM: u64 = 2;
 
 /// Relative perturbation when splitting a cluster to fill an empty one.
 const SPLIT_EPS: f32 = 1.0 / 1024.0;
@@ -73,10 +65,6 @@ pub struct KMeansParams {
     pub tolerance: f64,
     /// Training rows; `None` = [`DEFAULT_POINTS_PER_CENTROID`] per centroid.
     pub sample: Option<u64>,
-    /// Rows per centroid of the warm-up sub-sample; 0 disables the warm-up.
-    /// It runs only when the sub-sample is at most half the training rows.
-    /// Defaults to [`DEFAULT_WARMUP_POINTS_PER_CENTROID`].
-    pub warmup: u64,
     /// Seed of the sample and of the initialisation.
     #[serde(skip)]
     pub seed: u64,
@@ -90,7 +78,6 @@ impl Default for KMeansParams {
             max_iters: DEFAULT_MAX_ITERS,
             tolerance: DEFAULT_TOLERANCE,
             sample: None,
-            warmup: DEFAULT_WARMUP_POINTS_PER_CENTROID,
             seed: 0,
         }
     }
@@ -140,17 +127,6 @@ impl KMeansParams {
         self.k.unwrap_or_else(|| default_k(n))
     }
 
-    /// Rows of the warm-up sub-sample of `n` training rows (0: no warm-up,
-    /// because it is disabled or would not be at most half of `n`).
-    pub fn resolve_warmup(&self, n: usize, k: usize) -> usize {
-        let w = self.warmup.saturating_mul(k as u64);
-        if self.warmup == 0 || w.saturating_mul(2) > n as u64 || (w as usize) < k {
-            0
-        } else {
-            w as usize
-        }
-    }
-
     /// The number of training rows for `n` rows and `k` clusters.
     pub fn resolve_sample(&self, n: u64, k: usize) -> u64 {
         self.sample
@@ -186,33 +162,12 @@ pub struct KMeans {
     pub reseeded: usize,
     /// Training rows used.
     pub train_rows: usize,
-    /// The warm-up stage, when one ran.
-    pub warmup: Option<Warmup>,
-}
-
-/// The warm-up stage of a fit: Lloyd on a seeded sub-sample, whose centroids
-/// start the iterations on all training rows.
-#[derive(Debug, Clone, Serialize)]
-pub struct Warmup {
-    /// Rows of the sub-sample.
-    pub rows: usize,
-    /// Lloyd iterations on it.
-    pub iterations: usize,
-    /// Inertia on the sub-sample at every iteration (not comparable with
-    /// the main history: fewer rows).
-    pub inertia_history: Vec<f64>,
-    /// Empty clusters re-seeded during the warm-up.
-    pub reseeded: usize,
 }
 
 impl KMeans {
     /// Fits `k` centroids to `data` (`n × dim`, row-major). With
     /// [`Distance::Cosine`] the rows must already be unit vectors.
     /// `on_iter` is called after every iteration (progress reporting).
-    ///
-    /// With a warm-up ([`KMeansParams::warmup`]) Lloyd first runs to
-    /// convergence on a seeded sub-sample, and the full data starts from
-    /// those centroids: the expensive full-size iterations then only refine.
     pub fn fit(
         data: &[f32],
         dim: usize,
@@ -235,40 +190,56 @@ impl KMeans {
                 format!("cannot train {k} centroids with {n} rows; choose a smaller --k (at most {n})"),
             ));
         }
-        let mut iteration = 0;
-        let mut counted = |s: IterationStats| {
-            iteration += 1;
-            on_iter(IterationStats { iteration, ..s });
+        let init = kmeans_pp(data, dim, k, params.seed);
+        let mut centroids = Centroids::try_new(init, dim, params.distance)?;
+        let mut labels = vec![u32::MAX; n];
+        let mut new_labels = vec![0u32; n];
+        let mut dots = vec![0f32; n];
+        let row_norms: Vec<f32> = match params.distance {
+            Distance::Cosine => Vec::new(),
+            Distance::L2 => data.par_chunks(dim).map(norm2).collect(),
         };
-        let warm_rows = params.resolve_warmup(n, k);
-        let (start, warmup) = if warm_rows > 0 {
-            let idx = Rng::for_stream(params.seed, WARMUP_STREAM).sample_indices(n as u64, warm_rows as u64);
-            let sub: Vec<f32> = idx
-                .iter()
-                .flat_map(|&i| data[i as usize * dim..(i as usize + 1) * dim].iter().copied())
-                .collect();
-            let init = Centroids::try_new(kmeans_pp(&sub, dim, k, params.seed), dim, params.distance)?;
-            let w = lloyd(&sub, dim, k, init, params, &mut counted)?;
-            let report = Warmup {
-                rows: warm_rows,
-                iterations: w.history.len(),
-                inertia_history: w.history,
-                reseeded: w.reseeded,
-            };
-            (w.centroids, Some(report))
-        } else {
-            let init = Centroids::try_new(kmeans_pp(data, dim, k, params.seed), dim, params.distance)?;
-            (init, None)
-        };
-        let fit = lloyd(data, dim, k, start, params, &mut counted)?;
+        let mut history = Vec::new();
+        let mut converged = false;
+        let mut reseeded = 0;
+        for it in 0..params.max_iters {
+            centroids.nearest(data, &mut new_labels, &mut dots);
+            let inertia = inertia(&centroids, &row_norms, &new_labels, &dots);
+            let changed = labels.iter().zip(&new_labels).filter(|(a, b)| a != b).count() as u64;
+            std::mem::swap(&mut labels, &mut new_labels);
+            history.push(inertia);
+            on_iter(IterationStats {
+                iteration: it + 1,
+                inertia,
+                changed,
+            });
+            if changed == 0 {
+                converged = true;
+                break;
+            }
+            if it > 0 {
+                let prev = history[it - 1];
+                if prev - inertia <= params.tolerance * prev {
+                    converged = params.tolerance > 0.0;
+                    if converged {
+                        break;
+                    }
+                }
+            }
+            if it + 1 == params.max_iters {
+                break; // keep the centroids the final labels were computed with
+            }
+            let (next, filled) = update(data, dim, k, &labels, &centroids, params)?;
+            reseeded += filled;
+            centroids = next;
+        }
         Ok(KMeans {
-            centroids: fit.centroids,
-            iterations: fit.history.len(),
-            inertia_history: fit.history,
-            converged: fit.converged,
-            reseeded: fit.reseeded + warmup.as_ref().map_or(0, |w| w.reseeded),
+            centroids,
+            iterations: history.len(),
+            inertia_history: history,
+            converged,
+            reseeded,
             train_rows: n,
-            warmup,
         })
     }
 
@@ -276,74 +247,6 @@ impl KMeans {
     pub fn inertia(&self) -> f64 {
         self.inertia_history.last().copied().unwrap_or(f64::NAN)
     }
-}
-
-/// What Lloyd's loop ends with.
-struct Lloyd {
-    centroids: Centroids,
-    history: Vec<f64>,
-    converged: bool,
-    reseeded: usize,
-}
-
-/// Lloyd iterations from `centroids` until no row changes, the relative
-/// inertia decrease is at most the tolerance, or `max_iters`.
-fn lloyd(
-    data: &[f32],
-    dim: usize,
-    k: usize,
-    mut centroids: Centroids,
-    params: &KMeansParams,
-    on_iter: &mut dyn FnMut(IterationStats),
-) -> Result<Lloyd> {
-    let n = data.len() / dim;
-    let mut labels = vec![u32::MAX; n];
-    let mut new_labels = vec![0u32; n];
-    let mut dots = vec![0f32; n];
-    let row_norms: Vec<f32> = match params.distance {
-        Distance::Cosine => Vec::new(),
-        Distance::L2 => data.par_chunks(dim).map(norm2).collect(),
-    };
-    let mut history = Vec::new();
-    let mut converged = false;
-    let mut reseeded = 0;
-    for it in 0..params.max_iters {
-        centroids.nearest(data, &mut new_labels, &mut dots);
-        let inertia = inertia(&centroids, &row_norms, &new_labels, &dots);
-        let changed = labels.iter().zip(&new_labels).filter(|(a, b)| a != b).count() as u64;
-        std::mem::swap(&mut labels, &mut new_labels);
-        history.push(inertia);
-        on_iter(IterationStats {
-            iteration: it + 1,
-            inertia,
-            changed,
-        });
-        if changed == 0 {
-            converged = true;
-            break;
-        }
-        if it > 0 {
-            let prev = history[it - 1];
-            if prev - inertia <= params.tolerance * prev {
-                converged = params.tolerance > 0.0;
-                if converged {
-                    break;
-                }
-            }
-        }
-        if it + 1 == params.max_iters {
-            break; // keep the centroids the final labels were computed with
-        }
-        let (next, filled) = update(data, dim, k, &labels, &centroids, params)?;
-        reseeded += filled;
-        centroids = next;
-    }
-    Ok(Lloyd {
-        centroids,
-        history,
-        converged,
-        reseeded,
-    })
 }
 
 /// Sum of squared distances, summed per fixed chunk then in chunk order.
@@ -600,73 +503,6 @@ mod tests {
             pool.install(|| KMeans::fit(&data, 24, &p, &mut |_| {}).unwrap())
         };
         let (a, b) = (run(1), run(2));
-        assert_eq!(a.centroids.as_slice(), b.centroids.as_slice());
-        assert_eq!(a.inertia_history, b.inertia_history);
-    }
-
-    #[test]
-    fn warmup_runs_on_a_sub_sample_and_matches_the_plain_fit() {
-        let (data, truth) = blobs(16, 200, 24, 0.2, 11);
-        let base = KMeansParams::default().with_k(16).with_seed(4);
-        let plain = KMeans::fit(
-            &data,
-            24,
-            &KMeansParams {
-                warmup: 0,
-                ..base.clone()
-            },
-            &mut |_| {},
-        )
-        .unwrap();
-        assert!(plain.warmup.is_none());
-        let mut seen = Vec::new();
-        let warm = KMeans::fit(&data, 24, &KMeansParams { warmup: 50, ..base }, &mut |s| {
-            seen.push(s.iteration)
-        })
-        .unwrap();
-        let w = warm.warmup.as_ref().expect("50 x 16 rows is at most half of 3,200");
-        assert_eq!(w.rows, 800);
-        assert!(w.iterations >= 1);
-        // Progress counts both stages in one sequence.
-        assert_eq!(seen, (1..=w.iterations + warm.iterations).collect::<Vec<_>>());
-        // The refined fit is as good as the plain one on these blobs.
-        assert!(
-            warm.inertia() <= plain.inertia() * 1.01,
-            "{} vs {}",
-            warm.inertia(),
-            plain.inertia()
-        );
-        let purity_of = |km: &KMeans| {
-            let mut labels = vec![0; truth.len()];
-            let mut dots = vec![0.0; truth.len()];
-            km.centroids.nearest(&data, &mut labels, &mut dots);
-            purity(&labels, &truth, 16)
-        };
-        let (pw, pp) = (purity_of(&warm), purity_of(&plain));
-        assert!(pw >= pp - 0.01, "purity {pw} with warm-up, {pp} without");
-    }
-
-    #[test]
-    fn warmup_only_when_at_most_half_the_rows() {
-        let p = KMeansParams::default();
-        assert_eq!(p.resolve_warmup(256_000, 1000), 64_000);
-        assert_eq!(p.resolve_warmup(127_999, 1000), 0);
-        assert_eq!(KMeansParams { warmup: 0, ..p }.resolve_warmup(1_000_000, 10), 0);
-    }
-
-    #[test]
-    fn warmup_fit_is_thread_independent() {
-        let (data, _) = blobs(12, 100, 16, 0.3, 6);
-        let p = KMeansParams {
-            warmup: 20,
-            ..KMeansParams::default().with_k(12).with_seed(2)
-        };
-        let run = |threads| {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            pool.install(|| KMeans::fit(&data, 16, &p, &mut |_| {}).unwrap())
-        };
-        let (a, b) = (run(1), run(2));
-        assert!(a.warmup.is_some());
         assert_eq!(a.centroids.as_slice(), b.centroids.as_slice());
         assert_eq!(a.inertia_history, b.inertia_history);
     }

@@ -401,8 +401,7 @@ pub fn run_filter(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Report>
                         ),
                     ));
                 }
-                let stages = if km.resolve_warmup(train, k) > 0 { 2 } else { 1 };
-                progress.begin(Pass::KMeans, (stages * km.max_iters) as u64);
+                progress.begin(Pass::KMeans, km.max_iters as u64);
                 let fit = KMeans::fit(&sample, d, &KMeansParams { k: Some(k), ..km }, &mut |_| {
                     progress.advance(1)
                 })?;
@@ -413,8 +412,6 @@ pub fn run_filter(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Report>
                     source: "fit".into(),
                     train_rows: train as u64,
                     iterations: fit.iterations,
-                    warmup_rows: fit.warmup.as_ref().map_or(0, |w| w.rows as u64),
-                    warmup_iterations: fit.warmup.as_ref().map_or(0, |w| w.iterations),
                     converged: fit.converged,
                     inertia: Some(fit.inertia()),
                     inertia_history: fit.inertia_history.clone(),

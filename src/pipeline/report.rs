@@ -43,14 +43,8 @@ pub struct KMeansReport {
     pub source: String,
     /// Training rows (0 when loaded).
     pub train_rows: u64,
-    /// Lloyd iterations run on the training rows (after the warm-up).
+    /// Lloyd iterations run.
     pub iterations: usize,
-    /// Rows of the warm-up sub-sample (0: no warm-up ran).
-    #[serde(default)]
-    pub warmup_rows: u64,
-    /// Lloyd iterations of the warm-up.
-    #[serde(default)]
-    pub warmup_iterations: usize,
     /// Whether the tolerance was reached.
     pub converged: bool,
     /// Final inertia on the training rows (sum of squared L2 distances).

@@ -41,8 +41,6 @@ pub(super) fn load_centroids(path: &Path, dim: usize, distance: Distance) -> Res
         source: path.display().to_string(),
         train_rows: 0,
         iterations: 0,
-        warmup_rows: 0,
-        warmup_iterations: 0,
         converged: false,
         inertia: None,
         inertia_history: vec![],
