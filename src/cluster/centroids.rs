@@ -195,23 +195,13 @@ impl Centroids {
             for i in 0..m {
                 let row = &scratch[i * kt..(i + 1) * kt];
                 let (mut bj, mut bv, mut bd) = (labels[i], best[i], dots[i]);
-                match self.distance {
-                    Distance::Cosine => {
-                        for (j, &v) in row.iter().enumerate() {
-                            if v > bv {
-                                (bj, bv, bd) = ((t0 + j) as u32, v, v);
-                            }
-                        }
-                    }
-                    Distance::L2 => {
-                        // argmin ‖c‖² − 2x·c  ==  argmax 2x·c − ‖c‖²
-                        for (j, &v) in row.iter().enumerate() {
-                            let s = 2.0 * v - self.norms2[t0 + j];
-                            if s > bv {
-                                (bj, bv, bd) = ((t0 + j) as u32, s, v);
-                            }
-                        }
-                    }
+                let (j, v) = match self.distance {
+                    Distance::Cosine => argmax(row, |_, v| v),
+                    // argmin ‖c‖² − 2x·c  ==  argmax 2x·c − ‖c‖²
+                    Distance::L2 => argmax(row, |j, v| 2.0 * v - self.norms2[t0 + j]),
+                };
+                if v > bv {
+                    (bj, bv, bd) = ((t0 + j) as u32, v, row[j]);
                 }
                 if t0 == 0 && bv == f32::NEG_INFINITY {
                     // All NaN (cannot happen for validated rows): pick 0 deterministically.
@@ -252,6 +242,45 @@ impl Centroids {
     }
 }
 
+/// Lanes of the vectorised arg-max scan.
+const ARGMAX_LANES: usize = 16;
+
+/// The first index of the largest `f(j, row[j])` and that value
+/// (`(0, -inf)` when none is larger than -inf; NaN never wins). Lane-wise
+/// running maxima with strict `>` keep each lane's first index; the lanes are
+/// then merged by value and lowest index, which is the first occurrence
+/// overall. Written so LLVM vectorises it (compare + blend per lane).
+#[inline]
+fn argmax(row: &[f32], f: impl Fn(usize, f32) -> f32) -> (usize, f32) {
+    let mut bv = [f32::NEG_INFINITY; ARGMAX_LANES];
+    let mut bi = [0usize; ARGMAX_LANES];
+    let chunks = row.chunks_exact(ARGMAX_LANES);
+    let rest = chunks.remainder();
+    for (c, ch) in chunks.enumerate() {
+        let base = c * ARGMAX_LANES;
+        for l in 0..ARGMAX_LANES {
+            let v = f(base + l, ch[l]);
+            let better = v > bv[l];
+            bv[l] = if better { v } else { bv[l] };
+            bi[l] = if better { base + l } else { bi[l] };
+        }
+    }
+    let (mut j, mut best) = (0usize, f32::NEG_INFINITY);
+    for l in 0..ARGMAX_LANES {
+        if bv[l] > best || (bv[l] == best && bv[l] > f32::NEG_INFINITY && bi[l] < j) {
+            (j, best) = (bi[l], bv[l]);
+        }
+    }
+    let base = row.len() - rest.len();
+    for (l, &x) in rest.iter().enumerate() {
+        let v = f(base + l, x);
+        if v > best {
+            (j, best) = (base + l, v);
+        }
+    }
+    (j, best)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,6 +305,25 @@ mod tests {
             let mut sims: Vec<(f32, u32)> = (0..k).map(|j| (crate::distance::dot(x, cs.row(j)), j as u32)).collect();
             sims.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
             assert_eq!((l[i], s2[i]), (sims[0].1, sims[1].1), "row {i}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn argmax_is_the_first_largest(v in proptest::collection::vec(-3i8..3, 0..70)) {
+            // Small integers make ties common.
+            let row: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+            let want = row
+                .iter()
+                .enumerate()
+                .fold((0usize, f32::NEG_INFINITY), |(bj, bv), (j, &x)| if x > bv { (j, x) } else { (bj, bv) });
+            proptest::prop_assert_eq!(argmax(&row, |_, x| x), want);
+            let neg = argmax(&row, |j, x| x - j as f32 * 0.25);
+            let want_neg = row.iter().enumerate().fold((0usize, f32::NEG_INFINITY), |(bj, bv), (j, &x)| {
+                let y = x - j as f32 * 0.25;
+                if y > bv { (j, y) } else { (bj, bv) }
+            });
+            proptest::prop_assert_eq!(neg, want_neg);
         }
     }
 
