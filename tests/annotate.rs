@@ -1344,3 +1344,97 @@ fn demos_label_diverse_take_labels_in_turn() {
         "{err}"
     );
 }
+
+#[test]
+fn images_embed_on_the_fly_and_undecodable_ones_are_left_out_with_skip_bad() {
+    use arrow::array::BinaryArray;
+
+    let tmp = tempfile::tempdir().unwrap();
+    // 40 MNIST digits, the image of row 7 replaced by bytes that are no image.
+    let (schema, b) = read(Path::new(&mnist()));
+    let b = b.slice(0, 40);
+    let png = b.column_by_name("image_png").unwrap();
+    let png = png.as_any().downcast_ref::<BinaryArray>().unwrap();
+    let bytes: Vec<&[u8]> = (0..40)
+        .map(|i| if i == 7 { b"not a png".as_slice() } else { png.value(i) })
+        .collect();
+    let cols: Vec<ArrayRef> = schema
+        .fields()
+        .iter()
+        .zip(b.columns())
+        .map(|(f, c)| {
+            if f.name() == "image_png" {
+                Arc::new(BinaryArray::from(bytes.clone())) as ArrayRef
+            } else {
+                c.clone()
+            }
+        })
+        .collect();
+    let digits = tmp.path().join("digits.parquet");
+    let mut w = ArrowWriter::try_new(File::create(&digits).unwrap(), schema.clone(), None).unwrap();
+    w.write(&RecordBatch::try_new(schema, cols).unwrap()).unwrap();
+    w.close().unwrap();
+    let vit = shared_model("toyvit-mnist.onnx");
+    let d = digits.to_str().unwrap();
+    let enc = [
+        "--model",
+        vit.as_str(),
+        "--image-col",
+        "image_png",
+        "--mean",
+        "0.1307",
+        "--std",
+        "0.3081",
+    ];
+    let sel = tmp.path().join("sel.parquet");
+    let mut args = vec!["--method", "kcenter", "--budget", "8", "--skip-bad"];
+    args.extend_from_slice(&enc);
+    annotate(d, &sel, &args);
+    let ids = i64s(&read(&sel).1, "id");
+    let bad_id = i64s(&b, "id")[7];
+    assert_eq!(ids.len(), 8);
+    assert!(!ids.contains(&bad_id));
+    let rep: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("sel.report.json")).unwrap()).unwrap();
+    assert_eq!(rep["excluded_rows"], 1);
+    let m = annotate_meta(&sel);
+    assert_eq!(m["encoded_col"], "image_png");
+    assert_eq!(m["dim"], 64);
+    // without --skip-bad: an error naming file and row
+    let o = tmp.path().join("e.parquet");
+    let mut args = vec![
+        "annotate",
+        d,
+        "--method",
+        "kcenter",
+        "--budget",
+        "8",
+        "-o",
+        o.to_str().unwrap(),
+    ];
+    args.extend_from_slice(&enc);
+    let err = fails(&args);
+    assert!(err.contains("digits.parquet") && err.contains("row 7"), "{err}");
+    // demos on the same file: the bad row is neither a demo nor a query
+    let out = tmp.path().join("d.parquet");
+    let mut args = vec![
+        "demos",
+        "--annotated",
+        sel.to_str().unwrap(),
+        "--queries",
+        d,
+        "--k",
+        "3",
+        "--skip-bad",
+    ];
+    args.extend_from_slice(&enc);
+    args.extend_from_slice(&["-o", out.to_str().unwrap()]);
+    let summary = run_ok_stderr(&args);
+    assert!(
+        summary.contains("0 annotated rows and 1 queries without an embedding"),
+        "{summary}"
+    );
+    let r = read(&out).1;
+    assert_eq!(r.num_rows(), 39 * 3);
+    assert!(!i64s(&r, "query_id").contains(&bad_id));
+}
