@@ -4,6 +4,7 @@
 mod annotate;
 mod demos;
 mod embed;
+mod encode_flags;
 mod filter;
 mod progress;
 mod run;

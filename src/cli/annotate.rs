@@ -11,6 +11,8 @@ use dprune::select::annotate::ideal::{DEFAULT_IDEAL_K, DEFAULT_REALISATIONS};
 use dprune::select::annotate::votek::{DEFAULT_VOTEK_K, DEFAULT_VOTEK_RHO};
 use dprune::select::annotate::{AnnotateParams, DEFAULT_BUDGET, FirstSeed, Method};
 
+use crate::cli::encode_flags::EncoderFlags;
+
 const EXAMPLES: &str = "\
 Examples:
   # choose 100 pool rows to annotate with fast vote-k (embedding column auto-detected)
@@ -23,9 +25,17 @@ Examples:
   # facility location on a pool without an id column (row positions become ids)
   dprune annotate --budget 50 --method facility --row-index pool.parquet -o picked.parquet
 
+  # no embeddings yet: embed a text column with an ONNX sentence encoder (cached for reruns)
+  dprune annotate --budget 100 --model minilm.onnx --text-col text --cache emb-cache/ \\
+      pool.parquet -o to_annotate.parquet
+
+  # ... or with the built-in hashed n-gram embedder (lexical, no model needed)
+  dprune annotate --budget 100 --text-col text pool.parquet -o to_annotate.parquet
+
 Methods: fast-votek, ideal, facility (mfl), kcenter, kmeans, random.
 Outputs: the selected rows (all columns, selection order) with dprune_rank, dprune_gain and
-dprune_method; a JSON report (coverage metrics) next to it as NAME.report.json.";
+dprune_method; a JSON report (coverage metrics) next to it as NAME.report.json.
+The output's metadata records the encoder, so `dprune demos` embeds queries the same way.";
 
 /// Flags of `dprune annotate`.
 #[derive(Debug, Args)]
@@ -122,6 +132,10 @@ pub struct AnnotateArgs {
     /// No summary (errors still print).
     #[arg(short, long)]
     quiet: bool,
+
+    // Embedding on the fly (issue 4): --model, --text-col, ... as in `filter`.
+    #[command(flatten)]
+    encoder: EncoderFlags,
 }
 
 impl AnnotateArgs {
@@ -151,6 +165,7 @@ impl AnnotateArgs {
             output: self.output.clone(),
             report: self.report.clone(),
             overwrite: self.overwrite,
+            encoder: self.encoder.spec(self.threads)?,
         })
     }
 }
@@ -185,6 +200,12 @@ pub fn print_annotate_summary(report: &AnnotateReport, cfg: &AnnotateConfig, qui
             m.facility_location,
             m.coverage.last().map_or(0.0, |c| c.coverage),
         );
+        if report.excluded_rows > 0 {
+            eprintln!(
+                "note: {} pool rows had no embedding (undecodable image) and were left out",
+                report.excluded_rows
+            );
+        }
         if report.fallback > 0 {
             eprintln!(
                 "note: {} rows were added at random (seeded): the method had no further candidates",

@@ -296,6 +296,8 @@ fn output_schema(input: &SchemaRef, column: &str, dim: usize, f16: bool, info: &
     ));
     let mut meta = std::collections::HashMap::new();
     meta.insert("dprune.encoder".to_string(), info.describe());
+    // What `annotate` and `demos` compare (the description names the path and provider).
+    meta.insert("dprune.encoder_id".to_string(), info.identity());
     if let Some(h) = &info.model_sha256 {
         meta.insert("dprune.model_sha256".to_string(), h.clone());
     }

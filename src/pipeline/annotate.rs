@@ -1,14 +1,16 @@
 //! `annotate` and `demos`: choose the pool rows to annotate, then retrieve
 //! demonstrations for queries from the annotated rows only.
 //!
-//! [`run_annotate`] reads the pool's embeddings (a Parquet column), centres
+//! [`run_annotate`] reads the pool's embeddings (a Parquet column, or a
+//! text/image column embedded on the fly with `encoder`, see [`source`]), centres
 //! them on the pool mean (optional, on by default as in both reference
 //! repositories) and normalises them, selects rows
 //! ([`crate::select::annotate`]), and writes the selected rows, all columns,
 //! in selection order, plus `dprune_rank`, `dprune_gain` and
 //! `dprune_method`. The file's schema metadata (key [`META_KEY`]) records
-//! the centering mean and the encoder, so [`run_demos`] applies the pool's
-//! transform to queries. A JSON report holds label-free coverage metrics.
+//! the centering mean and the encoder (description and identity), so
+//! [`run_demos`] applies the pool's transform to queries and refuses
+//! queries embedded by another encoder. A JSON report holds label-free coverage metrics.
 //!
 //! [`run_demos`] searches every query exactly over the annotated rows and
 //! writes (query id, position, demo id, cosine), most similar last by
@@ -30,7 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::knn::prepare;
 use crate::distance::dot_batch;
-use crate::io::embeddings::{ColumnSource, EmbeddingSource};
+use crate::embed::EncoderSpec;
 use crate::io::inputs::builder;
 use crate::io::writer::{COPY_BATCH_ROWS, writer_properties};
 use crate::io::{AtomicFile, Dataset, expand_inputs};
@@ -39,8 +41,11 @@ use crate::select::annotate::{AnnotateParams, Selection, best_similarity, select
 use crate::{Error, Result};
 
 mod demos;
+mod source;
 
-pub use demos::{DemoOrder, DemosConfig, DemosSummary, run_demos};
+pub use demos::{DemoOrder, DemosConfig, DemosSummary, TokenBudget, run_demos, template_from_flag};
+pub use source::{ENCODER_ID_KEY, ENCODER_KEY};
+use source::{Embedded, Embedding, embed_rows};
 
 /// Schema-metadata key of the annotate record in written files.
 pub const META_KEY: &str = "dprune.annotate";
@@ -83,6 +88,9 @@ pub struct AnnotateConfig {
     pub report: Option<PathBuf>,
     /// Replace existing outputs.
     pub overwrite: bool,
+    /// Embed this column on the fly instead of reading `embedding_col`
+    /// (`--model`, `--text-col`, ...; no model: the built-in hashed embedder).
+    pub encoder: Option<EncoderSpec>,
 }
 
 impl Default for AnnotateConfig {
@@ -97,6 +105,7 @@ impl Default for AnnotateConfig {
             output: PathBuf::new(),
             report: None,
             overwrite: false,
+            encoder: None,
         }
     }
 }
@@ -115,12 +124,21 @@ impl AnnotateConfig {
 pub struct AnnotateMeta {
     /// Method used.
     pub method: String,
-    /// Embedding column.
+    /// Embedding column, or the column embedded on the fly (`encoded_col`).
     pub embedding_col: String,
     /// Embedding dimension.
     pub dim: usize,
-    /// The encoder (from the column's `dprune.encoder` metadata), if known.
+    /// The encoder (the column's `dprune.encoder` metadata, or the encoder
+    /// run on the fly), if known.
     pub encoder: Option<String>,
+    /// What decides the embeddings ([`crate::embed::EncoderInfo::identity`]:
+    /// model and tokenizer SHA-256, output and pooling, truncation,
+    /// normalisation), if known; `demos` compares it.
+    #[serde(default)]
+    pub encoder_id: Option<String>,
+    /// The text or image column embedded on the fly, if any.
+    #[serde(default)]
+    pub encoded_col: Option<String>,
     /// Whether embeddings were centred.
     pub centered: bool,
     /// The pool mean subtracted before normalising.
@@ -175,6 +193,8 @@ pub struct AnnotateReport {
     pub inputs: Vec<PathBuf>,
     /// Pool rows.
     pub pool_rows: usize,
+    /// Pool rows left out because they have no embedding (`--skip-bad`).
+    pub excluded_rows: usize,
     /// The record also stored in the output's metadata.
     pub meta: AnnotateMeta,
     /// Budget.
@@ -239,89 +259,62 @@ fn read_column(data: &Dataset, column: &str) -> Result<ArrayRef> {
 /// Ids of a file as (original array, text form); checks presence, nulls
 /// and uniqueness.
 fn read_ids(data: &Dataset, column: &str, flag: &'static str) -> Result<(ArrayRef, Vec<String>)> {
-    for s in &data.shards {
-        if s.schema.field_with_name(column).is_err() {
-            let cols: Vec<&str> = s.schema.fields().iter().map(|f| f.name().as_str()).collect();
+    if let Some((path, cols)) = lacks_column(data, column) {
+        return Err(Error::param(
+            flag,
+            format!(
+                "{}: no id column `{column}`; columns are: {cols}. Name the id column with {flag}{}",
+                path.display(),
+                if flag == "--id-col" {
+                    ", or pass --row-index to use row positions"
+                } else {
+                    ""
+                }
+            ),
+        ));
+    }
+    let (arr, text) = column_text(data, column)?;
+    let mut seen: HashMap<&str, usize> = HashMap::with_capacity(text.len());
+    let mut strings = Vec::with_capacity(text.len());
+    for (i, t) in text.iter().enumerate() {
+        let Some(t) = t else {
+            return Err(Error::param(flag, format!("id column `{column}` is null at row {i}")));
+        };
+        if let Some(first) = seen.insert(t.as_str(), i) {
             return Err(Error::param(
                 flag,
-                format!(
-                    "{}: no id column `{column}`; columns are: {}. Name the id column with {flag}{}",
-                    s.path.display(),
-                    cols.join(", "),
-                    if flag == "--id-col" {
-                        ", or pass --row-index to use row positions"
-                    } else {
-                        ""
-                    }
-                ),
+                format!("id `{t}` of column `{column}` appears at rows {first} and {i}; ids must be unique"),
             ));
         }
+        strings.push(t.clone());
     }
+    Ok((arr, strings))
+}
+
+/// The first shard of `data` without `column`, with its column names.
+fn lacks_column<'a>(data: &'a Dataset, column: &str) -> Option<(&'a Path, String)> {
+    let s = data.shards.iter().find(|s| s.schema.field_with_name(column).is_err())?;
+    let cols: Vec<&str> = s.schema.fields().iter().map(|f| f.name().as_str()).collect();
+    Some((&s.path, cols.join(", ")))
+}
+
+/// Column `column` of every shard as (original array, text form; `None`
+/// for nulls); an error names a column that cannot be shown as text.
+fn column_text(data: &Dataset, column: &str) -> Result<(ArrayRef, Vec<Option<String>>)> {
     let arr = read_column(data, column)?;
-    let text = cast(&arr, &DataType::Utf8).map_err(|source| Error::Arrow {
+    let text = cast(&arr, &DataType::Utf8).map_err(|e| Error::Column {
         path: data.shards[0].path.clone(),
-        source,
+        column: column.to_string(),
+        reason: format!("type {} cannot be read as text: {e}", arr.data_type()),
     })?;
     let text = text
         .as_any()
         .downcast_ref::<StringArray>()
         .ok_or_else(|| Error::Internal("cast to utf8".into()))?;
-    let mut seen: HashMap<&str, usize> = HashMap::with_capacity(text.len());
-    for i in 0..text.len() {
-        if text.is_null(i) {
-            return Err(Error::param(flag, format!("id column `{column}` is null at row {i}")));
-        }
-        if let Some(first) = seen.insert(text.value(i), i) {
-            return Err(Error::param(
-                flag,
-                format!(
-                    "id `{}` of column `{column}` appears at rows {first} and {i}; ids must be unique",
-                    text.value(i)
-                ),
-            ));
-        }
-    }
-    let strings = (0..text.len()).map(|i| text.value(i).to_string()).collect();
+    let strings = (0..text.len())
+        .map(|i| text.is_valid(i).then(|| text.value(i).to_string()))
+        .collect();
     Ok((arr, strings))
-}
-
-/// All embeddings of `data` as `n × dim`, checked (no null, non-finite or
-/// zero rows), with the column source and the recorded encoder.
-fn read_embeddings(data: &Dataset, column: Option<&str>) -> Result<(Vec<f32>, ColumnSource, Option<String>)> {
-    let src = ColumnSource::detect(data, column)?;
-    let dim = src.dim();
-    let encoder = data.shards[0]
-        .schema
-        .field_with_name(src.name())
-        .ok()
-        .and_then(|f| f.metadata().get("dprune.encoder").cloned());
-    let mut rows = Vec::with_capacity(data.num_rows() as usize * dim);
-    for s in &data.shards {
-        for block in src.blocks(s, READ_ROWS)? {
-            let block = block?;
-            for r in 0..block.rows() {
-                let v = &block.values[r * dim..(r + 1) * dim];
-                let what = if block.null[r] {
-                    Some("null")
-                } else if v.iter().any(|x| !x.is_finite()) {
-                    Some("not finite (NaN or inf)")
-                } else if v.iter().all(|&x| x == 0.0) {
-                    Some("all zeros")
-                } else {
-                    None
-                };
-                if let Some(what) = what {
-                    return Err(Error::InvalidVector {
-                        path: s.path.clone(),
-                        row: block.first_row + r as u64,
-                        what,
-                    });
-                }
-            }
-            rows.extend_from_slice(&block.values);
-        }
-    }
-    Ok((rows, src, encoder))
 }
 
 fn check_output(path: &Path, overwrite: bool, inputs: &[PathBuf]) -> Result<()> {
@@ -564,25 +557,36 @@ pub fn run_annotate(cfg: &AnnotateConfig) -> Result<(AnnotateReport, Selection)>
     if !cfg.row_index {
         read_ids(&data, &cfg.id_col, "--id-col")?;
     }
-    let (mut rows, src, encoder) = read_embeddings(&data, cfg.embedding_col.as_deref())?;
-    let dim = src.dim();
+    let Embedded {
+        mut rows,
+        dim,
+        index,
+        excluded,
+        column,
+        encoded,
+        encoder,
+    } = embed_rows(&data, &pool_embedding(cfg)?)?;
     let mean = prepare(&mut rows, dim, cfg.center)?;
     let t_read = t0.elapsed().as_secs_f64();
 
     let t1 = Instant::now();
-    let sel = select(&rows, dim, &cfg.params)?;
+    let mut sel = select(&rows, dim, &cfg.params)?;
     let t_select = t1.elapsed().as_secs_f64();
 
     let t2 = Instant::now();
     let metrics = coverage_metrics(&rows, dim, &sel.order, cfg.params.seed);
     let t_metrics = t2.elapsed().as_secs_f64();
+    // From usable-row positions to pool rows (they differ when rows were excluded).
+    sel.order.iter_mut().for_each(|i| *i = index[*i as usize]);
 
     let t3 = Instant::now();
     let meta = AnnotateMeta {
         method: sel.method.to_string(),
-        embedding_col: src.name().to_string(),
+        embedding_col: column.clone(),
         dim,
-        encoder,
+        encoder: encoder.describe,
+        encoder_id: encoder.id,
+        encoded_col: encoded.then_some(column),
         centered: cfg.center,
         mean,
         seed: cfg.params.seed,
@@ -616,6 +620,7 @@ pub fn run_annotate(cfg: &AnnotateConfig) -> Result<(AnnotateReport, Selection)>
         version: env!("CARGO_PKG_VERSION").to_string(),
         inputs: paths,
         pool_rows: n,
+        excluded_rows: excluded,
         meta,
         budget: b,
         nested: sel.nested,
@@ -635,6 +640,27 @@ pub fn run_annotate(cfg: &AnnotateConfig) -> Result<(AnnotateReport, Selection)>
     };
     write_json(&report, &report_path)?;
     Ok((report, sel))
+}
+
+/// The pool's embeddings: the column, or the encoder of `cfg.encoder`.
+fn pool_embedding(cfg: &AnnotateConfig) -> Result<Embedding<'_>> {
+    Ok(match &cfg.encoder {
+        None => Embedding::Column(cfg.embedding_col.as_deref()),
+        Some(spec) => {
+            if cfg.embedding_col.is_some() {
+                return Err(Error::param(
+                    "--embedding-col",
+                    "give either an embedding column or a column to embed (--text-col / --image-col), not both",
+                ));
+            }
+            Embedding::Encode {
+                encoder: spec.build()?,
+                column: &spec.column,
+                cache: spec.cache.clone(),
+                skip_bad: spec.skip_bad,
+            }
+        }
+    })
 }
 
 #[cfg(test)]
