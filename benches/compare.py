@@ -44,7 +44,9 @@ def run(cmd, env=None):
 
 
 def run_rss(cmd, env=None):
-    """Like run() but also returns the child's own peak RSS in MiB (os.wait4)."""
+    """Like run() but also returns the child's own peak RSS in MiB and its CPU seconds
+    (user + system, os.wait4). CPU seconds compare fairly when the machine is shared:
+    wall time then depends on what else runs."""
     t = time.perf_counter()
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
     out = p.stdout.read()
@@ -52,7 +54,7 @@ def run_rss(cmd, env=None):
     wall = time.perf_counter() - t
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"command failed: {' '.join(cmd)}")
-    return out, wall, ru.ru_maxrss / 1024.0
+    return out, wall, ru.ru_maxrss / 1024.0, ru.ru_utime + ru.ru_stime
 
 
 def last_json(text):
@@ -110,7 +112,7 @@ def case_e2e(args, res):
     env = env_threads(args.threads)
     cents = os.path.join(args.work, "ref_centroids.npy")
     ref_kept = os.path.join(args.work, "ref_kept.txt")
-    _, ref_wall, ref_rss = run_rss([sys.executable, os.path.join(args.shared, "ref_ssl_proto.py"), data, "--k", "1000",
+    _, ref_wall, ref_rss, ref_cpu = run_rss([sys.executable, os.path.join(args.shared, "ref_ssl_proto.py"), data, "--k", "1000",
                                     "--niter", "20", "--keep", "0.3", "--threads", str(args.threads),
                                     "--save-centroids", cents, "--out", ref_kept], env)
     rows = {}
@@ -118,11 +120,13 @@ def case_e2e(args, res):
     # scores_only: like-for-like output with the reference (ids/scores, no pruned Parquet).
     for label, extra in [("default", []), ("20it", ["--tolerance", "0"]), ("scores_only", ["--scores-only"])]:
         out_dir = os.path.join(args.work, f"e2e_{label}")
-        _, wall, rss = run_rss([args.dprune, "filter", "--keep", "0.3", data, "-o", out_dir, "--overwrite", "--quiet",
+        _, wall, rss, cpu = run_rss([args.dprune, "filter", "--keep", "0.3", data, "-o", out_dir, "--overwrite", "--quiet",
                                 "--k", "1000", "--max-iters", "20", "--threads", str(args.threads)] + extra)
         rep = json.load(open(os.path.join(out_dir, "_dprune_report.json")))
-        rows[label] = {"wall_s": round(wall, 2), "peak_rss_mb": round(rss), "kmeans_iterations": rep["kmeans"]["iterations"],
+        rows[label] = {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "peak_rss_mb": round(rss),
+                       "kmeans_iterations": rep["kmeans"]["iterations"],
                        "n_kept": rep["n_kept"], "ratio_ref_over_dprune": round(ref_wall / wall, 2),
+                       "cpu_ratio_ref_over_dprune": round(ref_cpu / cpu, 2),
                        "timings_s": rep["timings_s"]}
     # Same centroids: kept sets must agree.
     out_dir = os.path.join(args.work, "e2e_same_centroids")
@@ -140,7 +144,8 @@ def case_e2e(args, res):
     ref = set(np.loadtxt(ref_kept, dtype=np.int64).tolist())
     inter = len(dp & ref)
     res["e2e_1m_keep0.3_k1000"] = {
-        "ref_wall_s": round(ref_wall, 2), "ref_peak_rss_mb": round(ref_rss), "dprune": rows,
+        "ref_wall_s": round(ref_wall, 2), "ref_cpu_s": round(ref_cpu, 2), "ref_peak_rss_mb": round(ref_rss),
+        "dprune": rows,
         "same_centroids": {"dprune_wall_s": round(wall_c, 2), "kept_ref": len(ref), "kept_dprune": len(dp),
                            "overlap": inter, "jaccard": round(inter / len(dp | ref), 6), "identical": dp == ref},
     }
@@ -172,7 +177,7 @@ def case_semdedup(args, res):
     env = env_threads(args.threads)
     cents = os.path.join(args.work, "sd_ref_centroids.npy")
     ref_kept = os.path.join(args.work, "sd_ref_kept.txt")
-    ref_out, ref_wall, ref_rss = run_rss([sys.executable, os.path.join(args.shared, "ref_semdedup.py"), data,
+    ref_out, ref_wall, ref_rss, ref_cpu = run_rss([sys.executable, os.path.join(args.shared, "ref_semdedup.py"), data,
                                           "--k", "1000", "--niter", "20", "--eps", "0.05",
                                           "--threads", str(args.threads), "--save-centroids", cents,
                                           "--out", ref_kept], env)
@@ -182,14 +187,15 @@ def case_semdedup(args, res):
     rows = {}
     for label, extra in [("default", []), ("20it", ["--tolerance", "0"]), ("global", ["--dedup-global"])]:
         out_dir = os.path.join(args.work, f"sd_{label}")
-        _, wall, rss = run_rss([args.dprune, "filter", "--dedup", "0.05", data, "-o", out_dir, "--overwrite",
+        _, wall, rss, cpu = run_rss([args.dprune, "filter", "--dedup", "0.05", data, "-o", out_dir, "--overwrite",
                                 "--quiet", "--k", "1000", "--max-iters", "20", "--scores-only",
                                 "--threads", str(args.threads)] + extra)
         rep = json.load(open(os.path.join(out_dir, "_dprune_report.json")))
         ids, kept = dprune_kept_ids(out_dir, data)
         m = dedup_metrics(ids, dup_of, ~kept)
-        rows[label] = {"wall_s": round(wall, 2), "peak_rss_mb": round(rss), "n_kept": rep["n_kept"],
-                       "ratio_ref_over_dprune": round(ref_wall / wall, 2), "precision": m["precision"],
+        rows[label] = {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "peak_rss_mb": round(rss),
+                       "n_kept": rep["n_kept"], "ratio_ref_over_dprune": round(ref_wall / wall, 2),
+                       "cpu_ratio_ref_over_dprune": round(ref_cpu / cpu, 2), "precision": m["precision"],
                        "recall": m["recall"], "timings_s": rep["timings_s"],
                        "spill_partitions": rep["semdedup"]["partitions"]}
     out_dir = os.path.join(args.work, "sd_same_centroids")
@@ -200,7 +206,7 @@ def case_semdedup(args, res):
     refset = set(np.loadtxt(ref_kept, dtype=np.int64).tolist())
     inter = len(dp & refset)
     res["semdedup_1m_eps0.05_k1000"] = {
-        "ref_wall_s": round(ref_wall, 2), "ref_peak_rss_mb": round(ref_rss),
+        "ref_wall_s": round(ref_wall, 2), "ref_cpu_s": round(ref_cpu, 2), "ref_peak_rss_mb": round(ref_rss),
         "ref_precision": ref["per_eps"][0].get("precision"), "ref_recall": ref["per_eps"][0].get("recall"),
         "ref_phases_s": ref.get("phases_s"), "dprune": rows,
         "same_centroids": {"dprune_wall_s": round(wall_c, 2), "kept_ref": len(refset), "kept_dprune": len(dp),
@@ -218,15 +224,15 @@ def case_dbp(args, res):
     env = env_threads(args.threads)
     cents = os.path.join(args.work, "dbp_ref_centroids.npy")
     quotas = os.path.join(args.work, "dbp_ref_quotas.parquet")
-    ref_out, ref_wall, ref_rss = run_rss([sys.executable, os.path.join(args.shared, "ref_dbp.py"), data, "--k", "1000",
+    ref_out, ref_wall, ref_rss, ref_cpu = run_rss([sys.executable, os.path.join(args.shared, "ref_dbp.py"), data, "--k", "1000",
                                           "--niter", "20", "--keep", "0.5", "--threads", str(args.threads),
                                           "--save-centroids", cents, "--quotas-out", quotas], env)
     out_dir = os.path.join(args.work, "dbp_own")
-    _, wall, rss = run_rss([args.dprune, "filter", "--metric", "dbp", "--keep", "0.5", data, "-o", out_dir,
+    _, wall, rss, cpu = run_rss([args.dprune, "filter", "--metric", "dbp", "--keep", "0.5", data, "-o", out_dir,
                             "--overwrite", "--quiet", "--k", "1000", "--max-iters", "20", "--scores-only",
                             "--threads", str(args.threads)])
     out_c = os.path.join(args.work, "dbp_same_centroids")
-    _, wall_c, rss_c = run_rss([args.dprune, "filter", "--metric", "dbp", "--keep", "0.5", data, "-o", out_c,
+    _, wall_c, rss_c, _ = run_rss([args.dprune, "filter", "--metric", "dbp", "--keep", "0.5", data, "-o", out_c,
                                 "--overwrite", "--quiet", "--centroids", cents, "--scores-only",
                                 "--threads", str(args.threads)])
     rep = json.load(open(os.path.join(out_c, "_dprune_report.json")))
@@ -236,9 +242,10 @@ def case_dbp(args, res):
     theirs = q.column("quota").to_numpy()[order].astype(np.int64)
     diff = np.abs(ours - theirs)
     res["dbp_1m_keep0.5_k1000"] = {
-        "ref_wall_s": round(ref_wall, 2), "ref_peak_rss_mb": round(ref_rss), "ref_kept": int(theirs.sum()),
-        "dprune_wall_s": round(wall, 2), "dprune_peak_rss_mb": round(rss),
-        "ratio_ref_over_dprune": round(ref_wall / wall, 2),
+        "ref_wall_s": round(ref_wall, 2), "ref_cpu_s": round(ref_cpu, 2), "ref_peak_rss_mb": round(ref_rss),
+        "ref_kept": int(theirs.sum()),
+        "dprune_wall_s": round(wall, 2), "dprune_cpu_s": round(cpu, 2), "dprune_peak_rss_mb": round(rss),
+        "ratio_ref_over_dprune": round(ref_wall / wall, 2), "cpu_ratio_ref_over_dprune": round(ref_cpu / cpu, 2),
         "same_centroids": {"dprune_wall_s": round(wall_c, 2), "dprune_peak_rss_mb": round(rss_c),
                            "dprune_kept": int(ours.sum()), "max_abs_quota_diff": int(diff.max()),
                            "clusters_differing": int((diff > 0).sum()), "clusters": int(len(ours))},
@@ -249,10 +256,10 @@ def case_memory(args, res):
     """Peak RSS of filter --keep 0.3 on 2M x 384 (8 shards, ~3 GiB of embeddings)."""
     data = ensure_data(args, "2m")
     out_dir = os.path.join(args.work, "mem")
-    _, wall, rss = run_rss([args.dprune, "filter", "--keep", "0.3", data, "-o", out_dir, "--overwrite", "--quiet",
+    _, wall, rss, cpu = run_rss([args.dprune, "filter", "--keep", "0.3", data, "-o", out_dir, "--overwrite", "--quiet",
                             "--k", "1000", "--threads", str(args.threads)])
     size = sum(os.path.getsize(f) for f in glob.glob(data))
-    res["memory_2m_keep0.3"] = {"wall_s": round(wall, 2), "peak_rss_mb": round(rss),
+    res["memory_2m_keep0.3"] = {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "peak_rss_mb": round(rss),
                                 "input_gib": round(size / 2**30, 2), "target_mb": 1024}
 
 
