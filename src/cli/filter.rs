@@ -2,11 +2,11 @@
 
 use std::path::PathBuf;
 
+use crate::cli::encode_flags::EncoderFlags;
 use anyhow::Context;
 use clap::{ArgGroup, Args};
 use dprune::cluster::kmeans::{DEFAULT_MAX_ITERS, DEFAULT_TOLERANCE};
 use dprune::cluster::{Distance, KMeansParams};
-use dprune::embed::{Device, EncoderSpec, InputKind};
 use dprune::pipeline::filter::{Balance, DEFAULT_BATCH_ROWS};
 use dprune::pipeline::report::REPORT_JSON;
 use dprune::pipeline::stages::{DedupParams, DedupRank, GlobalPass, KeepOf, KnnParams, QualityParams};
@@ -16,7 +16,6 @@ use dprune::select::dbp::{DbpParams, ShareRule};
 use dprune::select::robust::CcsParams;
 use dprune::select::{Budget, Keep};
 
-use crate::cli::embed::triple;
 use crate::cli::progress::Bars;
 
 const EXAMPLES: &str = "\
@@ -176,55 +175,8 @@ pub struct FilterArgs {
     #[arg(long, value_name = "GLOB", num_args = 1..)]
     embeddings: Option<Vec<String>>,
 
-    /// Embed this text column on the fly (with --model, or the built-in hashed embedder).
-    #[arg(long, value_name = "NAME")]
-    text_col: Option<String>,
-
-    /// Embed this image column on the fly (encoded bytes or file paths; needs --model).
-    #[arg(long, value_name = "NAME")]
-    image_col: Option<String>,
-
-    /// ONNX encoder for --text-col [default: the built-in hashed word/character n-gram embedder].
-    #[arg(long, value_name = "FILE.onnx")]
-    model: Option<PathBuf>,
-
-    /// HF tokenizer.json of the model [default: tokenizer.json next to the model].
-    #[arg(long, value_name = "FILE")]
-    tokenizer: Option<PathBuf>,
-
-    /// Where the model runs: auto (CUDA if available, else CPU), cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto", value_name = "DEVICE")]
-    device: String,
-
-    /// Keep encoded embeddings here so later runs (and both passes of this one) reuse them
-    /// [default: a temporary folder removed at the end].
-    #[arg(long, value_name = "DIR")]
-    cache: Option<PathBuf>,
-
-    /// Texts per model call.
-    #[arg(long, default_value_t = dprune::embed::DEFAULT_BATCH_SIZE, value_name = "N")]
-    batch_size: usize,
-
-    /// Tokens kept per text (longer texts are truncated).
-    #[arg(long, default_value_t = dprune::embed::DEFAULT_MAX_LENGTH, value_name = "TOKENS")]
-    max_length: usize,
-
-    /// --image-col: input size when the model's is dynamic (shortest side resized, centre crop).
-    #[arg(long, default_value_t = dprune::embed::DEFAULT_IMAGE_SIZE, value_name = "PIXELS")]
-    image_size: u32,
-
-    /// --image-col: per-channel mean after scaling to [0, 1], one value or R,G,B [default: CLIP's].
-    #[arg(long, value_name = "M")]
-    mean: Option<String>,
-
-    /// --image-col: per-channel standard deviation, one value or R,G,B [default: CLIP's].
-    #[arg(long, value_name = "S")]
-    std: Option<String>,
-
-    /// --image-col: rows whose image cannot be decoded are excluded (counted in the report)
-    /// instead of stopping the run.
-    #[arg(long)]
-    skip_bad: bool,
+    #[command(flatten)]
+    enc: EncoderFlags,
 
     /// Number of clusters [default: floor(sqrt(N)), at most 1000].
     #[arg(long, value_name = "K")]
@@ -310,51 +262,12 @@ impl FilterArgs {
             }
             (None, None) => Budget::default(),
         };
-        let encode_col = self.text_col.as_ref().or(self.image_col.as_ref());
-        let embeddings = match (&self.embedding_col, &self.embeddings, encode_col) {
+        let embeddings = match (&self.embedding_col, &self.embeddings, self.enc.spec(self.threads)?) {
             (Some(c), _, _) => EmbeddingSpec::Column(c.clone()),
             (None, Some(g), _) => EmbeddingSpec::Sidecars(g.clone()),
-            (None, None, Some(c)) => EmbeddingSpec::Encode(EncoderSpec {
-                column: c.clone(),
-                kind: if self.image_col.is_some() {
-                    InputKind::Image
-                } else {
-                    InputKind::Text
-                },
-                model: self.model.clone(),
-                tokenizer: self.tokenizer.clone(),
-                device: self.device.parse::<Device>()?,
-                batch_size: self.batch_size,
-                max_length: self.max_length,
-                threads: self.threads,
-                cache: self.cache.clone(),
-                image_size: self.image_size,
-                mean: triple("--mean", self.mean.as_deref(), dprune::embed::CLIP_MEAN)?,
-                std: triple("--std", self.std.as_deref(), dprune::embed::CLIP_STD)?,
-                skip_bad: self.skip_bad,
-                ..EncoderSpec::default()
-            }),
+            (None, None, Some(spec)) => EmbeddingSpec::Encode(spec),
             (None, None, None) => EmbeddingSpec::Auto,
         };
-        if self.image_col.is_none() {
-            for (flag, set) in [
-                ("--mean", self.mean.is_some()),
-                ("--std", self.std.is_some()),
-                ("--skip-bad", self.skip_bad),
-                ("--image-size", self.image_size != dprune::embed::DEFAULT_IMAGE_SIZE),
-            ] {
-                anyhow::ensure!(!set, "{flag} needs --image-col: it sets how images are decoded");
-            }
-        }
-        if encode_col.is_none() {
-            for (flag, set) in [
-                ("--model", self.model.is_some()),
-                ("--tokenizer", self.tokenizer.is_some()),
-                ("--cache", self.cache.is_some()),
-            ] {
-                anyhow::ensure!(!set, "{flag} needs --text-col (or --image-col): the column to embed");
-            }
-        }
         let params = FilterParams {
             keep,
             metric: self.metric.parse::<Metric>()?,
@@ -371,7 +284,7 @@ impl FilterArgs {
             centroids: self.centroids.clone(),
             seed: self.seed,
             // Undecodable images become null embeddings, excluded and counted.
-            drop_invalid: self.drop_invalid || self.skip_bad,
+            drop_invalid: self.drop_invalid || self.enc.skip_bad,
             batch_rows: self.batch_rows,
             exact_dedup: self.exact_dedup,
             exact_key: self.exact_key.clone(),
