@@ -46,7 +46,7 @@ pub fn norm2(a: &[f32]) -> f32 {
 }
 
 /// Squared Euclidean distance.
-#[inline]
+#[inline(always)]
 pub fn l2_squared(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     let mut acc = [0f32; LANES];
@@ -64,6 +64,34 @@ pub fn l2_squared(a: &[f32], b: &[f32]) -> f32 {
         s += (x - y) * (x - y);
     }
     acc.iter().sum::<f32>() + s
+}
+
+/// `d2[p] = min(d2[p], ‖pts_p − c‖²)` for every row `p` of `pts` (the
+/// k-means++ update), compiled for the widest vectors this CPU has; every
+/// path gives the same values (the same per-lane sums, no reassociation).
+pub fn min_l2_update(pts: &[f32], dim: usize, c: &[f32], d2: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if kernel() == Kernel::Avx512 {
+        // SAFETY: the AVX-512 kernel is chosen only when the CPU has AVX-512F.
+        return unsafe { min_l2_update_avx512(pts, dim, c, d2) };
+    }
+    min_l2_update_body(pts, dim, c, d2)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn min_l2_update_avx512(pts: &[f32], dim: usize, c: &[f32], d2: &mut [f32]) {
+    min_l2_update_body(pts, dim, c, d2)
+}
+
+#[inline(always)]
+fn min_l2_update_body(pts: &[f32], dim: usize, c: &[f32], d2: &mut [f32]) {
+    for (x, v) in pts.chunks_exact(dim).zip(d2.iter_mut()) {
+        let dist = l2_squared(x, c);
+        if dist < *v {
+            *v = dist;
+        }
+    }
 }
 
 /// Scales `a` to unit L2 norm in place; returns the original norm (0 leaves

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::centroids::CHUNK_ROWS;
 pub use crate::cluster::centroids::{Centroids, Distance};
-use crate::distance::{l2_squared, norm2, normalize};
+use crate::distance::{min_l2_update, norm2, normalize};
 use crate::rng::Rng;
 use crate::{Error, Result};
 
@@ -374,13 +374,8 @@ fn kmeans_pp(data: &[f32], dim: usize, k: usize, seed: u64) -> Vec<f32> {
     while chosen.len() < k {
         let c = &pts[last * dim..(last + 1) * dim];
         d2.par_chunks_mut(CHUNK_ROWS).enumerate().for_each(|(ci, d)| {
-            for (i, v) in d.iter_mut().enumerate() {
-                let p = ci * CHUNK_ROWS + i;
-                let dist = l2_squared(&pts[p * dim..(p + 1) * dim], c);
-                if dist < *v {
-                    *v = dist;
-                }
-            }
+            let p0 = ci * CHUNK_ROWS;
+            min_l2_update(&pts[p0 * dim..(p0 + d.len()) * dim], dim, c, d);
         });
         let parts: Vec<f64> = d2
             .par_chunks(CHUNK_ROWS)

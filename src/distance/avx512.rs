@@ -3,13 +3,17 @@
 //!
 //! The right-hand rows are packed once into blocks of [`NR`] rows stored
 //! dimension-major (`[t][row in block]`), so one 512-bit load gives 16 rows'
-//! coordinate `t`; the left-hand rows are read in place, [`MR`] at a time,
-//! each coordinate broadcast. An `MR × NR` tile of dot products lives in 24
-//! of the 32 vector registers while `t` runs over the whole dimension, so
-//! every output is one fused multiply-add chain in ascending `t`: its value
-//! depends only on its two rows, never on the block it was computed in.
+//! coordinate `t`; the left-hand rows are packed per call into blocks of
+//! [`MR`] rows, also dimension-major, so each tile reads both operands from
+//! one pointer each (twelve row pointers would not fit the general-purpose
+//! registers) and every coordinate is a broadcast. An `MR × NR` tile of dot
+//! products lives in 24 of the 32 vector registers while `t` runs over the
+//! whole dimension, so every output is one fused multiply-add chain in
+//! ascending `t`: its value depends only on its two rows, never on the block
+//! it was computed in.
 
 use std::arch::x86_64::*;
+use std::cell::RefCell;
 
 /// Left-hand rows per register tile.
 const MR: usize = 12;
@@ -49,68 +53,88 @@ pub(super) unsafe fn dot_batch(x: &[f32], packed: &[f32], k: usize, dim: usize, 
     let m = x.len() / dim;
     debug_assert_eq!(out.len(), m * k);
     debug_assert_eq!(packed.len(), k.div_ceil(NR) * dim * NR);
-    for jb in 0..k.div_ceil(NR) {
-        let b = &packed[jb * dim * NR..(jb + 1) * dim * NR];
-        let j0 = jb * NR;
-        let w = (k - j0).min(NR);
-        let mut i0 = 0;
-        while i0 < m {
-            let h = (m - i0).min(MR);
-            let xs = &x[i0 * dim..(i0 + h) * dim];
-            let o = &mut out[i0 * k + j0..];
-            // SAFETY: the caller guarantees AVX-512F; slices are in bounds by construction.
-            unsafe {
-                match h {
-                    12 => tile::<12>(xs, b, dim, k, w, o),
-                    11 => tile::<11>(xs, b, dim, k, w, o),
-                    10 => tile::<10>(xs, b, dim, k, w, o),
-                    9 => tile::<9>(xs, b, dim, k, w, o),
-                    8 => tile::<8>(xs, b, dim, k, w, o),
-                    7 => tile::<7>(xs, b, dim, k, w, o),
-                    6 => tile::<6>(xs, b, dim, k, w, o),
-                    5 => tile::<5>(xs, b, dim, k, w, o),
-                    4 => tile::<4>(xs, b, dim, k, w, o),
-                    3 => tile::<3>(xs, b, dim, k, w, o),
-                    2 => tile::<2>(xs, b, dim, k, w, o),
-                    _ => tile::<1>(xs, b, dim, k, w, o),
+    thread_local! {
+        // Reused across calls: a fresh buffer per call would be mapped and faulted in each time.
+        static LEFT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    }
+    LEFT.with_borrow_mut(|a| {
+        pack_left(x, dim, a);
+        for jb in 0..k.div_ceil(NR) {
+            let b = &packed[jb * dim * NR..(jb + 1) * dim * NR];
+            let j0 = jb * NR;
+            let w = (k - j0).min(NR);
+            for (ib, ablock) in a.chunks_exact(dim * MR).enumerate() {
+                let i0 = ib * MR;
+                let h = (m - i0).min(MR);
+                let o = &mut out[i0 * k + j0..];
+                // SAFETY: the caller guarantees AVX-512F; blocks are full-size by construction.
+                unsafe {
+                    match h {
+                        12 => tile::<12>(ablock, b, dim, k, w, o),
+                        11 => tile::<11>(ablock, b, dim, k, w, o),
+                        10 => tile::<10>(ablock, b, dim, k, w, o),
+                        9 => tile::<9>(ablock, b, dim, k, w, o),
+                        8 => tile::<8>(ablock, b, dim, k, w, o),
+                        7 => tile::<7>(ablock, b, dim, k, w, o),
+                        6 => tile::<6>(ablock, b, dim, k, w, o),
+                        5 => tile::<5>(ablock, b, dim, k, w, o),
+                        4 => tile::<4>(ablock, b, dim, k, w, o),
+                        3 => tile::<3>(ablock, b, dim, k, w, o),
+                        2 => tile::<2>(ablock, b, dim, k, w, o),
+                        _ => tile::<1>(ablock, b, dim, k, w, o),
+                    }
                 }
             }
-            i0 += MR;
+        }
+    });
+}
+
+/// Packs the left-hand rows into zero-padded blocks of [`MR`] rows, each
+/// `dim × MR` dimension-major, into `a` (resized).
+fn pack_left(x: &[f32], dim: usize, a: &mut Vec<f32>) {
+    let m = x.len() / dim;
+    a.clear();
+    a.resize(m.div_ceil(MR) * MR * dim, 0.0);
+    for (i, row) in x.chunks_exact(dim).enumerate() {
+        let base = (i / MR) * MR * dim + i % MR;
+        for (t, &v) in row.iter().enumerate() {
+            a[base + t * MR] = v;
         }
     }
 }
 
-/// One `H × NR` register tile: `H` rows of `xs` against one packed block `b`;
-/// the first `w` columns are stored to `out` (row stride `k`).
+/// One `H × NR` register tile: the first `H` rows of a packed left block
+/// `a` against one packed right block `b`; the first `w` columns are stored
+/// to `out` (row stride `k`).
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn tile<const H: usize>(xs: &[f32], b: &[f32], dim: usize, k: usize, w: usize, out: &mut [f32]) {
-    debug_assert!(xs.len() >= H * dim && b.len() >= dim * NR);
+unsafe fn tile<const H: usize>(a: &[f32], b: &[f32], dim: usize, k: usize, w: usize, out: &mut [f32]) {
+    debug_assert!(a.len() >= dim * MR && b.len() >= dim * NR && H <= MR);
     let mut acc = [[_mm512_setzero_ps(); 2]; H];
-    let xp = xs.as_ptr();
+    let ap = a.as_ptr();
     let bp = b.as_ptr();
     for t in 0..dim {
-        // SAFETY: t < dim and r < H keep every read inside `xs` and `b` (checked above).
+        // SAFETY: t < dim and r < H <= MR keep every read inside `a` and `b` (checked above).
         unsafe {
             let b0 = _mm512_loadu_ps(bp.add(t * NR));
             let b1 = _mm512_loadu_ps(bp.add(t * NR + 16));
-            for (r, a) in acc.iter_mut().enumerate() {
-                let xv = _mm512_set1_ps(*xp.add(r * dim + t));
-                a[0] = _mm512_fmadd_ps(xv, b0, a[0]);
-                a[1] = _mm512_fmadd_ps(xv, b1, a[1]);
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let xv = _mm512_set1_ps(*ap.add(t * MR + r));
+                acc_r[0] = _mm512_fmadd_ps(xv, b0, acc_r[0]);
+                acc_r[1] = _mm512_fmadd_ps(xv, b1, acc_r[1]);
             }
         }
     }
     let m0 = lane_mask(w);
     let op = out.as_mut_ptr();
-    for (r, a) in acc.iter().enumerate() {
+    for (r, acc_r) in acc.iter().enumerate() {
         debug_assert!(r * k + w <= out.len());
         // SAFETY: row r's first w outputs lie inside `out` (the caller sliced it at
         // column j0 with at least (H - 1)·k + w values left); masked lanes are not touched.
         unsafe {
-            _mm512_mask_storeu_ps(op.add(r * k), m0, a[0]);
+            _mm512_mask_storeu_ps(op.add(r * k), m0, acc_r[0]);
             if w > 16 {
-                _mm512_mask_storeu_ps(op.add(r * k + 16), lane_mask(w - 16), a[1]);
+                _mm512_mask_storeu_ps(op.add(r * k + 16), lane_mask(w - 16), acc_r[1]);
             }
         }
     }

@@ -114,14 +114,14 @@ fn softmax_is_stable_and_hand_checked() {
 }
 
 #[test]
-fn degenerate_clusters_get_the_mean_complexity() {
+fn empty_clusters_get_the_mean_complexity_small_ones_their_own() {
     let sizes = [1, 2, 5, 5, 0];
     let di = [0.0, 0.1, 0.2, 0.4, f64::NAN];
     let de = [0.5; 5];
     let c = complexity(&di, &de, &sizes);
-    assert_eq!(c.imputed, vec![true, true, false, false, true]);
+    assert_eq!(c.imputed, vec![false, false, false, false, true]);
     for (j, &v) in c.value.iter().enumerate() {
-        let want = [0.15, 0.15, 0.1, 0.2, 0.15][j];
+        let want = [0.0, 0.05, 0.1, 0.2, 0.0875][j];
         assert!((v - want).abs() < 1e-12, "cluster {j}: {v}");
     }
     // k = 1: d_inter is NaN, every cluster falls back to 1.
@@ -164,7 +164,7 @@ fn plan_runs_end_to_end_without_nan() {
     assert!(p.shares.iter().all(|s| s.is_finite()));
     assert_eq!(p.allocation.quotas.iter().sum::<u64>(), 5);
     let cx = p.complexity.unwrap();
-    assert_eq!(cx.imputed, vec![true, true, false]);
+    assert_eq!(cx.imputed, vec![false, false, false]);
     let wrong_k = Assignment::try_new(&labels, &dist, &eligible, 4).unwrap();
     assert!(plan(&wrong_k, &c, 5, &DbpParams::default()).is_err());
     assert!(DbpParams::default().with_temperature(0.0).validate().is_err());
