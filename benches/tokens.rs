@@ -80,6 +80,7 @@ fn reducers(c: &mut Criterion) {
     let iqr = Budget::adaptive(AdaptiveRule::default()).with_clamps(32, 288);
     let std = Budget::adaptive(AdaptiveRule::mean_plus_std()).with_clamps(32, 288);
     let tokens_only = VisualInput::new(data.tokens.view()).with_grid(ROWS, ROWS);
+    let tokens_cls = tokens_only.with_cls_attn(data.cls.view());
     let cases: Vec<(&str, Box<dyn Reducer>, VisualInput<'_>, Budget)> = vec![
         ("random_576x1024", Box::new(Random::default()), input, quarter.clone()),
         ("uniform_grid_576x1024", Box::new(UniformGrid), input, quarter.clone()),
@@ -128,6 +129,12 @@ fn reducers(c: &mut Criterion) {
             quarter.clone(),
         ),
         (
+            "divprune_576x1024_to288",
+            Box::new(DivPrune::default()),
+            input,
+            Budget::ratio(0.5),
+        ),
+        (
             "divprune_576x1024_keys64",
             Box::new(DivPrune::new(DivPruneParams::default().with_metric(Metric::Keys))),
             input,
@@ -143,6 +150,25 @@ fn reducers(c: &mut Criterion) {
             "tome_576x1024_keys64_to144",
             Box::new(ToMe::default()),
             input,
+            quarter.clone(),
+        ),
+        // Without keys, ToMe, PruMerge and VisionZip fall back to the D = 1024 tokens.
+        (
+            "tome_576x1024_tokens_to144",
+            Box::new(ToMe::default()),
+            tokens_only,
+            quarter.clone(),
+        ),
+        (
+            "prumerge_576x1024_tokens",
+            Box::new(PruMerge::default()),
+            tokens_cls,
+            quarter.clone(),
+        ),
+        (
+            "visionzip_576x1024_tokens",
+            Box::new(VisionZip::default()),
+            tokens_cls,
             quarter.clone(),
         ),
     ];

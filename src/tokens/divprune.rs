@@ -3,15 +3,16 @@
 //!
 //! `dist(i, j) = 1 − cos(x_i, x_j)` over the tokens (or keys). The first pick is the most
 //! isolated token (largest distance to its nearest neighbour; a mutual nearest pair ties, and
-//! the tie goes to the token less similar to all others on average); each next pick maximises its
+//! the tie goes to the token less similar to the others on average); each next pick maximises its
 //! distance to the nearest already-picked token (the 2-approximation of max–min diversity).
-//! Ties go to the lower index. Cost: one Gram GEMM (`O(N²D)`, block-symmetric) plus `O(kN)`.
+//! Ties go to the lower index. Cost: one cosine Gram matrix (`N²D/2` multiply-adds, SIMD
+//! microkernels in `linalg`) plus `O(kN)`.
 //! The budget's count is independent of the selection; adaptive budgets read the \[CLS\] (else
 //! text) attention.
 
 use serde::{Deserialize, Serialize};
 
-use super::linalg::{gram, max_lanes, sum_lanes, unit_rows};
+use super::linalg::{cosine_gram, max_lanes, sum_lanes};
 use super::{
     Budget, Metric, Reducer, Reduction, Signal, VisualInput, budget_scores, check_input, fallback_scores, gather,
 };
@@ -99,48 +100,54 @@ impl Reducer for DivPrune {
         } else {
             "keys"
         };
-        let u = unit_rows(input.metric_rows(self.params.metric, self.name())?, what)?;
-        let g = gram(u.view());
-        let first = most_isolated(&g);
-        let mut picked = vec![false; n];
-        picked[first] = true;
-        // near[j]: similarity of j to its most similar picked token; +inf marks picked tokens.
-        let gs = g.as_slice().expect("gram is contiguous");
-        let mut near: Vec<f32> = gs[first * n..(first + 1) * n].to_vec();
-        near[first] = f32::INFINITY;
-        for _ in 1..k {
-            let mut next = usize::MAX;
-            let mut next_sim = f32::INFINITY;
-            for (j, &v) in near.iter().enumerate() {
-                if v < next_sim {
-                    next_sim = v;
-                    next = j;
-                }
-            }
-            picked[next] = true;
-            for (nv, &gv) in near.iter_mut().zip(&gs[next * n..(next + 1) * n]) {
-                *nv = nv.max(gv);
-            }
-            near[next] = f32::INFINITY;
-        }
-        let kept: Vec<usize> = (0..n).filter(|&j| picked[j]).collect();
-        Ok(gather(input, &kept, scores))
+        let g = cosine_gram(input.metric_rows(self.params.metric, self.name())?, what)?;
+        Ok(gather(input, &max_min_picks(&g, k), scores))
     }
+}
+
+/// The greedy max–min picks on the cosine Gram matrix `g`, `1 <= k < N`, ascending.
+fn max_min_picks(g: &ndarray::Array2<f32>, k: usize) -> Vec<usize> {
+    let n = g.nrows();
+    let first = most_isolated(g);
+    let mut picked = vec![false; n];
+    picked[first] = true;
+    // near[j]: similarity of j to its most similar picked token; +inf marks picked tokens.
+    let gs = g.as_slice().expect("gram is contiguous");
+    let mut near: Vec<f32> = gs[first * n..(first + 1) * n].to_vec();
+    near[first] = f32::INFINITY;
+    for _ in 1..k {
+        let mut next = usize::MAX;
+        let mut next_sim = f32::INFINITY;
+        for (j, &v) in near.iter().enumerate() {
+            if v < next_sim {
+                next_sim = v;
+                next = j;
+            }
+        }
+        picked[next] = true;
+        for (nv, &gv) in near.iter_mut().zip(&gs[next * n..(next + 1) * n]) {
+            *nv = nv.max(gv);
+        }
+        near[next] = f32::INFINITY;
+    }
+    (0..n).filter(|&j| picked[j]).collect()
 }
 
 /// Near-equal nearest-neighbour similarities count as tied (a mutual nearest pair always ties).
 const TIE_EPS: f32 = 1e-6;
 
 /// The token whose nearest neighbour is least similar; ties (within [`TIE_EPS`]) go to the
-/// lower mean similarity to all tokens, then the lower index.
+/// lower mean similarity to the other tokens, then the lower index. The diagonal (1 up to
+/// rounding) stays out of the mean so that rounding cannot decide an exact tie.
 fn most_isolated(g: &ndarray::Array2<f32>) -> usize {
     let n = g.nrows();
     let gs = g.as_slice().expect("gram is contiguous");
     let mut nn = vec![f32::NEG_INFINITY; n];
     let mut mean = vec![0f32; n];
     for (i, row) in gs.chunks_exact(n).enumerate() {
-        nn[i] = max_lanes(&row[..i]).max(max_lanes(&row[i + 1..]));
-        mean[i] = sum_lanes(row) / n as f32;
+        let (before, after) = (&row[..i], &row[i + 1..]);
+        nn[i] = max_lanes(before).max(max_lanes(after));
+        mean[i] = (sum_lanes(before) + sum_lanes(after)) / (n - 1).max(1) as f32;
     }
     let lo = nn.iter().copied().fold(f32::INFINITY, f32::min);
     (0..n)
@@ -179,6 +186,93 @@ mod tests {
         let mut clusters: Vec<usize> = r.origin.iter().map(|i| i % 5).collect();
         clusters.sort_unstable();
         assert_eq!(clusters, vec![0, 1, 2, 3, 4]);
+    }
+
+    /// The paper's rule written out over f64 cosine distances, pair by pair: the slow oracle.
+    fn reference_picks(t: &Array2<f32>, k: usize) -> Vec<usize> {
+        let n = t.nrows();
+        let u: Vec<Vec<f64>> = t
+            .rows()
+            .into_iter()
+            .map(|r| {
+                let v: Vec<f64> = r.iter().map(|&x| f64::from(x)).collect();
+                let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+                v.iter().map(|x| if norm > 0.0 { x / norm } else { *x }).collect()
+            })
+            .collect();
+        let dist = |i: usize, j: usize| 1.0 - u[i].iter().zip(&u[j]).map(|(a, b)| a * b).sum::<f64>();
+        // First: the largest nearest-neighbour distance; near-ties go to the larger mean
+        // distance to the others, then the lower index.
+        let nn: Vec<f64> = (0..n)
+            .map(|i| {
+                (0..n)
+                    .filter(|&j| j != i)
+                    .map(|j| dist(i, j))
+                    .fold(f64::INFINITY, f64::min)
+            })
+            .collect();
+        let hi = nn.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let mean = |i: usize| (0..n).filter(|&j| j != i).map(|j| dist(i, j)).sum::<f64>() / (n - 1) as f64;
+        let first = (0..n)
+            .filter(|&i| nn[i] >= hi - f64::from(TIE_EPS))
+            .max_by(|&a, &b| mean(a).total_cmp(&mean(b)).then(b.cmp(&a)))
+            .unwrap();
+        let mut picked = vec![first];
+        while picked.len() < k {
+            // The unpicked token farthest from its nearest picked one; ties: lower index.
+            let mut best = (usize::MAX, f64::NEG_INFINITY);
+            for j in (0..n).filter(|j| !picked.contains(j)) {
+                let d = picked.iter().map(|&p| dist(p, j)).fold(f64::INFINITY, f64::min);
+                if d > best.1 {
+                    best = (j, d);
+                }
+            }
+            picked.push(best.0);
+        }
+        picked.sort_unstable();
+        picked
+    }
+
+    #[test]
+    fn matches_the_slow_f64_reference() {
+        // Fixed seeds (no near-ties by construction of the check: exact duplicates tie exactly
+        // in both precisions); sizes straddle the kernels' tile widths.
+        for seed in 0..24u64 {
+            let mut rng = crate::tokens::rng::SplitMix64::new(seed);
+            let n = 2 + (seed as usize * 7) % 70;
+            let d = [2, 3, 8, 17, 40][seed as usize % 5];
+            let mut t = Array2::from_shape_fn((n, d), |_| rng.next_f32() * 2.0 - 1.0);
+            if seed % 3 == 0 && n > 4 {
+                // exact duplicates and a zero row exercise the tie rules
+                let r = t.row(1).to_owned();
+                t.row_mut(n - 1).assign(&r);
+                t.row_mut(2).fill(0.0);
+            }
+            let x = VisualInput::new(t.view());
+            for k in [1, n / 4, n / 2, n - 1].into_iter().filter(|&k| k >= 1 && k < n) {
+                let got = DivPrune::default().reduce(&x, &Budget::keep(k)).unwrap().origin;
+                assert_eq!(got, reference_picks(&t, k), "seed {seed} n {n} d {d} k {k}");
+            }
+        }
+    }
+
+    #[test]
+    fn fused_kernel_picks_what_the_gemm_path_picks() {
+        // The SIMD Gram and the portable GEMM Gram differ in the last bits only; at bench-like
+        // shapes (scaled down for debug builds) the selections are the same.
+        use crate::tokens::linalg::{cosine_gram, gram, unit_rows};
+        for seed in 0..4u64 {
+            let data = Owned::new(12, 12, 96, seed);
+            let g_fast = cosine_gram(data.tokens.view(), "tokens").unwrap();
+            let g_gemm = gram(unit_rows(data.tokens.view(), "tokens").unwrap().view());
+            for k in [36, 72] {
+                assert_eq!(
+                    max_min_picks(&g_fast, k),
+                    max_min_picks(&g_gemm, k),
+                    "seed {seed} k {k}"
+                );
+            }
+        }
     }
 
     proptest! {

@@ -1,69 +1,61 @@
-//! Small dense kernels shared by the reducers: unit rows, Gram matrices, top-k with index
-//! tie-break, percentiles (numpy's linear rule) and Jacobi eigenvalues for numerical rank.
+//! Small dense kernels shared by the reducers: unit rows, cosine Gram matrices (child module
+//! `gram`), top-k with index tie-break, percentiles (numpy's linear rule) and Jacobi
+//! eigenvalues for numerical rank.
 //!
-//! Products go through ndarray's `dot` / `general_mat_mul` (GEMM); nothing here loops over
-//! token pairs when a matrix product does the job.
+//! Products go through ndarray's `dot` / `general_mat_mul` (GEMM), except the cosine Gram,
+//! which has its own FMA microkernels; nothing here loops over token pairs when a matrix
+//! product does the job.
 
-use ndarray::{Array2, ArrayView2, s};
+use ndarray::{Array2, ArrayView2};
 
 use crate::{Error, Result};
+
+mod gram;
+
+pub(crate) use gram::cosine_gram;
+#[cfg(test)]
+pub(crate) use gram::gram;
 
 /// Rows scaled to unit L2 norm (zero rows stay zero).
 ///
 /// # Errors
 /// [`Error::InvalidParam`] naming `what` when a row holds a NaN or infinity.
 pub(crate) fn unit_rows(x: ArrayView2<'_, f32>, what: &'static str) -> Result<Array2<f32>> {
+    let norms = row_norms(x, what)?;
+    Ok(scaled_rows(x, &norms))
+}
+
+/// The L2 norm of every row.
+///
+/// # Errors
+/// [`Error::InvalidParam`] naming `what` when a row holds a NaN or infinity.
+fn row_norms(x: ArrayView2<'_, f32>, what: &'static str) -> Result<Vec<f32>> {
+    x.rows()
+        .into_iter()
+        .enumerate()
+        .map(|(j, row)| {
+            let norm = row.dot(&row).sqrt();
+            if norm.is_finite() {
+                Ok(norm)
+            } else {
+                Err(Error::param(
+                    what,
+                    format!("row {j} holds a NaN or infinite value (or overflows)"),
+                ))
+            }
+        })
+        .collect()
+}
+
+/// Each row divided by its norm from [`row_norms`] (rows of norm 0 unchanged).
+fn scaled_rows(x: ArrayView2<'_, f32>, norms: &[f32]) -> Array2<f32> {
     let mut out = x.to_owned();
-    for (j, mut row) in out.rows_mut().into_iter().enumerate() {
-        let norm = row.dot(&row).sqrt();
-        if !norm.is_finite() {
-            return Err(Error::param(
-                what,
-                format!("row {j} holds a NaN or infinite value (or overflows)"),
-            ));
-        }
+    for (mut row, &norm) in out.rows_mut().into_iter().zip(norms) {
         if norm > 0.0 {
             row.mapv_inplace(|v| v / norm);
         }
     }
-    Ok(out)
-}
-
-/// Rows per GEMM in [`gram`] (measured: 64–144 are equally fast at N = 576, D = 1024).
-const GRAM_BLOCK: usize = 96;
-
-/// `x · xᵀ` (`[N, N]`), exactly symmetric: each block of rows is multiplied only against
-/// itself and the rows after it (about half the FLOPs of the full product), then the upper
-/// triangle is mirrored.
-pub(crate) fn gram(x: ArrayView2<'_, f32>) -> Array2<f32> {
-    let n = x.nrows();
-    let mut g = Array2::<f32>::zeros((n, n));
-    let mut i0 = 0;
-    while i0 < n {
-        let i1 = (i0 + GRAM_BLOCK).min(n);
-        let xi = x.slice(s![i0..i1, ..]);
-        let xj = x.slice(s![i0.., ..]);
-        let mut blk = g.slice_mut(s![i0..i1, i0..]);
-        ndarray::linalg::general_mat_mul(1.0, &xi, &xj.t(), 0.0, &mut blk);
-        i0 = i1;
-    }
-    mirror_upper(g.as_slice_mut().expect("fresh array is contiguous"), n);
-    g
-}
-
-/// Copies the upper triangle of the row-major `n × n` matrix `a` onto the lower one, in
-/// 32 × 32 tiles so both sides stay in L1.
-fn mirror_upper(a: &mut [f32], n: usize) {
-    const TILE: usize = 32;
-    for i0 in (0..n).step_by(TILE) {
-        for j0 in (0..=i0).step_by(TILE) {
-            for i in i0..(i0 + TILE).min(n) {
-                for j in j0..(j0 + TILE).min(i) {
-                    a[i * n + j] = a[j * n + i];
-                }
-            }
-        }
-    }
+    out
 }
 
 /// Lanes of the multi-accumulator reductions below (R18: independent accumulators vectorise).
@@ -186,7 +178,7 @@ pub(crate) fn symmetric_eigenvalues(a: Array2<f64>) -> Vec<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ndarray::array;
+    use ndarray::{array, s};
 
     #[test]
     fn top_k_breaks_ties_by_index() {
@@ -204,14 +196,6 @@ mod tests {
         assert_eq!(percentile_sorted(&v, 0.75), 7.0);
         let w = [1.0, 2.0, 4.0, 8.0];
         assert!((percentile_sorted(&w, 0.75) - 5.0).abs() < 1e-12); // pos 2.25
-    }
-
-    #[test]
-    fn blocked_gram_equals_plain_product() {
-        let x = Array2::from_shape_fn((401, 7), |(i, j)| ((i * 31 + j * 17) % 13) as f32 - 6.0);
-        let g = gram(x.view());
-        let r = x.dot(&x.t());
-        assert_eq!(g, r);
     }
 
     #[test]
