@@ -94,6 +94,7 @@ impl HnswParams {
 struct UnitDot;
 
 impl Distance<f32> for UnitDot {
+    #[inline]
     fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
         1.0 - dot(a, b).clamp(-1.0, 1.0)
     }
@@ -160,6 +161,11 @@ impl Hnsw {
     /// Number of indexed rows.
     pub fn len(&self) -> usize {
         self.graph.get_nb_point()
+    }
+
+    /// Dimension of the indexed rows.
+    pub fn dim(&self) -> usize {
+        self.dim
     }
 
     /// Whether no row is indexed.

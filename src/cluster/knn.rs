@@ -334,6 +334,22 @@ pub fn hnsw_knn(rows: &[f32], dim: usize, k: usize, params: &HnswParams) -> Resu
     let n = check_shape(rows, dim, "hnsw knn")?;
     check_k(n, k)?;
     let index = Hnsw::build(rows, dim, &vec![true; n], params)?;
+    graph_from_index(&index, rows, dim, k)
+}
+
+/// The kNN graph of `rows` read from an index built over all of them
+/// ([`Hnsw::build`] with every row included): each row's search, itself
+/// removed, completed by exact search where it returns fewer than `k`.
+pub fn graph_from_index(index: &Hnsw, rows: &[f32], dim: usize, k: usize) -> Result<KnnGraph> {
+    let n = check_shape(rows, dim, "hnsw knn")?;
+    check_k(n, k)?;
+    if index.len() != n || index.dim() != dim {
+        return Err(Error::Shape {
+            op: "hnsw knn",
+            expected: format!("an index over {n} x {dim} rows"),
+            got: format!("{} x {} rows", index.len(), index.dim()),
+        });
+    }
     let lists: Vec<Vec<(u32, f32)>> = (0..n)
         .into_par_iter()
         .map(|i| {
@@ -505,6 +521,25 @@ mod tests {
         let exact = build_knn(&rows, dim, k, &KnnParams::default()).unwrap();
         assert_eq!(exact.backend, KnnBackend::Exact);
         assert_eq!(recall_at_k(&exact.graph, &rows, dim, 50, 1).unwrap(), 1.0);
+    }
+
+    #[test]
+    fn graph_from_index_checks_the_index_and_matches_hnsw_knn() {
+        let (n, dim, k) = (300, 8, 5);
+        let rows = unit_rows(n, dim, 6);
+        let params = HnswParams::default();
+        let index = Hnsw::build(&rows, dim, &vec![true; n], &params).unwrap();
+        // a serial build is deterministic, so both routes give the same graph
+        assert_eq!(
+            graph_from_index(&index, &rows, dim, k).unwrap(),
+            hnsw_knn(&rows, dim, k, &params).unwrap()
+        );
+        let e = graph_from_index(&index, &rows[..(n - 1) * dim], dim, k)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("an index over 299 x 8 rows") && e.contains("300 x 8"), "{e}");
+        let other = unit_rows(n, dim + 1, 6);
+        assert!(graph_from_index(&index, &other, dim + 1, k).is_err());
     }
 
     #[test]
