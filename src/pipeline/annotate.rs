@@ -35,12 +35,14 @@ use crate::io::inputs::builder;
 use crate::io::writer::{COPY_BATCH_ROWS, writer_properties};
 use crate::io::{AtomicFile, Dataset, expand_inputs};
 use crate::rng::Rng;
-use crate::select::annotate::{AnnotateParams, Selection, best_similarity, select};
+use crate::select::annotate::{AnnotateParams, Selection, TwoStageInfo, best_similarity, select_with};
 use crate::{Error, Result};
 
 mod demos;
+mod two_stage;
 
 pub use demos::{DemoOrder, DemosConfig, DemosSummary, run_demos};
+pub use two_stage::{ConfidenceOrder, DEFAULT_CONFIDENCE_COLUMN, DEFAULT_LABEL_COLUMN, TwoStageFiles};
 
 /// Schema-metadata key of the annotate record in written files.
 pub const META_KEY: &str = "dprune.annotate";
@@ -52,6 +54,8 @@ pub const GAIN_COLUMN: &str = "dprune_gain";
 pub const METHOD_COLUMN: &str = "dprune_method";
 /// Column added by `annotate --row-index`: the row's position in the pool.
 pub const ROW_COLUMN: &str = "dprune_row";
+/// Column added by two-stage vote-k: the stage (1 or 2) that picked the row.
+pub const STAGE_COLUMN: &str = "dprune_stage";
 /// Id column when none is named.
 pub const DEFAULT_ID_COLUMN: &str = "id";
 /// Demonstrations per query when none is given.
@@ -77,6 +81,8 @@ pub struct AnnotateConfig {
     pub center: bool,
     /// Selection parameters.
     pub params: AnnotateParams,
+    /// Stage-2 files of two-stage vote-k.
+    pub two_stage: TwoStageFiles,
     /// Selected rows (Parquet).
     pub output: PathBuf,
     /// JSON report; defaults to the output with extension `.report.json`.
@@ -94,6 +100,7 @@ impl Default for AnnotateConfig {
             row_index: false,
             center: true,
             params: AnnotateParams::default(),
+            two_stage: TwoStageFiles::default(),
             output: PathBuf::new(),
             report: None,
             overwrite: false,
@@ -189,6 +196,8 @@ pub struct AnnotateReport {
     pub knn_recall: Option<f64>,
     /// IDEAL: σ̂ and its standard error.
     pub ideal_spread: Option<(f64, f64)>,
+    /// Two-stage vote-k: stage, stage-1 rows, stratum width, confidence source.
+    pub two_stage: Option<TwoStageInfo>,
     /// Coverage metrics.
     pub metrics: CoverageMetrics,
     /// Seconds: reading, kNN graph, selecting (without the graph), metrics, writing.
@@ -548,6 +557,7 @@ fn write_json<T: Serialize>(value: &T, dest: &Path) -> Result<()> {
 /// as JSON.
 pub fn run_annotate(cfg: &AnnotateConfig) -> Result<(AnnotateReport, Selection)> {
     cfg.params.validate()?;
+    cfg.two_stage.validate(cfg.params.method)?;
     let t0 = Instant::now();
     let paths = expand_inputs(&cfg.inputs)?;
     let report_path = cfg.report_path();
@@ -561,16 +571,24 @@ pub fn run_annotate(cfg: &AnnotateConfig) -> Result<(AnnotateReport, Selection)>
     if n > u32::MAX as usize {
         return Err(Error::param("inputs", format!("{n} rows: at most 2^32 - 1 per run")));
     }
-    if !cfg.row_index {
-        read_ids(&data, &cfg.id_col, "--id-col")?;
-    }
+    let ids = if cfg.row_index {
+        None
+    } else {
+        Some(read_ids(&data, &cfg.id_col, "--id-col")?.1)
+    };
     let (mut rows, src, encoder) = read_embeddings(&data, cfg.embedding_col.as_deref())?;
     let dim = src.dim();
     let mean = prepare(&mut rows, dim, cfg.center)?;
     let t_read = t0.elapsed().as_secs_f64();
 
     let t1 = Instant::now();
-    let sel = select(&rows, dim, &cfg.params)?;
+    let (side_ids, side_col) = match (&ids, cfg.two_stage.stage2()) {
+        (Some(ids), _) => (std::borrow::Cow::Borrowed(ids.as_slice()), cfg.id_col.as_str()),
+        (None, true) => ((0..n).map(|i| i.to_string()).collect(), ROW_COLUMN),
+        (None, false) => (std::borrow::Cow::Owned(Vec::new()), ROW_COLUMN),
+    };
+    let stage2 = two_stage::stage2_source(&cfg.two_stage, side_col, &side_ids)?;
+    let sel = select_with(&rows, dim, &cfg.params, stage2.as_deref())?;
     let t_select = t1.elapsed().as_secs_f64();
 
     let t2 = Instant::now();
@@ -579,7 +597,7 @@ pub fn run_annotate(cfg: &AnnotateConfig) -> Result<(AnnotateReport, Selection)>
 
     let t3 = Instant::now();
     let meta = AnnotateMeta {
-        method: sel.method.to_string(),
+        method: sel.name(),
         embedding_col: src.name().to_string(),
         dim,
         encoder,
@@ -599,9 +617,16 @@ pub fn run_annotate(cfg: &AnnotateConfig) -> Result<(AnnotateReport, Selection)>
         ),
         (
             Field::new(METHOD_COLUMN, DataType::Utf8, false),
-            Arc::new(StringArray::from(vec![sel.method.to_string(); b])),
+            Arc::new(StringArray::from(vec![sel.name(); b])),
         ),
     ];
+    if let Some(t) = &sel.two_stage {
+        let stage = (0..b).map(|r| if r < t.stage1_rows { 1 } else { 2 });
+        extra.push((
+            Field::new(STAGE_COLUMN, DataType::Int32, false),
+            Arc::new(Int32Array::from_iter_values(stage)),
+        ));
+    }
     if cfg.row_index {
         extra.push((
             Field::new(ROW_COLUMN, DataType::Int64, false),
@@ -623,6 +648,7 @@ pub fn run_annotate(cfg: &AnnotateConfig) -> Result<(AnnotateReport, Selection)>
         knn_backend: sel.knn_backend.map(|k| k.to_string()),
         knn_recall: sel.knn_recall,
         ideal_spread: sel.spread,
+        two_stage: sel.two_stage.clone(),
         metrics,
         seconds: HashMap::from([
             ("read".to_string(), t_read),
