@@ -17,6 +17,7 @@
 //! most similar, as `argsort(...)[-k-1:-1]` lists them). Rows nobody votes
 //! for are never candidates (the caller fills with a documented fallback).
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::knn::KnnGraph;
@@ -79,8 +80,8 @@ pub struct VoteState<'g> {
     times: Vec<u32>,
     /// Running score of every row (meaningful for unselected candidates).
     approx: Vec<f64>,
-    /// Updates applied to `approx[v]` (for its rounding bound).
-    ops: Vec<u32>,
+    /// Rows selected so far (bounds the updates any running score received).
+    picks: usize,
     /// Unselected rows that receive votes, ascending.
     cands: Vec<u32>,
 }
@@ -88,18 +89,8 @@ pub struct VoteState<'g> {
 impl<'g> VoteState<'g> {
     /// The state before any pick, with discount base `rho`.
     pub fn new(graph: &'g KnnGraph, rho: f64) -> Self {
-        let (ptr, src, _) = graph.in_edges();
+        let (ptr, src, first) = voter_lists(graph);
         let n = graph.n();
-        let mut first = vec![u64::MAX; n];
-        let mut t = 0u64;
-        for u in 0..n {
-            for &v in graph.neighbors(u).iter().rev() {
-                if first[v as usize] == u64::MAX {
-                    first[v as usize] = t;
-                    t += 1;
-                }
-            }
-        }
         let indeg = |v: usize| ptr[v + 1] - ptr[v];
         let mut voted: Vec<usize> = (0..n).filter(|&v| first[v] != u64::MAX).collect();
         voted.sort_by(|&a, &b| indeg(b).cmp(&indeg(a)).then(first[a].cmp(&first[b])));
@@ -121,7 +112,7 @@ impl<'g> VoteState<'g> {
             selected: vec![false; n],
             times: vec![0; n],
             approx,
-            ops: vec![0; n],
+            picks: 0,
             cands,
         }
     }
@@ -154,10 +145,12 @@ impl<'g> VoteState<'g> {
 
     /// A bound on |running score − [`Self::score`]|: each update and each
     /// term of the reference's sum rounds by at most ε·in-degree (scores
-    /// never exceed the in-degree).
+    /// never exceed the in-degree), and a running score has received at
+    /// most in-degree · (picks + 1) updates (one per voter per pick, plus
+    /// the voter's own selection).
     fn slack(&self, v: u32) -> f64 {
         let d = self.voters(v).len() as f64;
-        2.0 * (self.ops[v as usize] as f64 + d + 1.0) * d * f64::EPSILON
+        2.0 * (d * (self.picks as f64 + 2.0) + 1.0) * d * f64::EPSILON
     }
 
     /// The unselected candidate of largest score (ties to the earlier
@@ -192,9 +185,9 @@ impl<'g> VoteState<'g> {
         }
         let g = self.graph;
         let own = self.pow[self.times[v as usize] as usize];
+        self.picks += 1;
         for &w in g.neighbors(v as usize) {
             self.approx[w as usize] -= own;
-            self.ops[w as usize] += 1;
         }
         for i in self.ptr[v as usize]..self.ptr[v as usize + 1] {
             let u = self.src[i] as usize;
@@ -204,11 +197,70 @@ impl<'g> VoteState<'g> {
                 let d = self.pow[t + 1] - self.pow[t];
                 for &w in g.neighbors(u) {
                     self.approx[w as usize] += d;
-                    self.ops[w as usize] += 1;
                 }
             }
         }
     }
+}
+
+/// The voters of every row in increasing id (CSR of the in-edges:
+/// `src[ptr[v]..ptr[v + 1]]`) and, per row, the position in the
+/// reference's scan (voters in increasing id, each listing its neighbours
+/// from least to most similar) of its first vote (`u64::MAX`: none). Built
+/// in parallel over row ranges; the result does not depend on the threads.
+fn voter_lists(graph: &KnnGraph) -> (Vec<usize>, Vec<u32>, Vec<u64>) {
+    let (n, k) = (graph.n(), graph.k());
+    let parts = rayon::current_num_threads().clamp(1, 16).min(n.max(1));
+    let cut = |i: usize| i * n / parts;
+    // counts and first-vote positions per range of voters, merged in order
+    let partial: Vec<(Vec<u32>, Vec<u64>)> = (0..parts)
+        .into_par_iter()
+        .map(|i| {
+            let (mut cnt, mut first) = (vec![0u32; n], vec![u64::MAX; n]);
+            for u in cut(i)..cut(i + 1) {
+                for (j, &v) in graph.neighbors(u).iter().rev().enumerate() {
+                    cnt[v as usize] += 1;
+                    let f = &mut first[v as usize];
+                    *f = (*f).min((u * k + j) as u64);
+                }
+            }
+            (cnt, first)
+        })
+        .collect();
+    let mut ptr = vec![0usize; n + 1];
+    let mut first = vec![u64::MAX; n];
+    for (cnt, f) in &partial {
+        for v in 0..n {
+            ptr[v + 1] += cnt[v] as usize;
+            first[v] = first[v].min(f[v]);
+        }
+    }
+    for v in 0..n {
+        ptr[v + 1] += ptr[v];
+    }
+    // each range of targets fills its own slice of `src`, scanning every voter
+    let mut src = vec![0u32; ptr[n]];
+    let mut slices: Vec<(usize, &mut [u32])> = Vec::with_capacity(parts);
+    let mut rest: &mut [u32] = &mut src;
+    for i in 0..parts {
+        let (head, tail) = rest.split_at_mut(ptr[cut(i + 1)] - ptr[cut(i)]);
+        slices.push((i, head));
+        rest = tail;
+    }
+    slices.into_par_iter().for_each(|(i, out)| {
+        let (lo, hi) = (cut(i), cut(i + 1));
+        let mut fill: Vec<usize> = (lo..hi).map(|v| ptr[v] - ptr[lo]).collect();
+        for u in 0..n {
+            for &v in graph.neighbors(u) {
+                let v = v as usize;
+                if (lo..hi).contains(&v) {
+                    out[fill[v - lo]] = u as u32;
+                    fill[v - lo] += 1;
+                }
+            }
+        }
+    });
+    (ptr, src, first)
 }
 
 /// Fast vote-k on `graph` (row u votes for its neighbours): up to `budget`
@@ -346,6 +398,20 @@ mod tests {
                 "case {case}: n {n} k {k} m {m} rho {rho}"
             );
         }
+    }
+
+    #[test]
+    fn voter_lists_do_not_depend_on_threads() {
+        let rows = unit_rows(300, 6, 4);
+        let g = exact_knn(&rows, 6, 12).unwrap();
+        let many = voter_lists(&g);
+        for t in [1, 3, 7] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap();
+            assert_eq!(pool.install(|| voter_lists(&g)), many, "{t} threads");
+        }
+        let (ptr, src, _) = many;
+        let (p2, s2, _) = g.in_edges();
+        assert_eq!((ptr, src), (p2, s2));
     }
 
     #[test]
