@@ -24,5 +24,8 @@ mod pipelines;
 // `dprune annotate` and `dprune demos` (issue 5), with their bad inputs.
 mod annotate;
 
+// Two-stage vote-k (`annotate --method votek`): stages, side files and their bad inputs.
+mod annotate_twostage;
+
 // `dprune tokens eval` (issue 6) on the toy ViT split graphs, with its bad inputs.
 mod tokens_eval;

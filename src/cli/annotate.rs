@@ -5,9 +5,13 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use dprune::cluster::knn::{DEFAULT_HNSW_THRESHOLD, KnnBackend};
-use dprune::pipeline::annotate::{AnnotateConfig, AnnotateReport, DEFAULT_ID_COLUMN, run_annotate};
+use dprune::pipeline::annotate::{
+    AnnotateConfig, AnnotateReport, ConfidenceOrder, DEFAULT_CONFIDENCE_COLUMN, DEFAULT_ID_COLUMN,
+    DEFAULT_LABEL_COLUMN, TwoStageFiles, run_annotate,
+};
 use dprune::select::annotate::facility::{DEFAULT_FACILITY_FLOOR, DEFAULT_SPARSE_ABOVE, DEFAULT_SPARSE_K};
 use dprune::select::annotate::ideal::{DEFAULT_IDEAL_K, DEFAULT_REALISATIONS};
+use dprune::select::annotate::two_stage::{DEFAULT_KNN_CONFIDENCE_K, KnnScore};
 use dprune::select::annotate::votek::{DEFAULT_VOTEK_K, DEFAULT_VOTEK_RHO};
 use dprune::select::annotate::{AnnotateParams, DEFAULT_BUDGET, FirstSeed, Method};
 
@@ -25,6 +29,7 @@ Examples:
   # facility location on a pool without an id column (row positions become ids)
   dprune annotate --budget 50 --method facility --row-index pool.parquet -o picked.parquet
 
+<<<<<<< HEAD
   # no embeddings yet: embed a text column with an ONNX sentence encoder (cached for reruns)
   dprune annotate --budget 100 --model minilm.onnx --text-col text --cache emb-cache/ \\
       pool.parquet -o to_annotate.parquet
@@ -33,6 +38,18 @@ Examples:
   dprune annotate --budget 100 --text-col text pool.parquet -o to_annotate.parquet
 
 Methods: fast-votek, ideal, facility (mfl), kcenter, kmeans, random.
+=======
+  # two-stage vote-k: stage 1 writes ceil(100/10) = 10 rows to annotate ...
+  dprune annotate --budget 100 --method votek pool.parquet -o stage1.parquet
+  # ... stage 2 with an LM's confidence per pool row (CSV or Parquet: id, confidence) ...
+  dprune annotate --budget 100 --method votek --confidence conf.csv \\
+      pool.parquet -o to_annotate.parquet
+  # ... or with the LM-free kNN surrogate over the labelled stage-1 rows (votek-knnconf)
+  dprune annotate --budget 100 --method votek --knn-confidence \\
+      --stage1 stage1_labelled.parquet pool.parquet -o to_annotate.parquet
+
+Methods: fast-votek, votek (two-stage), ideal, facility (mfl), kcenter, kmeans, random.
+>>>>>>> votek
 Outputs: the selected rows (all columns, selection order) with dprune_rank, dprune_gain and
 dprune_method; a JSON report (coverage metrics) next to it as NAME.report.json.
 The output's metadata records the encoder, so `dprune demos` embeds queries the same way.";
@@ -53,7 +70,7 @@ pub struct AnnotateArgs {
     #[arg(long, default_value_t = DEFAULT_BUDGET as i64, value_name = "N", allow_negative_numbers = true)]
     budget: i64,
 
-    /// Selection method: fast-votek, ideal, facility, kcenter, kmeans or random.
+    /// Selection method: fast-votek, votek (two-stage), ideal, facility, kcenter, kmeans or random.
     #[arg(long, default_value = "fast-votek", value_name = "METHOD")]
     method: String,
 
@@ -88,6 +105,56 @@ pub struct AnnotateArgs {
     /// Vote-k discount base ρ.
     #[arg(long, default_value_t = DEFAULT_VOTEK_RHO, value_name = "RHO")]
     votek_rho: f64,
+
+    /// Two-stage vote-k: stage-1 rows [default: ceil(budget / 10)].
+    #[arg(long, value_name = "N", help_heading = "Two-stage vote-k (--method votek)")]
+    votek_stage1: Option<usize>,
+
+    /// Stage 2: a confidence per pool row (Parquet, CSV or TSV with the id column and
+    /// --confidence-col; stage-1 rows may be left out).
+    #[arg(long, value_name = "FILE", help_heading = "Two-stage vote-k (--method votek)")]
+    confidence: Option<PathBuf>,
+
+    /// Confidence column of --confidence.
+    #[arg(long, default_value = DEFAULT_CONFIDENCE_COLUMN, value_name = "NAME", help_heading = "Two-stage vote-k (--method votek)")]
+    confidence_col: String,
+
+    /// Direction of the confidence: higher-is-more-confident (a probability) or
+    /// higher-is-less-confident (an NLL, as the reference's).
+    #[arg(
+        long,
+        default_value = "higher-is-more-confident",
+        value_name = "ORDER",
+        help_heading = "Two-stage vote-k (--method votek)"
+    )]
+    confidence_order: String,
+
+    /// Stage 2: the annotated stage-1 rows (the stage-1 output plus a label column); their
+    /// ids must be the stage-1 rows.
+    #[arg(long, value_name = "FILE", help_heading = "Two-stage vote-k (--method votek)")]
+    stage1: Option<PathBuf>,
+
+    /// Stage 2 without an LM: confidence from a similarity-weighted kNN vote among the
+    /// labelled --stage1 rows (reported as votek-knnconf).
+    #[arg(long, help_heading = "Two-stage vote-k (--method votek)")]
+    knn_confidence: bool,
+
+    /// Label column of --stage1.
+    #[arg(long, default_value = DEFAULT_LABEL_COLUMN, value_name = "NAME", help_heading = "Two-stage vote-k (--method votek)")]
+    label_col: String,
+
+    /// Labelled neighbours of the kNN confidence.
+    #[arg(long, default_value_t = DEFAULT_KNN_CONFIDENCE_K, value_name = "K", help_heading = "Two-stage vote-k (--method votek)")]
+    knn_confidence_k: usize,
+
+    /// kNN confidence: probability (largest class share) or margin (largest minus second).
+    #[arg(
+        long,
+        default_value = "probability",
+        value_name = "HOW",
+        help_heading = "Two-stage vote-k (--method votek)"
+    )]
+    knn_confidence_score: String,
 
     /// Neighbours per row of IDEAL's graph.
     #[arg(long, default_value_t = DEFAULT_IDEAL_K, value_name = "K")]
@@ -155,6 +222,17 @@ impl AnnotateArgs {
         params.ideal.first = self.ideal_first.parse::<FirstSeed>()?;
         params.facility.floor = self.mfl_floor;
         params.facility.sparse_k = self.mfl_sparse_k;
+        params.two_stage.stage1 = self.votek_stage1;
+        params.two_stage.knn_k = self.knn_confidence_k;
+        params.two_stage.knn_score = self.knn_confidence_score.parse::<KnnScore>()?;
+        let two_stage = TwoStageFiles {
+            confidence: self.confidence.clone(),
+            confidence_col: self.confidence_col.clone(),
+            confidence_order: self.confidence_order.parse::<ConfidenceOrder>()?,
+            stage1: self.stage1.clone(),
+            label_col: self.label_col.clone(),
+            knn_confidence: self.knn_confidence,
+        };
         Ok(AnnotateConfig {
             inputs: self.inputs.clone(),
             embedding_col: self.embedding_col.clone(),
@@ -162,6 +240,7 @@ impl AnnotateArgs {
             row_index: self.row_index,
             center: !self.no_center,
             params,
+            two_stage,
             output: self.output.clone(),
             report: self.report.clone(),
             overwrite: self.overwrite,
@@ -210,6 +289,13 @@ pub fn print_annotate_summary(report: &AnnotateReport, cfg: &AnnotateConfig, qui
             eprintln!(
                 "note: {} rows were added at random (seeded): the method had no further candidates",
                 report.fallback
+            );
+        }
+        if let Some(t) = report.two_stage.as_ref().filter(|t| t.stage == 1) {
+            eprintln!(
+                "note: stage 1 of two-stage vote-k ({} of {} rows): annotate them, then run stage 2 with \
+                 --confidence FILE, or --knn-confidence --stage1 LABELLED_FILE, and the same pool, flags and seed",
+                t.stage1_rows, t.budget
             );
         }
         if let Some(r) = report.knn_recall {

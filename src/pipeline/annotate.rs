@@ -37,15 +37,17 @@ use crate::io::inputs::builder;
 use crate::io::writer::{COPY_BATCH_ROWS, writer_properties};
 use crate::io::{AtomicFile, Dataset, expand_inputs};
 use crate::rng::Rng;
-use crate::select::annotate::{AnnotateParams, Selection, best_similarity, select};
+use crate::select::annotate::{AnnotateParams, Selection, TwoStageInfo, best_similarity, select_with};
 use crate::{Error, Result};
 
 mod demos;
 mod source;
+mod two_stage;
 
 pub use demos::{DemoOrder, DemosConfig, DemosSummary, TokenBudget, run_demos, template_from_flag};
 pub use source::{ENCODER_ID_KEY, ENCODER_KEY};
 use source::{Embedded, Embedding, embed_rows};
+pub use two_stage::{ConfidenceOrder, DEFAULT_CONFIDENCE_COLUMN, DEFAULT_LABEL_COLUMN, TwoStageFiles};
 
 /// Schema-metadata key of the annotate record in written files.
 pub const META_KEY: &str = "dprune.annotate";
@@ -57,6 +59,8 @@ pub const GAIN_COLUMN: &str = "dprune_gain";
 pub const METHOD_COLUMN: &str = "dprune_method";
 /// Column added by `annotate --row-index`: the row's position in the pool.
 pub const ROW_COLUMN: &str = "dprune_row";
+/// Column added by two-stage vote-k: the stage (1 or 2) that picked the row.
+pub const STAGE_COLUMN: &str = "dprune_stage";
 /// Id column when none is named.
 pub const DEFAULT_ID_COLUMN: &str = "id";
 /// Demonstrations per query when none is given.
@@ -82,6 +86,8 @@ pub struct AnnotateConfig {
     pub center: bool,
     /// Selection parameters.
     pub params: AnnotateParams,
+    /// Stage-2 files of two-stage vote-k.
+    pub two_stage: TwoStageFiles,
     /// Selected rows (Parquet).
     pub output: PathBuf,
     /// JSON report; defaults to the output with extension `.report.json`.
@@ -102,6 +108,7 @@ impl Default for AnnotateConfig {
             row_index: false,
             center: true,
             params: AnnotateParams::default(),
+            two_stage: TwoStageFiles::default(),
             output: PathBuf::new(),
             report: None,
             overwrite: false,
@@ -209,6 +216,8 @@ pub struct AnnotateReport {
     pub knn_recall: Option<f64>,
     /// IDEAL: σ̂ and its standard error.
     pub ideal_spread: Option<(f64, f64)>,
+    /// Two-stage vote-k: stage, stage-1 rows, stratum width, confidence source.
+    pub two_stage: Option<TwoStageInfo>,
     /// Coverage metrics.
     pub metrics: CoverageMetrics,
     /// Seconds: reading, kNN graph, selecting (without the graph), metrics, writing.
@@ -541,6 +550,7 @@ fn write_json<T: Serialize>(value: &T, dest: &Path) -> Result<()> {
 /// as JSON.
 pub fn run_annotate(cfg: &AnnotateConfig) -> Result<(AnnotateReport, Selection)> {
     cfg.params.validate()?;
+    cfg.two_stage.validate(cfg.params.method)?;
     let t0 = Instant::now();
     let paths = expand_inputs(&cfg.inputs)?;
     let report_path = cfg.report_path();
@@ -554,9 +564,11 @@ pub fn run_annotate(cfg: &AnnotateConfig) -> Result<(AnnotateReport, Selection)>
     if n > u32::MAX as usize {
         return Err(Error::param("inputs", format!("{n} rows: at most 2^32 - 1 per run")));
     }
-    if !cfg.row_index {
-        read_ids(&data, &cfg.id_col, "--id-col")?;
-    }
+    let ids = if cfg.row_index {
+        None
+    } else {
+        Some(read_ids(&data, &cfg.id_col, "--id-col")?.1)
+    };
     let Embedded {
         mut rows,
         dim,
@@ -570,7 +582,15 @@ pub fn run_annotate(cfg: &AnnotateConfig) -> Result<(AnnotateReport, Selection)>
     let t_read = t0.elapsed().as_secs_f64();
 
     let t1 = Instant::now();
-    let mut sel = select(&rows, dim, &cfg.params)?;
+    // Two-stage files name pool rows by id; the selectors see the usable rows only.
+    let stage2_ids: Vec<String> = match (&ids, cfg.two_stage.stage2()) {
+        (_, false) => Vec::new(),
+        (Some(ids), true) => index.iter().map(|&r| ids[r as usize].clone()).collect(),
+        (None, true) => index.iter().map(|r| r.to_string()).collect(),
+    };
+    let side_col = if ids.is_some() { cfg.id_col.as_str() } else { ROW_COLUMN };
+    let stage2 = two_stage::stage2_source(&cfg.two_stage, side_col, &stage2_ids)?;
+    let mut sel = select_with(&rows, dim, &cfg.params, stage2.as_deref())?;
     let t_select = t1.elapsed().as_secs_f64();
 
     let t2 = Instant::now();
@@ -581,7 +601,7 @@ pub fn run_annotate(cfg: &AnnotateConfig) -> Result<(AnnotateReport, Selection)>
 
     let t3 = Instant::now();
     let meta = AnnotateMeta {
-        method: sel.method.to_string(),
+        method: sel.name(),
         embedding_col: column.clone(),
         dim,
         encoder: encoder.describe,
@@ -603,9 +623,16 @@ pub fn run_annotate(cfg: &AnnotateConfig) -> Result<(AnnotateReport, Selection)>
         ),
         (
             Field::new(METHOD_COLUMN, DataType::Utf8, false),
-            Arc::new(StringArray::from(vec![sel.method.to_string(); b])),
+            Arc::new(StringArray::from(vec![sel.name(); b])),
         ),
     ];
+    if let Some(t) = &sel.two_stage {
+        let stage = (0..b).map(|r| if r < t.stage1_rows { 1 } else { 2 });
+        extra.push((
+            Field::new(STAGE_COLUMN, DataType::Int32, false),
+            Arc::new(Int32Array::from_iter_values(stage)),
+        ));
+    }
     if cfg.row_index {
         extra.push((
             Field::new(ROW_COLUMN, DataType::Int64, false),
@@ -628,6 +655,7 @@ pub fn run_annotate(cfg: &AnnotateConfig) -> Result<(AnnotateReport, Selection)>
         knn_backend: sel.knn_backend.map(|k| k.to_string()),
         knn_recall: sel.knn_recall,
         ideal_spread: sel.spread,
+        two_stage: sel.two_stage.clone(),
         metrics,
         seconds: HashMap::from([
             ("read".to_string(), t_read),

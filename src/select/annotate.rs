@@ -5,8 +5,11 @@
 //! [`crate::cluster::knn::prepare`]) and returns exactly `budget` distinct
 //! row ids, in the order chosen, deterministically for a given seed:
 //!
-//! * [`Method::FastVotek`]: fast vote-k (Su et al. 2022), lazy but with the
-//!   reference loop's selections ([`votek`]).
+//! * [`Method::FastVotek`]: fast vote-k (Su et al. 2022), incremental but
+//!   with the reference loop's selections ([`votek`]).
+//! * [`Method::Votek`]: two-stage vote-k: ⌈M/10⌉ rows by vote-k, then, given
+//!   per-row confidences (an LM's, or the labelled kNN surrogate), one row
+//!   per confidence stratum ([`two_stage`]; [`select_with`]).
 //! * [`Method::Ideal`]: IDEAL (Zhang et al. 2024), influence under the
 //!   independent cascade over a fixed set of live-edge realisations, CELF
 //!   lazy greedy ([`ideal`]).
@@ -16,10 +19,11 @@
 //! * [`Method::Random`]: a seeded random order.
 //!
 //! Greedy methods return a nested order: the first `b` rows are what the
-//! method would select with budget `b`.
+//! method would select with budget `b` (not k-means, not vote-k stage 2).
 
 pub mod facility;
 pub mod ideal;
+pub mod two_stage;
 pub mod votek;
 
 use std::cmp::Ordering;
@@ -37,6 +41,7 @@ use crate::{Error, Result};
 
 pub use facility::{FacilityParams, best_similarity, facility_location, facility_value};
 pub use ideal::{Cascade, FirstSeed, IdealParams, ideal};
+pub use two_stage::{Stage2Input, Stage2Source, TwoStageInfo, TwoStageParams};
 pub use votek::{VotekParams, fast_votek};
 
 /// Selection methods.
@@ -46,6 +51,8 @@ pub enum Method {
     /// Fast vote-k: greedy on discounted kNN votes.
     #[default]
     FastVotek,
+    /// Two-stage vote-k: stage 1 by vote-k, stage 2 stratified by confidence.
+    Votek,
     /// IDEAL: greedy influence maximisation on the kNN graph.
     Ideal,
     /// Facility location (MFL).
@@ -61,7 +68,7 @@ pub enum Method {
 impl Method {
     /// Whether every prefix of the order is the selection for its size.
     pub fn nested(self) -> bool {
-        !matches!(self, Method::KMeans)
+        !matches!(self, Method::KMeans | Method::Votek)
     }
 }
 
@@ -69,6 +76,7 @@ impl fmt::Display for Method {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Method::FastVotek => "fast-votek",
+            Method::Votek => "votek",
             Method::Ideal => "ideal",
             Method::Facility => "facility",
             Method::KCenter => "kcenter",
@@ -88,13 +96,10 @@ impl FromStr for Method {
             "kcenter" | "k-center" => Ok(Method::KCenter),
             "kmeans" | "k-means" => Ok(Method::KMeans),
             "random" => Ok(Method::Random),
-            "votek" => Err(Error::param(
-                "--method",
-                "`votek`: two-stage vote-k (LM confidence) is not implemented yet; use fast-votek",
-            )),
+            "votek" | "votek-two-stage" | "two-stage-votek" => Ok(Method::Votek),
             _ => Err(Error::param(
                 "--method",
-                format!("`{s}`: expected fast-votek, ideal, facility, kcenter, kmeans or random"),
+                format!("`{s}`: expected fast-votek, votek, ideal, facility, kcenter, kmeans or random"),
             )),
         }
     }
@@ -114,6 +119,8 @@ pub struct AnnotateParams {
     pub knn: KnnParams,
     /// Vote-k settings.
     pub votek: VotekParams,
+    /// Two-stage vote-k settings.
+    pub two_stage: TwoStageParams,
     /// IDEAL settings.
     pub ideal: IdealParams,
     /// Facility-location settings.
@@ -130,6 +137,7 @@ impl Default for AnnotateParams {
             seed: 0,
             knn: KnnParams::default(),
             votek: VotekParams::default(),
+            two_stage: TwoStageParams::default(),
             ideal: IdealParams::default(),
             facility: FacilityParams::default(),
             kmeans_max_iters: crate::cluster::kmeans::DEFAULT_MAX_ITERS,
@@ -169,6 +177,8 @@ impl AnnotateParams {
         }
         self.knn.validate()?;
         self.votek.validate()?;
+        self.two_stage.validate()?;
+        self.two_stage.stage1_rows(self.budget)?;
         self.ideal.validate()?;
         self.facility.validate()
     }
@@ -183,7 +193,7 @@ impl AnnotateParams {
             ));
         }
         let (flag, k) = match self.method {
-            Method::FastVotek => ("--votek-k", self.votek.k),
+            Method::FastVotek | Method::Votek => ("--votek-k", self.votek.k),
             Method::Ideal => ("--ideal-k", self.ideal.k),
             _ => return Ok(()),
         };
@@ -225,10 +235,37 @@ pub struct Selection {
     pub spread: Option<(f64, f64)>,
     /// Seconds spent building the kNN graph (included in the caller's total).
     pub knn_seconds: f64,
+    /// Two-stage vote-k: which stage ran, and how.
+    pub two_stage: Option<TwoStageInfo>,
 }
 
-/// Selects `params.budget` rows of `rows` (`n × dim`, unit vectors).
+impl Selection {
+    /// The method's name in outputs (two-stage vote-k names its stage and
+    /// confidence source: `votek-stage1`, `votek`, `votek-knnconf`).
+    pub fn name(&self) -> String {
+        match &self.two_stage {
+            Some(t) => t.method_name().to_string(),
+            None => self.method.to_string(),
+        }
+    }
+}
+
+/// Selects `params.budget` rows of `rows` (`n × dim`, unit vectors); for
+/// [`Method::Votek`] only stage 1 (see [`select_with`]).
 pub fn select(rows: &[f32], dim: usize, params: &AnnotateParams) -> Result<Selection> {
+    select_with(rows, dim, params, None)
+}
+
+/// [`select`], and for [`Method::Votek`] with `stage2` given, both stages:
+/// `stage2` is called with the stage-1 rows and returns their labels or
+/// every row's confidence. Without it, two-stage vote-k returns the
+/// ⌈M/10⌉ stage-1 rows only (nested), to be annotated first.
+pub fn select_with(
+    rows: &[f32],
+    dim: usize,
+    params: &AnnotateParams,
+    stage2: Option<Stage2Source<'_>>,
+) -> Result<Selection> {
     if dim == 0 || !rows.len().is_multiple_of(dim) {
         return Err(Error::Shape {
             op: "annotate",
@@ -253,6 +290,7 @@ pub fn select(rows: &[f32], dim: usize, params: &AnnotateParams) -> Result<Selec
         knn_recall: None,
         spread: None,
         knn_seconds: 0.0,
+        two_stage: None,
     };
     let timed_knn = |k: usize, sel: &mut Selection| -> Result<crate::cluster::knn::KnnBuild> {
         let t = std::time::Instant::now();
@@ -264,6 +302,10 @@ pub fn select(rows: &[f32], dim: usize, params: &AnnotateParams) -> Result<Selec
         Method::FastVotek => {
             let b = timed_knn(params.votek.k, &mut sel)?;
             (sel.order, sel.gain) = fast_votek(&b.graph, budget, params.votek.rho);
+        }
+        Method::Votek => {
+            let b = timed_knn(params.votek.k, &mut sel)?;
+            two_stage::run(&b.graph, rows, dim, params, stage2, &mut sel)?;
         }
         Method::Ideal => {
             let b = timed_knn(params.ideal.k, &mut sel)?;
@@ -286,20 +328,32 @@ pub fn select(rows: &[f32], dim: usize, params: &AnnotateParams) -> Result<Selec
             sel.gain = vec![0.0; budget];
         }
     }
-    if sel.order.len() < budget {
-        let mut taken = vec![false; n];
-        sel.order.iter().for_each(|&i| taken[i as usize] = true);
-        let rest: Vec<u32> = (0..n as u32).filter(|&i| !taken[i as usize]).collect();
-        let mut rng = Rng::for_stream(params.seed, 0xfa11);
-        let need = budget - sel.order.len();
-        for p in random_order(rest.len(), need, &mut rng) {
-            sel.order.push(rest[p as usize]);
-            sel.gain.push(0.0);
-        }
-        sel.fallback = need;
-    }
-    check_selection(&sel.order, n, budget)?;
+    let target = sel
+        .two_stage
+        .as_ref()
+        .map_or(budget, |t| if t.stage == 1 { t.stage1_rows } else { t.budget });
+    sel.fallback += fill_random(&mut sel.order, &mut sel.gain, n, target, params.seed, 0xfa11).len();
+    check_selection(&sel.order, n, target)?;
     Ok(sel)
+}
+
+/// Appends seeded random rows not yet in `order` (gain 0) until it has
+/// `target` rows; returns them.
+fn fill_random(order: &mut Vec<u32>, gain: &mut Vec<f64>, n: usize, target: usize, seed: u64, stream: u64) -> Vec<u32> {
+    if order.len() >= target {
+        return Vec::new();
+    }
+    let mut taken = vec![false; n];
+    order.iter().for_each(|&i| taken[i as usize] = true);
+    let rest: Vec<u32> = (0..n as u32).filter(|&i| !taken[i as usize]).collect();
+    let mut rng = Rng::for_stream(seed, stream);
+    let added: Vec<u32> = random_order(rest.len(), target - order.len(), &mut rng)
+        .into_iter()
+        .map(|p| rest[p as usize])
+        .collect();
+    order.extend(&added);
+    gain.extend(std::iter::repeat_n(0.0, added.len()));
+    added
 }
 
 /// Errors (as a bug) unless `order` is `budget` distinct ids below `n`.
@@ -522,12 +576,13 @@ pub(crate) mod tests {
         let e = select(&rows, 4, &p).unwrap_err().to_string();
         assert!(e.contains("--votek-k") && e.contains("20 rows"), "{e}");
         assert!(
-            "votek"
+            "vote-k"
                 .parse::<Method>()
                 .unwrap_err()
                 .to_string()
-                .contains("fast-votek")
+                .contains("fast-votek, votek,")
         );
+        assert_eq!("votek-two-stage".parse::<Method>().unwrap(), Method::Votek);
         assert_eq!("mfl".parse::<Method>().unwrap(), Method::Facility);
     }
 
@@ -602,6 +657,77 @@ pub(crate) mod tests {
             f(&sparse.order),
             f(&dense.order)
         );
+    }
+
+    #[test]
+    fn two_stage_votek_runs_stage1_alone_or_both_stages() {
+        let (n, dim) = (90, 5);
+        let rows = unit_rows(n, dim, 12);
+        let p = small(Method::Votek, 25, 2);
+        let s1 = select(&rows, dim, &p).unwrap();
+        assert_eq!(s1.order.len(), 3, "ceil(25 / 10)");
+        assert!(s1.nested && s1.name() == "votek-stage1");
+        let fast = select(&rows, dim, &small(Method::FastVotek, 3, 2)).unwrap();
+        assert_eq!(s1.order, fast.order);
+        let conf: Vec<f64> = (0..n).map(|i| ((i * 37) % 89) as f64).collect();
+        let seen = std::cell::RefCell::new(Vec::new());
+        let given = |l1: &[u32]| {
+            seen.borrow_mut().extend_from_slice(l1);
+            Ok(Stage2Input::Confidence(conf.clone()))
+        };
+        let s2 = select_with(&rows, dim, &p, Some(&given)).unwrap();
+        assert_eq!(*seen.borrow(), s1.order, "the source sees the stage-1 rows");
+        assert_eq!(s2.order.len(), 25);
+        assert_eq!(&s2.order[..3], &s1.order[..]);
+        assert!(!s2.nested && s2.name() == "votek");
+        let t = s2.two_stage.as_ref().unwrap();
+        assert_eq!((t.stage, t.stage1_rows, t.stratum_width), (2, 3, Some(3))); // floor(81 / 22)
+        let labels = |l1: &[u32]| Ok(Stage2Input::Labels(l1.iter().map(|&v| v % 2).collect()));
+        let k = select_with(&rows, dim, &p, Some(&labels)).unwrap();
+        assert_eq!(k.order.len(), 25);
+        assert_eq!(k.name(), "votek-knnconf");
+        let mut u = k.order.clone();
+        u.sort();
+        u.dedup();
+        assert_eq!(u.len(), 25);
+        // a source's error stops the run; non-finite confidences are refused
+        let fail = |_: &[u32]| Err(Error::param("--stage1", "mismatch"));
+        assert!(select_with(&rows, dim, &p, Some(&fail)).is_err());
+        let mut nan = conf.clone();
+        let victim = (0..n).find(|i| !s1.order.contains(&(*i as u32))).unwrap();
+        nan[victim] = f64::NAN;
+        let bad = |_: &[u32]| Ok(Stage2Input::Confidence(nan.clone()));
+        let e = select_with(&rows, dim, &p, Some(&bad)).unwrap_err().to_string();
+        assert!(e.contains(&format!("pool row {victim}")), "{e}");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn two_stage_votek_gives_budget_distinct_rows(
+            n in 20usize..80, frac in 0.05f64..1.0, seed in 0u64..1000, labelled in proptest::bool::ANY,
+        ) {
+            let dim = 4;
+            let rows = unit_rows(n, dim, seed);
+            let budget = ((frac * n as f64) as usize).max(1);
+            let p = small(Method::Votek, budget, seed);
+            let conf: Vec<f64> = (0..n).map(|i| mix(i as u64 ^ seed) as f64).collect();
+            let given = |_: &[u32]| Ok(Stage2Input::Confidence(conf.clone()));
+            let labels = |l1: &[u32]| Ok(Stage2Input::Labels(l1.iter().map(|&v| v % 3).collect()));
+            let src: Stage2Source<'_> = if labelled { &labels } else { &given };
+            let s = select_with(&rows, dim, &p, Some(src)).unwrap();
+            prop_assert_eq!(s.order.len(), budget);
+            let mut u = s.order.clone();
+            u.sort();
+            u.dedup();
+            prop_assert_eq!(u.len(), budget);
+            let s1 = select(&rows, dim, &p).unwrap();
+            prop_assert_eq!(&s.order[..s1.order.len()], &s1.order[..]);
+        }
+    }
+
+    fn mix(x: u64) -> u32 {
+        (crate::rng::mix64(x) >> 40) as u32
     }
 
     proptest! {

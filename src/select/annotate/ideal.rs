@@ -90,12 +90,19 @@ impl IdealParams {
 
 /// R live-edge graphs of an independent-cascade model: in realisation r,
 /// edge u→v is live with probability p(u→v), drawn once from stream r of
-/// the seed (so results do not depend on the thread count).
+/// the seed (so results do not depend on the thread count). Stored bit-
+/// parallel: every edge carries an R-bit mask of the realisations where it
+/// is live, so one traversal of the graph serves all realisations at once.
 #[derive(Debug, Clone)]
 pub struct Cascade {
     n: usize,
-    /// Per realisation: CSR offsets (n + 1) and live targets.
-    live: Vec<(Vec<u32>, Vec<u32>)>,
+    r: usize,
+    /// 64-bit words per mask.
+    words: usize,
+    /// Out-edges (CSR) and their live masks (`words` per edge).
+    ptr: Vec<u32>,
+    dst: Vec<u32>,
+    live: Vec<u64>,
 }
 
 /// What [`ideal`] returns.
@@ -127,103 +134,228 @@ pub fn edge_probabilities(graph: &KnnGraph) -> Vec<Vec<(u32, f64)>> {
         .collect()
 }
 
-/// Scratch space of one traversal: visit stamps and a stack.
+/// Scratch space of one traversal: the realisations in which each row is
+/// reached, those still to be passed on, and the rows touched.
 struct Walk {
-    stamp: Vec<u32>,
-    now: u32,
-    stack: Vec<u32>,
+    reached: Vec<u64>,
+    pending: Vec<u64>,
+    queue: Vec<u32>,
     seen: Vec<u32>,
 }
 
 impl Walk {
-    fn new(n: usize) -> Self {
+    fn new(c: &Cascade) -> Self {
         Walk {
-            stamp: vec![0; n],
-            now: 0,
-            stack: Vec::new(),
+            reached: vec![0; c.n * c.words],
+            pending: vec![0; c.n * c.words],
+            queue: Vec::new(),
             seen: Vec::new(),
         }
     }
 }
+
+/// Per row, the realisations (bit masks) in which it is covered.
+type Covered = Vec<u64>;
 
 impl Cascade {
     /// Samples `realisations` live-edge graphs of the model whose edges
     /// are `out[u] = [(v, p(u→v)), ...]`.
     pub fn from_edges(out: &[Vec<(u32, f64)>], realisations: usize, seed: u64) -> Self {
         let n = out.len();
-        let live = (0..realisations)
+        let words = realisations.div_ceil(64).max(1);
+        let mut ptr = Vec::with_capacity(n + 1);
+        let mut dst = Vec::new();
+        let mut prob = Vec::new();
+        ptr.push(0u32);
+        for edges in out {
+            for &(v, p) in edges {
+                dst.push(v);
+                prob.push(p);
+            }
+            ptr.push(dst.len() as u32);
+        }
+        // one stream per realisation, over the edges in order; bits merged in order
+        let draws: Vec<Vec<bool>> = (0..realisations)
             .into_par_iter()
             .map(|r| {
                 let mut rng = Rng::for_stream(seed, r as u64);
-                let mut ptr = Vec::with_capacity(n + 1);
-                let mut dst = Vec::new();
-                ptr.push(0u32);
-                for edges in out {
-                    for &(v, p) in edges {
-                        if rng.next_f64() < p {
-                            dst.push(v);
-                        }
-                    }
-                    ptr.push(dst.len() as u32);
-                }
-                (ptr, dst)
+                prob.iter().map(|&p| rng.next_f64() < p).collect()
             })
             .collect();
-        Cascade { n, live }
+        let mut masks = vec![0u64; prob.len() * words];
+        for (r, d) in draws.iter().enumerate() {
+            let (w, bit) = (r / 64, 1u64 << (r % 64));
+            for (e, _) in d.iter().enumerate().filter(|(_, l)| **l) {
+                masks[e * words + w] |= bit;
+            }
+        }
+        Cascade {
+            n,
+            r: realisations,
+            words,
+            ptr,
+            dst,
+            live: masks,
+        }
     }
 
     /// Realisations.
     pub fn realisations(&self) -> usize {
-        self.live.len()
+        self.r
     }
 
-    /// Rows reached from `v` in realisation `r` that are not `covered`,
-    /// each counted once; they are left in `w.seen`.
-    fn reach(&self, r: usize, v: u32, covered: &[bool], w: &mut Walk) -> u64 {
+    /// The mask of all realisations, word `w`.
+    fn all(&self, w: usize) -> u64 {
+        let bits = (self.r - w * 64).min(64);
+        if bits == 64 { u64::MAX } else { (1u64 << bits) - 1 }
+    }
+
+    fn empty_cover(&self) -> Covered {
+        vec![0; self.n * self.words]
+    }
+
+    /// (row, realisation) pairs reached from `v` that are not `covered`,
+    /// each counted once; the rows touched are left in `w.seen` with their
+    /// masks in `w.reached` (cleared by the next call).
+    fn reach(&self, v: u32, covered: &[u64], w: &mut Walk) -> u64 {
+        let k = self.words;
+        for &x in &w.seen {
+            w.reached[x as usize * k..(x as usize + 1) * k].fill(0);
+        }
         w.seen.clear();
-        if covered[v as usize] {
+        let v0 = v as usize * k;
+        let mut any = 0;
+        for i in 0..k {
+            let m = self.all(i) & !covered[v0 + i];
+            w.reached[v0 + i] = m;
+            w.pending[v0 + i] = m;
+            any |= m;
+        }
+        if any == 0 {
             return 0;
         }
-        let (ptr, dst) = &self.live[r];
-        w.now = w.now.wrapping_add(1);
-        if w.now == 0 {
-            w.stamp.iter_mut().for_each(|s| *s = 0);
-            w.now = 1;
-        }
-        w.stack.clear();
-        w.stack.push(v);
-        w.stamp[v as usize] = w.now;
-        while let Some(x) = w.stack.pop() {
-            w.seen.push(x);
-            for &y in &dst[ptr[x as usize] as usize..ptr[x as usize + 1] as usize] {
-                if w.stamp[y as usize] != w.now && !covered[y as usize] {
-                    w.stamp[y as usize] = w.now;
-                    w.stack.push(y);
+        w.seen.push(v);
+        w.queue.clear();
+        w.queue.push(v);
+        while let Some(x) = w.queue.pop() {
+            let x0 = x as usize * k;
+            for e in self.ptr[x as usize] as usize..self.ptr[x as usize + 1] as usize {
+                let y = self.dst[e] as usize;
+                let y0 = y * k;
+                let (mut new_any, mut was_pending, mut was_seen) = (0, 0, 0);
+                for i in 0..k {
+                    let new = w.pending[x0 + i] & self.live[e * k + i] & !covered[y0 + i] & !w.reached[y0 + i];
+                    was_pending |= w.pending[y0 + i];
+                    was_seen |= w.reached[y0 + i];
+                    w.reached[y0 + i] |= new;
+                    w.pending[y0 + i] |= new;
+                    new_any |= new;
+                }
+                if new_any != 0 {
+                    if was_seen == 0 {
+                        w.seen.push(y as u32);
+                    }
+                    if was_pending == 0 && y as u32 != x {
+                        w.queue.push(y as u32);
+                    }
                 }
             }
+            w.pending[x0..x0 + k].fill(0);
         }
-        w.seen.len() as u64
+        w.seen
+            .iter()
+            .map(|&x| {
+                w.reached[x as usize * k..(x as usize + 1) * k]
+                    .iter()
+                    .map(|m| m.count_ones() as u64)
+                    .sum::<u64>()
+            })
+            .sum()
     }
 
-    /// [`Self::reach`], then marks the rows reached as covered.
-    fn cover(&self, r: usize, v: u32, covered: &mut [bool], w: &mut Walk) -> u64 {
-        let c = self.reach(r, v, covered, w);
+    /// [`Self::reach`], then marks what was reached as covered.
+    fn cover(&self, v: u32, covered: &mut [u64], w: &mut Walk) -> u64 {
+        let c = self.reach(v, covered, w);
+        let k = self.words;
         for &x in &w.seen {
-            covered[x as usize] = true;
+            for i in 0..k {
+                covered[x as usize * k + i] |= w.reached[x as usize * k + i];
+            }
         }
         c
+    }
+
+    /// Per row v, Σ over realisations of the rows reached from v that are
+    /// not `covered`: one realisation at a time (its live graph is small and
+    /// stays in cache), realisations in parallel; integer sums, so the
+    /// result does not depend on the threads.
+    fn singleton_gains(&self, covered: &[u64]) -> Vec<u64> {
+        let (n, k) = (self.n, self.words);
+        let per_r = |r: usize| -> Vec<u64> {
+            let (i, bit) = (r / 64, 1u64 << (r % 64));
+            let mut ptr = Vec::with_capacity(n + 1);
+            let mut dst = Vec::new();
+            ptr.push(0u32);
+            for x in 0..n {
+                for e in self.ptr[x] as usize..self.ptr[x + 1] as usize {
+                    if self.live[e * k + i] & bit != 0 {
+                        dst.push(self.dst[e]);
+                    }
+                }
+                ptr.push(dst.len() as u32);
+            }
+            let cov = |x: usize| covered[x * k + i] & bit != 0;
+            let (mut stamp, mut stack) = (vec![u32::MAX; n], Vec::new());
+            (0..n)
+                .map(|v| {
+                    if cov(v) {
+                        return 0;
+                    }
+                    stamp[v] = v as u32;
+                    stack.push(v as u32);
+                    let mut c = 0;
+                    while let Some(x) = stack.pop() {
+                        c += 1;
+                        for &y in &dst[ptr[x as usize] as usize..ptr[x as usize + 1] as usize] {
+                            if stamp[y as usize] != v as u32 && !cov(y as usize) {
+                                stamp[y as usize] = v as u32;
+                                stack.push(y);
+                            }
+                        }
+                    }
+                    c
+                })
+                .collect()
+        };
+        (0..self.r)
+            .into_par_iter()
+            .map(per_r)
+            .reduce_with(|mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            })
+            .unwrap_or_else(|| vec![0; n])
+    }
+
+    /// Rows covered in each realisation.
+    fn per_realisation(&self, covered: &[u64]) -> Vec<u64> {
+        (0..self.r)
+            .map(|r| {
+                let (i, bit) = (r / 64, 1u64 << (r % 64));
+                (0..self.n).filter(|&x| covered[x * self.words + i] & bit != 0).count() as u64
+            })
+            .collect()
     }
 
     /// Rows reached from `seeds` in each realisation (seeds included,
     /// every row counted once).
     pub fn reached(&self, seeds: &[u32]) -> Vec<u64> {
-        let mut w = Walk::new(self.n);
-        (0..self.realisations())
-            .map(|r| {
-                let mut covered = vec![false; self.n];
-                seeds.iter().map(|&s| self.cover(r, s, &mut covered, &mut w)).sum()
-            })
-            .collect()
+        let mut w = Walk::new(self);
+        let mut covered = self.empty_cover();
+        for &s in seeds {
+            self.cover(s, &mut covered, &mut w);
+        }
+        self.per_realisation(&covered)
     }
 
     /// σ̂(seeds): the mean of [`Self::reached`] over realisations.
@@ -252,20 +384,16 @@ pub fn ideal(graph: &KnnGraph, budget: usize, params: &IdealParams, seed: u64) -
 pub fn ideal_on(cascade: &Cascade, budget: usize, first: FirstSeed) -> IdealOutcome {
     let n = cascade.n;
     let r_count = cascade.realisations();
-    let covered = std::cell::RefCell::new(vec![vec![false; n]; r_count]);
-    let walk = std::cell::RefCell::new(Walk::new(n));
+    let covered = std::cell::RefCell::new(cascade.empty_cover());
+    let walk = std::cell::RefCell::new(Walk::new(cascade));
     let gain_of = |v: u32, mark: bool| -> u64 {
         let mut cov = covered.borrow_mut();
         let mut w = walk.borrow_mut();
-        (0..r_count)
-            .map(|r| {
-                if mark {
-                    cascade.cover(r, v, &mut cov[r], &mut w)
-                } else {
-                    cascade.reach(r, v, &cov[r], &mut w)
-                }
-            })
-            .sum()
+        if mark {
+            cascade.cover(v, &mut cov, &mut w)
+        } else {
+            cascade.reach(v, &cov, &mut w)
+        }
     };
     let mut order = Vec::with_capacity(budget);
     let mut gain = Vec::with_capacity(budget);
@@ -275,17 +403,11 @@ pub fn ideal_on(cascade: &Cascade, budget: usize, first: FirstSeed) -> IdealOutc
     }
     let cands: Vec<(u32, u64, f64)> = {
         let guard = covered.borrow();
-        let cov: &[Vec<bool>] = &guard;
+        let cov: &[u64] = &guard;
+        let g = cascade.singleton_gains(cov);
         (0..n as u32)
-            .into_par_iter()
-            .map_init(
-                || Walk::new(n),
-                |w, v| {
-                    let c: u64 = cov.iter().enumerate().map(|(r, row)| cascade.reach(r, v, row, w)).sum();
-                    (v, v as u64, c as f64)
-                },
-            )
-            .filter(|&(v, _, _)| !order.contains(&v))
+            .filter(|v| !order.contains(v))
+            .map(|v| (v, v as u64, g[v as usize] as f64))
             .collect()
     };
     let (rest, rest_gain) = lazy_greedy(
@@ -299,7 +421,7 @@ pub fn ideal_on(cascade: &Cascade, budget: usize, first: FirstSeed) -> IdealOutc
     order.extend(rest);
     gain.extend(rest_gain);
     gain.iter_mut().for_each(|g| *g /= r_count as f64);
-    let reached = cascade.reached(&order);
+    let reached = cascade.per_realisation(&covered.borrow());
     let mean = reached.iter().sum::<u64>() as f64 / r_count as f64;
     let var = reached.iter().map(|&c| (c as f64 - mean).powi(2)).sum::<f64>() / (r_count.max(2) - 1) as f64;
     IdealOutcome {
@@ -378,6 +500,47 @@ mod tests {
             assert!((fast.gain.iter().sum::<f64>() - fast.spread).abs() < 1e-9);
             assert!((c.spread(&fast.order) - fast.spread).abs() < 1e-12);
         }
+    }
+
+    #[test]
+    fn bit_parallel_reach_equals_a_plain_search_in_every_realisation() {
+        // R = 130 spans three mask words, the last one partial
+        let rows = unit_rows(150, 4, 21);
+        let g = exact_knn(&rows, 4, 4).unwrap();
+        let c = Cascade::from_edges(&edge_probabilities(&g), 130, 5);
+        let seeds = [3u32, 77, 140];
+        let got = c.reached(&seeds);
+        for (r, &count) in got.iter().enumerate() {
+            // the live graph of realisation r, searched one node at a time
+            let (i, bit) = (r / 64, 1u64 << (r % 64));
+            let mut seen = vec![false; c.n];
+            let mut stack: Vec<u32> = seeds.to_vec();
+            seeds.iter().for_each(|&s| seen[s as usize] = true);
+            while let Some(x) = stack.pop() {
+                for e in c.ptr[x as usize] as usize..c.ptr[x as usize + 1] as usize {
+                    let y = c.dst[e] as usize;
+                    if c.live[e * c.words + i] & bit != 0 && !seen[y] {
+                        seen[y] = true;
+                        stack.push(y as u32);
+                    }
+                }
+            }
+            assert_eq!(count, seen.iter().filter(|&&b| b).count() as u64, "realisation {r}");
+        }
+        // the per-realisation singleton pass agrees with the bit-parallel search
+        let mut cov = c.empty_cover();
+        let mut w = Walk::new(&c);
+        c.cover(seeds[0], &mut cov, &mut w);
+        let gains = c.singleton_gains(&cov);
+        for v in 0..150u32 {
+            assert_eq!(gains[v as usize], c.reach(v, &cov, &mut w), "row {v}");
+        }
+        // realisations differ, and edges are live about as often as p says
+        assert!(got.iter().any(|&x| x != got[0]));
+        let p = edge_probabilities(&g);
+        let expected: f64 = p.iter().flatten().map(|&(_, q)| q).sum::<f64>() * 130.0;
+        let live: u64 = c.live.iter().map(|m| m.count_ones() as u64).sum();
+        assert!((live as f64 - expected).abs() < 0.05 * expected, "{live} vs {expected}");
     }
 
     #[test]
