@@ -110,27 +110,57 @@ fn max_min_picks(g: &ndarray::Array2<f32>, k: usize) -> Vec<usize> {
     let n = g.nrows();
     let first = most_isolated(g);
     let mut picked = vec![false; n];
-    picked[first] = true;
     // near[j]: similarity of j to its most similar picked token; +inf marks picked tokens.
     let gs = g.as_slice().expect("gram is contiguous");
-    let mut near: Vec<f32> = gs[first * n..(first + 1) * n].to_vec();
-    near[first] = f32::INFINITY;
-    for _ in 1..k {
-        let mut next = usize::MAX;
-        let mut next_sim = f32::INFINITY;
-        for (j, &v) in near.iter().enumerate() {
-            if v < next_sim {
-                next_sim = v;
-                next = j;
-            }
-        }
+    let mut near: Vec<f32> = vec![f32::NEG_INFINITY; n];
+    let mut next = first;
+    for step in 0..k {
         picked[next] = true;
-        for (nv, &gv) in near.iter_mut().zip(&gs[next * n..(next + 1) * n]) {
-            *nv = nv.max(gv);
+        if step + 1 == k {
+            break;
         }
         near[next] = f32::INFINITY;
+        next = raise_and_argmin(&mut near, &gs[next * n..(next + 1) * n]);
     }
     (0..n).filter(|&j| picked[j]).collect()
+}
+
+/// Lanes of [`raise_and_argmin`] (16 f32 = one AVX-512 register).
+const LANES: usize = 16;
+
+/// `near[j] = max(near[j], row[j])`, then the first index of the smallest `near` (the next
+/// farthest token), in one pass with [`LANES`] independent minima so it vectorises.
+fn raise_and_argmin(near: &mut [f32], row: &[f32]) -> usize {
+    let mut best = [f32::INFINITY; LANES];
+    let mut at = [u32::MAX; LANES];
+    let mut j0 = 0u32;
+    let (nc, nr) = near.as_chunks_mut::<LANES>();
+    let (rc, rr) = row.as_chunks::<LANES>();
+    for (nv, rv) in nc.iter_mut().zip(rc) {
+        for l in 0..LANES {
+            let v = nv[l].max(rv[l]);
+            nv[l] = v;
+            // strict: a lane keeps its first minimum
+            if v < best[l] {
+                best[l] = v;
+                at[l] = j0 + l as u32;
+            }
+        }
+        j0 += LANES as u32;
+    }
+    let mut pick = (f32::INFINITY, u32::MAX);
+    for (l, (nv, &rv)) in nr.iter_mut().zip(rr).enumerate() {
+        *nv = nv.max(rv);
+        if *nv < pick.0 {
+            pick = (*nv, j0 + l as u32);
+        }
+    }
+    for (&v, &j) in best.iter().zip(&at) {
+        if v < pick.0 || (v == pick.0 && j < pick.1) {
+            pick = (v, j);
+        }
+    }
+    pick.1 as usize
 }
 
 /// Near-equal nearest-neighbour similarities count as tied (a mutual nearest pair always ties).
@@ -186,6 +216,25 @@ mod tests {
         let mut clusters: Vec<usize> = r.origin.iter().map(|i| i % 5).collect();
         clusters.sort_unstable();
         assert_eq!(clusters, vec![0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn raise_and_argmin_takes_the_first_minimum() {
+        // lengths around the lane count; minima tied across lanes and in the remainder
+        for n in [1usize, 5, 16, 17, 37, 64] {
+            for tie in [0usize, 3, 16, 20, 35] {
+                let mut near: Vec<f32> = (0..n).map(|j| ((j * 7) % 5) as f32).collect();
+                let row: Vec<f32> = (0..n).map(|j| if j % 4 == 0 { 9.0 } else { 0.5 }).collect();
+                for j in (tie..n).step_by(13) {
+                    near[j] = -1.0;
+                }
+                let want: Vec<f32> = near.iter().zip(&row).map(|(a, b)| a.max(*b)).collect();
+                let lo = want.iter().copied().fold(f32::INFINITY, f32::min);
+                let first = want.iter().position(|&v| v == lo).unwrap();
+                assert_eq!(raise_and_argmin(&mut near, &row), first, "n {n} tie {tie}");
+                assert_eq!(near, want);
+            }
+        }
     }
 
     /// The paper's rule written out over f64 cosine distances, pair by pair: the slow oracle.
