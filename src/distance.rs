@@ -14,6 +14,9 @@ use ndarray::{ArrayView2, ArrayViewMut2};
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+mod bf16;
+
+pub use bf16::{Bf16Kernel, PackedBf16, bf16_kernel, bf16_to_f32, dot_batch_bf16, to_bf16};
 
 /// Independent accumulators per kernel, so LLVM can vectorise without
 /// reordering a single serial sum (16 f32 = two AVX2 registers).
@@ -92,6 +95,54 @@ fn min_l2_update_body(pts: &[f32], dim: usize, c: &[f32], d2: &mut [f32]) {
             *v = dist;
         }
     }
+}
+
+/// `y += a · x`, element by element (no fused multiply-add, so every path gives the same
+/// bits), compiled for the widest vectors this CPU has.
+pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    assert_eq!(y.len(), x.len(), "axpy: lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    if kernel() == Kernel::Avx512 {
+        // SAFETY: the AVX-512 kernel is chosen only when the CPU has AVX-512F.
+        return unsafe { axpy_avx512(y, a, x) };
+    }
+    axpy_body(y, a, x)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn axpy_avx512(y: &mut [f32], a: f32, x: &[f32]) {
+    axpy_body(y, a, x)
+}
+
+#[inline(always)]
+fn axpy_body(y: &mut [f32], a: f32, x: &[f32]) {
+    for (v, &u) in y.iter_mut().zip(x) {
+        *v += a * u;
+    }
+}
+
+/// The squared L2 norm of every `dim`-wide row of `x` (as [`norm2`], same bits), compiled
+/// for the widest vectors this CPU has.
+pub fn row_norms2(x: &[f32], dim: usize) -> Vec<f32> {
+    assert!(dim > 0 && x.len().is_multiple_of(dim), "row_norms2: x is not n x dim");
+    #[cfg(target_arch = "x86_64")]
+    if kernel() == Kernel::Avx512 {
+        // SAFETY: the AVX-512 kernel is chosen only when the CPU has AVX-512F.
+        return unsafe { row_norms2_avx512(x, dim) };
+    }
+    row_norms2_body(x, dim)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn row_norms2_avx512(x: &[f32], dim: usize) -> Vec<f32> {
+    row_norms2_body(x, dim)
+}
+
+#[inline(always)]
+fn row_norms2_body(x: &[f32], dim: usize) -> Vec<f32> {
+    x.chunks_exact(dim).map(|r| dot(r, r)).collect()
 }
 
 /// Scales `a` to unit L2 norm in place; returns the original norm (0 leaves

@@ -158,6 +158,20 @@ pub enum Metric {
     Keys,
 }
 
+/// Arithmetic of the similarity products behind a merge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// Unit rows rounded to bfloat16, products summed in f32 (`distance::dot_batch_bf16`):
+    /// the precision VLMs run their tokens in, about 3× the f32 speed where the CPU has
+    /// AVX-512 BF16, and bit-identical on every CPU (a portable kernel does the same
+    /// operations elsewhere). Similarities are within about 2⁻⁷ of the f32 ones.
+    #[default]
+    Bf16,
+    /// Unit rows and products in f32.
+    F32,
+}
+
 /// A reducer by name and parameters, for configuration files and the CLI.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -537,7 +551,13 @@ pub(crate) fn merge(
             } else {
                 f64::from(input.size(j)) / ssum[r]
             };
-            tokens.row_mut(r).scaled_add(w as f32, &input.tokens.row(j));
+            let src = input.tokens.row(j);
+            let mut dst = tokens.row_mut(r);
+            if let (Some(y), Some(x)) = (dst.as_slice_mut(), src.as_slice()) {
+                crate::distance::axpy(y, w as f32, x);
+            } else {
+                dst.scaled_add(w as f32, &src);
+            }
         }
     }
     Reduction {

@@ -8,6 +8,8 @@
 
 use ndarray::{Array2, ArrayView2};
 
+use super::Precision;
+use crate::distance::{PackedBf16, dot_batch_bf16};
 use crate::{Error, Result};
 
 mod gram;
@@ -25,16 +27,59 @@ pub(crate) fn unit_rows(x: ArrayView2<'_, f32>, what: &'static str) -> Result<Ar
     Ok(scaled_rows(x, &norms))
 }
 
+/// Cosine similarities `[rows_a.len(), rows_b.len()]` between selected rows of `x`, in the
+/// given precision: f32 unit rows through GEMM, or unit rows rounded to bf16 with f32 sums
+/// ([`crate::distance::dot_batch_bf16`], the same bits on every CPU).
+///
+/// # Errors
+/// [`Error::InvalidParam`] naming `what` when a row holds a NaN or infinity.
+pub(crate) fn cosine_between(
+    x: ArrayView2<'_, f32>,
+    rows_a: &[usize],
+    rows_b: &[usize],
+    precision: Precision,
+    what: &'static str,
+) -> Result<Array2<f32>> {
+    let norms = row_norms(x, what)?;
+    match precision {
+        Precision::F32 => {
+            let u = scaled_rows(x, &norms);
+            let ax = ndarray::Axis(0);
+            Ok(u.select(ax, rows_a).dot(&u.select(ax, rows_b).t()))
+        }
+        Precision::Bf16 if x.ncols() == 0 => Ok(Array2::zeros((rows_a.len(), rows_b.len()))),
+        Precision::Bf16 => {
+            let x = x.as_standard_layout();
+            let flat = x.as_slice().expect("standard layout is contiguous");
+            let dim = x.ncols();
+            let inv = |rows: &[usize]| -> Vec<f32> {
+                rows.iter()
+                    .map(|&j| if norms[j] > 0.0 { 1.0 / norms[j] } else { 1.0 })
+                    .collect()
+            };
+            let packed = PackedBf16::new(flat, dim, rows_b, &inv(rows_b));
+            let mut out = vec![0f32; rows_a.len() * rows_b.len()];
+            dot_batch_bf16(flat, rows_a, &inv(rows_a), &packed, &mut out);
+            Ok(Array2::from_shape_vec((rows_a.len(), rows_b.len()), out).expect("sized above"))
+        }
+    }
+}
+
 /// The L2 norm of every row.
 ///
 /// # Errors
 /// [`Error::InvalidParam`] naming `what` when a row holds a NaN or infinity.
 fn row_norms(x: ArrayView2<'_, f32>, what: &'static str) -> Result<Vec<f32>> {
-    x.rows()
+    let x = x.as_standard_layout();
+    let norms2 = match x.as_slice() {
+        Some(flat) if x.ncols() > 0 => crate::distance::row_norms2(flat, x.ncols()),
+        _ => vec![0.0; x.nrows()],
+    };
+    norms2
         .into_iter()
         .enumerate()
-        .map(|(j, row)| {
-            let norm = row.dot(&row).sqrt();
+        .map(|(j, n2)| {
+            let norm = n2.sqrt();
             if norm.is_finite() {
                 Ok(norm)
             } else {
