@@ -105,7 +105,7 @@ pub struct FilterArgs {
 
     /// Also remove near-duplicates split across clusters: second-cluster (the default
     /// when the flag is given: every row also meets its second-nearest cluster; exact,
-    /// bounded memory) or hnsw (an HNSW index over all rows left; in memory, slow).
+    /// bounded memory) or hnsw (an HNSW index over all rows left; approximate, in memory).
     #[arg(long, value_name = "METHOD", num_args = 0..=1, default_missing_value = "second-cluster")]
     dedup_global: Option<String>,
 

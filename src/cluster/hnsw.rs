@@ -1,19 +1,23 @@
-//! An HNSW index (Malkov & Yashunin 2018, via `hnsw_rs`) over unit vectors:
-//! approximate nearest neighbours, and the cross-cluster near-duplicate
-//! pass that per-cluster SemDeDup cannot see.
+//! An HNSW index (Malkov & Yashunin 2018) over unit vectors: approximate
+//! nearest neighbours, and the cross-cluster near-duplicate pass that
+//! per-cluster SemDeDup cannot see.
 //!
-//! Similarity is the dot product, clamped to [−1, 1] (`anndists`' own
-//! `DistDot` asserts `dot ≤ 1` and panics on f32 rounding), so rows must be
+//! Our own implementation of hnswlib's algorithm ([`graph`]): levels from
+//! a seeded stream, heuristic neighbour selection, M links per upper layer
+//! and 2·M on layer 0. Similarity is the dot product, so rows must be
 //! L2-normalised. Results are approximate (recall grows with `ef_search`);
-//! a serial build is deterministic, a parallel one is not.
+//! the build is parallel and deterministic: the graph depends on the rows,
+//! the params and the seed, never on the thread count.
 
-use hnsw_rs::hnsw::Hnsw as Graph;
-use hnsw_rs::prelude::Distance;
+mod graph;
+mod kernel;
+
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::distance::dot;
 use crate::{Error, Result};
+use graph::{BuildParams, Graph, ScratchPool};
 
 /// Links per node and layer (HNSW's M).
 pub const DEFAULT_M: usize = 16;
@@ -24,10 +28,11 @@ pub const DEFAULT_EF_SEARCH: usize = 100;
 /// Neighbours examined per row in [`Hnsw::cross_cluster_duplicates`].
 pub const DEFAULT_NEIGHBORS: usize = 10;
 
-/// `hnsw_rs` exits the process above this M.
+/// Seed of the level draws.
+pub const DEFAULT_SEED: u64 = 0;
+
+/// Largest M accepted (link lists stay small; hnswlib advises 2..100).
 const MAX_M: usize = 256;
-/// `hnsw_rs`'s layer cap.
-const MAX_LAYERS: usize = 16;
 
 /// Parameters of an HNSW index.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,9 +46,11 @@ pub struct HnswParams {
     pub ef_search: usize,
     /// Neighbours per row for duplicate search; defaults to [`DEFAULT_NEIGHBORS`].
     pub neighbors: usize,
-    /// Insert rows in parallel: faster, but the graph (and so, rarely, a
-    /// result) depends on thread timing. Off by default.
+    /// Build on the current rayon pool (else on one thread); the graph is
+    /// the same either way. On by default.
     pub parallel_build: bool,
+    /// Seed of the random levels; defaults to [`DEFAULT_SEED`].
+    pub seed: u64,
 }
 
 impl Default for HnswParams {
@@ -53,7 +60,8 @@ impl Default for HnswParams {
             ef_construction: DEFAULT_EF_CONSTRUCTION,
             ef_search: DEFAULT_EF_SEARCH,
             neighbors: DEFAULT_NEIGHBORS,
-            parallel_build: false,
+            parallel_build: true,
+            seed: DEFAULT_SEED,
         }
     }
 }
@@ -89,31 +97,23 @@ impl HnswParams {
     }
 }
 
-/// 1 − clamp(x·y, −1, 1): cosine distance for unit vectors, never negative.
-#[derive(Debug, Default, Clone, Copy)]
-struct UnitDot;
-
-impl Distance<f32> for UnitDot {
-    #[inline]
-    fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
-        1.0 - dot(a, b).clamp(-1.0, 1.0)
-    }
-}
-
 /// An HNSW index over some rows of a matrix; neighbours are reported by
 /// row id (index into that matrix).
 pub struct Hnsw {
-    graph: Graph<'static, f32, UnitDot>,
+    graph: Graph,
     dim: usize,
+    /// Row id of each graph node (ascending).
+    row_ids: Vec<u32>,
     indexed: Vec<bool>,
     params: HnswParams,
+    scratch: ScratchPool,
 }
 
 impl std::fmt::Debug for Hnsw {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Hnsw")
             .field("dim", &self.dim)
-            .field("rows", &self.graph.get_nb_point())
+            .field("rows", &self.graph.len())
             .field("params", &self.params)
             .finish()
     }
@@ -121,7 +121,7 @@ impl std::fmt::Debug for Hnsw {
 
 impl Hnsw {
     /// Indexes the rows of `rows` (`n × dim` unit vectors) whose `include`
-    /// flag is set (the index copies them).
+    /// flag is set (the index copies them), in row order.
     pub fn build(rows: &[f32], dim: usize, include: &[bool], params: &HnswParams) -> Result<Self> {
         params.validate()?;
         let n = include.len();
@@ -135,32 +135,35 @@ impl Hnsw {
         if n > u32::MAX as usize {
             return Err(Error::param("rows", format!("{n} rows: at most 2^32 - 1 per run")));
         }
-        let count = include.iter().filter(|&&b| b).count();
-        let layers = MAX_LAYERS.min(((count.max(2)) as f64).ln().trunc() as usize).max(1);
-        let mut graph = Graph::new(params.m, count.max(1), layers, params.ef_construction, UnitDot);
-        let items: Vec<(&[f32], usize)> = (0..n)
-            .filter(|&i| include[i])
-            .map(|i| (&rows[i * dim..(i + 1) * dim], i))
-            .collect();
-        if params.parallel_build {
-            graph.parallel_insert_slice(&items);
+        let row_ids: Vec<u32> = (0..n as u32).filter(|&i| include[i as usize]).collect();
+        let bp = BuildParams {
+            m: params.m,
+            ef_construction: params.ef_construction,
+            seed: params.seed,
+        };
+        let graph = if params.parallel_build {
+            Graph::build(rows, dim, &row_ids, bp)
         } else {
-            for &item in &items {
-                graph.insert_slice(item);
-            }
-        }
-        graph.set_searching_mode(true);
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .build()
+                .map_err(|e| Error::Internal(format!("hnsw: one-thread pool: {e}")))?
+                .install(|| Graph::build(rows, dim, &row_ids, bp))
+        };
+        let scratch = ScratchPool::new(graph.len());
         Ok(Hnsw {
             graph,
             dim,
+            row_ids,
             indexed: include.to_vec(),
             params: params.clone(),
+            scratch,
         })
     }
 
     /// Number of indexed rows.
     pub fn len(&self) -> usize {
-        self.graph.get_nb_point()
+        self.graph.len()
     }
 
     /// Dimension of the indexed rows.
@@ -183,11 +186,22 @@ impl Hnsw {
         if k == 0 || self.is_empty() {
             return Vec::new();
         }
+        let pd = self.graph.padded_dim();
+        let padded;
+        let q = if pd == self.dim {
+            query
+        } else {
+            let mut v = vec![0f32; pd];
+            v[..self.dim].copy_from_slice(query);
+            padded = v;
+            &padded[..]
+        };
+        let ef = self.params.ef_search.max(k);
         let mut out: Vec<(u32, f32)> = self
-            .graph
-            .search(query, k, self.params.ef_search.max(k))
+            .scratch
+            .with(|sc| self.graph.query(q, k, ef, sc))
             .into_iter()
-            .map(|nb| (nb.d_id as u32, 1.0 - nb.distance))
+            .map(|(i, s)| (self.row_ids[i as usize], s.clamp(-1.0, 1.0)))
             .collect();
         out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         out
@@ -371,6 +385,120 @@ mod tests {
         assert!(h.knn_distance(&rows, 0).is_err());
         let single = Hnsw::build(&rows[..dim], dim, &[true], &HnswParams::default()).unwrap();
         assert!(single.knn_distance(&rows[..dim], 3).unwrap()[0].is_nan());
+    }
+
+    /// `n` unit rows around `c` random centres (cosine to the centre ≈ 0.7).
+    fn clustered_rows(n: usize, dim: usize, c: usize, seed: u64) -> Vec<f32> {
+        let centres = unit_rows(c, dim, seed);
+        let mut r = Rng::new(seed + 1);
+        let mut v = Vec::with_capacity(n * dim);
+        for _ in 0..n {
+            let j = r.below(c as u64) as usize;
+            let mut x: Vec<f32> = (0..dim)
+                .map(|d| centres[j * dim + d] + r.normal() as f32 / (dim as f32).sqrt())
+                .collect();
+            normalize(&mut x);
+            v.extend(x);
+        }
+        v
+    }
+
+    #[test]
+    fn recall_at_10_against_exact_search() {
+        // 40-d rows whose true neighbours are hard to tell apart: a graph
+        // without reverse links or with random links falls far below this.
+        let (n, dim, k) = (4000, 40, 10);
+        let rows = clustered_rows(n, dim, 40, 11);
+        let h = Hnsw::build(&rows, dim, &vec![true; n], &HnswParams::default()).unwrap();
+        let exact = crate::cluster::knn::exact_knn(&rows, dim, k).unwrap();
+        let mut hits = 0;
+        let queries: Vec<usize> = (0..n).step_by(7).collect();
+        for &i in &queries {
+            let truth = exact.neighbors(i);
+            let got: Vec<u32> = h
+                .search(&rows[i * dim..(i + 1) * dim], k + 1)
+                .into_iter()
+                .map(|(j, _)| j)
+                .filter(|&j| j as usize != i)
+                .collect();
+            hits += truth.iter().filter(|j| got.contains(j)).count();
+        }
+        let recall = hits as f64 / (queries.len() * k) as f64;
+        assert!(recall >= 0.97, "recall@10 {recall}");
+        // A small ef_construction and M still work, with lower recall.
+        let weak = HnswParams {
+            m: 2,
+            ef_construction: 4,
+            ef_search: 10,
+            ..HnswParams::default()
+        };
+        let hw = Hnsw::build(&rows, dim, &vec![true; n], &weak).unwrap();
+        assert_eq!(hw.len(), n);
+        assert_eq!(hw.search(&rows[..dim], 1)[0].0, 0);
+    }
+
+    #[test]
+    fn graph_does_not_depend_on_the_thread_count() {
+        // Enough rows for batches of many nodes (the parallel path).
+        let (n, dim) = (6000, 24);
+        let rows = clustered_rows(n, dim, 30, 12);
+        let mut include = vec![true; n];
+        include[5] = false;
+        include[4000] = false;
+        let build = |threads: usize, parallel: bool| {
+            let p = HnswParams {
+                parallel_build: parallel,
+                ..HnswParams::default()
+            };
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| Hnsw::build(&rows, dim, &include, &p).unwrap())
+        };
+        let one = build(1, true);
+        let two = build(2, true);
+        let serial = build(2, false);
+        assert!(one.graph.fingerprint() == two.graph.fingerprint());
+        assert!(one.graph.fingerprint() == serial.graph.fingerprint());
+        for i in (0..n).step_by(97) {
+            let q = &rows[i * dim..(i + 1) * dim];
+            assert_eq!(one.search(q, 10), two.search(q, 10));
+        }
+        let d1 = one.knn_distance(&rows, 5).unwrap();
+        let d2 = two.knn_distance(&rows, 5).unwrap();
+        assert_eq!(
+            d1.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            d2.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+        assert!(d1[5].is_nan() && d1[4000].is_nan());
+        // Another seed gives another graph.
+        let other = Hnsw::build(
+            &rows,
+            dim,
+            &include,
+            &HnswParams {
+                seed: 1,
+                ..HnswParams::default()
+            },
+        )
+        .unwrap();
+        assert!(other.graph.fingerprint() != one.graph.fingerprint());
+    }
+
+    #[test]
+    fn unpadded_dimensions_search_correctly() {
+        // 7-d rows are padded to 16 inside the index; queries must be too.
+        let (n, dim) = (500, 7);
+        let rows = unit_rows(n, dim, 13);
+        let h = Hnsw::build(&rows, dim, &vec![true; n], &HnswParams::default()).unwrap();
+        let exact = crate::cluster::knn::exact_knn(&rows, dim, 1).unwrap();
+        for i in [0usize, 250, 499] {
+            let res = h.search(&rows[i * dim..(i + 1) * dim], 4);
+            assert_eq!(res[0].0 as usize, i);
+            assert_eq!(res[1].0, exact.neighbors(i)[0]);
+            assert!(res.windows(2).all(|w| w[0].1 >= w[1].1));
+        }
     }
 
     #[test]

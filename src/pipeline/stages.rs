@@ -167,9 +167,9 @@ pub enum GlobalPass {
     /// split; bounded memory, deterministic, about the cost of the
     /// within-cluster pass.
     SecondCluster,
-    /// An HNSW index (hnsw_rs) over all rows left: finds pairs anywhere,
-    /// but holds the rows in memory and builds single-threaded (slow: 566 s
-    /// for 180k × 384 here).
+    /// An HNSW index ([`Hnsw`]) over all rows left: finds pairs anywhere,
+    /// but holds the rows in memory (approximate; the build is parallel and
+    /// deterministic).
     Hnsw,
 }
 
