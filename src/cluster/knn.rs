@@ -304,6 +304,8 @@ impl TopK {
         self.scan_body(vals, j0, skip)
     }
 
+    // `!(v < thr)` on purpose: unlike `v >= thr` it passes NaN
+    #[allow(clippy::neg_cmp_op_on_partial_ord)]
     #[inline(always)]
     fn scan_body(&mut self, vals: &[f32], j0: u32, skip: u32) {
         for (c, chunk) in vals.chunks(SCAN_CHUNK).enumerate() {
