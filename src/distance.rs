@@ -222,6 +222,46 @@ impl PackedRows {
     }
 }
 
+/// Column ranges of [`dot_batch_packed_cols`] start at multiples of this
+/// (the width of one packed block).
+pub const PACKED_COL_ALIGN: usize = 32;
+
+/// [`dot_batch_packed`] against the packed rows `cols` only, so a large
+/// packed set can be swept in cache-sized tiles:
+/// `out[i * w + (j - cols.start)] = x_i · c_j` with `w = cols.len()`,
+/// bit-identical to the same entries of `dot_batch_packed`.
+///
+/// # Panics
+/// If the lengths do not match, `cols` reaches past the packed rows, or
+/// `cols.start` is not a multiple of [`PACKED_COL_ALIGN`].
+pub fn dot_batch_packed_cols(x: &[f32], c: &PackedRows, cols: std::ops::Range<usize>, out: &mut [f32]) {
+    let dim = c.dim;
+    let m = x.len() / dim;
+    let w = cols.end.saturating_sub(cols.start);
+    assert_eq!(x.len(), m * dim, "dot_batch_packed_cols: x is not m x dim");
+    assert!(cols.end <= c.k, "dot_batch_packed_cols: columns past the packed rows");
+    assert_eq!(
+        cols.start % PACKED_COL_ALIGN,
+        0,
+        "dot_batch_packed_cols: unaligned start"
+    );
+    assert_eq!(out.len(), m * w, "dot_batch_packed_cols: out is not m x cols");
+    if m == 0 || w == 0 {
+        return;
+    }
+    match kernel() {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => {
+            let nr = avx512::NR;
+            let b = &c.data[cols.start / nr * dim * nr..cols.end.div_ceil(nr) * dim * nr];
+            // SAFETY: AVX-512F checked by kernel(); `b` is whole packed blocks
+            // (the start is block-aligned) holding columns `cols`; lengths checked above.
+            unsafe { avx512::dot_batch(x, b, w, dim, out) }
+        }
+        _ => portable(x, &c.data[cols.start * dim..cols.end * dim], dim, m, w, out),
+    }
+}
+
 /// [`dot_batch`] against rows packed once by [`PackedRows::new`]:
 /// `out[i * k + j] = x_i · c_j`, bit-identical to `dot_batch(x, c, ..)`.
 ///
@@ -373,6 +413,31 @@ mod tests {
                 prop_assert!((u - v).abs() <= 1e-4 * (dim as f32).sqrt() * 4.0, "{u} vs {v}");
             }
         }
+    }
+
+    #[test]
+    fn column_ranges_of_packed_products_are_bit_identical() {
+        let (m, k, dim) = (13, 150, 37);
+        let mut rng = crate::rng::Rng::new(3);
+        let x: Vec<f32> = (0..m * dim).map(|_| rng.normal() as f32).collect();
+        let c: Vec<f32> = (0..k * dim).map(|_| rng.normal() as f32).collect();
+        let p = PackedRows::new(&c, dim);
+        let mut all = vec![0f32; m * k];
+        dot_batch_packed(&x, &p, &mut all);
+        for (a, b) in [(0, 150), (32, 64), (64, 150), (128, 129), (96, 96)] {
+            let w = b - a;
+            let mut part = vec![0f32; m * w];
+            dot_batch_packed_cols(&x, &p, a..b, &mut part);
+            for i in 0..m {
+                assert_eq!(
+                    &part[i * w..(i + 1) * w],
+                    &all[i * k + a..i * k + b],
+                    "rows {a}..{b}, row {i}"
+                );
+            }
+        }
+        let r = std::panic::catch_unwind(|| dot_batch_packed_cols(&x, &p, 1..3, &mut [0f32; 26]));
+        assert!(r.is_err(), "an unaligned start is refused");
     }
 
     #[test]
