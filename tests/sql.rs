@@ -212,7 +212,7 @@ WITH s AS (SELECT id, dprune_nearest(clip_emb) AS n FROM t),
      r AS (SELECT cluster, q0, budget, SUM(q0) OVER () AS assigned,
                   row_number() OVER (ORDER BY rem DESC, cluster) AS rrk FROM q),
      quota AS (SELECT cluster, q0 + CASE WHEN rrk <= budget - assigned THEN 1 ELSE 0 END AS quota FROM r),
-     ranked AS (SELECT id, cluster, row_number() OVER (PARTITION BY cluster ORDER BY d DESC, id) AS rk FROM f)
+     ranked AS (SELECT id, f.cluster AS cluster, row_number() OVER (PARTITION BY f.cluster ORDER BY d DESC, id) AS rk FROM f)
 SELECT ranked.id FROM ranked JOIN quota ON ranked.cluster = quota.cluster
 WHERE ranked.rk <= quota.quota ORDER BY ranked.id";
 

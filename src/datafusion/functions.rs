@@ -567,8 +567,8 @@ mod tests {
             assert!((c.value(i) as f64 - want).abs() < 1e-5, "row {i}");
             let ui = u.value(i);
             let ui = ui.as_primitive::<Float32Type>();
-            for j in 0..dim {
-                assert!((ui.value(j) as f64 - x64[j] / nx).abs() < 1e-6);
+            for (j, xj) in x64.iter().enumerate().take(dim) {
+                assert!((ui.value(j) as f64 - xj / nx).abs() < 1e-6);
             }
         }
     }

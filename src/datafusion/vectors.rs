@@ -109,14 +109,14 @@ fn from_list<O: OffsetSizeTrait>(
         dim: d,
     };
     let child = a.values();
-    for i in 0..a.len() {
+    for (i, off) in offs.iter().take(a.len()).enumerate() {
         if a.is_valid(i) && len(i) != d {
             return exec_err!(
                 "{func}: argument {arg} row {i} of the batch has {} values; expected dimension {d}",
                 len(i)
             );
         }
-        push_row(child, a.is_valid(i), offs[i].as_usize(), d, &mut out);
+        push_row(child, a.is_valid(i), off.as_usize(), d, &mut out);
     }
     Ok(out)
 }
