@@ -8,6 +8,8 @@ mod encode_flags;
 mod filter;
 mod progress;
 mod run;
+#[cfg(feature = "datafusion")]
+mod sql;
 mod tokens;
 
 use clap::{Parser, Subcommand};
@@ -34,6 +36,9 @@ enum Command {
     Demos(Box<demos::DemosArgs>),
     /// Visual-token pruning for VLM inference: `tokens eval` measures reducers on a split ViT.
     Tokens(tokens::TokensArgs),
+    /// Run a SQL query over Parquet tables with the dprune functions (dprune_nearest, ...).
+    #[cfg(feature = "datafusion")]
+    Sql(Box<sql::SqlArgs>),
 }
 
 /// Parses the command line and runs the subcommand.
@@ -46,5 +51,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Annotate(args) => annotate::run(*args),
         Command::Demos(args) => demos::run(*args),
         Command::Tokens(args) => tokens::run(args),
+        #[cfg(feature = "datafusion")]
+        Command::Sql(args) => sql::run(*args),
     }
 }

@@ -146,6 +146,15 @@ pub enum Error {
         got: String,
     },
 
+    /// A SQL query or predicate failed to parse, plan or run.
+    #[error("{context}: {reason}")]
+    Sql {
+        /// What was run (`--where `…` on FILE`, `query`, ...).
+        context: String,
+        /// The engine's message (names the column, function or syntax at fault).
+        reason: String,
+    },
+
     /// A bug in dprune.
     #[error("internal error (please report): {0}")]
     Internal(String),

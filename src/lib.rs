@@ -22,6 +22,9 @@
 //!   vote-k, IDEAL, facility location, k-center) over a kNN graph
 //!   ([`cluster::knn`]), and demonstration retrieval.
 //! * [`tokens`] prunes visual tokens at VLM inference.
+//! * `datafusion` (feature `datafusion`, on by default): the dprune
+//!   functions for DataFusion SQL (`dprune_nearest`, `dprune_embed`, ...),
+//!   used by `dprune sql` and `filter --where`.
 //!
 //! ## Example
 //!
@@ -53,6 +56,8 @@
 #![warn(missing_docs)]
 
 pub mod cluster;
+#[cfg(feature = "datafusion")]
+pub mod datafusion;
 pub mod distance;
 pub mod embed;
 pub mod error;

@@ -10,6 +10,8 @@ pub mod plot;
 pub mod progress;
 pub mod report;
 pub mod spill;
+#[cfg(feature = "datafusion")]
+pub mod sql;
 pub mod stages;
 pub mod tokens_eval;
 

@@ -27,5 +27,9 @@ mod annotate;
 // Two-stage vote-k (`annotate --method votek`): stages, side files and their bad inputs.
 mod annotate_twostage;
 
+// `dprune sql` and `filter --where` (issue 7): SQL functions, a prune written as SQL.
+#[cfg(feature = "datafusion")]
+mod sql;
+
 // `dprune tokens eval` (issue 6) on the toy ViT split graphs, with its bad inputs.
 mod tokens_eval;

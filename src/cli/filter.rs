@@ -46,6 +46,9 @@ Examples:
   dprune filter --metric dbp --keep 0.3 --quality-col clip_score --quality-drop 20 \\
       'laion/*.parquet' -o pruned/
 
+  # only rows matching a SQL predicate take part (row groups ruled out by statistics are skipped)
+  dprune filter --where \"similarity > 0.3 AND caption IS NOT NULL\" --keep 0.3 'laion/*.parquet' -o pruned/
+
   # random baseline, scores table only, see the plan first
   dprune filter --keep 0.3 --metric random --dry-run 'shards/*.parquet' -o out/
   dprune filter --keep 0.3 --scores-only 'shards/*.parquet' -o scores/
@@ -84,6 +87,13 @@ pub struct FilterArgs {
     /// the removal stages).
     #[arg(long, default_value = "input", value_name = "WHAT")]
     keep_of: String,
+
+    /// Pre-filter before every other stage: keep only rows for which this SQL predicate
+    /// over the inputs' columns is true (e.g. "similarity > 0.3 AND lang = 'en'"); row
+    /// groups whose statistics rule out a match are skipped. Column names are
+    /// case-sensitive.
+    #[arg(long = "where", value_name = "SQL")]
+    where_sql: Option<String>,
 
     /// Stage 1: remove rows whose embedding is bit-identical to an earlier row's.
     #[arg(long)]
@@ -323,6 +333,7 @@ impl FilterArgs {
             },
             cluster_weights: self.cluster_weights.clone(),
             spill_dir: self.spill_dir.clone(),
+            where_sql: self.where_sql.clone(),
         };
         let output = OutputSpec {
             dir: self.output.clone(),

@@ -145,6 +145,18 @@ mod tests {
     }
 
     #[test]
+    fn where_is_a_filter_param() {
+        let cfg = parse_pipeline("inputs = [\"x\"]\n[params]\nwhere = \"similarity > 0.3\"\n");
+        if cfg!(feature = "datafusion") {
+            assert_eq!(cfg.unwrap().params.where_sql.as_deref(), Some("similarity > 0.3"));
+        } else {
+            assert!(cfg.unwrap_err().contains("without SQL support"));
+        }
+        let err = parse_pipeline("inputs = [\"x\"]\n[params]\nwhere = \" \"\n").unwrap_err();
+        assert!(err.contains("--where") && err.contains("empty"), "{err}");
+    }
+
+    #[test]
     fn unknown_keys_are_named() {
         let err = parse_pipeline("inputs = [\"x\"]\n[params]\nkeepp = 3\n").unwrap_err();
         assert!(err.contains("unknown field `keepp`"), "{err}");

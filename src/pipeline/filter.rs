@@ -48,6 +48,7 @@ use crate::{Error, Result};
 
 mod checks;
 mod dedup;
+mod prefilter;
 mod sources;
 mod summary;
 
@@ -151,6 +152,13 @@ pub struct FilterParams {
     /// Folder for the temporary per-cluster files of SemDeDup and kNN
     /// [default: the system temporary folder].
     pub spill_dir: Option<PathBuf>,
+    /// Pre-filter (`--where`, `where` in pipeline files): a SQL predicate
+    /// over the inputs' columns; rows for which it is not true are removed
+    /// before every other stage, as if the inputs held only the others
+    /// (the k-means sample, `keep` and every stage see only those). Row
+    /// groups whose statistics rule out a match are not read.
+    #[serde(rename = "where")]
+    pub where_sql: Option<String>,
 }
 
 impl Default for FilterParams {
@@ -176,6 +184,7 @@ impl Default for FilterParams {
             knn: KnnParams::default(),
             cluster_weights: None,
             spill_dir: None,
+            where_sql: None,
         }
     }
 }
@@ -227,6 +236,17 @@ impl FilterParams {
         }
         if self.needs_spill() {
             check_distance(self.kmeans.distance)?;
+        }
+        if let Some(w) = &self.where_sql {
+            if w.trim().is_empty() {
+                return Err(Error::param("--where", "the predicate is empty"));
+            }
+            if !cfg!(feature = "datafusion") {
+                return Err(Error::param(
+                    "--where",
+                    "this dprune was built without SQL support; rebuild with `--features datafusion`",
+                ));
+            }
         }
         Ok(())
     }
@@ -364,7 +384,27 @@ pub fn run_filter(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Report>
     };
     t.mark("plan");
 
+    // `--where` first: every later pass sees only the rows it keeps.
+    let prefilter = match &p.where_sql {
+        Some(w) => {
+            let (keep, r) = prefilter::apply(&data, w, p.batch_rows)?;
+            if r.rows_out == 0 {
+                return Err(Error::Empty(format!(
+                    "--where `{w}` holds for none of the {n} input rows"
+                )));
+            }
+            t.mark("where");
+            Some((keep, r))
+        }
+        None => None,
+    };
+    let only = prefilter.as_ref().map(|(k, _)| &k[..]);
+    let n_pass = prefilter.as_ref().map_or(n, |(_, r)| r.rows_out);
+
     let mut rows = Rows::new(n as usize);
+    if let Some(keep) = only {
+        rows.valid.copy_from_slice(keep);
+    }
     let mut invalid = InvalidReport::default();
     let mut source_desc = None;
     let mut dim = None;
@@ -385,11 +425,16 @@ pub fn run_filter(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Report>
                     seed: p.seed,
                     ..p.kmeans.clone()
                 };
-                let k = km.resolve_k(n);
-                let m = km.resolve_sample(n, k);
-                let sample_ids = Rng::for_stream(p.seed, 0).sample_indices(n, m);
+                let k = km.resolve_k(n_pass);
+                let m = km.resolve_sample(n_pass, k);
+                let mut sample_ids = Rng::for_stream(p.seed, 0).sample_indices(n_pass, m);
+                if let Some(keep) = only {
+                    // The sample is drawn among the rows `--where` keeps: the i-th of them.
+                    let ids: Vec<u64> = (0..n).filter(|&g| keep[g as usize]).collect();
+                    sample_ids.iter_mut().for_each(|s| *s = ids[*s as usize]);
+                }
                 progress.begin(Pass::Sample, n);
-                let sample = read_sample(&data, source.as_ref(), &sample_ids, p, &mut invalid, progress)?;
+                let sample = read_sample(&data, source.as_ref(), &sample_ids, only, p, &mut invalid, progress)?;
                 progress.end();
                 t.mark("sample");
                 let train = sample.len() / d;
@@ -485,6 +530,14 @@ pub fn run_filter(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Report>
     // Removal stages: each narrows `eligible`.
     let mut eligible = rows.valid.clone();
     let mut stages = Vec::new();
+    if let Some((_, r)) = &prefilter {
+        stages.push(StageReport {
+            name: "where".into(),
+            rows_in: n,
+            removed: n - r.rows_out,
+            rows_out: r.rows_out,
+        });
+    }
     let mut stage = |name: &str, eligible: &[bool], removed: u64| {
         let left = eligible.iter().filter(|&&e| e).count() as u64;
         stages.push(StageReport {
@@ -613,6 +666,14 @@ pub fn run_filter(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Report>
     report.dim = dim;
     report.stages = stages;
     report.semdedup = sd_report;
+    if let Some((keep, r)) = prefilter {
+        // Rows removed by `--where` are not "invalid" rows of their input.
+        for (s, input) in data.shards.iter().zip(report.inputs.iter_mut()) {
+            let range = data.offset(s.index) as usize..data.offset(s.index + 1) as usize;
+            input.invalid -= keep[range].iter().filter(|&&k| !k).count() as u64;
+        }
+        report.prefilter = Some(r);
+    }
     if let Some(plan) = &chosen.dbp {
         for (j, c) in report.clusters.iter_mut().enumerate() {
             c.complexity = plan.complexity.as_ref().map(|cx| cx.value[j]);

@@ -54,6 +54,9 @@ impl Rows {
     }
 }
 
+/// The "reason" of a row removed by `--where` before the pass.
+const EXCLUDED: &str = "excluded";
+
 /// Why a row is unusable, if it is.
 fn check_row(x: &[f32], null: bool) -> Option<&'static str> {
     if null {
@@ -140,12 +143,14 @@ fn merge<T>(parts: Vec<Result<(T, InvalidReport)>>, invalid: &mut InvalidReport)
     Ok(out)
 }
 
-/// Sample pass: validates every row and collects the embeddings (unit
-/// vectors for cosine) of the rows in `sample_ids` (sorted global ids).
+/// Sample pass: validates every row (of `only`, when given: the rows left
+/// by `--where`, by global id) and collects the embeddings (unit vectors
+/// for cosine) of the rows in `sample_ids` (sorted global ids).
 pub fn read_sample(
     data: &Dataset,
     source: &dyn EmbeddingSource,
     sample_ids: &[u64],
+    only: Option<&[bool]>,
     p: &FilterParams,
     invalid: &mut InvalidReport,
     progress: &dyn Progress,
@@ -163,6 +168,10 @@ pub fn read_sample(
             stream_shard(shard, source, p.batch_rows, |b| {
                 let base = lo + b.first_row;
                 for i in 0..b.rows() {
+                    if only.is_some_and(|o| !o[(base + i as u64) as usize]) {
+                        // Removed by `--where`: neither checked nor sampled.
+                        continue;
+                    }
                     let x = &b.values[i * d..(i + 1) * d];
                     let bad = check_row(x, b.null[i]);
                     if let Some(what) = bad {
@@ -211,7 +220,9 @@ pub struct Spills<'a> {
 
 /// Score pass: nearest centroid and prototypicality of every row; also
 /// hashes the raw embeddings when `rows.hashes` is sized to the rows, and
-/// appends every usable row's unit embedding to the `spills` given.
+/// appends every usable row's unit embedding to the `spills` given. Rows
+/// already marked invalid in `rows.valid` (removed by `--where`) are
+/// neither checked nor scored.
 #[allow(clippy::too_many_arguments)]
 pub fn score_rows(
     data: &Dataset,
@@ -277,8 +288,9 @@ pub fn score_rows(
                     .values
                     .par_chunks_mut(d)
                     .zip(b.null.par_iter())
-                    .map(|(x, &null)| {
-                        let why = check_row(x, null);
+                    .zip(valid[base..base + m].par_iter())
+                    .map(|((x, &null), &kept)| {
+                        let why = if kept { check_row(x, null) } else { Some(EXCLUDED) };
                         if why.is_some() {
                             x.iter_mut().for_each(|v| *v = 0.0);
                         } else if c.distance() == Distance::Cosine {
@@ -288,7 +300,7 @@ pub fn score_rows(
                     })
                     .collect();
                 for (i, why) in bad.iter().enumerate() {
-                    if let Some(what) = why {
+                    if let Some(what) = why.filter(|&w| w != EXCLUDED) {
                         reject(p, &mut inv, &shard.path, b.first_row + i as u64, what)?;
                         valid[base + i] = false;
                     }

@@ -111,6 +111,21 @@ pub struct ScoreReport {
     pub histogram: Histogram,
 }
 
+/// The `--where` pre-filter.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WhereReport {
+    /// The SQL predicate.
+    pub predicate: String,
+    /// Rows in all inputs.
+    pub rows_in: u64,
+    /// Rows for which the predicate is true.
+    pub rows_out: u64,
+    /// Row groups in all inputs.
+    pub row_groups: u64,
+    /// Row groups skipped by their statistics (predicate pushdown), never read.
+    pub row_groups_skipped: u64,
+}
+
 /// Counts of unusable embeddings by kind.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct InvalidReport {
@@ -146,8 +161,11 @@ pub struct Report {
     pub dim: Option<usize>,
     /// Rows in all inputs.
     pub n_rows: u64,
-    /// Rows with a usable embedding (the N of the budget).
+    /// Rows with a usable embedding (the N of the budget), after `--where`.
     pub n_eligible: u64,
+    /// The `--where` pre-filter, when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefilter: Option<WhereReport>,
     /// Unusable rows, excluded with `drop_invalid`.
     pub invalid: InvalidReport,
     /// Rows kept.
@@ -162,7 +180,8 @@ pub struct Report {
     pub clusters: Vec<ClusterReport>,
     /// Scores.
     pub scores: Option<ScoreReport>,
-    /// Rows in, removed and left by every stage, in order (the last is the budget).
+    /// Rows in, removed and left by every stage, in order (`where` first when
+    /// given; the last is the budget).
     #[serde(default)]
     pub stages: Vec<StageReport>,
     /// The SemDeDup pass, when it ran.

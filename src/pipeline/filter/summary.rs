@@ -120,6 +120,7 @@ pub(super) fn build_report(
         dim: None,
         n_rows: data.num_rows(),
         n_eligible: rows.valid.iter().filter(|&&v| v).count() as u64,
+        prefilter: None,
         invalid,
         n_kept,
         params: p.clone(),
