@@ -250,12 +250,7 @@ pub(crate) fn run(
 /// pool sorted least confident first by `conf` (higher = more confident;
 /// selected rows sort last), at most `remaining` picks. Returns the picks,
 /// their vote-k scores and the stratum width.
-pub fn stratified(
-    st: &mut VoteState<'_>,
-    conf: &[f64],
-    remaining: usize,
-    coverage: f64,
-) -> (Vec<u32>, Vec<f64>, usize) {
+pub fn stratified(st: &mut VoteState, conf: &[f64], remaining: usize, coverage: f64) -> (Vec<u32>, Vec<f64>, usize) {
     let n = conf.len();
     let (mut order, mut gains) = (Vec::with_capacity(remaining), Vec::with_capacity(remaining));
     if remaining == 0 || n == 0 {

@@ -3,24 +3,22 @@
 //! neighbours; a candidate's score is Σ ρ^(−s(u)) over its unselected
 //! voters u, where s(u) counts the selected rows u voted for.
 //!
-//! [`VoteState`] keeps every candidate's score up to date incrementally
-//! (a pick changes only the scores its voters vote for: O(in-degree · k)
-//! per pick), so a greedy step is one scan for the largest score instead of
-//! the reference's O(N·k) rescoring. Incremental float sums round
-//! differently from the reference's, which sums each candidate's voters in
-//! order from 0: every candidate whose running score could, within a
-//! rigorous rounding bound, reach the leader's is rescored exactly the
-//! reference's way, and the pick is made on those exact sums. Ties are
-//! broken as the reference's `max` over its `votes` list does: higher
-//! in-degree first, then the order in which rows first received a vote
-//! (voters in increasing id, each voting for its neighbours from least to
-//! most similar, as `argsort(...)[-k-1:-1]` lists them). Rows nobody votes
+//! Greedy steps are lazy ([`greedy`]): a pick only updates its voters'
+//! discounts (O(in-degree)), and a candidate is rescored, exactly as the
+//! reference sums it (over its voters in increasing id, from 0), only when
+//! it reaches the top of a heap of stale scores, which bound the current
+//! ones from above. Ties are broken as the reference's `max` over its
+//! `votes` list does: higher in-degree first, then the order in which rows
+//! first received a vote (voters in increasing id, each voting for its
+//! neighbours from least to most similar, as `argsort(...)[-k-1:-1]` lists
+//! them). Rows nobody votes
 //! for are never candidates (the caller fills with a documented fallback).
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::knn::KnnGraph;
+use crate::select::annotate::lazy_greedy;
 use crate::{Error, Result};
 
 /// Neighbours each row votes for (the reference's k).
@@ -64,56 +62,54 @@ impl VotekParams {
 }
 
 /// Vote-k's state on a kNN graph: the voters of every row (in the
-/// reference's order), which rows are selected, how many selected rows
-/// each voter has voted for, and every candidate's running score.
-pub struct VoteState<'g> {
-    graph: &'g KnnGraph,
+/// reference's order), which rows are selected and every voter's current
+/// term ρ^(−s(u)) (0 once it is selected).
+pub struct VoteState {
     /// Voters of `v`: `src[ptr[v]..ptr[v + 1]]`, ascending.
     ptr: Vec<usize>,
     src: Vec<u32>,
-    /// Position in the reference's `votes` list (`u64::MAX`: no votes).
-    pos: Vec<u64>,
+    /// Position in the reference's `votes` list (`u32::MAX`: no votes).
+    pos: Vec<u32>,
     /// `pow[t]` = ρ^(−t), as Python's `rho ** -t` computes it.
     pow: Vec<f64>,
     selected: Vec<bool>,
     /// s(u): selected rows among u's neighbours.
     times: Vec<u32>,
-    /// Running score of every row (meaningful for unselected candidates).
-    approx: Vec<f64>,
-    /// Rows selected so far (bounds the updates any running score received).
+    /// u's term in the score of every row it votes for: `pow[s(u)]`, or 0
+    /// once u is selected (adding 0.0 to a sum of non-negative terms leaves
+    /// it bit-identical, so a score is one gather-sum in voter order).
+    weight: Vec<f64>,
+    /// Rows committed so far.
     picks: usize,
-    /// Unselected rows that receive votes, ascending.
-    cands: Vec<u32>,
 }
 
-impl<'g> VoteState<'g> {
+impl VoteState {
     /// The state before any pick, with discount base `rho`.
-    pub fn new(graph: &'g KnnGraph, rho: f64) -> Self {
+    pub fn new(graph: &KnnGraph, rho: f64) -> Self {
         let (ptr, src, first) = voter_lists(graph);
         let n = graph.n();
         let indeg = |v: usize| ptr[v + 1] - ptr[v];
-        let mut voted: Vec<usize> = (0..n).filter(|&v| first[v] != u64::MAX).collect();
-        voted.sort_by(|&a, &b| indeg(b).cmp(&indeg(a)).then(first[a].cmp(&first[b])));
-        let mut pos = vec![u64::MAX; n];
+        let mut voted: Vec<u32> = (0..n as u32).filter(|&v| first[v as usize] != u64::MAX).collect();
+        // first-vote positions are distinct, so the order is total
+        voted.par_sort_unstable_by(|&a, &b| {
+            let (a, b) = (a as usize, b as usize);
+            indeg(b).cmp(&indeg(a)).then(first[a].cmp(&first[b]))
+        });
+        let mut pos = vec![u32::MAX; n];
         for (p, &v) in voted.iter().enumerate() {
-            pos[v] = p as u64;
+            pos[v as usize] = p as u32;
         }
-        // s(u) never exceeds k, and the update at s = k reads pow[k + 1]
-        let pow = (0..graph.k() as i32 + 2).map(|t| rho.powf(-t as f64)).collect();
-        // with every s(u) = 0 a score is its in-degree, exactly
-        let approx = (0..n).map(|v| indeg(v) as f64).collect();
-        let cands = (0..n as u32).filter(|&v| pos[v as usize] != u64::MAX).collect();
+        // s(u) never exceeds k; one spare entry
+        let pow: Vec<f64> = (0..graph.k() as i32 + 2).map(|t| rho.powf(-t as f64)).collect();
         VoteState {
-            graph,
             ptr,
             src,
             pos,
+            weight: vec![pow[0]; n],
             pow,
             selected: vec![false; n],
             times: vec![0; n],
-            approx,
             picks: 0,
-            cands,
         }
     }
 
@@ -123,7 +119,7 @@ impl<'g> VoteState<'g> {
 
     /// Whether `v` receives votes (is ever a vote-k candidate).
     pub fn voted(&self, v: u32) -> bool {
-        self.pos[v as usize] != u64::MAX
+        self.pos[v as usize] != u32::MAX
     }
 
     /// Whether `v` is selected.
@@ -136,130 +132,114 @@ impl<'g> VoteState<'g> {
     pub fn score(&self, v: u32) -> f64 {
         let mut s = 0.0f64;
         for &u in self.voters(v) {
-            if !self.selected[u as usize] {
-                s += self.pow[self.times[u as usize] as usize];
-            }
+            s += self.weight[u as usize];
         }
         s
     }
 
-    /// A bound on |running score − [`Self::score`]|: each update and each
-    /// term of the reference's sum rounds by at most ε·in-degree (scores
-    /// never exceed the in-degree), and a running score has received at
-    /// most in-degree · (picks + 1) updates (one per voter per pick, plus
-    /// the voter's own selection).
-    fn slack(&self, v: u32) -> f64 {
-        let d = self.voters(v).len() as f64;
-        2.0 * (d * (self.picks as f64 + 2.0) + 1.0) * d * f64::EPSILON
-    }
-
-    /// The unselected candidate of largest score (ties to the earlier
-    /// position in the reference's `votes` list) and its exact score;
-    /// `None` when no candidate is left.
-    pub fn best(&self) -> Option<(u32, f64)> {
-        let by = |a: (u32, f64), b: (u32, f64)| {
-            if b.1 > a.1 || (b.1 == a.1 && self.pos[b.0 as usize] < self.pos[a.0 as usize]) {
-                b
-            } else {
-                a
-            }
-        };
-        let lead = self.cands.iter().map(|&v| (v, self.approx[v as usize])).reduce(by)?;
-        let floor = self.score(lead.0);
-        // rows whose exact score may reach the leader's, rescored exactly
-        self.cands
-            .iter()
-            .filter(|&&v| self.approx[v as usize] + self.slack(v) >= floor)
-            .map(|&v| (v, self.score(v)))
-            .reduce(by)
-    }
-
     /// Selects `v`: it stops voting, and each of its voters has voted for
-    /// one more selected row (its other votes are discounted by ρ).
+    /// one more selected row (its other votes are discounted by ρ). Scores
+    /// are not kept: [`greedy`] rescores lazily.
     pub fn commit(&mut self, v: u32) {
         if std::mem::replace(&mut self.selected[v as usize], true) {
             return;
         }
-        if let Ok(i) = self.cands.binary_search(&v) {
-            self.cands.remove(i);
-        }
-        let g = self.graph;
-        let own = self.pow[self.times[v as usize] as usize];
         self.picks += 1;
-        for &w in g.neighbors(v as usize) {
-            self.approx[w as usize] -= own;
-        }
+        self.weight[v as usize] = 0.0;
         for i in self.ptr[v as usize]..self.ptr[v as usize + 1] {
             let u = self.src[i] as usize;
-            let t = self.times[u] as usize;
             self.times[u] += 1;
             if !self.selected[u] {
-                let d = self.pow[t + 1] - self.pow[t];
-                for &w in g.neighbors(u) {
-                    self.approx[w as usize] += d;
-                }
+                self.weight[u] = self.pow[self.times[u] as usize];
             }
         }
     }
 }
 
+/// Slots of the voter lists written by one block of targets at a time:
+/// the block's slice (4 bytes a slot) stays in a core's L2 cache.
+const BLOCK_SLOTS: usize = 1 << 18;
+
 /// The voters of every row in increasing id (CSR of the in-edges:
 /// `src[ptr[v]..ptr[v + 1]]`) and, per row, the position in the
 /// reference's scan (voters in increasing id, each listing its neighbours
-/// from least to most similar) of its first vote (`u64::MAX`: none). Built
-/// in parallel over row ranges; the result does not depend on the threads.
+/// from least to most similar) of its first vote (`u64::MAX`: none).
+///
+/// A two-pass parallel radix sort, so that no pass scatters writes over
+/// the whole edge array: ranges of voters (in parallel) append their edges
+/// to one bucket per block of target rows, in voter order; then every block
+/// (in parallel) counts and places its edges inside its own slice, reading
+/// the buckets in range order, so each list stays ascending. The result
+/// does not depend on the threads.
 fn voter_lists(graph: &KnnGraph) -> (Vec<usize>, Vec<u32>, Vec<u64>) {
     let (n, k) = (graph.n(), graph.k());
     let parts = rayon::current_num_threads().clamp(1, 16).min(n.max(1));
     let cut = |i: usize| i * n / parts;
-    // counts and first-vote positions per range of voters, merged in order
-    let partial: Vec<(Vec<u32>, Vec<u64>)> = (0..parts)
+    // rows per block: a power of two, so a row's block is a shift
+    let shift = (BLOCK_SLOTS / k.max(1)).max(1).ilog2();
+    let blocks = (n >> shift) + 1;
+    // (target << 32 | voter) per edge, bucketed by the target's block
+    let pass1: Vec<(Vec<Vec<u64>>, Vec<u64>)> = (0..parts)
         .into_par_iter()
         .map(|i| {
-            let (mut cnt, mut first) = (vec![0u32; n], vec![u64::MAX; n]);
-            for u in cut(i)..cut(i + 1) {
+            let (lo, hi) = (cut(i), cut(i + 1));
+            let per = (hi - lo) * k / blocks + 16;
+            let mut buckets: Vec<Vec<u64>> = (0..blocks).map(|_| Vec::with_capacity(per)).collect();
+            let mut first = vec![u64::MAX; n];
+            for u in lo..hi {
                 for (j, &v) in graph.neighbors(u).iter().rev().enumerate() {
-                    cnt[v as usize] += 1;
+                    buckets[(v >> shift) as usize].push(((v as u64) << 32) | u as u64);
                     let f = &mut first[v as usize];
                     *f = (*f).min((u * k + j) as u64);
                 }
             }
-            (cnt, first)
+            (buckets, first)
         })
         .collect();
-    let mut ptr = vec![0usize; n + 1];
-    let mut first = vec![u64::MAX; n];
-    for (cnt, f) in &partial {
-        for v in 0..n {
-            ptr[v + 1] += cnt[v] as usize;
-            first[v] = first[v].min(f[v]);
-        }
-    }
-    for v in 0..n {
-        ptr[v + 1] += ptr[v];
-    }
-    // each range of targets fills its own slice of `src`, scanning every voter
-    let mut src = vec![0u32; ptr[n]];
-    let mut slices: Vec<(usize, &mut [u32])> = Vec::with_capacity(parts);
+    let totals: Vec<usize> = (0..blocks)
+        .map(|b| pass1.iter().map(|(bk, _)| bk[b].len()).sum())
+        .collect();
+    let mut src = vec![0u32; totals.iter().sum()];
+    let mut slices: Vec<(usize, &mut [u32])> = Vec::with_capacity(blocks);
     let mut rest: &mut [u32] = &mut src;
-    for i in 0..parts {
-        let (head, tail) = rest.split_at_mut(ptr[cut(i + 1)] - ptr[cut(i)]);
-        slices.push((i, head));
+    for (b, &t) in totals.iter().enumerate() {
+        let (head, tail) = std::mem::take(&mut rest).split_at_mut(t);
+        slices.push((b, head));
         rest = tail;
     }
-    slices.into_par_iter().for_each(|(i, out)| {
-        let (lo, hi) = (cut(i), cut(i + 1));
-        let mut fill: Vec<usize> = (lo..hi).map(|v| ptr[v] - ptr[lo]).collect();
-        for u in 0..n {
-            for &v in graph.neighbors(u) {
-                let v = v as usize;
-                if (lo..hi).contains(&v) {
-                    out[fill[v - lo]] = u as u32;
-                    fill[v - lo] += 1;
-                }
+    // per block: each row's offset inside the block's slice
+    let local: Vec<Vec<usize>> = slices
+        .into_par_iter()
+        .map(|(b, out)| {
+            let (lo, hi) = ((b << shift).min(n), ((b + 1) << shift).min(n));
+            let mut at = vec![0usize; hi - lo + 1];
+            let edges = || pass1.iter().flat_map(|(bk, _)| bk[b].iter());
+            for &e in edges() {
+                at[(e >> 32) as usize - lo + 1] += 1;
             }
-        }
-    });
+            for v in 0..hi - lo {
+                at[v + 1] += at[v];
+            }
+            let mut fill = at.clone();
+            for &e in edges() {
+                let slot = &mut fill[(e >> 32) as usize - lo];
+                out[*slot] = e as u32;
+                *slot += 1;
+            }
+            at
+        })
+        .collect();
+    let mut ptr = Vec::with_capacity(n + 1);
+    let mut base = 0;
+    for (at, &t) in local.iter().zip(&totals) {
+        ptr.extend(at[..at.len() - 1].iter().map(|&o| base + o));
+        base += t;
+    }
+    ptr.push(base);
+    let mut first = vec![u64::MAX; n];
+    for (_, f) in &pass1 {
+        first.iter_mut().zip(f).for_each(|(a, &b)| *a = (*a).min(b));
+    }
     (ptr, src, first)
 }
 
@@ -272,15 +252,28 @@ pub fn fast_votek(graph: &KnnGraph, budget: usize, rho: f64) -> (Vec<u32>, Vec<f
 
 /// `budget` greedy vote-k picks from `st` (fewer when candidates run out),
 /// with their scores; `st` is left with them committed.
-pub fn greedy(st: &mut VoteState<'_>, budget: usize) -> (Vec<u32>, Vec<f64>) {
-    let (mut order, mut gains) = (Vec::with_capacity(budget), Vec::with_capacity(budget));
-    while order.len() < budget {
-        let Some((v, s)) = st.best() else { break };
-        st.commit(v);
-        order.push(v);
-        gains.push(s);
-    }
-    (order, gains)
+///
+/// Lazy greedy on the exact scores: a score is a left-to-right float sum
+/// of non-negative terms that only shrink or become 0 as rows are picked,
+/// and rounding is monotone, so a score computed earlier bounds every later
+/// one from above. The heap's top, once rescored in the current round and
+/// still on top, is therefore the reference's pick: the largest exact
+/// score, ties to the earlier position in its `votes` list (the heap's
+/// secondary key).
+pub fn greedy(st: &mut VoteState, budget: usize) -> (Vec<u32>, Vec<f64>) {
+    let n = st.selected.len();
+    // before any pick a score is the in-degree, exactly
+    let fresh = st.picks == 0;
+    let cands: Vec<(u32, u64, f64)> = (0..n as u32)
+        .into_par_iter()
+        .filter(|&v| st.voted(v) && !st.is_selected(v))
+        .map(|v| {
+            let s = if fresh { st.voters(v).len() as f64 } else { st.score(v) };
+            (v, st.pos[v as usize] as u64, s)
+        })
+        .collect();
+    let st = std::cell::RefCell::new(st);
+    lazy_greedy(cands, budget, |v| st.borrow().score(v), |v| st.borrow_mut().commit(v))
 }
 
 #[cfg(test)]
