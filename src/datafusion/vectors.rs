@@ -7,8 +7,10 @@
 //! they surface in the middle of a user's query.
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, GenericListArray, OffsetSizeTrait};
-use datafusion::arrow::datatypes::{DataType, Float16Type, Float32Type, Float64Type};
+use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{Result, exec_err, plan_err};
+
+use crate::io::embeddings::push_values;
 
 /// Rows of an embedding argument, converted to f32.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,6 +78,7 @@ pub(crate) fn to_vectors(func: &str, arg: usize, col: &ArrayRef, dim: Option<usi
             if a.null_count() == 0 && child.null_count() == 0 && !a.is_empty() {
                 // One contiguous copy for the whole batch.
                 let start = a.value_offset(0) as usize;
+                // No nulls were checked above, so the returned flag is false.
                 push_values(child, start, a.len() * d, &mut out.values);
                 out.valid.resize(a.len(), true);
                 return Ok(out);
@@ -127,30 +130,12 @@ fn push_row(child: &ArrayRef, valid: bool, start: usize, dim: usize, out: &mut V
         out.valid.push(false);
         return;
     }
-    let has_null = child.null_count() > 0 && (start..start + dim).any(|j| child.is_null(j));
     let at = out.values.len();
-    push_values(child, start, dim, &mut out.values);
+    let has_null = push_values(child, start, dim, &mut out.values);
     if has_null {
         out.values[at..].iter_mut().for_each(|v| *v = 0.0);
     }
     out.valid.push(!has_null);
-}
-
-fn push_values(child: &ArrayRef, start: usize, len: usize, out: &mut Vec<f32>) {
-    match child.data_type() {
-        DataType::Float32 => out.extend_from_slice(&child.as_primitive::<Float32Type>().values()[start..start + len]),
-        DataType::Float16 => out.extend(
-            child.as_primitive::<Float16Type>().values()[start..start + len]
-                .iter()
-                .map(|v| v.to_f32()),
-        ),
-        DataType::Float64 => out.extend(
-            child.as_primitive::<Float64Type>().values()[start..start + len]
-                .iter()
-                .map(|&v| v as f32),
-        ),
-        _ => unreachable!("float_item checked the child type"),
-    }
 }
 
 #[cfg(test)]

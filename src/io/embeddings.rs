@@ -322,7 +322,7 @@ fn append_rows(col: &ArrayRef, dim: usize, path: &Path, first_row: u64, out: &mu
 }
 
 /// Appends child values `[start, start + len)` as f32; returns whether any was null.
-fn push_values(child: &ArrayRef, start: usize, len: usize, out: &mut Vec<f32>) -> bool {
+pub(crate) fn push_values(child: &ArrayRef, start: usize, len: usize, out: &mut Vec<f32>) -> bool {
     let has_null = child.null_count() > 0 && (start..start + len).any(|i| child.is_null(i));
     match child.data_type() {
         DataType::Float32 => out.extend_from_slice(&child.as_primitive::<Float32Type>().values()[start..start + len]),
@@ -336,7 +336,7 @@ fn push_values(child: &ArrayRef, start: usize, len: usize, out: &mut Vec<f32>) -
                 .iter()
                 .map(|&v| v as f32),
         ),
-        _ => unreachable!("float_list_item checked the child type"),
+        _ => unreachable!("callers check the child is Float16/32/64"),
     }
     has_null
 }
