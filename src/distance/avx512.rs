@@ -68,7 +68,8 @@ impl<'a> Rows<'a> {
     }
 
     /// Number of rows.
-    pub(super) fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.m
     }
 

@@ -18,10 +18,11 @@ pub(crate) use gram::cosine_gram;
 #[cfg(test)]
 pub(crate) use gram::gram;
 
-/// Rows scaled to unit L2 norm (zero rows stay zero).
+/// Rows scaled to unit L2 norm (zero rows stay zero): the tests' oracle for the packed paths.
 ///
 /// # Errors
 /// [`Error::InvalidParam`] naming `what` when a row holds a NaN or infinity.
+#[cfg(test)]
 pub(crate) fn unit_rows(x: ArrayView2<'_, f32>, what: &'static str) -> Result<Array2<f32>> {
     let norms = row_norms(x, what)?;
     Ok(scaled_rows(x, &norms))
