@@ -216,6 +216,29 @@ impl PackedRows {
         }
     }
 
+    /// Packs the rows `rows` of the row-major `x` (`dim` columns), row `rows[j]` multiplied
+    /// by `scale[j]` (one f32 multiply per value, e.g. the inverse norm for unit rows): the
+    /// same packed values as [`PackedRows::new`] on the scaled rows gathered first, without
+    /// the gathered copy.
+    ///
+    /// # Panics
+    /// If `x` is not a multiple of `dim`, a row index is out of range, or `scale` is not one
+    /// value per row.
+    pub fn from_rows(x: &[f32], dim: usize, rows: &[usize], scale: &[f32]) -> Self {
+        assert!(dim > 0 && x.len().is_multiple_of(dim), "PackedRows: x is not n x dim");
+        assert_eq!(rows.len(), scale.len(), "PackedRows: one scale per row");
+        let data = match kernel() {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => avx512::pack_rows(avx512::Rows::selected(x, dim, rows, scale)),
+            _ => gather_scaled(x, dim, rows, scale),
+        };
+        PackedRows {
+            data,
+            k: rows.len(),
+            dim,
+        }
+    }
+
     /// Number of rows.
     pub fn k(&self) -> usize {
         self.k
@@ -282,6 +305,42 @@ pub fn dot_batch_packed(x: &[f32], c: &PackedRows, out: &mut [f32]) {
         Kernel::Avx512 => unsafe { avx512::dot_batch(x, &c.data, k, dim, out) },
         _ => portable(x, &c.data, dim, m, k, out),
     }
+}
+
+/// [`dot_batch_packed`] for selected, scaled left-hand rows:
+/// `out[i * k + j] = (x_{rows[i]} · scale[i]) · c_j`, bit-identical to `dot_batch_packed` on
+/// the scaled rows gathered first (the scaling happens while the kernel packs its left
+/// blocks, so nothing else is copied).
+///
+/// # Panics
+/// If the lengths do not match, a row index is out of range, or `scale` is not one value
+/// per row.
+pub fn dot_batch_rows(x: &[f32], rows: &[usize], scale: &[f32], c: &PackedRows, out: &mut [f32]) {
+    let (dim, k, m) = (c.dim, c.k, rows.len());
+    assert!(x.len().is_multiple_of(dim), "dot_batch_rows: x is not n x dim");
+    assert_eq!(scale.len(), m, "dot_batch_rows: one scale per row");
+    assert_eq!(out.len(), m * k, "dot_batch_rows: out is not m x k");
+    if m == 0 || k == 0 {
+        return;
+    }
+    match kernel() {
+        // SAFETY: AVX-512F checked by kernel(); `c` was packed for it with this dim and k;
+        // lengths are checked above (and row indices by `Rows::selected`).
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => unsafe {
+            avx512::dot_batch_rows(avx512::Rows::selected(x, dim, rows, scale), &c.data, k, out)
+        },
+        _ => portable(&gather_scaled(x, dim, rows, scale), &c.data, dim, m, k, out),
+    }
+}
+
+/// The rows `rows` of `x`, row `rows[i]` times `scale[i]`, gathered row-major.
+fn gather_scaled(x: &[f32], dim: usize, rows: &[usize], scale: &[f32]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(rows.len() * dim);
+    for (&r, &s) in rows.iter().zip(scale) {
+        out.extend(x[r * dim..(r + 1) * dim].iter().map(|v| v * s));
+    }
+    out
 }
 
 /// `out[i * k + j] = x_i · c_j` for `m` rows `x` and `k` rows `c`, both
@@ -413,6 +472,27 @@ mod tests {
                 prop_assert!((u - v).abs() <= 1e-4 * (dim as f32).sqrt() * 4.0, "{u} vs {v}");
             }
         }
+    }
+
+    #[test]
+    fn selected_scaled_rows_equal_gathered_rows_bit_for_bit() {
+        let (n, dim) = (41, 67);
+        let mut rng = crate::rng::Rng::new(5);
+        let x: Vec<f32> = (0..n * dim).map(|_| rng.normal() as f32).collect();
+        let left = [7usize, 0, 40, 13, 13, 2, 9, 21, 30, 31, 32, 1, 5, 8];
+        let right: Vec<usize> = (0..n).rev().step_by(2).collect();
+        let sl: Vec<f32> = left.iter().map(|&r| 1.0 / (1.0 + r as f32)).collect();
+        let sr: Vec<f32> = right.iter().map(|&r| 0.5 + r as f32 * 0.1).collect();
+        let mut got = vec![0f32; left.len() * right.len()];
+        dot_batch_rows(&x, &left, &sl, &PackedRows::from_rows(&x, dim, &right, &sr), &mut got);
+        let gl = gather_scaled(&x, dim, &left, &sl);
+        let gr = gather_scaled(&x, dim, &right, &sr);
+        let mut want = vec![0f32; got.len()];
+        dot_batch_packed(&gl, &PackedRows::new(&gr, dim), &mut want);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&got), bits(&want));
+        let r = std::panic::catch_unwind(|| PackedRows::from_rows(&x, dim, &[n], &[1.0]));
+        assert!(r.is_err(), "an out-of-range row is refused");
     }
 
     #[test]

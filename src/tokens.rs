@@ -162,14 +162,37 @@ pub enum Metric {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Precision {
-    /// Unit rows rounded to bfloat16, products summed in f32 (`distance::dot_batch_bf16`):
-    /// the precision VLMs run their tokens in, about 3× the f32 speed where the CPU has
-    /// AVX-512 BF16, and bit-identical on every CPU (a portable kernel does the same
-    /// operations elsewhere). Similarities are within about 2⁻⁷ of the f32 ones.
+    /// The fastest of the two below on this CPU, decided once per process
+    /// ([`Precision::resolve`]): [`Precision::Bf16`] where the CPU has AVX-512 BF16
+    /// (`vdpbf16ps`, about 3× the f32 throughput), else [`Precision::F32`], because without
+    /// the instruction bf16 products can only be emulated with more f32 operations than the
+    /// f32 product itself. Deterministic for a given CPU (and `DPRUNE_KERNEL`), not across
+    /// CPUs with and without AVX-512 BF16; pick `Bf16` or `F32` explicitly for bits that
+    /// agree everywhere.
     #[default]
+    Auto,
+    /// Unit rows rounded to bfloat16, products summed in f32 (`distance::dot_batch_bf16`):
+    /// the precision VLMs run their tokens in, and bit-identical on every CPU (a portable
+    /// kernel does the same operations where the instruction is missing, several times slower
+    /// than f32). Similarities are within about 2⁻⁷ of the f32 ones.
     Bf16,
-    /// Unit rows and products in f32.
+    /// Unit rows and products in f32 (the AVX-512 FMA kernel where the CPU has AVX-512F).
     F32,
+}
+
+impl Precision {
+    /// What this precision runs as here: [`Precision::Auto`] becomes [`Precision::Bf16`] when
+    /// [`crate::distance::bf16_kernel`] is the AVX-512 BF16 one, else [`Precision::F32`];
+    /// the explicit precisions stay as they are.
+    pub fn resolve(self) -> Precision {
+        match self {
+            Precision::Auto if crate::distance::bf16_kernel() == crate::distance::Bf16Kernel::Avx512Bf16 => {
+                Precision::Bf16
+            }
+            Precision::Auto => Precision::F32,
+            p => p,
+        }
+    }
 }
 
 /// A reducer by name and parameters, for configuration files and the CLI.

@@ -131,7 +131,31 @@ pub fn dot_batch_bf16(x: &[f32], rows: &[usize], scale: &[f32], c: &PackedBf16, 
 
 /// Packs the selected, scaled, rounded rows into zero-padded blocks of `width` rows laid out
 /// `[pair][row in block]`, one word per pair (low half = even coordinate), into `out`.
+/// On x86-64 the rows are converted row-major first and then transposed 16 × 16 in registers
+/// (the f32 kernel's packing, which only moves bits); elsewhere each word is scattered.
 fn pack(x: &[f32], dim: usize, rows: &[usize], scale: &[f32], width: usize, out: &mut Vec<u32>) {
+    let pairs = dim.div_ceil(2);
+    #[cfg(target_arch = "x86_64")]
+    {
+        thread_local! {
+            static WORDS: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+        }
+        WORDS.with_borrow_mut(|words| {
+            words.clear();
+            words.resize(rows.len() * pairs, 0);
+            for ((&row, &s), w) in rows.iter().zip(scale).zip(words.chunks_exact_mut(pairs)) {
+                convert_row(&x[row * dim..(row + 1) * dim], s, w);
+            }
+            super::avx512::pack_words(words, pairs, width, out);
+        });
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    pack_scatter(x, dim, rows, scale, width, out);
+}
+
+/// The plain word-by-word [`pack`] (elsewhere than x86-64, and the test oracle).
+#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+fn pack_scatter(x: &[f32], dim: usize, rows: &[usize], scale: &[f32], width: usize, out: &mut Vec<u32>) {
     let pairs = dim.div_ceil(2);
     out.clear();
     out.resize(rows.len().div_ceil(width) * width * pairs, 0);
@@ -352,6 +376,21 @@ mod tests {
         assert!(bf16_to_f32(to_bf16(f32::NAN)).is_nan());
         assert_eq!(bf16_to_f32(to_bf16(f32::INFINITY)), f32::INFINITY);
         assert_eq!(bf16_to_f32(to_bf16(f32::MAX)), f32::INFINITY);
+    }
+
+    #[test]
+    fn transposed_packing_equals_the_word_scatter() {
+        for (n, dim) in [(1usize, 1usize), (5, 3), (13, 33), (40, 67), (70, 1024)] {
+            let x = rows(n, dim, 40 + n as u64);
+            let sel: Vec<usize> = (0..n).rev().step_by(2).chain((0..n).step_by(3)).collect();
+            let scale: Vec<f32> = sel.iter().map(|&r| 0.3 + r as f32 * 0.1).collect();
+            for width in [MR, NR] {
+                let (mut fast, mut slow) = (vec![7u32; 5], Vec::new());
+                pack(&x, dim, &sel, &scale, width, &mut fast);
+                pack_scatter(&x, dim, &sel, &scale, width, &mut slow);
+                assert_eq!(fast, slow, "n {n} dim {dim} width {width}");
+            }
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@
 use ndarray::{Array2, ArrayView2};
 
 use super::Precision;
-use crate::distance::{PackedBf16, dot_batch_bf16};
+use crate::distance::{PackedBf16, PackedRows, dot_batch_bf16, dot_batch_rows};
 use crate::{Error, Result};
 
 mod gram;
@@ -18,17 +18,20 @@ pub(crate) use gram::cosine_gram;
 #[cfg(test)]
 pub(crate) use gram::gram;
 
-/// Rows scaled to unit L2 norm (zero rows stay zero).
+/// Rows scaled to unit L2 norm (zero rows stay zero): the tests' oracle for the packed paths.
 ///
 /// # Errors
 /// [`Error::InvalidParam`] naming `what` when a row holds a NaN or infinity.
+#[cfg(test)]
 pub(crate) fn unit_rows(x: ArrayView2<'_, f32>, what: &'static str) -> Result<Array2<f32>> {
     let norms = row_norms(x, what)?;
     Ok(scaled_rows(x, &norms))
 }
 
 /// Cosine similarities `[rows_a.len(), rows_b.len()]` between selected rows of `x`, in the
-/// given precision: f32 unit rows through GEMM, or unit rows rounded to bf16 with f32 sums
+/// given precision ([`Precision::resolve`] decides `Auto`): each side's rows times their
+/// inverse norms (rows of norm 0 unscaled), scaled while the kernel packs them, then one
+/// product — f32 ([`crate::distance::dot_batch_rows`]), or rounded to bf16 with f32 sums
 /// ([`crate::distance::dot_batch_bf16`], the same bits on every CPU).
 ///
 /// # Errors
@@ -41,28 +44,30 @@ pub(crate) fn cosine_between(
     what: &'static str,
 ) -> Result<Array2<f32>> {
     let norms = row_norms(x, what)?;
-    match precision {
-        Precision::F32 => {
-            let u = scaled_rows(x, &norms);
-            let ax = ndarray::Axis(0);
-            Ok(u.select(ax, rows_a).dot(&u.select(ax, rows_b).t()))
-        }
-        Precision::Bf16 if x.ncols() == 0 => Ok(Array2::zeros((rows_a.len(), rows_b.len()))),
+    let (m, k) = (rows_a.len(), rows_b.len());
+    if x.ncols() == 0 || m == 0 || k == 0 {
+        return Ok(Array2::zeros((m, k)));
+    }
+    let x = x.as_standard_layout();
+    let flat = x.as_slice().expect("standard layout is contiguous");
+    let dim = x.ncols();
+    let inv = |rows: &[usize]| -> Vec<f32> {
+        rows.iter()
+            .map(|&j| if norms[j] > 0.0 { 1.0 / norms[j] } else { 1.0 })
+            .collect()
+    };
+    let mut out = vec![0f32; m * k];
+    match precision.resolve() {
         Precision::Bf16 => {
-            let x = x.as_standard_layout();
-            let flat = x.as_slice().expect("standard layout is contiguous");
-            let dim = x.ncols();
-            let inv = |rows: &[usize]| -> Vec<f32> {
-                rows.iter()
-                    .map(|&j| if norms[j] > 0.0 { 1.0 / norms[j] } else { 1.0 })
-                    .collect()
-            };
             let packed = PackedBf16::new(flat, dim, rows_b, &inv(rows_b));
-            let mut out = vec![0f32; rows_a.len() * rows_b.len()];
             dot_batch_bf16(flat, rows_a, &inv(rows_a), &packed, &mut out);
-            Ok(Array2::from_shape_vec((rows_a.len(), rows_b.len()), out).expect("sized above"))
+        }
+        _ => {
+            let packed = PackedRows::from_rows(flat, dim, rows_b, &inv(rows_b));
+            dot_batch_rows(flat, rows_a, &inv(rows_a), &packed, &mut out);
         }
     }
+    Ok(Array2::from_shape_vec((m, k), out).expect("sized above"))
 }
 
 /// The L2 norm of every row.
@@ -133,6 +138,37 @@ pub(crate) fn sum_lanes(v: &[f32]) -> f32 {
         }
     }
     acc.iter().sum::<f32>() + rest.iter().sum::<f32>()
+}
+
+/// The first index of the largest value of `v` (no NaN; 0 when `v` is empty or all `-inf`),
+/// the index a sequential `if v[j] > v[best]` scan finds, with [`LANES`] independent maxima
+/// so it vectorises.
+pub(crate) fn argmax_first(v: &[f32]) -> usize {
+    let mut best = [f32::NEG_INFINITY; LANES];
+    let mut at = [u32::MAX; LANES];
+    let (chunks, rest) = v.as_chunks::<LANES>();
+    for (c, chunk) in chunks.iter().enumerate() {
+        let j0 = (c * LANES) as u32;
+        for l in 0..LANES {
+            // strict: a lane keeps its first maximum
+            if chunk[l] > best[l] {
+                best[l] = chunk[l];
+                at[l] = j0 + l as u32;
+            }
+        }
+    }
+    let mut pick = (f32::NEG_INFINITY, u32::MAX);
+    for (l, &x) in rest.iter().enumerate() {
+        if x > pick.0 {
+            pick = (x, (chunks.len() * LANES + l) as u32);
+        }
+    }
+    for (&x, &j) in best.iter().zip(&at) {
+        if x > pick.0 || (x == pick.0 && j < pick.1) {
+            pick = (x, j);
+        }
+    }
+    if pick.1 == u32::MAX { 0 } else { pick.1 as usize }
 }
 
 /// Total order "higher score first, then lower index".
@@ -249,6 +285,28 @@ mod tests {
         assert_eq!(max_lanes(&v), 8.0);
         assert_eq!(sum_lanes(&v), v.iter().sum::<f32>());
         assert_eq!(max_lanes(&[]), f32::NEG_INFINITY);
+    }
+
+    #[test]
+    fn argmax_first_matches_the_sequential_scan() {
+        let scan = |v: &[f32]| {
+            let mut b = 0;
+            for (j, &x) in v.iter().enumerate() {
+                if x > v[b] {
+                    b = j;
+                }
+            }
+            b
+        };
+        for n in [0usize, 1, 5, 15, 16, 17, 40, 288] {
+            for seed in 0..6u64 {
+                // few distinct values, so maxima tie across lanes and in the remainder
+                let v: Vec<f32> = (0..n).map(|j| ((j as u64 * 7 + seed * 13) % 5) as f32 - 2.0).collect();
+                assert_eq!(argmax_first(&v), scan(&v), "n {n} seed {seed}");
+            }
+        }
+        assert_eq!(argmax_first(&[f32::NEG_INFINITY; 20]), 0);
+        assert_eq!(argmax_first(&[-0.0, 0.0, -0.0]), 0);
     }
 
     #[test]

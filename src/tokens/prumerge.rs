@@ -9,8 +9,8 @@
 //! each kept row becomes `Σ a_j x_j / Σ a_j` over itself and its claims (`a` = \[CLS\]
 //! attention). With `extra_token`, one of the `k` rows is EViT's fused token: the
 //! attention-weighted average of the unclaimed pruned tokens, so merge sizes sum to `N`.
-//! Similarities are bf16 products by default ([`Precision`]): that keeps the tokens-only case
-//! (`N = 576, D = 1024`) under a millisecond on one core.
+//! Similarities run in [`Precision::Auto`] by default: bf16 products where the CPU has AVX-512
+//! BF16, f32 products (AVX-512 FMA) elsewhere, the faster of the two on each CPU.
 
 use serde::{Deserialize, Serialize};
 
@@ -33,7 +33,7 @@ pub struct PruMergeParams {
     pub extra_token: bool,
     /// Similarity rows for the kNN, [`Metric::Auto`] (keys when present) by default.
     pub metric: Metric,
-    /// Arithmetic of the similarities, [`Precision::Bf16`] by default.
+    /// Arithmetic of the similarities, [`Precision::Auto`] by default.
     pub precision: Precision,
 }
 
@@ -49,7 +49,7 @@ impl Default for PruMergeParams {
             knn: DEFAULT_PRUMERGE_KNN,
             extra_token: true,
             metric: Metric::Auto,
-            precision: Precision::Bf16,
+            precision: Precision::Auto,
         }
     }
 }
@@ -261,7 +261,7 @@ mod tests {
         let f32_out = PruMerge::new(PruMergeParams::default().with_knn(9).with_precision(Precision::F32))
             .reduce(&input, &Budget::keep(7))
             .unwrap();
-        let bf16_out = PruMerge::new(PruMergeParams::default().with_knn(9))
+        let bf16_out = PruMerge::new(PruMergeParams::default().with_knn(9).with_precision(Precision::Bf16))
             .reduce(&input, &Budget::keep(7))
             .unwrap();
         check_reduction(&bf16_out, n);
@@ -272,6 +272,50 @@ mod tests {
         assert_eq!(f32_out.assignment, bf16_out.assignment);
         assert_eq!(f32_out.origin, bf16_out.origin);
         assert_eq!(f32_out.tokens, bf16_out.tokens);
+    }
+
+    #[test]
+    fn auto_precision_is_the_cpus_fast_path_exactly() {
+        // Auto gives the bits of the precision it resolves to, and that is bf16 exactly when
+        // the CPU has the bf16 dot-product instruction.
+        let data = Owned::new(8, 8, 48, 3);
+        let has_bf16 = crate::distance::bf16_kernel() == crate::distance::Bf16Kernel::Avx512Bf16;
+        let want = if has_bf16 { Precision::Bf16 } else { Precision::F32 };
+        assert_eq!(Precision::Auto.resolve(), want);
+        assert_eq!(Precision::F32.resolve(), Precision::F32);
+        assert_eq!(Precision::Bf16.resolve(), Precision::Bf16);
+        let run = |p: Precision| {
+            PruMerge::new(PruMergeParams::default().with_knn(4).with_precision(p))
+                .reduce(&data.input(), &Budget::keep(16))
+                .unwrap()
+        };
+        assert_eq!(run(Precision::Auto), run(want));
+        assert_eq!(PruMergeParams::default().precision, Precision::Auto);
+    }
+
+    #[test]
+    fn f32_and_bf16_similarities_match_the_f64_reference() {
+        // Both explicit paths run on every CPU (bf16 through its portable kernel where the
+        // instruction is missing); each similarity is checked against f64 cosines.
+        let (n, d) = (40, 96);
+        let mut rng = crate::rng::Rng::new(21);
+        let x: Vec<f32> = (0..n * d).map(|_| rng.normal() as f32).collect();
+        let x = ndarray::Array2::from_shape_vec((n, d), x).unwrap();
+        let (a, b): (Vec<usize>, Vec<usize>) = (0..n).partition(|j| j % 3 == 0);
+        for (p, tol) in [(Precision::F32, 1e-5), (Precision::Bf16, 2e-2)] {
+            let sim = cosine_between(x.view(), &a, &b, p, "tokens").unwrap();
+            for (r, &i) in a.iter().enumerate() {
+                for (c, &j) in b.iter().enumerate() {
+                    let (u, v) = (x.row(i), x.row(j));
+                    let dot: f64 = u.iter().zip(v.iter()).map(|(p, q)| f64::from(*p) * f64::from(*q)).sum();
+                    let nu: f64 = u.iter().map(|p| f64::from(*p).powi(2)).sum::<f64>().sqrt();
+                    let nv: f64 = v.iter().map(|p| f64::from(*p).powi(2)).sum::<f64>().sqrt();
+                    let want = dot / (nu * nv);
+                    let got = f64::from(sim[[r, c]]);
+                    assert!((got - want).abs() <= tol, "{p:?} ({i}, {j}): {got} vs {want}");
+                }
+            }
+        }
     }
 
     #[test]
