@@ -158,40 +158,78 @@ impl VoteState {
 /// reference's scan (voters in increasing id, each listing its neighbours
 /// from least to most similar) of its first vote (`u64::MAX`: none).
 ///
-/// A counting sort in two sequential sweeps of the neighbour lists: count
-/// the in-degrees, then place every voter at its target's next free slot.
-/// Voters are visited in increasing id, so each list comes out ascending,
-/// and a row's first vote is the one that fills its list's first slot.
-/// Serial on purpose: it is a few milliseconds of memory-bound work (one
-/// read of the lists, one store per edge into an array that stays in the
-/// last-level cache), and on a loaded machine a parallel version spends
-/// more waiting for a descheduled worker than it saves; it is also the
-/// same computation whatever the thread count.
+/// A counting sort over fixed ranges of voters, in parallel: each range
+/// counts its votes per target; a prefix sum over (target, range) gives
+/// every range its own first slot in each target's list; then each range
+/// writes its voters, in increasing id, straight into those slots. Lists
+/// come out ascending, a row's first vote is the one that fills its list's
+/// first slot, and no intermediate buckets are written (the edge array is
+/// touched once). The slots are a function of the graph alone, so the
+/// result does not depend on the threads.
 fn voter_lists(graph: &KnnGraph) -> (Vec<usize>, Vec<u32>, Vec<u64>) {
+    use rayon::prelude::*;
     let (n, k) = (graph.n(), graph.k());
+    let parts = rayon::current_num_threads().clamp(1, 16).min(n.max(1));
+    let cut = |p: usize| p * n / parts;
+    // per range: votes per target, then turned into that range's next slot
+    let mut next: Vec<Vec<usize>> = (0..parts)
+        .into_par_iter()
+        .map(|p| {
+            let mut c = vec![0usize; n];
+            for u in cut(p)..cut(p + 1) {
+                graph.neighbors(u).iter().for_each(|&v| c[v as usize] += 1);
+            }
+            c
+        })
+        .collect();
     let mut ptr = vec![0usize; n + 1];
-    for u in 0..n {
-        for &v in graph.neighbors(u) {
-            ptr[v as usize + 1] += 1;
-        }
-    }
     for v in 0..n {
-        ptr[v + 1] += ptr[v];
+        let mut at = ptr[v];
+        for c in next.iter_mut() {
+            let votes = c[v];
+            c[v] = at;
+            at += votes;
+        }
+        ptr[v + 1] = at;
     }
-    let mut fill = ptr[..n].to_vec();
     let mut src = vec![0u32; ptr[n]];
     let mut first = vec![u64::MAX; n];
-    for u in 0..n {
-        for (j, &v) in graph.neighbors(u).iter().rev().enumerate() {
-            let slot = &mut fill[v as usize];
-            if *slot == ptr[v as usize] {
-                first[v as usize] = (u * k + j) as u64;
+    let (src_at, first_at) = (Slots(src.as_mut_ptr()), Slots(first.as_mut_ptr()));
+    next.par_iter_mut().enumerate().for_each(|(p, slot)| {
+        for u in cut(p)..cut(p + 1) {
+            for (j, &v) in graph.neighbors(u).iter().rev().enumerate() {
+                let (v, s) = (v as usize, &mut slot[v as usize]);
+                // SAFETY: *s lies in ptr[v]..ptr[v + 1] and in this range's own
+                // sub-slice of it (the prefix sum above), so no two writes, from
+                // any thread, share a slot of `src`; first[v] is written only
+                // by the write of slot ptr[v], which happens once.
+                unsafe {
+                    if *s == ptr[v] {
+                        first_at.write(v, (u * k + j) as u64);
+                    }
+                    src_at.write(*s, u as u32);
+                }
+                *s += 1;
             }
-            src[*slot] = u as u32;
-            *slot += 1;
         }
-    }
+    });
     (ptr, src, first)
+}
+
+/// A buffer that threads write at disjoint positions (see [`voter_lists`]).
+#[derive(Clone, Copy)]
+struct Slots<T>(*mut T);
+
+// SAFETY: only used for writes at positions no other thread writes.
+unsafe impl<T: Send> Send for Slots<T> {}
+unsafe impl<T: Send> Sync for Slots<T> {}
+
+impl<T> Slots<T> {
+    /// # Safety
+    /// `i` is in bounds and no other thread accesses position `i`.
+    unsafe fn write(self, i: usize, x: T) {
+        unsafe { self.0.add(i).write(x) }
+    }
 }
 
 /// Fast vote-k on `graph` (row u votes for its neighbours): up to `budget`
