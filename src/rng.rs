@@ -23,6 +23,12 @@ pub fn mix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// The `f64` in `[0, 1)` that [`Rng::next_f64`] makes of 64 random bits.
+#[inline]
+pub fn bits_to_f64(x: u64) -> f64 {
+    (x >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+}
+
 impl Rng {
     /// A generator seeded with `seed`.
     pub fn new(seed: u64) -> Self {
@@ -47,7 +53,16 @@ impl Rng {
     /// A uniform `f64` in `[0, 1)` (53 random bits).
     #[inline]
     pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+        bits_to_f64(self.next_u64())
+    }
+
+    /// The output that the `i + 1`-th call of [`Self::next_u64`] from the
+    /// current state would return, without advancing: SplitMix64's state is
+    /// a counter, so a stream can be drawn in any order (in parallel chunks,
+    /// or interleaved with other streams) and still equal the sequential one.
+    #[inline]
+    pub fn peek_u64(&self, i: u64) -> u64 {
+        mix64(self.state.wrapping_add(GOLDEN.wrapping_mul(i.wrapping_add(1))))
     }
 
     /// A uniform integer in `0..n` (Lemire's nearly-divisionless method).
@@ -124,6 +139,18 @@ mod tests {
             .collect();
         assert_eq!(a, b);
         assert_ne!(Rng::for_stream(7, 0).next_u64(), Rng::for_stream(7, 1).next_u64());
+    }
+
+    #[test]
+    fn peek_equals_the_sequential_stream() {
+        let mut r = Rng::for_stream(11, 3);
+        let at = r.clone();
+        for i in 0..100u64 {
+            assert_eq!(at.peek_u64(i), r.next_u64(), "draw {i}");
+        }
+        let mut r = at.clone();
+        r.next_u64();
+        assert_eq!(at.peek_u64(1), r.peek_u64(0));
     }
 
     #[test]

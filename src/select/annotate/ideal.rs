@@ -19,7 +19,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::knn::KnnGraph;
-use crate::rng::Rng;
+use crate::rng::{Rng, bits_to_f64};
 use crate::select::annotate::lazy_greedy;
 use crate::{Error, Result};
 
@@ -118,21 +118,74 @@ pub struct IdealOutcome {
     pub std_err: f64,
 }
 
-/// IDEAL's edge probabilities on `graph` (see the module docs).
+/// IDEAL's edge probabilities on `graph` (see the module docs), per row.
 pub fn edge_probabilities(graph: &KnnGraph) -> Vec<Vec<(u32, f64)>> {
+    let e = EdgeList::of(graph);
     (0..graph.n())
         .map(|u| {
-            let z: f64 = graph.sims(u).iter().map(|&s| (s as f64).max(0.0)).sum();
-            graph
-                .neighbors(u)
+            let r = e.ptr[u] as usize..e.ptr[u + 1] as usize;
+            e.dst[r.clone()]
                 .iter()
-                .zip(graph.sims(u))
-                .filter(|&(_, &s)| s > 0.0 && z > 0.0)
-                .map(|(&v, &s)| (v, (s as f64 / z).min(1.0)))
+                .copied()
+                .zip(e.prob[r].iter().copied())
                 .collect()
         })
         .collect()
 }
+
+/// Weighted out-edges in flat CSR arrays: `dst[ptr[u]..ptr[u + 1]]` with
+/// probabilities `prob[..]` (one allocation each instead of one per row).
+struct EdgeList {
+    ptr: Vec<u32>,
+    dst: Vec<u32>,
+    prob: Vec<f64>,
+}
+
+impl EdgeList {
+    /// IDEAL's edges of `graph` (see the module docs).
+    fn of(graph: &KnnGraph) -> Self {
+        let n = graph.n();
+        let mut e = EdgeList {
+            ptr: Vec::with_capacity(n + 1),
+            dst: Vec::with_capacity(n * graph.k()),
+            prob: Vec::with_capacity(n * graph.k()),
+        };
+        e.ptr.push(0);
+        for u in 0..n {
+            let z: f64 = graph.sims(u).iter().map(|&s| (s as f64).max(0.0)).sum();
+            if z > 0.0 {
+                for (&v, &s) in graph.neighbors(u).iter().zip(graph.sims(u)) {
+                    if s > 0.0 {
+                        e.dst.push(v);
+                        e.prob.push((s as f64 / z).min(1.0));
+                    }
+                }
+            }
+            e.ptr.push(e.dst.len() as u32);
+        }
+        e
+    }
+
+    /// From per-row lists `out[u] = [(v, p(u→v)), ...]`.
+    fn from_rows(out: &[Vec<(u32, f64)>]) -> Self {
+        let mut e = EdgeList {
+            ptr: vec![0],
+            dst: Vec::new(),
+            prob: Vec::new(),
+        };
+        for edges in out {
+            for &(v, p) in edges {
+                e.dst.push(v);
+                e.prob.push(p);
+            }
+            e.ptr.push(e.dst.len() as u32);
+        }
+        e
+    }
+}
+
+/// Edges whose live bits one task draws (a multiple of 64 bytes of masks).
+const DRAW_CHUNK: usize = 1 << 14;
 
 /// Scratch space of one traversal: the realisations in which each row is
 /// reached, those still to be passed on, and the rows touched.
@@ -161,41 +214,45 @@ impl Cascade {
     /// Samples `realisations` live-edge graphs of the model whose edges
     /// are `out[u] = [(v, p(u→v)), ...]`.
     pub fn from_edges(out: &[Vec<(u32, f64)>], realisations: usize, seed: u64) -> Self {
-        let n = out.len();
+        Self::sample(EdgeList::from_rows(out), realisations, seed)
+    }
+
+    /// Samples `realisations` live-edge graphs of IDEAL's model on `graph`.
+    pub fn from_graph(graph: &KnnGraph, realisations: usize, seed: u64) -> Self {
+        Self::sample(EdgeList::of(graph), realisations, seed)
+    }
+
+    /// Edge e is live in realisation r when draw e of stream r of `seed`
+    /// (`Rng::next_f64`, edges in order) is below p(e). SplitMix64 is a
+    /// counter, so draw e is computed in place ([`Rng::peek_u64`]) and its
+    /// bit written straight into the edge's mask word: chunks of edges in
+    /// parallel, no per-realisation buffers, the same bits as drawing each
+    /// stream sequentially.
+    fn sample(e: EdgeList, realisations: usize, seed: u64) -> Self {
+        let n = e.ptr.len() - 1;
         let words = realisations.div_ceil(64).max(1);
-        let mut ptr = Vec::with_capacity(n + 1);
-        let mut dst = Vec::new();
-        let mut prob = Vec::new();
-        ptr.push(0u32);
-        for edges in out {
-            for &(v, p) in edges {
-                dst.push(v);
-                prob.push(p);
-            }
-            ptr.push(dst.len() as u32);
-        }
-        // one stream per realisation, over the edges in order; bits merged in order
-        let draws: Vec<Vec<bool>> = (0..realisations)
-            .into_par_iter()
-            .map(|r| {
-                let mut rng = Rng::for_stream(seed, r as u64);
-                prob.iter().map(|&p| rng.next_f64() < p).collect()
-            })
-            .collect();
-        let mut masks = vec![0u64; prob.len() * words];
-        for (r, d) in draws.iter().enumerate() {
-            let (w, bit) = (r / 64, 1u64 << (r % 64));
-            for (e, _) in d.iter().enumerate().filter(|(_, l)| **l) {
-                masks[e * words + w] |= bit;
-            }
-        }
+        let streams: Vec<Rng> = (0..realisations).map(|r| Rng::for_stream(seed, r as u64)).collect();
+        let mut live = vec![0u64; e.prob.len() * words];
+        live.par_chunks_mut(DRAW_CHUNK * words)
+            .zip(e.prob.par_chunks(DRAW_CHUNK))
+            .enumerate()
+            .for_each(|(c, (masks, prob))| {
+                let base = (c * DRAW_CHUNK) as u64;
+                for (r, rng) in streams.iter().enumerate() {
+                    let (w, shift) = (r / 64, r % 64);
+                    for (i, &p) in prob.iter().enumerate() {
+                        let hit = bits_to_f64(rng.peek_u64(base + i as u64)) < p;
+                        masks[i * words + w] |= (hit as u64) << shift;
+                    }
+                }
+            });
         Cascade {
             n,
             r: realisations,
             words,
-            ptr,
-            dst,
-            live: masks,
+            ptr: e.ptr,
+            dst: e.dst,
+            live,
         }
     }
 
@@ -376,7 +433,7 @@ pub fn ideal(graph: &KnnGraph, budget: usize, params: &IdealParams, seed: u64) -
             format!("{budget} is more than the {n} rows of the pool"),
         ));
     }
-    let cascade = Cascade::from_edges(&edge_probabilities(graph), params.realisations, seed);
+    let cascade = Cascade::from_graph(graph, params.realisations, seed);
     Ok(ideal_on(&cascade, budget, params.first))
 }
 
@@ -541,6 +598,28 @@ mod tests {
         let expected: f64 = p.iter().flatten().map(|&(_, q)| q).sum::<f64>() * 130.0;
         let live: u64 = c.live.iter().map(|m| m.count_ones() as u64).sum();
         assert!((live as f64 - expected).abs() < 0.05 * expected, "{live} vs {expected}");
+    }
+
+    #[test]
+    fn live_bits_are_each_streams_draws_in_edge_order() {
+        // more edges than one draw chunk, R spanning two mask words
+        let rows = unit_rows(3000, 4, 8);
+        let g = exact_knn(&rows, 4, 7).unwrap();
+        let (r_count, seed) = (70, 12);
+        let c = Cascade::from_graph(&g, r_count, seed);
+        let p: Vec<f64> = edge_probabilities(&g).into_iter().flatten().map(|(_, q)| q).collect();
+        assert!(p.len() > DRAW_CHUNK);
+        for r in 0..r_count {
+            let mut rng = Rng::for_stream(seed, r as u64);
+            for (e, &q) in p.iter().enumerate() {
+                let live = c.live[e * c.words + r / 64] >> (r % 64) & 1 == 1;
+                assert_eq!(live, rng.next_f64() < q, "edge {e} realisation {r}");
+            }
+        }
+        assert_eq!(c.ptr, {
+            let out = edge_probabilities(&g);
+            Cascade::from_edges(&out, 1, 0).ptr
+        });
     }
 
     #[test]

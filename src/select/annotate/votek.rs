@@ -14,7 +14,6 @@
 //! them). Rows nobody votes
 //! for are never candidates (the caller fills with a documented fallback).
 
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::knn::KnnGraph;
@@ -90,11 +89,9 @@ impl VoteState {
         let n = graph.n();
         let indeg = |v: usize| ptr[v + 1] - ptr[v];
         let mut voted: Vec<u32> = (0..n as u32).filter(|&v| first[v as usize] != u64::MAX).collect();
-        // first-vote positions are distinct, so the order is total
-        voted.par_sort_unstable_by(|&a, &b| {
-            let (a, b) = (a as usize, b as usize);
-            indeg(b).cmp(&indeg(a)).then(first[a].cmp(&first[b]))
-        });
+        // first-vote positions are distinct, so the order is total (serial:
+        // a few thousand comparisons' worth, below what a parallel sort gains)
+        voted.sort_unstable_by_key(|&v| (std::cmp::Reverse(indeg(v as usize)), first[v as usize]));
         let mut pos = vec![u32::MAX; n];
         for (p, &v) in voted.iter().enumerate() {
             pos[v as usize] = p as u32;
@@ -156,91 +153,83 @@ impl VoteState {
     }
 }
 
-/// Slots of the voter lists written by one block of targets at a time:
-/// the block's slice (4 bytes a slot) stays in a core's L2 cache.
-const BLOCK_SLOTS: usize = 1 << 18;
-
 /// The voters of every row in increasing id (CSR of the in-edges:
 /// `src[ptr[v]..ptr[v + 1]]`) and, per row, the position in the
 /// reference's scan (voters in increasing id, each listing its neighbours
 /// from least to most similar) of its first vote (`u64::MAX`: none).
 ///
-/// A two-pass parallel radix sort, so that no pass scatters writes over
-/// the whole edge array: ranges of voters (in parallel) append their edges
-/// to one bucket per block of target rows, in voter order; then every block
-/// (in parallel) counts and places its edges inside its own slice, reading
-/// the buckets in range order, so each list stays ascending. The result
-/// does not depend on the threads.
+/// A counting sort over fixed ranges of voters, in parallel: each range
+/// counts its votes per target; a prefix sum over (target, range) gives
+/// every range its own first slot in each target's list; then each range
+/// writes its voters, in increasing id, straight into those slots. Lists
+/// come out ascending, a row's first vote is the one that fills its list's
+/// first slot, and no intermediate buckets are written (the edge array is
+/// touched once). The slots are a function of the graph alone, so the
+/// result does not depend on the threads.
 fn voter_lists(graph: &KnnGraph) -> (Vec<usize>, Vec<u32>, Vec<u64>) {
+    use rayon::prelude::*;
     let (n, k) = (graph.n(), graph.k());
     let parts = rayon::current_num_threads().clamp(1, 16).min(n.max(1));
-    let cut = |i: usize| i * n / parts;
-    // rows per block: a power of two, so a row's block is a shift
-    let shift = (BLOCK_SLOTS / k.max(1)).max(1).ilog2();
-    let blocks = (n >> shift) + 1;
-    // (target << 32 | voter) per edge, bucketed by the target's block
-    let pass1: Vec<(Vec<Vec<u64>>, Vec<u64>)> = (0..parts)
+    let cut = |p: usize| p * n / parts;
+    // per range: votes per target, then turned into that range's next slot
+    let mut next: Vec<Vec<usize>> = (0..parts)
         .into_par_iter()
-        .map(|i| {
-            let (lo, hi) = (cut(i), cut(i + 1));
-            let per = (hi - lo) * k / blocks + 16;
-            let mut buckets: Vec<Vec<u64>> = (0..blocks).map(|_| Vec::with_capacity(per)).collect();
-            let mut first = vec![u64::MAX; n];
-            for u in lo..hi {
-                for (j, &v) in graph.neighbors(u).iter().rev().enumerate() {
-                    buckets[(v >> shift) as usize].push(((v as u64) << 32) | u as u64);
-                    let f = &mut first[v as usize];
-                    *f = (*f).min((u * k + j) as u64);
-                }
+        .map(|p| {
+            let mut c = vec![0usize; n];
+            for u in cut(p)..cut(p + 1) {
+                graph.neighbors(u).iter().for_each(|&v| c[v as usize] += 1);
             }
-            (buckets, first)
+            c
         })
         .collect();
-    let totals: Vec<usize> = (0..blocks)
-        .map(|b| pass1.iter().map(|(bk, _)| bk[b].len()).sum())
-        .collect();
-    let mut src = vec![0u32; totals.iter().sum()];
-    let mut slices: Vec<(usize, &mut [u32])> = Vec::with_capacity(blocks);
-    let mut rest: &mut [u32] = &mut src;
-    for (b, &t) in totals.iter().enumerate() {
-        let (head, tail) = std::mem::take(&mut rest).split_at_mut(t);
-        slices.push((b, head));
-        rest = tail;
+    let mut ptr = vec![0usize; n + 1];
+    for v in 0..n {
+        let mut at = ptr[v];
+        for c in next.iter_mut() {
+            let votes = c[v];
+            c[v] = at;
+            at += votes;
+        }
+        ptr[v + 1] = at;
     }
-    // per block: each row's offset inside the block's slice
-    let local: Vec<Vec<usize>> = slices
-        .into_par_iter()
-        .map(|(b, out)| {
-            let (lo, hi) = ((b << shift).min(n), ((b + 1) << shift).min(n));
-            let mut at = vec![0usize; hi - lo + 1];
-            let edges = || pass1.iter().flat_map(|(bk, _)| bk[b].iter());
-            for &e in edges() {
-                at[(e >> 32) as usize - lo + 1] += 1;
-            }
-            for v in 0..hi - lo {
-                at[v + 1] += at[v];
-            }
-            let mut fill = at.clone();
-            for &e in edges() {
-                let slot = &mut fill[(e >> 32) as usize - lo];
-                out[*slot] = e as u32;
-                *slot += 1;
-            }
-            at
-        })
-        .collect();
-    let mut ptr = Vec::with_capacity(n + 1);
-    let mut base = 0;
-    for (at, &t) in local.iter().zip(&totals) {
-        ptr.extend(at[..at.len() - 1].iter().map(|&o| base + o));
-        base += t;
-    }
-    ptr.push(base);
+    let mut src = vec![0u32; ptr[n]];
     let mut first = vec![u64::MAX; n];
-    for (_, f) in &pass1 {
-        first.iter_mut().zip(f).for_each(|(a, &b)| *a = (*a).min(b));
-    }
+    let (src_at, first_at) = (Slots(src.as_mut_ptr()), Slots(first.as_mut_ptr()));
+    next.par_iter_mut().enumerate().for_each(|(p, slot)| {
+        for u in cut(p)..cut(p + 1) {
+            for (j, &v) in graph.neighbors(u).iter().rev().enumerate() {
+                let (v, s) = (v as usize, &mut slot[v as usize]);
+                // SAFETY: *s lies in ptr[v]..ptr[v + 1] and in this range's own
+                // sub-slice of it (the prefix sum above), so no two writes, from
+                // any thread, share a slot of `src`; first[v] is written only
+                // by the write of slot ptr[v], which happens once.
+                unsafe {
+                    if *s == ptr[v] {
+                        first_at.write(v, (u * k + j) as u64);
+                    }
+                    src_at.write(*s, u as u32);
+                }
+                *s += 1;
+            }
+        }
+    });
     (ptr, src, first)
+}
+
+/// A buffer that threads write at disjoint positions (see [`voter_lists`]).
+#[derive(Clone, Copy)]
+struct Slots<T>(*mut T);
+
+// SAFETY: only used for writes at positions no other thread writes.
+unsafe impl<T: Send> Send for Slots<T> {}
+unsafe impl<T: Send> Sync for Slots<T> {}
+
+impl<T> Slots<T> {
+    /// # Safety
+    /// `i` is in bounds and no other thread accesses position `i`.
+    unsafe fn write(self, i: usize, x: T) {
+        unsafe { self.0.add(i).write(x) }
+    }
 }
 
 /// Fast vote-k on `graph` (row u votes for its neighbours): up to `budget`
@@ -265,7 +254,6 @@ pub fn greedy(st: &mut VoteState, budget: usize) -> (Vec<u32>, Vec<f64>) {
     // before any pick a score is the in-degree, exactly
     let fresh = st.picks == 0;
     let cands: Vec<(u32, u64, f64)> = (0..n as u32)
-        .into_par_iter()
         .filter(|&v| st.voted(v) && !st.is_selected(v))
         .map(|v| {
             let s = if fresh { st.voters(v).len() as f64 } else { st.score(v) };
