@@ -14,10 +14,11 @@
 //!   ([`crate::distance::dot_batch`]); work is split into fixed-size row
 //!   chunks and every reduction is summed in chunk order, so results do not
 //!   depend on the number of threads.
-//! * Spherical fits skip, from the second iteration on, the rows whose
-//!   nearest centroid provably cannot have changed (Hamerly's bound with a
-//!   rigorous rounding margin, [`crate::cluster::bounds`]): labels, dots and
-//!   so every centroid are bit-identical to searching every row.
+//! * With `DPRUNE_KMEANS_BOUNDS=1`, spherical fits skip, from the second
+//!   iteration on, the centroid groups that provably cannot hold a row's
+//!   nearest centroid ([`crate::cluster::bounds`]); labels, dots and so every
+//!   centroid are bit-identical either way. Off by default: slower on the
+//!   1M benchmark (see [`bounds_enabled`]).
 //! * Empty clusters are re-seeded by splitting the largest cluster (faiss's
 //!   rule: the two halves move apart by a relative 1/1024 per coordinate).
 
@@ -179,7 +180,7 @@ impl KMeans {
         params: &KMeansParams,
         on_iter: &mut dyn FnMut(IterationStats),
     ) -> Result<Self> {
-        Self::fit_with(data, dim, params, true, on_iter)
+        Self::fit_with(data, dim, params, bounds_enabled(), on_iter)
     }
 
     /// [`KMeans::fit`]; `bounded` = false searches every row at every
@@ -270,6 +271,17 @@ impl KMeans {
     pub fn inertia(&self) -> f64 {
         self.inertia_history.last().copied().unwrap_or(f64::NAN)
     }
+}
+
+/// Whether spherical fits use the group bounds ([`crate::cluster::bounds`]):
+/// only with `DPRUNE_KMEANS_BOUNDS=1`. Results are identical either way, but
+/// on the 1M × 384, k = 1000 benchmark (2026-12-04) the bounds made the fit
+/// slower (8.5 s vs 5.2 s for 9 iterations) and used 240 MB more: with
+/// index-ordered groups most groups of most rows still had to be computed,
+/// and the gathers cost more than the products they saved.
+fn bounds_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("DPRUNE_KMEANS_BOUNDS").is_ok_and(|v| v == "1"))
 }
 
 /// Sum of squared distances, summed per fixed chunk then in chunk order.
