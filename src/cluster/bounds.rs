@@ -224,7 +224,7 @@ impl Bounds {
                     let o = own[i] as f64;
                     for (gg, b) in ur.iter_mut().enumerate() {
                         *b = up(*b as f64 + drift[gg]);
-                        if !(o > *b as f64 + e) {
+                        if o.partial_cmp(&(*b as f64 + e)) != Some(std::cmp::Ordering::Greater) {
                             rows.push(i as u32);
                             grps.push(gg as u32);
                         }

@@ -427,6 +427,9 @@ mod tests {
         (firsts, v, nl)
     }
 
+    /// Name, writer settings, (null rows, null values).
+    type Case<'a> = (&'a str, WriterProperties, (&'a [usize], &'a [usize]));
+
     #[test]
     fn same_blocks_as_the_generic_reader() {
         let dir = tempfile::tempdir().unwrap();
@@ -436,7 +439,7 @@ mod tests {
                 .set_data_page_size_limit(512)
                 .set_write_batch_size(7)
         };
-        let cases: Vec<(&str, WriterProperties, (&[usize], &[usize]))> = vec![
+        let cases: Vec<Case> = vec![
             ("plain", small_pages().build(), (&[], &[])),
             (
                 "v2",

@@ -56,14 +56,14 @@ pub(super) fn write_outputs(
             .map(|_| rows.labels.iter().map(|&l| l as i32).collect());
         let dest = out.dir.join(SCORES_TABLE);
         write_scores_table(
-            &data,
+            data,
             &ScoreColumns {
                 cluster: cl.as_deref(),
                 score: &rows.scores,
-                kept: &kept,
+                kept,
                 valid: &rows.valid,
-                max_sim: max_sim.as_deref(),
-                dup_of: (!dup_of.is_empty()).then_some(&dup_of[..]),
+                max_sim,
+                dup_of: (!dup_of.is_empty()).then_some(dup_of),
             },
             &dest,
         )?;
