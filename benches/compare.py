@@ -90,7 +90,16 @@ def case_kmeans(args, res):
                      "--threads", str(args.threads)])
     rep = json.loads(out)
     km = rep["kmeans"]
-    res["kmeans_200k_k1000_20it"] = {
+    before = {}
+    if args.before:
+        out_b, _ = run([args.before] + [a for a in [
+            "filter", data, "-o", os.path.join(args.work, "km"), "--dry-run", "--quiet", "--k", "1000",
+            "--sample", "200000", "--max-iters", "20", "--tolerance", "0", "--threads", str(args.threads)]])
+        rb = json.loads(out_b)
+        before = {"before_fit_s": rb["timings_s"]["kmeans"],
+                  "before_ratio_faiss_over_dprune": round(ref["fit_s"] / rb["timings_s"]["kmeans"], 2),
+                  "before_inertia": rb["kmeans"]["inertia"]}
+    res["kmeans_200k_k1000_20it"] = {**before,
         "faiss_fit_s": ref["fit_s"], "dprune_fit_s": rep["timings_s"]["kmeans"],
         "ratio_faiss_over_dprune": round(ref["fit_s"] / rep["timings_s"]["kmeans"], 2),
         "faiss_mean_cos": ref["mean_cos"], "dprune_iterations": km["iterations"],
@@ -118,9 +127,13 @@ def case_e2e(args, res):
     rows = {}
     # default: dprune's defaults (stops at --tolerance); 20it: exactly 20 iterations like faiss;
     # scores_only: like-for-like output with the reference (ids/scores, no pruned Parquet).
-    for label, extra in [("default", []), ("20it", ["--tolerance", "0"]), ("scores_only", ["--scores-only"])]:
+    variants = [("default", []), ("20it", ["--tolerance", "0"]), ("scores_only", ["--scores-only"])]
+    runs = [(label, args.dprune, extra) for label, extra in variants]
+    if args.before:
+        runs += [(f"before_{label}", args.before, extra) for label, extra in variants]
+    for label, binary, extra in runs:
         out_dir = os.path.join(args.work, f"e2e_{label}")
-        _, wall, rss, cpu = run_rss([args.dprune, "filter", "--keep", "0.3", data, "-o", out_dir, "--overwrite", "--quiet",
+        _, wall, rss, cpu = run_rss([binary, "filter", "--keep", "0.3", data, "-o", out_dir, "--overwrite", "--quiet",
                                 "--k", "1000", "--max-iters", "20", "--threads", str(args.threads)] + extra)
         rep = json.load(open(os.path.join(out_dir, "_dprune_report.json")))
         rows[label] = {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "peak_rss_mb": round(rss),
@@ -128,6 +141,11 @@ def case_e2e(args, res):
                        "n_kept": rep["n_kept"], "ratio_ref_over_dprune": round(ref_wall / wall, 2),
                        "cpu_ratio_ref_over_dprune": round(ref_cpu / cpu, 2),
                        "timings_s": rep["timings_s"]}
+    if args.before:
+        # Before and after must agree bit for bit: same clusters, scores and kept rows.
+        a = pq.read_table(os.path.join(args.work, "e2e_scores_only", "scores.parquet"))
+        b = pq.read_table(os.path.join(args.work, "e2e_before_scores_only", "scores.parquet"))
+        rows["scores_only_identical_to_before"] = a.equals(b)
     # Same centroids: kept sets must agree.
     out_dir = os.path.join(args.work, "e2e_same_centroids")
     _, wall_c = run([args.dprune, "filter", "--keep", "0.3", data, "-o", out_dir, "--overwrite", "--quiet",
@@ -185,9 +203,13 @@ def case_semdedup(args, res):
     truth = {f: pq.read_table(f, columns=["dup_of"]).column("dup_of").to_numpy() for f in sorted(glob.glob(data))}
     dup_of = np.concatenate(list(truth.values()))
     rows = {}
-    for label, extra in [("default", []), ("20it", ["--tolerance", "0"]), ("global", ["--dedup-global"])]:
+    variants = [("default", []), ("20it", ["--tolerance", "0"]), ("global", ["--dedup-global"])]
+    runs = [(label, args.dprune, extra) for label, extra in variants]
+    if args.before:
+        runs += [(f"before_{label}", args.before, extra) for label, extra in variants[:2]]
+    for label, binary, extra in runs:
         out_dir = os.path.join(args.work, f"sd_{label}")
-        _, wall, rss, cpu = run_rss([args.dprune, "filter", "--dedup", "0.05", data, "-o", out_dir, "--overwrite",
+        _, wall, rss, cpu = run_rss([binary, "filter", "--dedup", "0.05", data, "-o", out_dir, "--overwrite",
                                 "--quiet", "--k", "1000", "--max-iters", "20", "--scores-only",
                                 "--threads", str(args.threads)] + extra)
         rep = json.load(open(os.path.join(out_dir, "_dprune_report.json")))
@@ -198,6 +220,10 @@ def case_semdedup(args, res):
                        "cpu_ratio_ref_over_dprune": round(ref_cpu / cpu, 2), "precision": m["precision"],
                        "recall": m["recall"], "timings_s": rep["timings_s"],
                        "spill_partitions": rep["semdedup"]["partitions"]}
+    if args.before:
+        a = pq.read_table(os.path.join(args.work, "sd_default", "scores.parquet"))
+        b = pq.read_table(os.path.join(args.work, "sd_before_default", "scores.parquet"))
+        rows["default_identical_to_before"] = a.equals(b)
     out_dir = os.path.join(args.work, "sd_same_centroids")
     _, wall_c = run([args.dprune, "filter", "--dedup", "0.05", data, "-o", out_dir, "--overwrite", "--quiet",
                      "--centroids", cents, "--scores-only", "--threads", str(args.threads)])
@@ -269,6 +295,7 @@ def main():
     ap.add_argument("--work", default="/tmp/dpb/work", help="scratch folder for outputs")
     ap.add_argument("--shared", default=os.path.join(ROOT, "..", "shared", "bench"))
     ap.add_argument("--dprune", default=os.path.join(ROOT, "target", "release", "dprune"))
+    ap.add_argument("--before", help="a second dprune binary (e.g. main's) timed in the same run, rows prefixed before_")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cases", default="kmeans,e2e,memory")
     ap.add_argument("--out", help="write the results JSON here")

@@ -2,11 +2,14 @@
 //!
 //! Later: HNSW indexes and kNN graphs for de-duplication and annotation.
 
+mod bounds;
 pub mod centroids;
+pub mod certified;
 pub mod hnsw;
 pub mod kmeans;
 pub mod knn;
 
 pub use centroids::{Centroids, Distance};
+pub use certified::CertifiedSearch;
 pub use hnsw::{Hnsw, HnswParams};
 pub use kmeans::{KMeans, KMeansParams};

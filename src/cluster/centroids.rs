@@ -19,7 +19,7 @@ use crate::{Error, Result};
 /// Rows per parallel task: fixed, so sums have a fixed order.
 pub(crate) const CHUNK_ROWS: usize = 256;
 /// Centroids per GEMM tile: bounds scratch memory for very large k.
-const TILE_K: usize = 1024;
+pub(crate) const TILE_K: usize = 1024;
 
 /// How rows are compared with centroids.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -129,6 +129,11 @@ impl Centroids {
     /// Centroid `j`.
     pub fn row(&self, j: usize) -> &[f32] {
         &self.data[j * self.dim..(j + 1) * self.dim]
+    }
+
+    /// Centroids `t·TILE_K ..` packed for the GEMM kernel (the `t`-th tile).
+    pub(crate) fn tile(&self, t: usize) -> &PackedRows {
+        &self.tiles[t]
     }
 
     /// For every row of `rows` (row-major, `dim` columns): the nearest
@@ -247,7 +252,7 @@ impl Centroids {
 /// comparisons and selects), the AVX-512 one four times the lanes of the
 /// baseline target's SSE2.
 #[inline]
-fn argmax_row(row: &[f32], bias: Option<&[f32]>) -> (usize, f32) {
+pub(crate) fn argmax_row(row: &[f32], bias: Option<&[f32]>) -> (usize, f32) {
     #[cfg(target_arch = "x86_64")]
     if crate::distance::kernel() == crate::distance::Kernel::Avx512 {
         // SAFETY: the AVX-512 kernel is chosen only when the CPU has AVX-512F.

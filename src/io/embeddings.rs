@@ -7,6 +7,10 @@
 //! contiguous `rows × dim` f32 buffer, plus which rows were null. Checking
 //! values (NaN, zero vectors) is the caller's job, because the caller
 //! decides between an error and dropping the row.
+//!
+//! `FixedSizeList<Float32>` columns stored PLAIN are read page by page
+//! without the generic level decoding (`fast`, same rows and values;
+//! `DPRUNE_PARQUET_FAST=0` turns it off for comparisons).
 
 use std::path::{Path, PathBuf};
 
@@ -18,6 +22,8 @@ use crate::io::inputs::builder;
 use crate::io::npy::{self, NpyHeader, RowReader};
 use crate::io::{Dataset, Shard};
 use crate::{Error, Result};
+
+pub(crate) mod fast;
 
 /// Column names taken as the embedding when several float-list columns exist.
 pub const KNOWN_EMBEDDING_NAMES: &[&str] = &[
@@ -279,6 +285,11 @@ impl EmbeddingSource for ColumnSource {
     }
 
     fn blocks<'a>(&'a self, shard: &'a Shard, batch_rows: usize) -> Result<BlockIter<'a>> {
+        if std::env::var("DPRUNE_PARQUET_FAST").map_or(true, |v| v != "0")
+            && let Some(fast) = fast::FslBlocks::open(shard, &self.name, self.dim, batch_rows)?
+        {
+            return Ok(Box::new(fast));
+        }
         let r = reader(shard, &self.name, batch_rows)?;
         let mut next_row = 0u64;
         Ok(Box::new(r.map(move |b| {

@@ -5,6 +5,8 @@
 //! extra columns appended. Files are zstd-compressed, with row groups of at
 //! most [`DEFAULT_ROW_GROUP_ROWS`] rows and about [`DEFAULT_ROW_GROUP_BYTES`]
 //! bytes, and are written under a temporary name, renamed when complete.
+//! Shards are read with the page-level reader for float-vector columns
+//! where it applies (`input`).
 
 use std::fs::File;
 use std::path::Path;
@@ -17,9 +19,10 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
-use crate::io::inputs::builder;
 use crate::io::{AtomicFile, Dataset, Shard};
 use crate::{Error, Result};
+
+mod input;
 
 /// Largest row group, in rows.
 pub const DEFAULT_ROW_GROUP_ROWS: usize = 64 * 1024;
@@ -95,6 +98,24 @@ pub fn write_filtered(
     dest: &Path,
     on_rows: &(dyn Fn(u64) + Sync),
 ) -> Result<u64> {
+    match copy_rows(shard, keep, extra, dest, on_rows, true)? {
+        Some(n) => Ok(n),
+        // A null in a list column: copy again with Arrow's reader alone (same output).
+        None => copy_rows(shard, keep, extra, dest, on_rows, false)?
+            .ok_or_else(|| Error::Internal("Arrow's reader fell back".into())),
+    }
+}
+
+/// [`write_filtered`] reading with [`input::Input`]; `None` when its fast
+/// reader fell back (nothing written then).
+fn copy_rows(
+    shard: &Shard,
+    keep: &[bool],
+    extra: &[ExtraColumn<'_>],
+    dest: &Path,
+    on_rows: &(dyn Fn(u64) + Sync),
+    fast: bool,
+) -> Result<Option<u64>> {
     if keep.len() as u64 != shard.num_rows {
         return Err(Error::Internal(format!(
             "keep mask has {} flags for {} rows",
@@ -117,13 +138,7 @@ pub fn write_filtered(
     fields.extend(extra.iter().map(|e| Arc::new(Field::new(e.name, e.data_type(), true))));
     let out_schema: SchemaRef = Arc::new(Schema::new_with_metadata(fields, in_schema.metadata().clone()));
 
-    let reader = builder(&shard.path)?
-        .with_batch_size(COPY_BATCH_ROWS)
-        .build()
-        .map_err(|source| Error::Parquet {
-            path: shard.path.clone(),
-            source,
-        })?;
+    let mut input = input::Input::open(shard, fast)?;
     let atomic = AtomicFile::new(dest)?;
     let file = File::create(atomic.tmp_path()).map_err(|e| Error::io("creating", atomic.tmp_path(), e))?;
     let wrap = |source| Error::Parquet {
@@ -133,11 +148,8 @@ pub fn write_filtered(
     let mut w = ArrowWriter::try_new(file, out_schema.clone(), Some(writer_properties())).map_err(wrap)?;
     let mut row = 0usize;
     let mut written = 0u64;
-    for batch in reader {
-        let batch = batch.map_err(|source| Error::Arrow {
-            path: shard.path.clone(),
-            source,
-        })?;
+    for batch in &mut input {
+        let batch = batch?;
         let n = batch.num_rows();
         let flags = &keep[row..row + n];
         let rows: Vec<usize> = (row..row + n).filter(|&i| keep[i]).collect();
@@ -163,6 +175,9 @@ pub fn write_filtered(
         row += n;
         on_rows(n as u64);
     }
+    if input.fell_back() {
+        return Ok(None);
+    }
     if row as u64 != shard.num_rows {
         return Err(Error::Internal(format!(
             "{}: read {row} rows, footer says {}",
@@ -174,7 +189,7 @@ pub fn write_filtered(
     file.sync_all().map_err(|e| Error::io("writing", dest, e))?;
     drop(file);
     atomic.commit()?;
-    Ok(written)
+    Ok(Some(written))
 }
 
 /// Per-row results for a scores table, indexed by global row.

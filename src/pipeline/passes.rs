@@ -12,7 +12,7 @@ use std::sync::mpsc::sync_channel;
 
 use rayon::prelude::*;
 
-use crate::cluster::{Centroids, Distance};
+use crate::cluster::{Centroids, CertifiedSearch, Distance};
 use crate::distance::normalize;
 use crate::io::embeddings::{EmbeddingBlock, EmbeddingSource};
 use crate::io::{Dataset, Shard};
@@ -263,6 +263,8 @@ pub fn score_rows(
         views.push((shard, l0, s0, v0, h0, x0));
         (l, s, v, h, sec) = (l1, s1, v1, h1, x1);
     }
+    // bf16 products with an exact f32 recheck: the same labels and dots, faster.
+    let certified = CertifiedSearch::new(c);
     let parts: Vec<Result<((), InvalidReport)>> = views
         .into_par_iter()
         .map(|(shard, labels, scores, valid, hashes, second)| {
@@ -309,6 +311,10 @@ pub fn score_rows(
                 if guest_buffer.is_some() {
                     // Cosine (checked above): the score is 1 − the dot with the nearest centroid.
                     c.nearest_two(&b.values, &mut labels[base..base + m], sc, &mut second[base..base + m]);
+                    sc.iter_mut().for_each(|s| *s = 1.0 - *s);
+                } else if let Some(cs) = &certified {
+                    // Cosine (checked by `new`): the score is 1 − the dot, as `prototypicality` computes it.
+                    cs.nearest(&b.values, &mut labels[base..base + m], sc);
                     sc.iter_mut().for_each(|s| *s = 1.0 - *s);
                 } else {
                     prototypicality(c, &b.values, &mut labels[base..base + m], sc);

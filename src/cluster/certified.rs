@@ -1,0 +1,284 @@
+//! Certified nearest-centroid search for cosine centroids: the bulk of the
+//! products in bfloat16 (`vdpbf16ps`, [`dot_batch_bf16`]), then the few
+//! centroids that could still win recomputed in f32 with the same kernel as
+//! [`Centroids::nearest`] — so labels and dots are bit-identical to it.
+//!
+//! Error bound. Rounding a row and a centroid to bf16 (precision 8 bits,
+//! unit roundoff u_b = 2⁻⁸) changes each product x_t·c_t by at most
+//! (2u_b + u_b²)·|x_t c_t|; the products are exact in f32 and summed with d
+//! f32 additions, adding at most γ_d·Σ|x̂_t ĉ_t| with γ_d = d·u/(1 − d·u),
+//! u = 2⁻²⁴ (Higham, *Accuracy and Stability of Numerical Algorithms*, 2002,
+//! §3.1). With Σ|x_t c_t| ≤ ‖x‖·‖c‖ the bf16 score `b_j` is within
+//! B = ((2u_b + u_b²)(1 + γ_d) + γ_d)·‖x‖·max‖c‖ of the exact dot, and the f32
+//! dot `f_j` the full search computes is within E = γ_d·‖x‖·max‖c‖ of it.
+//! Every f_j ≤ b_j + B + E, and the best bf16 centroid has f ≥ max b − B − E;
+//! so a centroid with b_j < max b − 2(B + E) can neither beat nor tie it, and
+//! the full search's winner (the first largest f32 dot) is the first largest
+//! f32 dot among the others — the candidates. For unit rows 2(B + E) ≈ 0.016.
+//! Denormals flushed by the bf16 kernel are covered by a 1e-30 absolute term.
+//!
+//! Rows with many candidates (e.g. all-zero rows) fall back to the full f32
+//! search. Everything is per row, in fixed chunks: results do not depend on
+//! the thread count or on which rows share a batch.
+
+use rayon::prelude::*;
+
+use crate::cluster::centroids::{CHUNK_ROWS, Centroids, Distance, TILE_K, argmax_row};
+use crate::distance::{Bf16Kernel, PACKED_COL_ALIGN, PackedBf16, bf16_kernel, dot_batch_bf16, dot_batch_packed_cols};
+
+/// Unit roundoff of f32.
+const U32: f64 = 1.0 / (1u64 << 24) as f64;
+/// Unit roundoff of bf16.
+const UB: f64 = 1.0 / 256.0;
+
+/// The search (see the module doc), built once per set of centroids.
+#[derive(Debug)]
+pub struct CertifiedSearch<'a> {
+    c: &'a Centroids,
+    packed: PackedBf16,
+    /// ((2u_b + u_b²)(1 + γ_d) + γ_d + γ_d)·max‖c‖ with 1% slack: B + E per unit of ‖x‖.
+    per_norm: f64,
+}
+
+impl<'a> CertifiedSearch<'a> {
+    /// The search for `c`, where it pays: cosine centroids on a CPU with the
+    /// AVX-512 BF16 kernel (elsewhere the bf16 products would be slower than
+    /// the f32 search). `DPRUNE_CERTIFIED=0` turns it off.
+    pub fn new(c: &'a Centroids) -> Option<Self> {
+        let on = bf16_kernel() == Bf16Kernel::Avx512Bf16
+            && c.distance() == Distance::Cosine
+            && std::env::var("DPRUNE_CERTIFIED").map_or(true, |v| v != "0");
+        on.then(|| Self::build(c))
+    }
+
+    /// The search whatever the CPU (tests: the portable bf16 kernel gives the same bits).
+    pub(crate) fn build(c: &'a Centroids) -> Self {
+        let (k, dim) = (c.k(), c.dim());
+        let rows: Vec<usize> = (0..k).collect();
+        let packed = PackedBf16::new(c.as_slice(), dim, &rows, &vec![1.0; k]);
+        let cmax = (0..k)
+            .map(|j| c.row(j).iter().map(|&v| v as f64 * v as f64).sum::<f64>())
+            .fold(0.0, f64::max)
+            .sqrt();
+        let d = dim as f64;
+        let gamma = d * U32 / (1.0 - d * U32);
+        let per_norm = ((2.0 * UB + UB * UB) * (1.0 + gamma) + 2.0 * gamma) * cmax * 1.01;
+        CertifiedSearch { c, packed, per_norm }
+    }
+
+    /// Exactly [`Centroids::nearest`]: for every row of `rows` the nearest
+    /// centroid into `labels` and the f32 dot with it into `dots`.
+    ///
+    /// # Panics
+    /// If the lengths disagree.
+    pub fn nearest(&self, rows: &[f32], labels: &mut [u32], dots: &mut [f32]) {
+        let dim = self.c.dim();
+        let n = labels.len();
+        assert!(
+            rows.len() == n * dim && dots.len() == n,
+            "CertifiedSearch::nearest: lengths"
+        );
+        rows.par_chunks(CHUNK_ROWS * dim)
+            .zip(labels.par_chunks_mut(CHUNK_ROWS))
+            .zip(dots.par_chunks_mut(CHUNK_ROWS))
+            .for_each_init(Scratch::default, |s, ((x, l), d)| self.chunk(x, l, d, s));
+    }
+
+    fn chunk(&self, x: &[f32], labels: &mut [u32], dots: &mut [f32], s: &mut Scratch) {
+        let (k, dim, m) = (self.c.k(), self.c.dim(), labels.len());
+        s.idx.clear();
+        s.idx.extend(0..m);
+        s.ones.resize(m, 1.0);
+        s.scores.resize(m * k, 0.0);
+        dot_batch_bf16(x, &s.idx, &s.ones, &self.packed, &mut s.scores);
+        // Candidates per row, as (block of 32 centroids, centroid, row) triples.
+        s.pairs.clear();
+        s.fallback.clear();
+        for i in 0..m {
+            let b = &s.scores[i * k..(i + 1) * k];
+            let norm = norm_bound(&x[i * dim..(i + 1) * dim]);
+            let (_, top) = argmax_row(b, None);
+            let cut = top as f64 - 2.0 * (self.per_norm * norm + 1e-30);
+            // Rounded down: a candidate set larger than needed is still exact.
+            let cut = (cut as f32).next_down();
+            let before = s.pairs.len();
+            if top.is_finite() && cut.is_finite() {
+                s.found.clear();
+                candidates(b, cut, &mut s.found);
+                if s.found.len() <= MAX_CANDIDATES.max(k / 8) {
+                    s.pairs
+                        .extend(s.found.iter().map(|&j| (j / PACKED_COL_ALIGN as u32, j, i as u32)));
+                }
+            }
+            if s.pairs.len() == before {
+                s.fallback.push(i);
+            }
+        }
+        // Exact f32 dots of the candidates, one packed block of centroids at a time.
+        s.pairs.sort_unstable();
+        labels.fill(u32::MAX);
+        dots.fill(f32::NEG_INFINITY);
+        let mut p = 0;
+        while p < s.pairs.len() {
+            let blk = s.pairs[p].0;
+            let end = p + s.pairs[p..].partition_point(|q| q.0 == blk);
+            let group = &s.pairs[p..end];
+            // Distinct rows of the group, ascending (the sort puts them in (centroid, row)
+            // order, so collect and dedup).
+            s.rows.clear();
+            s.rows.extend(group.iter().map(|q| q.2));
+            s.rows.sort_unstable();
+            s.rows.dedup();
+            s.x.clear();
+            for &i in &s.rows {
+                s.x.extend_from_slice(&x[i as usize * dim..(i as usize + 1) * dim]);
+            }
+            let col0 = blk as usize * PACKED_COL_ALIGN;
+            let t0 = col0 / TILE_K * TILE_K;
+            let cols = col0 - t0..(col0 + PACKED_COL_ALIGN).min(k) - t0;
+            let w = cols.len();
+            s.exact.resize(s.rows.len() * w, 0.0);
+            dot_batch_packed_cols(&s.x, self.c.tile(t0 / TILE_K), cols, &mut s.exact);
+            for &(_, j, i) in group {
+                let r = s.rows.binary_search(&i).expect("row of the group");
+                let v = s.exact[r * w + j as usize - col0];
+                let (l, d) = (&mut labels[i as usize], &mut dots[i as usize]);
+                // First largest: candidates arrive in ascending centroid order per row.
+                if v > *d || *l == u32::MAX {
+                    (*l, *d) = (j, v);
+                }
+            }
+            p = end;
+        }
+        if !s.fallback.is_empty() {
+            s.x.clear();
+            for &i in &s.fallback {
+                s.x.extend_from_slice(&x[i * dim..(i + 1) * dim]);
+            }
+            let f = s.fallback.len();
+            let (mut l, mut d) = (vec![0u32; f], vec![0f32; f]);
+            self.c.nearest(&s.x, &mut l, &mut d);
+            for (r, &i) in s.fallback.iter().enumerate() {
+                (labels[i], dots[i]) = (l[r], d[r]);
+            }
+        }
+    }
+}
+
+/// An upper bound on ‖x‖: the f32 sum of squares in 16 lanes is within
+/// γ_d ≤ 1e-4 (d < 400 000) of the exact one; slack covers it and the sqrt.
+#[inline]
+fn norm_bound(x: &[f32]) -> f64 {
+    let mut lanes = [0f32; 16];
+    let chunks = x.chunks_exact(16);
+    let rest = chunks.remainder();
+    for ch in chunks {
+        for l in 0..16 {
+            lanes[l] += ch[l] * ch[l];
+        }
+    }
+    let s: f64 = lanes.iter().map(|&v| v as f64).sum::<f64>() + rest.iter().map(|&v| v as f64 * v as f64).sum::<f64>();
+    (s * (1.0 + 1e-4)).sqrt() * (1.0 + 1e-6)
+}
+
+/// Appends to `out` the indices `j` with `b[j] >= cut`, ascending; compiled
+/// for AVX-512 where the f32 kernel is (same result on every path).
+#[inline]
+fn candidates(b: &[f32], cut: f32, out: &mut Vec<u32>) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::distance::kernel() == crate::distance::Kernel::Avx512 {
+        // SAFETY: the AVX-512 kernel is chosen only when the CPU has AVX-512F.
+        return unsafe { candidates_avx512(b, cut, out) };
+    }
+    candidates_body(b, cut, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn candidates_avx512(b: &[f32], cut: f32, out: &mut Vec<u32>) {
+    candidates_body(b, cut, out)
+}
+
+#[inline(always)]
+fn candidates_body(b: &[f32], cut: f32, out: &mut Vec<u32>) {
+    // Most 16-blocks hold no candidate: test them with one vector compare first.
+    for (c, ch) in b.chunks(16).enumerate() {
+        if ch.iter().fold(false, |a, &v| a | (v >= cut)) {
+            for (l, &v) in ch.iter().enumerate() {
+                if v >= cut {
+                    out.push((c * 16 + l) as u32);
+                }
+            }
+        }
+    }
+}
+
+/// Rows with more candidates than this (or than k/8) use the full f32 search.
+const MAX_CANDIDATES: usize = 64;
+
+/// Per-thread buffers of [`CertifiedSearch::nearest`].
+#[derive(Default)]
+struct Scratch {
+    idx: Vec<usize>,
+    ones: Vec<f32>,
+    scores: Vec<f32>,
+    pairs: Vec<(u32, u32, u32)>,
+    fallback: Vec<usize>,
+    found: Vec<u32>,
+    rows: Vec<u32>,
+    x: Vec<f32>,
+    exact: Vec<f32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::distance::normalize;
+    use crate::rng::Rng;
+
+    fn unit(n: usize, dim: usize, r: &mut Rng) -> Vec<f32> {
+        let mut x: Vec<f32> = (0..n * dim).map(|_| r.normal() as f32).collect();
+        x.chunks_exact_mut(dim).for_each(|v| {
+            normalize(v);
+        });
+        x
+    }
+
+    #[test]
+    fn same_labels_and_dots_as_the_f32_search() {
+        let mut r = Rng::new(11);
+        for &(n, dim, k) in &[(600, 48, 70), (300, 16, 1100), (200, 33, 1)] {
+            let cents = unit(k, dim, &mut r);
+            // Rows near centroids (few candidates), plus near-ties and exact copies of centroids.
+            let mut x = Vec::new();
+            for i in 0..n {
+                let j = i % k;
+                let noise = if i % 3 == 0 { 0.02 } else { 0.3 };
+                let mut v: Vec<f32> = cents[j * dim..(j + 1) * dim]
+                    .iter()
+                    .map(|&c| c + noise * r.normal() as f32 / (dim as f32).sqrt())
+                    .collect();
+                if i % 7 == 0 && k > 1 {
+                    // Midway between two centroids: a near-tie.
+                    let j2 = (j + 1) % k;
+                    v = (0..dim).map(|t| cents[j * dim + t] + cents[j2 * dim + t]).collect();
+                }
+                if i % 11 == 0 {
+                    v = cents[j * dim..(j + 1) * dim].to_vec();
+                }
+                normalize(&mut v);
+                x.extend(v);
+            }
+            x[..dim].iter_mut().for_each(|v| *v = 0.0); // an unusable row: every centroid ties
+            let c = Centroids::try_new(cents, dim, Distance::Cosine).unwrap();
+            let s = CertifiedSearch::build(&c);
+            let (mut l, mut d) = (vec![0; n], vec![0.0; n]);
+            s.nearest(&x, &mut l, &mut d);
+            let (mut l1, mut d1) = (vec![0; n], vec![0.0; n]);
+            c.nearest(&x, &mut l1, &mut d1);
+            assert_eq!(l, l1, "n {n} dim {dim} k {k}");
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&d), bits(&d1));
+        }
+    }
+}

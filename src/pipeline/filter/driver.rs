@@ -1,0 +1,424 @@
+//! The `filter` driver: runs the passes in order (plan, `--where`, sample,
+//! k-means, score, removal stages, budget, report, write) and times each.
+//! See the parent module for what every pass does.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use super::checks::check_output;
+use super::dedup::run_semdedup;
+use super::sources::{load_centroids, open_source};
+use super::summary::build_report;
+use super::{FilterConfig, prefilter, write};
+use crate::cluster::{KMeans, KMeansParams};
+use crate::io::{Dataset, columns, expand_inputs};
+use crate::pipeline::budget::{Ranking, choose};
+use crate::pipeline::passes::{Rows, Spills, read_sample, score_rows};
+use crate::pipeline::plot;
+use crate::pipeline::progress::{Pass, Progress};
+use crate::pipeline::report::{InvalidReport, KMeansReport, REPORT_JSON, REPORT_PNG, Report};
+use crate::pipeline::spill::{ClusterSpill, partitions_for};
+use crate::pipeline::stages::{GlobalPass, KeepOf, StageReport, exact_dedup, knn_spilled, quality_drop, remove};
+use crate::rng::Rng;
+use crate::score::semdedup::hash_bytes;
+use crate::score::{Metric, random_score};
+use crate::{Error, Result};
+
+/// Wall-clock timer per pass.
+struct Timings {
+    start: Instant,
+    last: Instant,
+    map: BTreeMap<String, f64>,
+}
+
+impl Timings {
+    fn new() -> Self {
+        let now = Instant::now();
+        Timings {
+            start: now,
+            last: now,
+            map: BTreeMap::new(),
+        }
+    }
+    fn mark(&mut self, name: &str) {
+        let now = Instant::now();
+        *self.map.entry(name.to_string()).or_default() += (now - self.last).as_secs_f64();
+        self.last = now;
+    }
+    fn finish(mut self) -> BTreeMap<String, f64> {
+        self.map.insert("total".into(), self.start.elapsed().as_secs_f64());
+        self.map.values_mut().for_each(|v| *v = (*v * 1000.0).round() / 1000.0);
+        self.map
+    }
+}
+
+/// Runs a `filter` job; returns its report (also written unless `dry_run`).
+pub fn run_filter(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Report> {
+    let mut t = Timings::new();
+    let p = &cfg.params;
+    p.validate()?;
+    let out = &cfg.output;
+    if out.scores_only && out.with_scores {
+        return Err(Error::param("--with-scores", "cannot be combined with --scores-only"));
+    }
+    let paths = expand_inputs(&cfg.inputs)?;
+    if !out.dry_run {
+        check_output(&paths, out)?;
+    }
+    let data = Dataset::open(&paths)?;
+    let n = data.num_rows();
+    if n == 0 {
+        return Err(Error::Empty(format!("the {} input file(s) hold no rows", paths.len())));
+    }
+    if n > u32::MAX as u64 {
+        return Err(Error::param(
+            "inputs",
+            format!("{n} rows; one run handles at most {} rows", u32::MAX),
+        ));
+    }
+    let mut warnings = Vec::new();
+    let mut warn = |m: String| {
+        progress.warn(&m);
+        warnings.push(m);
+    };
+    t.mark("plan");
+
+    // `--where` first: every later pass sees only the rows it keeps.
+    let prefilter = match &p.where_sql {
+        Some(w) => {
+            let (keep, r) = prefilter::apply(&data, w, p.batch_rows)?;
+            if r.rows_out == 0 {
+                return Err(Error::Empty(format!(
+                    "--where `{w}` holds for none of the {n} input rows"
+                )));
+            }
+            t.mark("where");
+            Some((keep, r))
+        }
+        None => None,
+    };
+    let only = prefilter.as_ref().map(|(k, _)| &k[..]);
+    let n_pass = prefilter.as_ref().map_or(n, |(_, r)| r.rows_out);
+
+    let mut rows = Rows::new(n as usize);
+    if let Some(keep) = only {
+        rows.valid.copy_from_slice(keep);
+    }
+    let mut invalid = InvalidReport::default();
+    let mut source_desc = None;
+    let mut dim = None;
+    let mut kreport = None;
+    let mut centroids_kept = None;
+
+    let mut spilled = None;
+    let mut guest_spill = None;
+    if p.needs_clusters() {
+        let source = open_source(&data, &cfg.embeddings)?;
+        let d = source.dim();
+        source_desc = Some(source.describe());
+        dim = Some(d);
+        let (centroids, kr) = match &p.centroids {
+            Some(path) => load_centroids(path, d, p.kmeans.distance)?,
+            None => {
+                let km = KMeansParams {
+                    seed: p.seed,
+                    ..p.kmeans.clone()
+                };
+                let k = km.resolve_k(n_pass);
+                let m = km.resolve_sample(n_pass, k);
+                let mut sample_ids = Rng::for_stream(p.seed, 0).sample_indices(n_pass, m);
+                if let Some(keep) = only {
+                    // The sample is drawn among the rows `--where` keeps: the i-th of them.
+                    let ids: Vec<u64> = (0..n).filter(|&g| keep[g as usize]).collect();
+                    sample_ids.iter_mut().for_each(|s| *s = ids[*s as usize]);
+                }
+                progress.begin(Pass::Sample, n);
+                let sample = read_sample(&data, source.as_ref(), &sample_ids, only, p, &mut invalid, progress)?;
+                progress.end();
+                t.mark("sample");
+                let train = sample.len() / d;
+                if train < k {
+                    return Err(Error::param(
+                        "--k",
+                        format!(
+                            "cannot train {k} centroids with {train} usable rows; choose a smaller --k or a larger --sample"
+                        ),
+                    ));
+                }
+                progress.begin(Pass::KMeans, km.max_iters as u64);
+                let fit = KMeans::fit(&sample, d, &KMeansParams { k: Some(k), ..km }, &mut |_| {
+                    progress.advance(1)
+                })?;
+                progress.end();
+                t.mark("kmeans");
+                let kr = KMeansReport {
+                    k,
+                    source: "fit".into(),
+                    train_rows: train as u64,
+                    iterations: fit.iterations,
+                    converged: fit.converged,
+                    inertia: Some(fit.inertia()),
+                    inertia_history: fit.inertia_history.clone(),
+                    reseeded_empty: fit.reseeded,
+                    saved_to: None,
+                };
+                (fit.centroids, kr)
+            }
+        };
+        invalid = InvalidReport::default(); // the score pass recounts every row
+        if p.exact_dedup && p.exact_key.is_none() {
+            rows.hashes = vec![None; n as usize];
+        }
+        let parts = partitions_for(n, d, centroids.k());
+        let spill = if p.needs_spill() {
+            Some(ClusterSpill::create(p.spill_dir.as_deref(), d, parts)?)
+        } else {
+            None
+        };
+        let guests = if p.dedup.eps.is_some() && p.dedup.global == GlobalPass::SecondCluster {
+            Some(ClusterSpill::create(p.spill_dir.as_deref(), d, parts)?)
+        } else {
+            None
+        };
+        progress.begin(Pass::Score, n);
+        score_rows(
+            &data,
+            source.as_ref(),
+            &centroids,
+            p,
+            &mut rows,
+            Spills {
+                owners: spill.as_ref(),
+                guests: guests.as_ref(),
+            },
+            &mut invalid,
+            progress,
+        )?;
+        progress.end();
+        spilled = spill.map(ClusterSpill::finish).transpose()?;
+        guest_spill = guests.map(ClusterSpill::finish).transpose()?;
+        t.mark("score");
+        kreport = Some(kr);
+        centroids_kept = Some(centroids);
+    }
+    // The prototypicality score doubles as the distance to the centroid (DBP, Moderate).
+    let dist = rows.scores.clone();
+    if p.metric == Metric::Random {
+        rows.scores
+            .par_iter_mut()
+            .enumerate()
+            .for_each(|(i, s)| *s = random_score(p.seed, i as u64));
+    }
+
+    let n_usable = rows.valid.iter().filter(|&&v| v).count() as u64;
+    if n_usable == 0 {
+        return Err(Error::Empty(format!(
+            "all {n} rows have unusable embeddings; nothing to select from"
+        )));
+    }
+    if invalid.total() > 0 {
+        warn(format!(
+            "{} rows with unusable embeddings were excluded ({} null, {} not finite, {} all zeros)",
+            invalid.total(),
+            invalid.null,
+            invalid.not_finite,
+            invalid.zero
+        ));
+    }
+
+    // Removal stages: each narrows `eligible`.
+    let mut eligible = rows.valid.clone();
+    let mut stages = Vec::new();
+    if let Some((_, r)) = &prefilter {
+        stages.push(StageReport {
+            name: "where".into(),
+            rows_in: n,
+            removed: n - r.rows_out,
+            rows_out: r.rows_out,
+        });
+    }
+    let mut stage = |name: &str, eligible: &[bool], removed: u64| {
+        let left = eligible.iter().filter(|&&e| e).count() as u64;
+        stages.push(StageReport {
+            name: name.into(),
+            rows_in: left + removed,
+            removed,
+            rows_out: left,
+        });
+    };
+    let mut dup_of: Vec<Option<u32>> = Vec::new();
+    if p.exact_dedup {
+        let hashes = match &p.exact_key {
+            Some(col) => columns::map_keys(&data, col, hash_bytes)?,
+            None => std::mem::take(&mut rows.hashes),
+        };
+        dup_of = exact_dedup(&hashes, &eligible);
+        let removed = remove(&mut eligible, |i| dup_of[i].is_some());
+        stage("exact_dedup", &eligible, removed);
+        t.mark("exact_dedup");
+    }
+    let mut max_sim: Option<Vec<f32>> = None;
+    let mut sd_report = None;
+    if let (Some(sp), Some(c)) = (&spilled, &centroids_kept)
+        && p.runs_semdedup()
+    {
+        let out = run_semdedup(
+            p,
+            &rows,
+            &mut eligible,
+            sp,
+            guest_spill.as_ref(),
+            c,
+            &dup_of,
+            &mut stage,
+            &mut warn,
+            progress,
+        )?;
+        dup_of = out.dup_of;
+        max_sim = Some(out.max_sim);
+        sd_report = Some(out.report);
+        t.mark("semdedup");
+    }
+    let mut knn = None;
+    if let (Some(sp), Some(c), Metric::Knn) = (&spilled, &centroids_kept, p.metric) {
+        progress.begin(Pass::Knn, sp.rows);
+        knn = Some(knn_spilled(
+            sp,
+            &rows.labels,
+            &eligible,
+            c.dim(),
+            p.knn.neighbors,
+            &|m| progress.advance(m),
+        )?);
+        progress.end();
+        t.mark("knn");
+    }
+    drop(spilled);
+    drop(guest_spill);
+    if let Some(q) = &p.quality {
+        let values = columns::read_f64_column(&data, &q.column)?;
+        let nan = values.iter().zip(&eligible).filter(|(v, e)| **e && v.is_nan()).count();
+        if nan > 0 {
+            warn(format!(
+                "{nan} rows have a null or NaN `{}` and were dropped by the quality stage",
+                q.column
+            ));
+        }
+        let drop = quality_drop(&values, &eligible, q.drop_below_percentile);
+        let removed = remove(&mut eligible, |i| drop[i]);
+        stage("quality", &eligible, removed);
+        t.mark("quality");
+    }
+    if let Some(col) = &p.score_col {
+        let values = columns::read_f64_column(&data, col)?;
+        let nan = remove(&mut eligible, |i| values[i].is_nan());
+        if nan > 0 {
+            warn(format!(
+                "{nan} rows have a null or NaN `{col}` and cannot be ranked; they are not kept"
+            ));
+        }
+        rows.scores.iter_mut().zip(&values).for_each(|(s, &v)| *s = v as f32);
+    }
+
+    // Final stage: the budget.
+    let n_left = eligible.iter().filter(|&&e| e).count() as u64;
+    let base = match p.keep_of {
+        KeepOf::Input => n_usable,
+        KeepOf::Stage => n_left,
+    };
+    let mut budget = p.keep.resolve(base)?;
+    if budget > n_left {
+        warn(format!(
+            "the budget of {budget} rows is more than the {n_left} rows left after the removal stages; keeping all {n_left}"
+        ));
+        budget = n_left;
+    }
+    if budget == 0 {
+        warn(format!("the budget rounds to 0 rows of {base}; nothing will be kept"));
+    }
+    let chosen = choose(
+        p,
+        &Ranking {
+            scores: &rows.scores,
+            labels: &rows.labels,
+            dist: &dist,
+            eligible: &eligible,
+            centroids: centroids_kept.as_ref(),
+            max_sim: max_sim.as_deref(),
+            knn: knn.as_deref(),
+        },
+        budget,
+    )?;
+    let kept = chosen.kept;
+    stage(&p.metric.to_string(), &kept, n_left - budget);
+    if p.metric == Metric::Semdedup {
+        rows.scores = max_sim.clone().expect("semdedup ran");
+    } else if let Some(sh) = chosen.shown_scores {
+        rows.scores = sh;
+    }
+    let k = centroids_kept.as_ref().map_or(0, |c| c.k());
+    t.mark("select");
+
+    // Report (before writing, so a dry run shows the same numbers).
+    let mut report = build_report(cfg, &data, &rows, &kept, invalid, kreport, k);
+    report.embedding_source = source_desc;
+    report.dim = dim;
+    report.stages = stages;
+    report.semdedup = sd_report;
+    if let Some((keep, r)) = prefilter {
+        // Rows removed by `--where` are not "invalid" rows of their input.
+        for (s, input) in data.shards.iter().zip(report.inputs.iter_mut()) {
+            let range = data.offset(s.index) as usize..data.offset(s.index + 1) as usize;
+            input.invalid -= keep[range].iter().filter(|&&k| !k).count() as u64;
+        }
+        report.prefilter = Some(r);
+    }
+    if let Some(plan) = &chosen.dbp {
+        for (j, c) in report.clusters.iter_mut().enumerate() {
+            c.complexity = plan.complexity.as_ref().map(|cx| cx.value[j]);
+            c.share = Some(plan.shares[j]);
+            c.quota = Some(plan.allocation.quotas[j]);
+        }
+    }
+    if let Some(c) = &centroids_kept
+        && k > 0
+        && (n_usable as f64) / (k as f64) < 2.0
+    {
+        warn(format!(
+            "k = {} leaves fewer than 2 rows per cluster on average; choose a smaller --k",
+            c.k()
+        ));
+    }
+
+    if !out.dry_run {
+        write::write_outputs(
+            &data,
+            out,
+            &write::Selection {
+                rows: &rows,
+                kept: &kept,
+                centroids: centroids_kept.as_ref(),
+                max_sim: max_sim.as_deref(),
+                dup_of: &dup_of,
+            },
+            &mut report,
+            progress,
+        )?;
+        t.mark("write");
+    }
+    report.warnings = warnings;
+    report.timings_s = t.finish();
+    if !out.dry_run {
+        if !out.no_plot {
+            let png = out.dir.join(REPORT_PNG);
+            plot::write_report_png(&report, &png)?;
+            report.outputs.push(png.display().to_string());
+        }
+        let json = out.dir.join(REPORT_JSON);
+        report.outputs.push(json.display().to_string());
+        report.write_json(&json)?;
+    }
+    Ok(report)
+}
