@@ -2,7 +2,6 @@
 //!
 //! Later: HNSW indexes and kNN graphs for de-duplication and annotation.
 
-mod bounds;
 pub mod centroids;
 pub mod certified;
 pub mod hnsw;

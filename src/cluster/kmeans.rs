@@ -14,18 +14,12 @@
 //!   ([`crate::distance::dot_batch`]); work is split into fixed-size row
 //!   chunks and every reduction is summed in chunk order, so results do not
 //!   depend on the number of threads.
-//! * With `DPRUNE_KMEANS_BOUNDS=1`, spherical fits skip, from the second
-//!   iteration on, the centroid groups that provably cannot hold a row's
-//!   nearest centroid ([`crate::cluster::bounds`]); labels, dots and so every
-//!   centroid are bit-identical either way. Off by default: slower on the
-//!   1M benchmark (see [`bounds_enabled`]).
 //! * Empty clusters are re-seeded by splitting the largest cluster (faiss's
 //!   rule: the two halves move apart by a relative 1/1024 per coordinate).
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::bounds::Bounds;
 use crate::cluster::centroids::CHUNK_ROWS;
 pub use crate::cluster::centroids::{Centroids, Distance};
 use crate::distance::{min_l2_update, norm2, normalize};
@@ -180,18 +174,6 @@ impl KMeans {
         params: &KMeansParams,
         on_iter: &mut dyn FnMut(IterationStats),
     ) -> Result<Self> {
-        Self::fit_with(data, dim, params, bounds_enabled(), on_iter)
-    }
-
-    /// [`KMeans::fit`]; `bounded` = false searches every row at every
-    /// iteration (the slow path the bounds must reproduce, for tests).
-    pub(crate) fn fit_with(
-        data: &[f32],
-        dim: usize,
-        params: &KMeansParams,
-        bounded: bool,
-        on_iter: &mut dyn FnMut(IterationStats),
-    ) -> Result<Self> {
         params.validate()?;
         if dim == 0 || !data.len().is_multiple_of(dim) {
             return Err(Error::Shape {
@@ -220,14 +202,8 @@ impl KMeans {
         let mut history = Vec::new();
         let mut converged = false;
         let mut reseeded = 0;
-        let mut bounds = (bounded && params.distance == Distance::Cosine).then(|| Bounds::new(data, dim));
-        let mut previous: Option<Centroids> = None;
         for it in 0..params.max_iters {
-            match (&mut bounds, &previous) {
-                (Some(b), Some(old)) => b.step(old, &centroids, data, &labels, &mut new_labels, &mut dots),
-                (Some(b), None) => b.full(&centroids, data, &mut new_labels, &mut dots),
-                (None, _) => centroids.nearest(data, &mut new_labels, &mut dots),
-            }
+            centroids.nearest(data, &mut new_labels, &mut dots);
             let inertia = inertia(&centroids, &row_norms, &new_labels, &dots);
             let changed = labels.iter().zip(&new_labels).filter(|(a, b)| a != b).count() as u64;
             std::mem::swap(&mut labels, &mut new_labels);
@@ -255,7 +231,7 @@ impl KMeans {
             }
             let (next, filled) = update(data, dim, k, &labels, &centroids, params)?;
             reseeded += filled;
-            previous = Some(std::mem::replace(&mut centroids, next));
+            centroids = next;
         }
         Ok(KMeans {
             centroids,
@@ -271,17 +247,6 @@ impl KMeans {
     pub fn inertia(&self) -> f64 {
         self.inertia_history.last().copied().unwrap_or(f64::NAN)
     }
-}
-
-/// Whether spherical fits use the group bounds ([`crate::cluster::bounds`]):
-/// only with `DPRUNE_KMEANS_BOUNDS=1`. Results are identical either way, but
-/// on the 1M × 384, k = 1000 benchmark (2026-12-04) the bounds made the fit
-/// slower (8.5 s vs 5.2 s for 9 iterations) and used 240 MB more: with
-/// index-ordered groups most groups of most rows still had to be computed,
-/// and the gathers cost more than the products they saved.
-fn bounds_enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("DPRUNE_KMEANS_BOUNDS").is_ok_and(|v| v == "1"))
 }
 
 /// Sum of squared distances, summed per fixed chunk then in chunk order.
@@ -535,18 +500,6 @@ mod tests {
         let (a, b) = (run(1), run(2));
         assert_eq!(a.centroids.as_slice(), b.centroids.as_slice());
         assert_eq!(a.inertia_history, b.inertia_history);
-    }
-
-    #[test]
-    fn bounds_reproduce_the_full_search() {
-        let (data, _) = blobs(30, 40, 16, 0.6, 7);
-        let mut p = KMeansParams::default().with_k(30).with_seed(2);
-        (p.tolerance, p.max_iters) = (0.0, 12);
-        let a = KMeans::fit_with(&data, 16, &p, true, &mut |_| {}).unwrap();
-        let b = KMeans::fit_with(&data, 16, &p, false, &mut |_| {}).unwrap();
-        assert_eq!(a.centroids.as_slice(), b.centroids.as_slice());
-        assert_eq!(a.inertia_history, b.inertia_history);
-        assert_eq!((a.iterations, a.reseeded), (b.iterations, b.reseeded));
     }
 
     #[test]
