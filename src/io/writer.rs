@@ -98,11 +98,29 @@ pub fn write_filtered(
     dest: &Path,
     on_rows: &(dyn Fn(u64) + Sync),
 ) -> Result<u64> {
-    match copy_rows(shard, keep, extra, dest, on_rows, true)? {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    let seen = AtomicU64::new(0);
+    let counted = |n: u64| {
+        seen.fetch_add(n, Relaxed);
+        on_rows(n);
+    };
+    match copy_rows(shard, keep, extra, dest, &counted, true)? {
         Some(n) => Ok(n),
-        // A null in a list column: copy again with Arrow's reader alone (same output).
-        None => copy_rows(shard, keep, extra, dest, on_rows, false)?
-            .ok_or_else(|| Error::Internal("Arrow's reader fell back".into())),
+        // A null in a list column: copy again with Arrow's reader alone (same output). The
+        // first attempt already reported `seen` rows, so the retry reports only the rest.
+        None => {
+            let skip = AtomicU64::new(seen.load(Relaxed));
+            let rest = |n: u64| {
+                // fetch_update: the retry may report from several threads at once.
+                let prev = skip.fetch_update(Relaxed, Relaxed, |s| Some(s - s.min(n))).unwrap_or(0);
+                let t = prev.min(n);
+                if n > t {
+                    on_rows(n - t);
+                }
+            };
+            copy_rows(shard, keep, extra, dest, &rest, false)?
+                .ok_or_else(|| Error::Internal("Arrow's reader fell back".into()))
+        }
     }
 }
 

@@ -179,8 +179,14 @@ mod tests {
             // And the written shard is the same either way.
             let keep: Vec<bool> = (0..n).map(|i| i % 3 != 1).collect();
             let dest = dir.path().join(format!("{name}.out.parquet"));
-            let written = super::super::write_filtered(&shard, &keep, &[], &dest, &|_| {}).unwrap();
+            let reported = std::sync::atomic::AtomicU64::new(0);
+            let count = |r: u64| {
+                reported.fetch_add(r, std::sync::atomic::Ordering::Relaxed);
+            };
+            let written = super::super::write_filtered(&shard, &keep, &[], &dest, &count).unwrap();
             assert_eq!(written as usize, keep.iter().filter(|&&k| k).count());
+            // Progress counts every input row once, also when the fast reader fell back.
+            assert_eq!(reported.into_inner(), n as u64, "{name}");
             let out = Shard::open(0, &dest).unwrap();
             let got: Vec<RecordBatch> = Input::open(&out, false).unwrap().map(|b| b.unwrap()).collect();
             let all = arrow::compute::concat_batches(&shard.schema, &slow).unwrap();
