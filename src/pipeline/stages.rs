@@ -272,6 +272,10 @@ pub struct SemDedupReport {
     pub removed_within: u64,
     /// Rows removed by the cross-cluster pass.
     pub removed_global: u64,
+    /// Rows the second-cluster pass compared with their second cluster
+    /// (the others are provably too far from its boundary); 0 without it.
+    #[serde(default)]
+    pub global_candidates: u64,
 }
 
 /// Removes `dup` rows from `eligible`; returns how many were removed.
@@ -455,6 +459,27 @@ fn group_partition(ids: &[u32], eligible: &[bool], cluster_of: &[u32]) -> Vec<(u
         }
     }
     out
+}
+
+/// Whether a unit row `x` nearest to centroid `c1` (dot `d1`) can have a
+/// more similar than 1 − eps row among the rows nearest to `c2`, so that the
+/// second-cluster pass must compare it with them. Unit centroids (cosine).
+///
+/// Exact, not a heuristic: for such a row y (label c2, so y·c2 ≥ y·c1),
+/// (x·c1 − x·c2) + (y·c2 − y·c1) = (x − y)·(c1 − c2) ≤ ‖x − y‖·‖c1 − c2‖,
+/// and x·y > 1 − eps means ‖x − y‖ < √(2·eps). Both gaps are ≥ 0, so
+/// x·c1 − x·c2 < √(2·eps)·‖c1 − c2‖. Rows farther from the boundary are
+/// skipped; the small slack covers f32 rounding of the dots (|error| ≲ 1e-5
+/// at these dimensions) and of `x`'s and y's norms.
+pub fn near_boundary(x: &[f32], d1: f32, c1: &[f32], c2: &[f32], eps: f64) -> bool {
+    const SLACK: f64 = 1e-4;
+    let (mut d2, mut gap2) = (0.0f64, 0.0f64);
+    for ((&a, &u), &v) in x.iter().zip(c1).zip(c2) {
+        d2 += f64::from(a) * f64::from(v);
+        let t = f64::from(u) - f64::from(v);
+        gap2 += t * t;
+    }
+    f64::from(d1) - d2 <= (2.0 * eps.max(0.0) + SLACK).sqrt() * gap2.sqrt() + SLACK
 }
 
 /// The second-cluster cross pass ([`GlobalPass::SecondCluster`]): for every
@@ -659,5 +684,50 @@ mod tests {
             "random".parse::<DedupRank>().unwrap().to_keep(7),
             DedupKeep::Random { seed: 7 }
         );
+    }
+
+    fn unit(v: Vec<f32>) -> Vec<f32> {
+        let n = v.iter().map(|a| a * a).sum::<f32>().sqrt();
+        v.into_iter().map(|a| a / n).collect()
+    }
+
+    fn dot(a: &[f32], b: &[f32]) -> f32 {
+        a.iter().zip(b).map(|(x, y)| x * y).sum()
+    }
+
+    #[test]
+    fn near_boundary_never_skips_a_split_duplicate() {
+        // Random pairs straddling the boundary between two centroids: every pair more
+        // similar than 1 − eps, with x nearer c1 and y nearer c2, must be flagged.
+        let mut rng = crate::rng::Rng::new(11);
+        let d = 16;
+        let mut checked = 0;
+        for case in 0..40_000 {
+            let eps: f64 = [0.003, 0.01, 0.05, 0.2][case % 4];
+            let mut g = |s: f64| (0..d).map(|_| (rng.normal() * s) as f32).collect::<Vec<f32>>();
+            let c1 = unit(g(1.0));
+            let c2 = unit(c1.iter().zip(g(0.6)).map(|(a, b)| a + b).collect());
+            let mid: Vec<f32> = c1.iter().zip(&c2).zip(g(0.3)).map(|((a, b), n)| a + b + n).collect();
+            let x = unit(mid.clone());
+            let y = unit(x.iter().zip(g(0.2 * eps.sqrt())).map(|(a, n)| a + n).collect());
+            let (xy, x1, x2, y1, y2) = (dot(&x, &y), dot(&x, &c1), dot(&x, &c2), dot(&y, &c1), dot(&y, &c2));
+            if f64::from(xy) > 1.0 - eps && x1 >= x2 && y2 >= y1 {
+                checked += 1;
+                assert!(near_boundary(&x, x1, &c1, &c2, eps), "case {case}: x·y {xy}, eps {eps}");
+            }
+        }
+        assert!(checked > 1000, "only {checked} straddling pairs drawn");
+    }
+
+    #[test]
+    fn near_boundary_skips_rows_deep_inside_their_cluster() {
+        let mut rng = crate::rng::Rng::new(5);
+        let mut g = || unit((0..16).map(|_| rng.normal() as f32).collect());
+        let (c1, c2) = (g(), g());
+        // A row at its own centroid is ‖c1 − c2‖²/2 from the boundary, more than √(2·eps)·‖c1 − c2‖.
+        assert!(!near_boundary(&c1, dot(&c1, &c1), &c1, &c2, 0.05));
+        // Halfway between the two it is on the boundary.
+        let m = unit(c1.iter().zip(&c2).map(|(a, b)| a + b).collect());
+        assert!(near_boundary(&m, dot(&m, &c1), &c1, &c2, 0.0));
     }
 }

@@ -67,6 +67,7 @@ pub(super) fn run_semdedup(
         eps_curve: eps_curve(&sc.max_sim, eligible, &curve_eps)?,
         removed_within: 0,
         removed_global: 0,
+        global_candidates: guests.map_or(0, |g| g.rows),
     };
     if let Some(eps) = p.dedup.eps {
         let m = &sc.max_sim;
