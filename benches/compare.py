@@ -184,7 +184,7 @@ def case_semdedup(args, res):
     """SemDeDup at eps 0.05 on 1M x 384 with 5% planted near-duplicates vs ref_semdedup.py:
     wall time and peak RSS of both (each fits its own k-means, k = 1000, 20 iterations),
     precision/recall against the planted groups (the reference's own metric), and the kept
-    sets when both are given the same centroids."""
+    sets when both are given the same centroids, and the same cluster assignment."""
     import numpy as np
     import pyarrow.parquet as pq
 
@@ -231,12 +231,30 @@ def case_semdedup(args, res):
     dp = set(ids[kept].tolist())
     refset = set(np.loadtxt(ref_kept, dtype=np.int64).tolist())
     inter = len(dp & refset)
+    # Same cluster assignment: the reference's own labels under those centroids (a second,
+    # untimed reference run writes them), given to dprune with --assignments.
+    ref_scores = os.path.join(args.work, "sd_ref_scores.parquet")
+    ref_kept2 = os.path.join(args.work, "sd_ref_kept_assigned.txt")
+    run([sys.executable, os.path.join(args.shared, "ref_semdedup.py"), data, "--centroids", cents, "--eps", "0.05",
+         "--threads", str(args.threads), "--scores-out", ref_scores, "--out", ref_kept2], env)
+    st = pq.read_table(ref_scores, columns=["id", "cluster"])
+    cluster_of = dict(zip(st.column("id").to_numpy().tolist(), st.column("cluster").to_numpy().tolist()))
+    labels = os.path.join(args.work, "sd_ref_labels.npy")
+    np.save(labels, np.array([cluster_of[i] for i in ids.tolist()], dtype=np.int64))
+    out_dir = os.path.join(args.work, "sd_same_assignment")
+    run([args.dprune, "filter", "--dedup", "0.05", data, "-o", out_dir, "--overwrite", "--quiet",
+         "--centroids", cents, "--assignments", labels, "--scores-only", "--threads", str(args.threads)])
+    ids2, kept2 = dprune_kept_ids(out_dir, data)
+    dp2 = set(ids2[kept2].tolist())
+    refset2 = set(np.loadtxt(ref_kept2, dtype=np.int64).tolist())
     res["semdedup_1m_eps0.05_k1000"] = {
         "ref_wall_s": round(ref_wall, 2), "ref_cpu_s": round(ref_cpu, 2), "ref_peak_rss_mb": round(ref_rss),
         "ref_precision": ref["per_eps"][0].get("precision"), "ref_recall": ref["per_eps"][0].get("recall"),
         "ref_phases_s": ref.get("phases_s"), "dprune": rows,
         "same_centroids": {"dprune_wall_s": round(wall_c, 2), "kept_ref": len(refset), "kept_dprune": len(dp),
                            "overlap": inter, "symmetric_difference": len(dp ^ refset), "identical": dp == refset},
+        "same_assignment": {"kept_ref": len(refset2), "kept_dprune": len(dp2),
+                            "symmetric_difference": len(dp2 ^ refset2), "identical": dp2 == refset2},
     }
 
 

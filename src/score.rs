@@ -105,6 +105,26 @@ pub fn prototypicality(c: &Centroids, rows: &[f32], labels: &mut [u32], scores: 
     }
 }
 
+/// Prototypicality against given clusters (`--assignments`): 1 − cos(x,
+/// c_label) of every row into `scores`; `labels` are not changed. With
+/// [`Distance::Cosine`] the rows must be unit vectors.
+pub fn prototypicality_given(c: &Centroids, rows: &[f32], labels: &[u32], scores: &mut [f32]) {
+    // The same kernel as the nearest search: given the nearest centroid, the same bits.
+    c.dots_to(rows, labels, scores);
+    let dim = c.dim();
+    match c.distance() {
+        Distance::Cosine => scores.par_iter_mut().for_each(|s| *s = 1.0 - *s),
+        Distance::L2 => scores
+            .par_iter_mut()
+            .zip(labels.par_iter())
+            .zip(rows.par_chunks(dim))
+            .for_each(|((s, &j), x)| {
+                let denom = (norm2(x) * norm2(c.row(j as usize))).sqrt();
+                *s = 1.0 - *s / denom;
+            }),
+    }
+}
+
 /// A uniform score in [0, 1) for global row `row` under `seed`: a pure
 /// function, so the random baseline does not depend on order or threads.
 #[inline]
@@ -127,6 +147,21 @@ mod tests {
         prototypicality(&c, &rows, &mut l, &mut s);
         assert_eq!(l, [0, 0, 1]);
         assert!((s[0] - 0.0).abs() < 1e-6 && (s[1] - (1.0 - s2)).abs() < 1e-6 && s[2].abs() < 1e-6);
+    }
+
+    #[test]
+    fn given_labels_score_against_their_own_centroid() {
+        let c = Centroids::try_new(vec![1.0, 0.0, 0.0, 1.0], 2, Distance::Cosine).unwrap();
+        let s2 = std::f32::consts::FRAC_1_SQRT_2;
+        // The second row is nearer centroid 0 but assigned to 1: same distance; the
+        // third is assigned to its far centroid: distance 1.
+        let rows = [1.0, 0.0, s2, s2, 0.0, 1.0];
+        let mut s = [0f32; 3];
+        prototypicality_given(&c, &rows, &[0, 1, 0], &mut s);
+        assert!(s[0].abs() < 1e-6 && (s[1] - (1.0 - s2)).abs() < 1e-6 && (s[2] - 1.0).abs() < 1e-6);
+        let c = Centroids::try_new(vec![2.0, 0.0, 0.0, 2.0], 2, Distance::L2).unwrap();
+        prototypicality_given(&c, &[3.0, 0.0], &[1], &mut s[..1]);
+        assert!((s[0] - 1.0).abs() < 1e-6);
     }
 
     #[test]

@@ -8,6 +8,8 @@ use arrow::array::{Array, BooleanArray, Int32Array, StringArray};
 use crate::util::*;
 
 const MINI: &str = "laion_mini/*.parquet";
+/// Stands for the `MINI` fixture path in argument lists built before it is resolved.
+const MINI_ARG: &str = "<mini>";
 const SHARDS: [&str; 4] = [
     "part-00000.parquet",
     "part-00001.parquet",
@@ -340,6 +342,47 @@ fn saved_centroids_reproduce_the_selection() {
     assert_eq!((k, d, cm.len()), (10, 32, 320));
     assert_eq!(scores_table(&a), scores_table(&b));
     assert_eq!(report(&b)["kmeans"]["source"], c.display().to_string());
+}
+
+#[test]
+fn given_assignments_replace_the_nearest_centroid() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = tmp.path().join("c.npy");
+    let l = tmp.path().join("l.npy");
+    let run = |dir: &Path, extra: &[&str]| {
+        let mut args = vec!["filter", "--keep", "0.3", "--k", "10", MINI_ARG, "--scores-only", "-q"];
+        args.extend_from_slice(extra);
+        args.extend(["-o", dir.to_str().unwrap()]);
+        let fx = fixture(MINI);
+        let args: Vec<&str> = args
+            .into_iter()
+            .map(|a| if a == MINI_ARG { fx.as_str() } else { a })
+            .collect();
+        run_ok(&args);
+        scores_table(dir)
+    };
+    let a = run(&tmp.path().join("a"), &["--save-centroids", c.to_str().unwrap()]);
+    // The run's own clusters, given back: the same table.
+    let labels: Vec<i64> = a.iter().map(|r| i64::from(r.2.unwrap())).collect();
+    write_labels_npy(&l, &labels);
+    let cs = c.to_str().unwrap();
+    let b = run(
+        &tmp.path().join("b"),
+        &["--centroids", cs, "--assignments", l.to_str().unwrap()],
+    );
+    assert_eq!(a, b);
+    // Other clusters: each row is scored against the centroid it was given.
+    let shifted: Vec<i64> = labels.iter().map(|&x| (x + 1) % 10).collect();
+    write_labels_npy(&l, &shifted);
+    let s = run(
+        &tmp.path().join("s"),
+        &["--centroids", cs, "--assignments", l.to_str().unwrap()],
+    );
+    let got: Vec<i64> = s.iter().map(|r| i64::from(r.2.unwrap())).collect();
+    assert_eq!(got, shifted);
+    // Farther from a centroid that is not its nearest: every score grows.
+    assert!(a.iter().zip(&s).all(|(x, y)| y.3.unwrap() >= x.3.unwrap()));
+    assert!(a.iter().zip(&s).any(|(x, y)| y.3.unwrap() > x.3.unwrap() + 0.01));
 }
 
 #[test]

@@ -249,6 +249,55 @@ fn centroids_of_the_wrong_dimension_and_k_too_large() {
 }
 
 #[test]
+fn assignments_need_centroids_and_one_valid_cluster_per_row() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = tmp.path().join("c.npy");
+    let l = tmp.path().join("l.npy");
+    let mini = fixture("laion_mini/*.parquet");
+    let out = out_dir(&tmp);
+    let args = |extra: &[&'static str]| -> Vec<String> {
+        let mut v: Vec<String> = ["filter", "--keep", "0.3", mini.as_str(), "-o", out.as_str()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let fails_with = |a: &[String]| fails(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    write_labels_npy(&l, &[0; 2000]);
+    let mut a = args(&["--assignments"]);
+    a.push(l.display().to_string());
+    let err = fails_with(&a);
+    assert!(
+        err.contains("--assignments") && err.contains("needs --centroids"),
+        "{err}"
+    );
+    dprune::io::npy::write_matrix(&c, &[1.0; 96], 3, 32).unwrap();
+    a.extend(["--centroids".to_string(), c.display().to_string()]);
+    // One label short.
+    write_labels_npy(&l, &[0; 1999]);
+    let err = fails_with(&a);
+    assert!(err.contains("l.npy: 1999 labels for 2000 input rows"), "{err}");
+    // A cluster the centroids do not have, and a negative one.
+    let mut v = vec![0i64; 2000];
+    v[17] = 3;
+    write_labels_npy(&l, &v);
+    let err = fails_with(&a);
+    assert!(
+        err.contains("l.npy: row 17 has cluster 3, but the centroids have k = 3"),
+        "{err}"
+    );
+    v[17] = -1;
+    write_labels_npy(&l, &v);
+    let err = fails_with(&a);
+    assert!(err.contains("row 17 has cluster -1"), "{err}");
+    // Valid labels run, and nothing was written by the failures before.
+    v[17] = 2;
+    write_labels_npy(&l, &v);
+    run_ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+}
+
+#[test]
 fn failed_write_leaves_no_temporary_files() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");

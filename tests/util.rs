@@ -133,6 +133,21 @@ pub fn write_embeddings(path: &Path, rows: &[Option<Vec<f32>>], dim: usize) {
     w.close().unwrap();
 }
 
+/// Writes a 1-D `<i8` `.npy` vector, as `numpy.save` does for int64 labels.
+pub fn write_labels_npy(path: &Path, labels: &[i64]) {
+    let h = format!(
+        "{{'descr': '<i8', 'fortran_order': False, 'shape': ({},), }}",
+        labels.len()
+    );
+    let pad = 64 - (10 + h.len() + 1) % 64;
+    let h = format!("{h}{}\n", " ".repeat(pad % 64));
+    let mut v = b"\x93NUMPY\x01\x00".to_vec();
+    v.extend((h.len() as u16).to_le_bytes());
+    v.extend(h.as_bytes());
+    v.extend(labels.iter().flat_map(|l| l.to_le_bytes()));
+    std::fs::write(path, v).unwrap();
+}
+
 /// Deterministic pseudo-random unit-ish vectors.
 pub fn vectors(n: usize, dim: usize, seed: u64) -> Vec<Option<Vec<f32>>> {
     let mut r = dprune::rng::Rng::new(seed);

@@ -212,6 +212,12 @@ pub struct FilterArgs {
     #[arg(long, value_name = "FILE")]
     centroids: Option<PathBuf>,
 
+    /// Use this clustering instead of the nearest centroid: a .npy integer
+    /// vector with one cluster per input row, in input order (faiss's or
+    /// scikit-learn's labels). Needs --centroids.
+    #[arg(long, value_name = "FILE.npy")]
+    assignments: Option<PathBuf>,
+
     /// Save the fitted centroids (.npy, k × dim float32).
     #[arg(long, value_name = "FILE")]
     save_centroids: Option<PathBuf>,
@@ -292,6 +298,7 @@ impl FilterArgs {
                 seed: self.seed,
             },
             centroids: self.centroids.clone(),
+            assignments: self.assignments.clone(),
             seed: self.seed,
             // Undecodable images become null embeddings, excluded and counted.
             drop_invalid: self.drop_invalid || self.enc.skip_bad,

@@ -13,7 +13,7 @@ use std::str::FromStr;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::distance::{PackedRows, dot_batch_packed, norm2, normalize};
+use crate::distance::{PACKED_COL_ALIGN, PackedRows, dot_batch_packed, dot_batch_packed_cols, norm2, normalize};
 use crate::{Error, Result};
 
 /// Rows per parallel task: fixed, so sums have a fixed order.
@@ -153,6 +153,35 @@ impl Centroids {
             .zip(dots.par_chunks_mut(CHUNK_ROWS))
             .for_each_init(Vec::new, |scratch, ((x, l), d)| {
                 self.nearest_chunk(x, l, d, None, scratch)
+            });
+    }
+
+    /// The dot of every row with its given centroid `labels[i]`, bit-identical
+    /// to the dot [`Centroids::nearest`] reports when that centroid is the
+    /// nearest (the same packed kernel, on the aligned block of columns that
+    /// holds it).
+    ///
+    /// # Panics
+    /// If the lengths disagree or a label is not below k.
+    pub fn dots_to(&self, rows: &[f32], labels: &[u32], dots: &mut [f32]) {
+        let d = self.dim;
+        assert!(
+            rows.len() == labels.len() * d && dots.len() == labels.len(),
+            "dots_to: lengths disagree"
+        );
+        rows.par_chunks(d)
+            .zip(labels.par_iter())
+            .zip(dots.par_iter_mut())
+            .for_each_init(Vec::new, |scratch, ((x, &l), out)| {
+                let l = l as usize;
+                assert!(l < self.k, "dots_to: label {l} not below k = {}", self.k);
+                let tile = &self.tiles[l / TILE_K];
+                let j = l % TILE_K;
+                let a = j - j % PACKED_COL_ALIGN;
+                let b = (a + PACKED_COL_ALIGN).min(tile_len(self.k, l / TILE_K));
+                scratch.resize(b - a, 0.0);
+                dot_batch_packed_cols(x, tile, a..b, scratch);
+                *out = scratch[j - a];
             });
     }
 
@@ -314,6 +343,11 @@ fn argmax(row: &[f32], f: impl Fn(usize, f32) -> f32) -> (usize, f32) {
     (j, best)
 }
 
+/// Columns in tile `t` of `k` centroids tiled by [`TILE_K`].
+fn tile_len(k: usize, t: usize) -> usize {
+    (k - t * TILE_K).min(TILE_K)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -338,6 +372,30 @@ mod tests {
             let mut sims: Vec<(f32, u32)> = (0..k).map(|j| (crate::distance::dot(x, cs.row(j)), j as u32)).collect();
             sims.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
             assert_eq!((l[i], s2[i]), (sims[0].1, sims[1].1), "row {i}");
+        }
+    }
+
+    #[test]
+    fn dots_to_the_nearest_are_the_nearest_search_bits() {
+        let mut r = crate::rng::Rng::new(9);
+        let (k, dim, n) = (1100, 40, 500); // two tiles, the last block partial
+        let c: Vec<f32> = (0..k * dim).map(|_| r.normal() as f32).collect();
+        let cs = Centroids::try_new(c, dim, Distance::Cosine).unwrap();
+        let rows: Vec<f32> = (0..n * dim).map(|_| r.normal() as f32).collect();
+        let (mut l, mut d) = (vec![0; n], vec![0.0; n]);
+        cs.nearest(&rows, &mut l, &mut d);
+        let mut got = vec![0.0; n];
+        cs.dots_to(&rows, &l, &mut got);
+        assert_eq!(
+            got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            d.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+        // Any other centroid: its dot, to rounding.
+        let other: Vec<u32> = (0..n as u32).map(|i| (i * 7) % k as u32).collect();
+        cs.dots_to(&rows, &other, &mut got);
+        for i in 0..n {
+            let want = crate::distance::dot_reference(&rows[i * dim..(i + 1) * dim], cs.row(other[i] as usize));
+            assert!((f64::from(got[i]) - want).abs() < 1e-4, "row {i}");
         }
     }
 

@@ -74,7 +74,9 @@ pub fn read_vector(path: &Path) -> Result<Vec<f32>> {
     Ok(out)
 }
 
-fn parse_header(path: &Path, allow_1d: bool) -> Result<NpyHeader> {
+/// The format-level header of a `.npy` file: element type string, shape,
+/// data offset and file length (checks the magic, version and C order).
+fn parse_layout(path: &Path) -> Result<(String, Vec<u64>, u64, u64)> {
     let mut f = File::open(path).map_err(|e| Error::io("opening", path, e))?;
     let mut pre = [0u8; 10];
     f.read_exact(&mut pre)
@@ -95,18 +97,7 @@ fn parse_header(path: &Path, allow_1d: bool) -> Result<NpyHeader> {
     f.read_exact(&mut h).map_err(|_| bad(path, "truncated header"))?;
     let h = String::from_utf8_lossy(&h);
     let descr = dict_value(&h, "descr").ok_or_else(|| bad(path, "header has no 'descr'"))?;
-    let descr = descr.trim_matches(|c| c == '\'' || c == '"');
-    let dtype = match descr {
-        "<f2" => NpyDtype::F16,
-        "<f4" => NpyDtype::F32,
-        "<f8" => NpyDtype::F64,
-        other => {
-            return Err(bad(
-                path,
-                format!("element type `{other}` is not supported; use little-endian float16/32/64"),
-            ));
-        }
-    };
+    let descr = descr.trim_matches(|c| c == '\'' || c == '"').to_string();
     let fortran = dict_value(&h, "fortran_order").ok_or_else(|| bad(path, "header has no 'fortran_order'"))?;
     if fortran.trim() != "False" {
         return Err(bad(
@@ -122,6 +113,24 @@ fn parse_header(path: &Path, allow_1d: bool) -> Result<NpyHeader> {
         .filter(|s| !s.is_empty())
         .map(|s| s.parse::<u64>().map_err(|_| bad(path, format!("bad shape {shape}"))))
         .collect::<Result<_>>()?;
+    let len = f.metadata().map_err(|e| Error::io("reading", path, e))?.len();
+    Ok((descr, dims, start + hlen as u64, len))
+}
+
+fn parse_header(path: &Path, allow_1d: bool) -> Result<NpyHeader> {
+    let (descr, dims, data_offset, len) = parse_layout(path)?;
+    let shape = shape_text(&dims);
+    let dtype = match descr.as_str() {
+        "<f2" => NpyDtype::F16,
+        "<f4" => NpyDtype::F32,
+        "<f8" => NpyDtype::F64,
+        other => {
+            return Err(bad(
+                path,
+                format!("element type `{other}` is not supported; use little-endian float16/32/64"),
+            ));
+        }
+    };
     let dims = if allow_1d && dims.len() == 1 {
         vec![dims[0], 1]
     } else {
@@ -133,8 +142,6 @@ fn parse_header(path: &Path, allow_1d: bool) -> Result<NpyHeader> {
             format!("expected a 2-D array (rows, dim), found shape {shape}"),
         ));
     }
-    let data_offset = start + hlen as u64;
-    let len = f.metadata().map_err(|e| Error::io("reading", path, e))?.len();
     let need = data_offset + dims[0] * dims[1] * dtype.size() as u64;
     if len < need {
         return Err(bad(path, format!("truncated: {len} bytes, the header promises {need}")));
@@ -146,6 +153,73 @@ fn parse_header(path: &Path, allow_1d: bool) -> Result<NpyHeader> {
         cols: dims[1] as usize,
         data_offset,
     })
+}
+
+/// A shape as NumPy prints it: `(3,)`, `(2, 384)`.
+fn shape_text(dims: &[u64]) -> String {
+    match dims {
+        [a] => format!("({a},)"),
+        _ => format!("({})", dims.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")),
+    }
+}
+
+/// Reads a 1-D integer `.npy` vector (or an `n × 1` matrix) of cluster
+/// labels: little-endian `i1/i2/i4/i8/u1/u2/u4/u8`, as `numpy.save` writes
+/// the output of faiss's `index.search` or scikit-learn's `labels_`.
+/// Negative values are kept (as `-1`-style "no cluster" markers) for the
+/// caller to reject with the row that holds them.
+pub fn read_labels(path: &Path) -> Result<Vec<i64>> {
+    let (descr, dims, data_offset, len) = parse_layout(path)?;
+    let rows = match dims[..] {
+        [n] | [n, 1] => n,
+        _ => {
+            return Err(bad(
+                path,
+                format!("expected a vector of labels, found shape {}", shape_text(&dims)),
+            ));
+        }
+    };
+    let (size, signed) = match descr.as_str() {
+        "|i1" | "<i1" => (1, true),
+        "|u1" | "<u1" => (1, false),
+        "<i2" => (2, true),
+        "<u2" => (2, false),
+        "<i4" => (4, true),
+        "<u4" => (4, false),
+        "<i8" => (8, true),
+        "<u8" => (8, false),
+        other => {
+            return Err(bad(
+                path,
+                format!("element type `{other}` is not supported for labels; use little-endian integers"),
+            ));
+        }
+    };
+    let need = data_offset + rows * size as u64;
+    if len < need {
+        return Err(bad(path, format!("truncated: {len} bytes, the header promises {need}")));
+    }
+    let mut f = File::open(path).map_err(|e| Error::io("opening", path, e))?;
+    f.seek(SeekFrom::Start(data_offset))
+        .map_err(|e| Error::io("reading", path, e))?;
+    let mut bytes = vec![0u8; rows as usize * size];
+    f.read_exact(&mut bytes).map_err(|e| Error::io("reading", path, e))?;
+    Ok(bytes
+        .chunks_exact(size)
+        .map(|b| {
+            let mut w = [0u8; 8];
+            w[..size].copy_from_slice(b);
+            if signed && b[size - 1] & 0x80 != 0 {
+                w[size..].fill(0xff); // sign extension
+            }
+            let v = u64::from_le_bytes(w);
+            if signed {
+                v as i64
+            } else {
+                v.min(i64::MAX as u64) as i64
+            }
+        })
+        .collect())
 }
 
 /// The text after `'key':` up to the next top-level comma of the header dict.
@@ -309,5 +383,46 @@ mod tests {
         assert_eq!(dict_value(h, "shape"), Some("(10, 4)"));
         assert_eq!(dict_value(h, "descr"), Some("'<f2'"));
         assert_eq!(dict_value(h, "fortran_order"), Some("False"));
+    }
+
+    fn raw_npy(path: &Path, descr: &str, shape: &str, data: &[u8]) {
+        let mut v = MAGIC.to_vec();
+        let h = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}\n");
+        v.extend([1, 0]);
+        v.extend((h.len() as u16).to_le_bytes());
+        v.extend(h.as_bytes());
+        v.extend(data);
+        std::fs::write(path, &v).unwrap();
+    }
+
+    #[test]
+    fn reads_integer_labels_of_every_width() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("l.npy");
+        let want = [3i64, 0, -1, 7];
+        let le = |f: &dyn Fn(i64) -> Vec<u8>| want.iter().flat_map(|&v| f(v)).collect::<Vec<u8>>();
+        for (descr, bytes) in [
+            ("|i1", le(&|v| (v as i8).to_le_bytes().to_vec())),
+            ("<i2", le(&|v| (v as i16).to_le_bytes().to_vec())),
+            ("<i4", le(&|v| (v as i32).to_le_bytes().to_vec())),
+            ("<i8", le(&|v| v.to_le_bytes().to_vec())),
+        ] {
+            raw_npy(&p, descr, "(4,)", &bytes);
+            assert_eq!(read_labels(&p).unwrap(), want, "{descr}");
+        }
+        raw_npy(&p, "<u4", "(4, 1)", &le(&|v| (v as u32).to_le_bytes().to_vec()));
+        assert_eq!(read_labels(&p).unwrap(), [3, 0, u32::MAX as i64, 7]);
+        // Floats, matrices and short files are errors naming what is wrong.
+        raw_npy(&p, "<f4", "(4,)", &[0u8; 16]);
+        assert!(
+            read_labels(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("`<f4` is not supported for labels")
+        );
+        raw_npy(&p, "<i4", "(2, 2)", &[0u8; 16]);
+        assert!(read_labels(&p).unwrap_err().to_string().contains("found shape (2, 2)"));
+        raw_npy(&p, "<i8", "(4,)", &[0u8; 16]);
+        assert!(read_labels(&p).unwrap_err().to_string().contains("truncated"));
     }
 }

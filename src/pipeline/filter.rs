@@ -107,6 +107,10 @@ pub struct FilterParams {
     pub kmeans: KMeansParams,
     /// Centroids to load instead of fitting (`.npy`, `k × dim`).
     pub centroids: Option<PathBuf>,
+    /// The cluster of every input row (`.npy` integer vector in input order,
+    /// e.g. faiss's or scikit-learn's labels) instead of the nearest of
+    /// `centroids`, which it needs: reuse a clustering made elsewhere.
+    pub assignments: Option<PathBuf>,
     /// Seed of every random choice.
     pub seed: u64,
     /// Exclude rows with null, non-finite or zero embeddings instead of failing.
@@ -157,6 +161,7 @@ impl Default for FilterParams {
             balance: Balance::default(),
             kmeans: KMeansParams::default(),
             centroids: None,
+            assignments: None,
             seed: 0,
             drop_invalid: false,
             batch_rows: DEFAULT_BATCH_ROWS,
@@ -217,6 +222,12 @@ impl FilterParams {
         }
         if self.cluster_weights.is_some() && self.metric != Metric::Dbp {
             return Err(Error::param("--cluster-weights", "only applies with --metric dbp"));
+        }
+        if self.assignments.is_some() && self.centroids.is_none() {
+            return Err(Error::param(
+                "--assignments",
+                "needs --centroids: rows are scored against their assigned cluster's centroid",
+            ));
         }
         if self.exact_key.is_some() && !self.exact_dedup {
             return Err(Error::param("--exact-key", "only applies with --exact-dedup"));

@@ -20,8 +20,9 @@ use crate::pipeline::filter::FilterParams;
 use crate::pipeline::progress::Progress;
 use crate::pipeline::report::InvalidReport;
 use crate::pipeline::spill::ClusterSpill;
-use crate::score::prototypicality;
+use crate::pipeline::stages::near_boundary;
 use crate::score::semdedup::hash_f32;
+use crate::score::{prototypicality, prototypicality_given};
 use crate::{Error, Result};
 
 /// Per-row results of the score pass, a few bytes per row.
@@ -39,6 +40,8 @@ pub struct Rows {
     /// Second-nearest centroid of every row, when the cross-cluster pass
     /// asks for it (empty otherwise).
     pub second: Vec<u32>,
+    /// `labels` were given (`--assignments`): the score pass keeps them.
+    pub fixed_labels: bool,
 }
 
 impl Rows {
@@ -50,6 +53,7 @@ impl Rows {
             valid: vec![true; n],
             hashes: Vec::new(),
             second: Vec::new(),
+            fixed_labels: false,
         }
     }
 }
@@ -243,6 +247,7 @@ pub fn score_rows(
     }
     // Disjoint per-shard views of the per-row state.
     let hashing = !rows.hashes.is_empty();
+    let fixed = rows.fixed_labels;
     if spills.guests.is_some() {
         if c.distance() != Distance::Cosine {
             return Err(Error::Internal("second-cluster spill needs cosine centroids".into()));
@@ -308,9 +313,38 @@ pub fn score_rows(
                     }
                 }
                 let sc = &mut scores[base..base + m];
-                if guest_buffer.is_some() {
+                if fixed {
+                    // Given clusters: score against them; the second cluster (cross pass) is
+                    // the nearest other one.
+                    prototypicality_given(c, &b.values, &labels[base..base + m], sc);
+                    if guest_buffer.is_some() {
+                        let (mut near, mut dots) = (vec![0u32; m], vec![0f32; m]);
+                        c.nearest_two(&b.values, &mut near, &mut dots, &mut second[base..base + m]);
+                        for ((s2, &nl), &l) in second[base..base + m]
+                            .iter_mut()
+                            .zip(&near)
+                            .zip(&labels[base..base + m])
+                        {
+                            if nl != l {
+                                *s2 = nl;
+                            }
+                        }
+                    }
+                } else if guest_buffer.is_some() {
                     // Cosine (checked above): the score is 1 − the dot with the nearest centroid.
                     c.nearest_two(&b.values, &mut labels[base..base + m], sc, &mut second[base..base + m]);
+                    // Only rows near the boundary to their second cluster can have a
+                    // duplicate there (exact test, see `near_boundary`): the rest stay home.
+                    let eps = p.dedup.eps.unwrap_or(0.0);
+                    b.values
+                        .par_chunks(d)
+                        .zip(second[base..base + m].par_iter_mut())
+                        .zip(labels[base..base + m].par_iter().zip(sc.par_iter()))
+                        .for_each(|((x, s2), (&l, &d1))| {
+                            if *s2 != u32::MAX && !near_boundary(x, d1, c.row(l as usize), c.row(*s2 as usize), eps) {
+                                *s2 = u32::MAX;
+                            }
+                        });
                     sc.iter_mut().for_each(|s| *s = 1.0 - *s);
                 } else if let Some(cs) = &certified {
                     // Cosine (checked by `new`): the score is 1 − the dot, as `prototypicality` computes it.

@@ -167,6 +167,10 @@ pub fn run_filter(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Report>
                 (fit.centroids, kr)
             }
         };
+        if let Some(path) = &p.assignments {
+            rows.labels = load_assignments(path, n, centroids.k())?;
+            rows.fixed_labels = true;
+        }
         invalid = InvalidReport::default(); // the score pass recounts every row
         if p.exact_dedup && p.exact_key.is_none() {
             rows.hashes = vec![None; n as usize];
@@ -421,4 +425,26 @@ pub fn run_filter(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Report>
         report.write_json(&json)?;
     }
     Ok(report)
+}
+
+/// `--assignments`: one cluster per input row, each below `k`.
+fn load_assignments(path: &std::path::Path, n: u64, k: usize) -> Result<Vec<u32>> {
+    let bad = |reason: String| Error::Npy {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let labels = crate::io::npy::read_labels(path)?;
+    if labels.len() as u64 != n {
+        return Err(bad(format!("{} labels for {n} input rows", labels.len())));
+    }
+    labels
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| {
+            u32::try_from(l)
+                .ok()
+                .filter(|&l| (l as usize) < k)
+                .ok_or_else(|| bad(format!("row {i} has cluster {l}, but the centroids have k = {k}")))
+        })
+        .collect()
 }
