@@ -730,4 +730,75 @@ mod tests {
         let m = unit(c1.iter().zip(&c2).map(|(a, b)| a + b).collect());
         assert!(near_boundary(&m, dot(&m, &c1), &c1, &c2, 0.0));
     }
+
+    #[test]
+    fn guests_far_from_the_boundary_are_never_missed() {
+        use crate::pipeline::spill::ClusterSpill;
+        let (k, d, eps) = (12, 16, 0.05);
+        let mut rng = crate::rng::Rng::new(3);
+        let mut g = |s: f64| (0..d).map(|_| (rng.normal() * s) as f32).collect::<Vec<f32>>();
+        let cv: Vec<f32> = (0..k).flat_map(|_| unit(g(1.0))).collect();
+        let c = Centroids::try_new(cv, d, Distance::Cosine).unwrap();
+        // Rows near a centroid or between two, each with a close copy (cos ≈ 0.97-0.999).
+        let mut rows: Vec<f32> = Vec::new();
+        for i in 0..400 {
+            let (a, b) = (i % k, (i * 5 + 1) % k);
+            let w = if i % 3 == 0 { 1.0 } else { 0.0 };
+            let base: Vec<f32> = c
+                .row(a)
+                .iter()
+                .zip(c.row(b))
+                .zip(g(0.5))
+                .map(|((x, y), n)| x + w * y + n)
+                .collect();
+            let x = unit(base);
+            let y = unit(
+                x.iter()
+                    .zip(g(0.03 + 0.03 * (i % 4) as f64))
+                    .map(|(a, n)| a + n)
+                    .collect(),
+            );
+            rows.extend(x);
+            rows.extend(y);
+        }
+        let n = rows.len() / d;
+        let (mut labels, mut dots, mut second) = (vec![0u32; n], vec![0f32; n], vec![0u32; n]);
+        c.nearest_two(&rows, &mut labels, &mut dots, &mut second);
+        let eligible = vec![true; n];
+        let spill = |cluster: &dyn Fn(usize) -> Option<u32>| {
+            let sp = ClusterSpill::create(None, d, 3).unwrap();
+            let mut buf = sp.buffer();
+            for i in 0..n {
+                if let Some(cl) = cluster(i) {
+                    buf.push(cl, i as u32, &rows[i * d..(i + 1) * d]).unwrap();
+                }
+            }
+            buf.flush().unwrap();
+            drop(buf);
+            sp.finish().unwrap()
+        };
+        let owners = spill(&|i| Some(labels[i]));
+        let all_guests = spill(&|i| Some(second[i]));
+        let near = |i: usize| {
+            near_boundary(
+                &rows[i * d..(i + 1) * d],
+                dots[i],
+                c.row(labels[i] as usize),
+                c.row(second[i] as usize),
+                eps,
+            )
+        };
+        let few_guests = spill(&|i| near(i).then_some(second[i]));
+        let skipped = (0..n).filter(|&i| !near(i)).count();
+        let full =
+            second_cluster_duplicates(&owners, &all_guests, &labels, &second, &eligible, d, eps, &|_| {}).unwrap();
+        let fast =
+            second_cluster_duplicates(&owners, &few_guests, &labels, &second, &eligible, d, eps, &|_| {}).unwrap();
+        assert_eq!(fast, full);
+        let found = full.iter().filter(|f| f.is_some()).count();
+        assert!(
+            found >= 10 && skipped >= n / 20,
+            "found {found}, skipped {skipped} of {n}"
+        );
+    }
 }
