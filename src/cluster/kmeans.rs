@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::centroids::CHUNK_ROWS;
 pub use crate::cluster::centroids::{Centroids, Distance};
+use crate::cluster::certified::CertifiedSearch;
 use crate::distance::{min_l2_update, norm2, normalize};
 use crate::rng::Rng;
 use crate::{Error, Result};
@@ -203,7 +204,12 @@ impl KMeans {
         let mut converged = false;
         let mut reseeded = 0;
         for it in 0..params.max_iters {
-            centroids.nearest(data, &mut new_labels, &mut dots);
+            // bf16 products with an exact f32 recheck where the CPU has them: the same
+            // labels and dots as the f32 search, so the fit is bit-identical either way.
+            match CertifiedSearch::new(&centroids) {
+                Some(cs) => cs.nearest(data, &mut new_labels, &mut dots),
+                None => centroids.nearest(data, &mut new_labels, &mut dots),
+            }
             let inertia = inertia(&centroids, &row_norms, &new_labels, &dots);
             let changed = labels.iter().zip(&new_labels).filter(|(a, b)| a != b).count() as u64;
             std::mem::swap(&mut labels, &mut new_labels);
