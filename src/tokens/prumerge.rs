@@ -148,10 +148,11 @@ impl Reducer for PruMerge {
             // lowest row) — flat arrays, so the scan vectorises.
             let mut best = vec![f32::NEG_INFINITY; pruned.len()];
             let mut claim = vec![u32::MAX; pruned.len()];
+            let mut scratch = Vec::with_capacity(pruned.len());
             for (row, sims) in sim.rows().into_iter().enumerate() {
                 let sims = sims.as_slice().expect("a fresh array is contiguous");
                 // the knn-th largest similarity of this row: everything >= it is claimed
-                let cut = kth_largest(sims, knn);
+                let cut = kth_largest(sims, knn, &mut scratch);
                 for ((&v, b), c) in sims.iter().zip(best.iter_mut()).zip(claim.iter_mut()) {
                     let take = v >= cut && v > *b;
                     *b = if take { v } else { *b };
@@ -181,29 +182,19 @@ impl Reducer for PruMerge {
     }
 }
 
-/// The `k`-th largest of `v` (`1 <= k <= v.len()`, no NaN): a running top-`k` buffer whose
-/// minimum filters the rest, 16 values per test, so most values cost one vector compare.
-fn kth_largest(v: &[f32], k: usize) -> f32 {
+/// The `k`-th largest of `v` (`1 <= k <= v.len()`, no NaN), by introselect on a copy
+/// holding the floats as order-preserving integers (cheaper comparisons): linear whatever
+/// the order of `v` (a running top-`k` buffer, re-scanned or kept as a heap, was a third
+/// of PruMerge's time when similarities grow along the row).
+fn kth_largest(v: &[f32], k: usize, scratch: &mut Vec<i32>) -> f32 {
     debug_assert!(k >= 1 && k <= v.len());
-    let mut top = v[..k].to_vec();
-    let min_of = |t: &[f32]| {
-        t.iter()
-            .enumerate()
-            .fold((0, f32::INFINITY), |m, (i, &x)| if x < m.1 { (i, x) } else { m })
-    };
-    let (mut at, mut min) = min_of(&top);
-    for chunk in v[k..].chunks(16) {
-        if !chunk.iter().fold(false, |any, &x| any | (x > min)) {
-            continue;
-        }
-        for &x in chunk {
-            if x > min {
-                top[at] = x;
-                (at, min) = min_of(&top);
-            }
-        }
-    }
-    min
+    // IEEE-754 total order as i32: flip the magnitude bits of negatives (an involution).
+    let key = |b: i32| b ^ ((b >> 31) & 0x7fff_ffff);
+    scratch.clear();
+    scratch.extend(v.iter().map(|x| key(x.to_bits() as i32)));
+    let n = scratch.len();
+    let kth = *scratch.select_nth_unstable(n - k).1;
+    f32::from_bits(key(kth) as u32)
 }
 
 #[cfg(test)]
@@ -238,8 +229,8 @@ mod tests {
             let v: Vec<f32> = (0..n).map(|_| (rng.below(50) as f32) - 25.0).collect();
             let mut sorted = v.clone();
             sorted.sort_by(|a, b| b.total_cmp(a));
-            for k in [1, n / 2 + 1, n] {
-                assert_eq!(kth_largest(&v, k), sorted[k - 1], "n {n} k {k}");
+            for k in [1, 32.min(n), n / 2 + 1, n] {
+                assert_eq!(kth_largest(&v, k, &mut Vec::new()), sorted[k - 1], "n {n} k {k}");
             }
         }
     }
