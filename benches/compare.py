@@ -14,7 +14,7 @@ selections as set overlap. Every process's wall time and peak RSS are measured h
 Data (made with ../shared/bench/gen_data.py if missing):
   200k: --n 200000 --dim 384 --concepts 1000 --shards 4   (k-means fit)
   1m:   --n 1000000 --dim 384 --concepts 1000 --shards 4  (end-to-end filter --keep 0.3)
-  2m:   --n 2000000 --dim 384 --concepts 1000 --shards 8  (peak memory of filter)
+  2m:   --n 2000000 --dim 384 --concepts 1000 --shards 8  (peak memory of filter; SQL vs native: case sql)
   1m5:  --n 1000000 --dim 384 --concepts 1000 --shards 4 --dup-frac 0.05
         (SemDeDup vs ref_semdedup.py and DBP vs ref_dbp.py: cases semdedup, dbp)
 """
@@ -307,6 +307,46 @@ def case_memory(args, res):
                                 "input_gib": round(size / 2**30, 2), "target_mb": 1024}
 
 
+SQL_PRUNE = """
+WITH s AS (SELECT id, dprune_nearest(embedding)['distance'] AS d FROM t),
+     r AS (SELECT id, row_number() OVER (ORDER BY d DESC, id) AS rk FROM s)
+SELECT * FROM t WHERE id IN (SELECT id FROM r WHERE rk <= (SELECT (COUNT(*) * 3) / 10 FROM t))
+"""
+
+
+def case_sql(args, res):
+    """Issue 7: the same prune (keep 30%, hardest by prototypicality, given centroids) on
+    2M x 384 natively (`filter --centroids`) and as SQL (`dprune sql`, SQL_PRUNE: scores and
+    ranks on (id, distance) only, then one semi-join pass writes the kept rows with every
+    column). Both write the kept rows; wall time, CPU, peak RSS and the kept ids compared.
+    Needs a dprune built with the default `datafusion` feature."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    data = ensure_data(args, "2m")
+    cents = os.path.join(args.work, "sql_centroids.npy")
+    fit_dir = os.path.join(args.work, "sql_fit")
+    run([args.dprune, "filter", "--keep", "0.3", data, "-o", fit_dir, "--overwrite", "--quiet", "--k", "1000",
+         "--scores-only", "--save-centroids", cents, "--threads", str(args.threads)])
+    native_dir = os.path.join(args.work, "sql_native")
+    _, nwall, nrss, ncpu = run_rss([args.dprune, "filter", "--keep", "0.3", data, "-o", native_dir, "--overwrite",
+                                    "--quiet", "--centroids", cents, "--threads", str(args.threads)])
+    sql_out = os.path.join(args.work, "sql_kept.parquet")
+    if os.path.exists(sql_out):
+        os.remove(sql_out)
+    _, swall, srss, scpu = run_rss([args.dprune, "sql", "--table", f"t={data}", "--centroids", cents, "-o", sql_out,
+                                    "--threads", str(args.threads), SQL_PRUNE])
+    native_ids = np.concatenate([pq.read_table(f, columns=["id"]).column("id").to_numpy()
+                                 for f in sorted(glob.glob(os.path.join(native_dir, "*.parquet")))])
+    sql_ids = pq.read_table(sql_out, columns=["id"]).column("id").to_numpy()
+    a, b = set(native_ids.tolist()), set(sql_ids.tolist())
+    res["sql_vs_native_2m_keep0.3"] = {
+        "native": {"wall_s": round(nwall, 2), "cpu_s": round(ncpu, 2), "peak_rss_mb": round(nrss), "kept": len(a)},
+        "sql": {"wall_s": round(swall, 2), "cpu_s": round(scpu, 2), "peak_rss_mb": round(srss), "kept": len(b)},
+        "sql_over_native_wall": round(swall / nwall, 3), "symmetric_difference": len(a ^ b), "identical": a == b,
+    }
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="/tmp/dpb", help="folder for the generated datasets")
@@ -322,7 +362,7 @@ def main():
     res = {"machine": {"cpus": os.cpu_count(), "loadavg_start": os.getloadavg()[0]}}
     for c in args.cases.split(","):
         {"kmeans": case_kmeans, "e2e": case_e2e, "memory": case_memory, "semdedup": case_semdedup,
-         "dbp": case_dbp}[c](args, res)
+         "dbp": case_dbp, "sql": case_sql}[c](args, res)
         print(json.dumps(res, indent=1), file=sys.stderr)
     res["machine"]["loadavg_end"] = os.getloadavg()[0]
     text = json.dumps(res, indent=1)
