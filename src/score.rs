@@ -91,18 +91,7 @@ impl FromStr for Metric {
 /// [`Distance::Cosine`] the rows must be unit vectors.
 pub fn prototypicality(c: &Centroids, rows: &[f32], labels: &mut [u32], scores: &mut [f32]) {
     c.nearest(rows, labels, scores);
-    let dim = c.dim();
-    match c.distance() {
-        Distance::Cosine => scores.par_iter_mut().for_each(|s| *s = 1.0 - *s),
-        Distance::L2 => scores
-            .par_iter_mut()
-            .zip(labels.par_iter())
-            .zip(rows.par_chunks(dim))
-            .for_each(|((s, &j), x)| {
-                let denom = (norm2(x) * norm2(c.row(j as usize))).sqrt();
-                *s = 1.0 - *s / denom;
-            }),
-    }
+    dots_to_distances(c, rows, labels, scores);
 }
 
 /// Prototypicality against given clusters (`--assignments`): 1 − cos(x,
@@ -111,6 +100,11 @@ pub fn prototypicality(c: &Centroids, rows: &[f32], labels: &mut [u32], scores: 
 pub fn prototypicality_given(c: &Centroids, rows: &[f32], labels: &[u32], scores: &mut [f32]) {
     // The same kernel as the nearest search: given the nearest centroid, the same bits.
     c.dots_to(rows, labels, scores);
+    dots_to_distances(c, rows, labels, scores);
+}
+
+/// Turns each row's dot with centroid `labels[i]` into 1 − cos(x, c).
+fn dots_to_distances(c: &Centroids, rows: &[f32], labels: &[u32], scores: &mut [f32]) {
     let dim = c.dim();
     match c.distance() {
         Distance::Cosine => scores.par_iter_mut().for_each(|s| *s = 1.0 - *s),

@@ -21,17 +21,19 @@ use std::str::FromStr;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::hnsw::{Hnsw, HnswParams};
+use crate::cluster::hnsw::HnswParams;
 use crate::cluster::{Centroids, Distance};
-use crate::distance::dot_batch;
 use crate::pipeline::spill::SpilledClusters;
 use crate::score::knn::knn_distance;
 use crate::score::semdedup::{
     ClusterMembers, DedupKeep, DedupScores, EpsPoint, PairwiseCost, SemDedupParams, dedup_cluster, dist_to_centroid,
-    similarity_threshold, validate_eps,
+    validate_eps,
 };
 use crate::select::{Keep, floor_fraction, select_top};
 use crate::{Error, Result};
+
+mod cross;
+pub use cross::{global_duplicates, near_boundary, second_cluster_duplicates};
 
 /// The eps values of the report's EPS → kept curve.
 pub const EPS_CURVE: [f64; 10] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3];
@@ -443,155 +445,6 @@ pub fn knn_spilled(
     Ok(out)
 }
 
-/// Groups the eligible rows of one spill partition by `cluster_of` (then
-/// row id): (cluster, positions into the partition).
-fn group_partition(ids: &[u32], eligible: &[bool], cluster_of: &[u32]) -> Vec<(u32, Vec<u32>)> {
-    let mut pos: Vec<u32> = (0..ids.len() as u32)
-        .filter(|&i| eligible[ids[i as usize] as usize])
-        .collect();
-    pos.sort_unstable_by_key(|&i| (cluster_of[ids[i as usize] as usize], ids[i as usize]));
-    let mut out: Vec<(u32, Vec<u32>)> = Vec::new();
-    for i in pos {
-        let c = cluster_of[ids[i as usize] as usize];
-        match out.last_mut() {
-            Some((lc, v)) if *lc == c => v.push(i),
-            _ => out.push((c, vec![i])),
-        }
-    }
-    out
-}
-
-/// Whether a unit row `x` nearest to centroid `c1` (dot `d1`) can have a
-/// more similar than 1 − eps row among the rows nearest to `c2`, so that the
-/// second-cluster pass must compare it with them. Unit centroids (cosine).
-///
-/// Exact, not a heuristic: for such a row y (label c2, so y·c2 ≥ y·c1),
-/// (x·c1 − x·c2) + (y·c2 − y·c1) = (x − y)·(c1 − c2) ≤ ‖x − y‖·‖c1 − c2‖,
-/// and x·y > 1 − eps means ‖x − y‖ < √(2·eps). Both gaps are ≥ 0, so
-/// x·c1 − x·c2 < √(2·eps)·‖c1 − c2‖. Rows farther from the boundary are
-/// skipped; the small slack covers f32 rounding of the dots (|error| ≲ 1e-5
-/// at these dimensions) and of `x`'s and y's norms.
-pub fn near_boundary(x: &[f32], d1: f32, c1: &[f32], c2: &[f32], eps: f64) -> bool {
-    const SLACK: f64 = 1e-4;
-    let (mut d2, mut gap2) = (0.0f64, 0.0f64);
-    for ((&a, &u), &v) in x.iter().zip(c1).zip(c2) {
-        d2 += f64::from(a) * f64::from(v);
-        let t = f64::from(u) - f64::from(v);
-        gap2 += t * t;
-    }
-    f64::from(d1) - d2 <= (2.0 * eps.max(0.0) + SLACK).sqrt() * gap2.sqrt() + SLACK
-}
-
-/// The second-cluster cross pass ([`GlobalPass::SecondCluster`]): for every
-/// cluster, the rows whose second-nearest centroid it is (`guests`) against
-/// its own rows (`owners`), in tiles of matrix products. Returns, per row,
-/// the most similar lower-id row of another cluster above 1 − eps (lower
-/// id on ties).
-#[allow(clippy::too_many_arguments)]
-pub fn second_cluster_duplicates(
-    owners: &SpilledClusters,
-    guests: &SpilledClusters,
-    labels: &[u32],
-    second: &[u32],
-    eligible: &[bool],
-    dim: usize,
-    eps: f64,
-    on_partition: &(dyn Fn(u64) + Sync),
-) -> Result<Vec<Option<u32>>> {
-    const TILE: usize = 1024;
-    let thr = similarity_threshold(eps);
-    let mut best: Vec<(f32, u32)> = vec![(f32::NEG_INFINITY, u32::MAX); labels.len()];
-    for p in 0..owners.partitions() {
-        let (oids, ovals) = owners.read_partition(p)?;
-        let (gids, gvals) = guests.read_partition(p)?;
-        let og = group_partition(&oids, eligible, labels);
-        let gg = group_partition(&gids, eligible, second);
-        let pairs: Vec<(&Vec<u32>, &Vec<u32>)> = gg
-            .iter()
-            .filter_map(|(c, g)| og.binary_search_by_key(c, |(oc, _)| *oc).ok().map(|k| (g, &og[k].1)))
-            .collect();
-        let found: Vec<Vec<(u32, f32, u32)>> = pairs
-            .par_iter()
-            .map(|&(g, o)| {
-                let gather = |ids: &[u32], vals: &[f32], pos: &[u32]| {
-                    let mut r = Vec::with_capacity(pos.len() * dim);
-                    for &i in pos {
-                        r.extend_from_slice(&vals[i as usize * dim..(i as usize + 1) * dim]);
-                    }
-                    let id: Vec<u32> = pos.iter().map(|&i| ids[i as usize]).collect();
-                    (id, r)
-                };
-                let (gi, gr) = gather(&gids, &gvals, g);
-                let (oi, or) = gather(&oids, &ovals, o);
-                let mut hits = Vec::new();
-                let mut s = Vec::new();
-                for a in (0..gi.len()).step_by(TILE) {
-                    let a1 = (a + TILE).min(gi.len());
-                    for b in (0..oi.len()).step_by(TILE) {
-                        let b1 = (b + TILE).min(oi.len());
-                        s.resize((a1 - a) * (b1 - b), 0.0);
-                        dot_batch(&gr[a * dim..a1 * dim], &or[b * dim..b1 * dim], dim, &mut s);
-                        for (x, line) in s.chunks_exact(b1 - b).enumerate() {
-                            for (y, &v) in line.iter().enumerate() {
-                                if v > thr {
-                                    let (u, w) = (gi[a + x], oi[b + y]);
-                                    hits.push((u.max(w), v, u.min(w)));
-                                }
-                            }
-                        }
-                    }
-                }
-                hits
-            })
-            .collect();
-        for (row, v, other) in found.into_iter().flatten() {
-            let b = &mut best[row as usize];
-            if v > b.0 || (v == b.0 && other < b.1) {
-                *b = (v, other);
-            }
-        }
-        on_partition(oids.len() as u64);
-    }
-    Ok(best.into_iter().map(|(_, o)| (o != u32::MAX).then_some(o)).collect())
-}
-
-/// The cross-cluster pass: an HNSW index over the `eligible` rows (read
-/// back from the spill, in row-id order) finds rows with a more similar
-/// than 1 − eps row of lower id in another cluster. Memory: the eligible
-/// rows' embeddings.
-pub fn global_duplicates(
-    spilled: &SpilledClusters,
-    labels: &[u32],
-    eligible: &[bool],
-    dim: usize,
-    eps: f64,
-    params: &HnswParams,
-) -> Result<Vec<Option<u32>>> {
-    let mut chunks: Vec<(u32, Vec<f32>)> = Vec::new();
-    for p in 0..spilled.partitions() {
-        let (ids, values) = spilled.read_partition(p)?;
-        for (i, &id) in ids.iter().enumerate() {
-            if eligible[id as usize] {
-                chunks.push((id, values[i * dim..(i + 1) * dim].to_vec()));
-            }
-        }
-    }
-    chunks.sort_unstable_by_key(|c| c.0);
-    let ids: Vec<u32> = chunks.iter().map(|c| c.0).collect();
-    let mut rows = Vec::with_capacity(ids.len() * dim);
-    for (_, v) in chunks {
-        rows.extend_from_slice(&v);
-    }
-    let local_labels: Vec<u32> = ids.iter().map(|&i| labels[i as usize]).collect();
-    let index = Hnsw::build(&rows, dim, &vec![true; ids.len()], params)?;
-    let local = index.cross_cluster_duplicates(&rows, &local_labels, eps)?;
-    let mut out = vec![None; labels.len()];
-    for (j, dup) in local.into_iter().enumerate() {
-        out[ids[j] as usize] = dup.map(|q| ids[q as usize]);
-    }
-    Ok(out)
-}
-
 /// A warning when the within-cluster pass is large for the data: k too
 /// small for N.
 pub fn pairwise_warning(sizes: &[u64], dim: usize) -> Option<String> {
@@ -683,122 +536,6 @@ mod tests {
         assert_eq!(
             "random".parse::<DedupRank>().unwrap().to_keep(7),
             DedupKeep::Random { seed: 7 }
-        );
-    }
-
-    fn unit(v: Vec<f32>) -> Vec<f32> {
-        let n = v.iter().map(|a| a * a).sum::<f32>().sqrt();
-        v.into_iter().map(|a| a / n).collect()
-    }
-
-    fn dot(a: &[f32], b: &[f32]) -> f32 {
-        a.iter().zip(b).map(|(x, y)| x * y).sum()
-    }
-
-    #[test]
-    fn near_boundary_never_skips_a_split_duplicate() {
-        // Random pairs straddling the boundary between two centroids: every pair more
-        // similar than 1 − eps, with x nearer c1 and y nearer c2, must be flagged.
-        let mut rng = crate::rng::Rng::new(11);
-        let d = 16;
-        let mut checked = 0;
-        for case in 0..40_000 {
-            let eps: f64 = [0.003, 0.01, 0.05, 0.2][case % 4];
-            let mut g = |s: f64| (0..d).map(|_| (rng.normal() * s) as f32).collect::<Vec<f32>>();
-            let c1 = unit(g(1.0));
-            let c2 = unit(c1.iter().zip(g(0.6)).map(|(a, b)| a + b).collect());
-            let mid: Vec<f32> = c1.iter().zip(&c2).zip(g(0.3)).map(|((a, b), n)| a + b + n).collect();
-            let x = unit(mid.clone());
-            let y = unit(x.iter().zip(g(0.2 * eps.sqrt())).map(|(a, n)| a + n).collect());
-            let (xy, x1, x2, y1, y2) = (dot(&x, &y), dot(&x, &c1), dot(&x, &c2), dot(&y, &c1), dot(&y, &c2));
-            if f64::from(xy) > 1.0 - eps && x1 >= x2 && y2 >= y1 {
-                checked += 1;
-                assert!(near_boundary(&x, x1, &c1, &c2, eps), "case {case}: x·y {xy}, eps {eps}");
-            }
-        }
-        assert!(checked > 1000, "only {checked} straddling pairs drawn");
-    }
-
-    #[test]
-    fn near_boundary_skips_rows_deep_inside_their_cluster() {
-        let mut rng = crate::rng::Rng::new(5);
-        let mut g = || unit((0..16).map(|_| rng.normal() as f32).collect());
-        let (c1, c2) = (g(), g());
-        // A row at its own centroid is ‖c1 − c2‖²/2 from the boundary, more than √(2·eps)·‖c1 − c2‖.
-        assert!(!near_boundary(&c1, dot(&c1, &c1), &c1, &c2, 0.05));
-        // Halfway between the two it is on the boundary.
-        let m = unit(c1.iter().zip(&c2).map(|(a, b)| a + b).collect());
-        assert!(near_boundary(&m, dot(&m, &c1), &c1, &c2, 0.0));
-    }
-
-    #[test]
-    fn guests_far_from_the_boundary_are_never_missed() {
-        use crate::pipeline::spill::ClusterSpill;
-        let (k, d, eps) = (12, 16, 0.05);
-        let mut rng = crate::rng::Rng::new(3);
-        let mut g = |s: f64| (0..d).map(|_| (rng.normal() * s) as f32).collect::<Vec<f32>>();
-        let cv: Vec<f32> = (0..k).flat_map(|_| unit(g(1.0))).collect();
-        let c = Centroids::try_new(cv, d, Distance::Cosine).unwrap();
-        // Rows near a centroid or between two, each with a close copy (cos ≈ 0.97-0.999).
-        let mut rows: Vec<f32> = Vec::new();
-        for i in 0..400 {
-            let (a, b) = (i % k, (i * 5 + 1) % k);
-            let w = if i % 3 == 0 { 1.0 } else { 0.0 };
-            let base: Vec<f32> = c
-                .row(a)
-                .iter()
-                .zip(c.row(b))
-                .zip(g(0.5))
-                .map(|((x, y), n)| x + w * y + n)
-                .collect();
-            let x = unit(base);
-            let y = unit(
-                x.iter()
-                    .zip(g(0.03 + 0.03 * (i % 4) as f64))
-                    .map(|(a, n)| a + n)
-                    .collect(),
-            );
-            rows.extend(x);
-            rows.extend(y);
-        }
-        let n = rows.len() / d;
-        let (mut labels, mut dots, mut second) = (vec![0u32; n], vec![0f32; n], vec![0u32; n]);
-        c.nearest_two(&rows, &mut labels, &mut dots, &mut second);
-        let eligible = vec![true; n];
-        let spill = |cluster: &dyn Fn(usize) -> Option<u32>| {
-            let sp = ClusterSpill::create(None, d, 3).unwrap();
-            let mut buf = sp.buffer();
-            for i in 0..n {
-                if let Some(cl) = cluster(i) {
-                    buf.push(cl, i as u32, &rows[i * d..(i + 1) * d]).unwrap();
-                }
-            }
-            buf.flush().unwrap();
-            drop(buf);
-            sp.finish().unwrap()
-        };
-        let owners = spill(&|i| Some(labels[i]));
-        let all_guests = spill(&|i| Some(second[i]));
-        let near = |i: usize| {
-            near_boundary(
-                &rows[i * d..(i + 1) * d],
-                dots[i],
-                c.row(labels[i] as usize),
-                c.row(second[i] as usize),
-                eps,
-            )
-        };
-        let few_guests = spill(&|i| near(i).then_some(second[i]));
-        let skipped = (0..n).filter(|&i| !near(i)).count();
-        let full =
-            second_cluster_duplicates(&owners, &all_guests, &labels, &second, &eligible, d, eps, &|_| {}).unwrap();
-        let fast =
-            second_cluster_duplicates(&owners, &few_guests, &labels, &second, &eligible, d, eps, &|_| {}).unwrap();
-        assert_eq!(fast, full);
-        let found = full.iter().filter(|f| f.is_some()).count();
-        assert!(
-            found >= 10 && skipped >= n / 20,
-            "found {found}, skipped {skipped} of {n}"
         );
     }
 }
