@@ -40,8 +40,6 @@ pub struct Rows {
     /// Second-nearest centroid of every row, when the cross-cluster pass
     /// asks for it (empty otherwise).
     pub second: Vec<u32>,
-    /// `labels` were given (`--assignments`): the score pass keeps them.
-    pub fixed_labels: bool,
 }
 
 impl Rows {
@@ -53,7 +51,6 @@ impl Rows {
             valid: vec![true; n],
             hashes: Vec::new(),
             second: Vec::new(),
-            fixed_labels: false,
         }
     }
 }
@@ -247,7 +244,8 @@ pub fn score_rows(
     }
     // Disjoint per-shard views of the per-row state.
     let hashing = !rows.hashes.is_empty();
-    let fixed = rows.fixed_labels;
+    // `--assignments` filled `rows.labels` already: the score pass keeps them.
+    let fixed = p.assignments.is_some();
     if spills.guests.is_some() {
         if c.distance() != Distance::Cosine {
             return Err(Error::Internal("second-cluster spill needs cosine centroids".into()));

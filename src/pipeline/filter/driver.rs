@@ -169,7 +169,6 @@ pub fn run_filter(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Report>
         };
         if let Some(path) = &p.assignments {
             rows.labels = load_assignments(path, n, centroids.k())?;
-            rows.fixed_labels = true;
         }
         invalid = InvalidReport::default(); // the score pass recounts every row
         if p.exact_dedup && p.exact_key.is_none() {
