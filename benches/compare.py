@@ -14,7 +14,8 @@ selections as set overlap. Every process's wall time and peak RSS are measured h
 Data (made with ../shared/bench/gen_data.py if missing):
   200k: --n 200000 --dim 384 --concepts 1000 --shards 4   (k-means fit)
   1m:   --n 1000000 --dim 384 --concepts 1000 --shards 4  (end-to-end filter --keep 0.3)
-  2m:   --n 2000000 --dim 384 --concepts 1000 --shards 8  (peak memory of filter; SQL vs native: case sql)
+  2m:   --n 2000000 --dim 384 --concepts 1000 --shards 8  (peak memory of filter; SQL vs native: case sql;
+        distributed vs local: case cluster)
   1m5:  --n 1000000 --dim 384 --concepts 1000 --shards 4 --dup-frac 0.05
         (SemDeDup vs ref_semdedup.py and DBP vs ref_dbp.py: cases semdedup, dbp)
 """
@@ -347,6 +348,64 @@ def case_sql(args, res):
     }
 
 
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def case_cluster(args, res):
+    """Issue 7: the overhead of a distributed run on one machine. The same prune (keep 30%,
+    hardest by prototypicality, given centroids) on 2M x 384 locally (`filter --centroids`)
+    and on a Ballista cluster of one scheduler and two executors started here
+    (`filter --cluster`); kept ids compared. Each executor runs --threads tasks at once, so
+    the cluster may use up to twice the local run's cores: compare CPU seconds too.
+    Client CPU/RSS are the client's alone (the executors' are not counted)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    data = ensure_data(args, "2m")
+    cents = os.path.join(args.work, "sql_centroids.npy")
+    if not os.path.exists(cents):
+        run([args.dprune, "filter", "--keep", "0.3", data, "-o", os.path.join(args.work, "sql_fit"), "--overwrite",
+             "--quiet", "--k", "1000", "--scores-only", "--save-centroids", cents, "--threads", str(args.threads)])
+    local_dir = os.path.join(args.work, "cl_local")
+    _, lwall, lrss, lcpu = run_rss([args.dprune, "filter", "--keep", "0.3", data, "-o", local_dir, "--overwrite",
+                                    "--quiet", "--centroids", cents, "--threads", str(args.threads)])
+    procs = []
+    try:
+        sched = subprocess.Popen([args.dprune, "cluster", "scheduler", "--bind", "127.0.0.1:0"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        procs.append(sched)
+        url = sched.stdout.readline().strip().split()[-1]
+        for _ in range(2):
+            procs.append(subprocess.Popen(
+                [args.dprune, "cluster", "executor", "--scheduler", url, "--flight-port", str(free_port()),
+                 "--grpc-port", str(free_port()), "--concurrent-tasks", str(args.threads)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        time.sleep(3)
+        dist_dir = os.path.join(args.work, "cl_dist")
+        _, dwall, drss, dcpu = run_rss([args.dprune, "filter", "--keep", "0.3", data, "-o", dist_dir, "--overwrite",
+                                        "--quiet", "--centroids", cents, "--cluster", url])
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+    def ids(d):
+        return set(np.concatenate([pq.read_table(f, columns=["id"]).column("id").to_numpy()
+                                   for f in sorted(glob.glob(os.path.join(d, "*.parquet")))]).tolist())
+
+    a, b = ids(local_dir), ids(dist_dir)
+    res["cluster_vs_local_2m_keep0.3"] = {
+        "local": {"wall_s": round(lwall, 2), "cpu_s": round(lcpu, 2), "peak_rss_mb": round(lrss), "kept": len(a)},
+        "cluster_2_executors": {"wall_s": round(dwall, 2), "client_cpu_s": round(dcpu, 2),
+                                "client_peak_rss_mb": round(drss), "kept": len(b)},
+        "cluster_over_local_wall": round(dwall / lwall, 3), "symmetric_difference": len(a ^ b), "identical": a == b,
+    }
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="/tmp/dpb", help="folder for the generated datasets")
@@ -362,7 +421,7 @@ def main():
     res = {"machine": {"cpus": os.cpu_count(), "loadavg_start": os.getloadavg()[0]}}
     for c in args.cases.split(","):
         {"kmeans": case_kmeans, "e2e": case_e2e, "memory": case_memory, "semdedup": case_semdedup,
-         "dbp": case_dbp, "sql": case_sql}[c](args, res)
+         "dbp": case_dbp, "sql": case_sql, "cluster": case_cluster}[c](args, res)
         print(json.dumps(res, indent=1), file=sys.stderr)
     res["machine"]["loadavg_end"] = os.getloadavg()[0]
     text = json.dumps(res, indent=1)

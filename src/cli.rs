@@ -2,6 +2,8 @@
 //! subcommand builds a library config and calls one library function.
 
 mod annotate;
+#[cfg(feature = "ballista")]
+mod cluster;
 mod demos;
 mod embed;
 mod encode_flags;
@@ -39,6 +41,9 @@ enum Command {
     /// Run a SQL query over Parquet tables with the dprune functions (dprune_nearest, ...).
     #[cfg(feature = "datafusion")]
     Sql(Box<sql::SqlArgs>),
+    /// Ballista scheduler and executor processes for `filter --cluster`.
+    #[cfg(feature = "ballista")]
+    Cluster(cluster::ClusterArgs),
 }
 
 /// Parses the command line and runs the subcommand.
@@ -53,5 +58,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Tokens(args) => tokens::run(args),
         #[cfg(feature = "datafusion")]
         Command::Sql(args) => sql::run(*args),
+        #[cfg(feature = "ballista")]
+        Command::Cluster(args) => cluster::run(args),
     }
 }

@@ -48,6 +48,8 @@ use crate::embed::{Encoder, EncoderSpec};
 use crate::io::npy;
 use crate::{Error, Result};
 
+#[cfg(feature = "ballista")]
+pub mod distributed;
 pub mod functions;
 pub mod predicate;
 mod vectors;

@@ -155,6 +155,16 @@ pub enum Error {
         reason: String,
     },
 
+    /// A distributed run failed: the cluster could not be reached, or a
+    /// task failed there (the reason carries the executor's message).
+    #[error("cluster {url}: {reason}")]
+    Cluster {
+        /// The scheduler (`df://host:port`) or the address served.
+        url: String,
+        /// What happened.
+        reason: String,
+    },
+
     /// A bug in dprune.
     #[error("internal error (please report): {0}")]
     Internal(String),

@@ -24,7 +24,10 @@
 //! * [`tokens`] prunes visual tokens at VLM inference.
 //! * `datafusion` (feature `datafusion`, on by default): the dprune
 //!   functions for DataFusion SQL (`dprune_nearest`, `dprune_embed`, ...),
-//!   used by `dprune sql` and `filter --where`.
+//!   used by `dprune sql` and `filter --where`; with feature `ballista`
+//!   (on by default) `datafusion::distributed` holds the Ballista
+//!   scheduler/executor processes, the plan codec and the scan/write plans
+//!   behind `filter --cluster` (driven by `pipeline::filter`).
 //!
 //! ## Example
 //!

@@ -31,5 +31,9 @@ mod annotate_twostage;
 #[cfg(feature = "datafusion")]
 mod sql;
 
+// `filter --cluster` on a Ballista scheduler and two executors started by the test (issue 7).
+#[cfg(feature = "ballista")]
+mod cluster;
+
 // `dprune tokens eval` (issue 6) on the toy ViT split graphs, with its bad inputs.
 mod tokens_eval;

@@ -49,6 +49,9 @@ Examples:
   # only rows matching a SQL predicate take part (row groups ruled out by statistics are skipped)
   dprune filter --where \"similarity > 0.3 AND caption IS NOT NULL\" --keep 0.3 'laion/*.parquet' -o pruned/
 
+  # on a Ballista cluster started with `dprune cluster scheduler` and `dprune cluster executor`
+  dprune filter --keep 0.3 --cluster df://127.0.0.1:50050 '/data/laion/*.parquet' -o /data/pruned/
+
   # random baseline, scores table only, see the plan first
   dprune filter --keep 0.3 --metric random --dry-run 'shards/*.parquet' -o out/
   dprune filter --keep 0.3 --scores-only 'shards/*.parquet' -o scores/
@@ -94,6 +97,14 @@ pub struct FilterArgs {
     /// case-sensitive.
     #[arg(long = "where", value_name = "SQL")]
     where_sql: Option<String>,
+
+    /// Run on a Ballista cluster (`df://HOST:PORT`, see `dprune cluster`): the centroids are
+    /// fitted here on the sample, scoring, selection and writing run on the executors, and
+    /// the kept rows equal a local run's. Covers --metric proto (with --keep/--keep-n,
+    /// --keep-easy, --centroids, --drop-invalid); executors must see the inputs and the
+    /// output folder at the same absolute paths.
+    #[arg(long, value_name = "URL")]
+    cluster: Option<String>,
 
     /// Stage 1: remove rows whose embedding is bit-identical to an earlier row's.
     #[arg(long)]
@@ -356,6 +367,7 @@ impl FilterArgs {
             embeddings,
             params,
             output,
+            cluster: self.cluster.clone(),
         })
     }
 }

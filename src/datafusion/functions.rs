@@ -84,6 +84,11 @@ impl Nearest {
         }
     }
 
+    /// The centroids searched, when loaded.
+    pub fn loaded(&self) -> Option<&Arc<Centroids>> {
+        self.centroids.as_ref()
+    }
+
     /// The struct type returned.
     pub fn return_fields() -> Fields {
         Fields::from(vec![

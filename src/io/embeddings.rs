@@ -53,6 +53,22 @@ impl EmbeddingBlock {
     }
 }
 
+/// Why an embedding cannot be scored, if it cannot: null, not finite, or
+/// all zeros (no direction). `filter` fails on such rows or, with
+/// `--drop-invalid`, excludes them.
+pub fn unusable(x: &[f32], null: bool) -> Option<&'static str> {
+    if null {
+        return Some("null");
+    }
+    if x.iter().any(|v| !v.is_finite()) {
+        return Some("not finite (NaN or inf)");
+    }
+    if x.iter().all(|&v| v == 0.0) {
+        return Some("all zeros");
+    }
+    None
+}
+
 /// An iterator of embedding blocks.
 pub type BlockIter<'a> = Box<dyn Iterator<Item = Result<EmbeddingBlock>> + Send + 'a>;
 

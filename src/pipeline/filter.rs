@@ -35,6 +35,8 @@ use crate::select::{Budget, Keep};
 use crate::{Error, Result};
 
 mod checks;
+#[cfg(feature = "ballista")]
+mod cluster;
 mod dedup;
 mod driver;
 mod prefilter;
@@ -42,6 +44,8 @@ mod sources;
 mod summary;
 mod write;
 
+#[cfg(feature = "ballista")]
+pub use cluster::run_filter_cluster;
 pub use driver::run_filter;
 
 /// Rows per embedding batch in the sample and score passes.
@@ -321,4 +325,7 @@ pub struct FilterConfig {
     pub params: FilterParams,
     /// Output.
     pub output: OutputSpec,
+    /// Run on this Ballista cluster (`df://host:port`, see `dprune cluster`)
+    /// instead of in this process.
+    pub cluster: Option<String>,
 }

@@ -14,7 +14,7 @@ use rayon::prelude::*;
 
 use crate::cluster::{Centroids, CertifiedSearch, Distance};
 use crate::distance::normalize;
-use crate::io::embeddings::{EmbeddingBlock, EmbeddingSource};
+use crate::io::embeddings::{EmbeddingBlock, EmbeddingSource, unusable};
 use crate::io::{Dataset, Shard};
 use crate::pipeline::filter::FilterParams;
 use crate::pipeline::progress::Progress;
@@ -57,20 +57,6 @@ impl Rows {
 
 /// The "reason" of a row removed by `--where` before the pass.
 const EXCLUDED: &str = "excluded";
-
-/// Why a row is unusable, if it is.
-fn check_row(x: &[f32], null: bool) -> Option<&'static str> {
-    if null {
-        return Some("null");
-    }
-    if x.iter().any(|v| !v.is_finite()) {
-        return Some("not finite (NaN or inf)");
-    }
-    if x.iter().all(|&v| v == 0.0) {
-        return Some("all zeros");
-    }
-    None
-}
 
 /// An unusable row: an error naming file and row, or (with `drop_invalid`)
 /// counted and excluded.
@@ -174,7 +160,7 @@ pub fn read_sample(
                         continue;
                     }
                     let x = &b.values[i * d..(i + 1) * d];
-                    let bad = check_row(x, b.null[i]);
+                    let bad = unusable(x, b.null[i]);
                     if let Some(what) = bad {
                         reject(p, &mut inv, &shard.path, b.first_row + i as u64, what)?;
                     }
@@ -295,7 +281,7 @@ pub fn score_rows(
                     .zip(b.null.par_iter())
                     .zip(valid[base..base + m].par_iter())
                     .map(|((x, &null), &kept)| {
-                        let why = if kept { check_row(x, null) } else { Some(EXCLUDED) };
+                        let why = if kept { unusable(x, null) } else { Some(EXCLUDED) };
                         if why.is_some() {
                             x.iter_mut().for_each(|v| *v = 0.0);
                         } else if c.distance() == Distance::Cosine {

@@ -11,8 +11,9 @@ use super::checks::check_output;
 use super::dedup::run_semdedup;
 use super::sources::{load_centroids, open_source};
 use super::summary::build_report;
-use super::{FilterConfig, prefilter, write};
-use crate::cluster::{KMeans, KMeansParams};
+use super::{FilterConfig, FilterParams, OutputSpec, prefilter, write};
+use crate::cluster::{Centroids, KMeans, KMeansParams};
+use crate::io::embeddings::EmbeddingSource;
 use crate::io::{Dataset, columns, expand_inputs};
 use crate::pipeline::budget::{Ranking, choose};
 use crate::pipeline::passes::{Rows, Spills, read_sample, score_rows};
@@ -27,14 +28,14 @@ use crate::score::{Metric, random_score};
 use crate::{Error, Result};
 
 /// Wall-clock timer per pass.
-struct Timings {
+pub(super) struct Timings {
     start: Instant,
     last: Instant,
     map: BTreeMap<String, f64>,
 }
 
 impl Timings {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         let now = Instant::now();
         Timings {
             start: now,
@@ -42,12 +43,12 @@ impl Timings {
             map: BTreeMap::new(),
         }
     }
-    fn mark(&mut self, name: &str) {
+    pub(super) fn mark(&mut self, name: &str) {
         let now = Instant::now();
         *self.map.entry(name.to_string()).or_default() += (now - self.last).as_secs_f64();
         self.last = now;
     }
-    fn finish(mut self) -> BTreeMap<String, f64> {
+    pub(super) fn finish(mut self) -> BTreeMap<String, f64> {
         self.map.insert("total".into(), self.start.elapsed().as_secs_f64());
         self.map.values_mut().for_each(|v| *v = (*v * 1000.0).round() / 1000.0);
         self.map
@@ -56,6 +57,15 @@ impl Timings {
 
 /// Runs a `filter` job; returns its report (also written unless `dry_run`).
 pub fn run_filter(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Report> {
+    if let Some(url) = &cfg.cluster {
+        #[cfg(feature = "ballista")]
+        return super::run_filter_cluster(cfg, url, progress);
+        #[cfg(not(feature = "ballista"))]
+        return Err(Error::param(
+            "--cluster",
+            format!("`{url}`: this dprune was built without the `ballista` feature"),
+        ));
+    }
     let mut t = Timings::new();
     let p = &cfg.params;
     p.validate()?;
@@ -119,54 +129,7 @@ pub fn run_filter(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Report>
         let d = source.dim();
         source_desc = Some(source.describe());
         dim = Some(d);
-        let (centroids, kr) = match &p.centroids {
-            Some(path) => load_centroids(path, d, p.kmeans.distance)?,
-            None => {
-                let km = KMeansParams {
-                    seed: p.seed,
-                    ..p.kmeans.clone()
-                };
-                let k = km.resolve_k(n_pass);
-                let m = km.resolve_sample(n_pass, k);
-                let mut sample_ids = Rng::for_stream(p.seed, 0).sample_indices(n_pass, m);
-                if let Some(keep) = only {
-                    // The sample is drawn among the rows `--where` keeps: the i-th of them.
-                    let ids: Vec<u64> = (0..n).filter(|&g| keep[g as usize]).collect();
-                    sample_ids.iter_mut().for_each(|s| *s = ids[*s as usize]);
-                }
-                progress.begin(Pass::Sample, n);
-                let sample = read_sample(&data, source.as_ref(), &sample_ids, only, p, &mut invalid, progress)?;
-                progress.end();
-                t.mark("sample");
-                let train = sample.len() / d;
-                if train < k {
-                    return Err(Error::param(
-                        "--k",
-                        format!(
-                            "cannot train {k} centroids with {train} usable rows; choose a smaller --k or a larger --sample"
-                        ),
-                    ));
-                }
-                progress.begin(Pass::KMeans, km.max_iters as u64);
-                let fit = KMeans::fit(&sample, d, &KMeansParams { k: Some(k), ..km }, &mut |_| {
-                    progress.advance(1)
-                })?;
-                progress.end();
-                t.mark("kmeans");
-                let kr = KMeansReport {
-                    k,
-                    source: "fit".into(),
-                    train_rows: train as u64,
-                    iterations: fit.iterations,
-                    converged: fit.converged,
-                    inertia: Some(fit.inertia()),
-                    inertia_history: fit.inertia_history.clone(),
-                    reseeded_empty: fit.reseeded,
-                    saved_to: None,
-                };
-                (fit.centroids, kr)
-            }
-        };
+        let (centroids, kr) = fit_or_load(&data, source.as_ref(), p, only, n_pass, &mut invalid, progress, &mut t)?;
         if let Some(path) = &p.assignments {
             rows.labels = load_assignments(path, n, centroids.k())?;
         }
@@ -413,17 +376,90 @@ pub fn run_filter(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Report>
     }
     report.warnings = warnings;
     report.timings_s = t.finish();
-    if !out.dry_run {
-        if !out.no_plot {
-            let png = out.dir.join(REPORT_PNG);
-            plot::write_report_png(&report, &png)?;
-            report.outputs.push(png.display().to_string());
-        }
-        let json = out.dir.join(REPORT_JSON);
-        report.outputs.push(json.display().to_string());
-        report.write_json(&json)?;
-    }
+    write_report_files(out, &mut report)?;
     Ok(report)
+}
+
+/// Writes the report's PNG (unless `no_plot`) and JSON into the output
+/// folder, listing them in `report.outputs` (nothing for a dry run).
+pub(super) fn write_report_files(out: &OutputSpec, report: &mut Report) -> Result<()> {
+    if out.dry_run {
+        return Ok(());
+    }
+    if !out.no_plot {
+        let png = out.dir.join(REPORT_PNG);
+        plot::write_report_png(report, &png)?;
+        report.outputs.push(png.display().to_string());
+    }
+    let json = out.dir.join(REPORT_JSON);
+    report.outputs.push(json.display().to_string());
+    report.write_json(&json)
+}
+
+/// The centroids of a run: loaded from `p.centroids`, or fitted by k-means
+/// on a seeded sample of the `n_pass` rows `only` keeps (all when `None`).
+/// Shared by the local and the distributed driver, so both fit the same.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn fit_or_load(
+    data: &Dataset,
+    source: &dyn EmbeddingSource,
+    p: &FilterParams,
+    only: Option<&[bool]>,
+    n_pass: u64,
+    invalid: &mut InvalidReport,
+    progress: &dyn Progress,
+    t: &mut Timings,
+) -> Result<(Centroids, KMeansReport)> {
+    let n = data.num_rows();
+    let d = source.dim();
+    match &p.centroids {
+        Some(path) => Ok(load_centroids(path, d, p.kmeans.distance)?),
+        None => {
+            let km = KMeansParams {
+                seed: p.seed,
+                ..p.kmeans.clone()
+            };
+            let k = km.resolve_k(n_pass);
+            let m = km.resolve_sample(n_pass, k);
+            let mut sample_ids = Rng::for_stream(p.seed, 0).sample_indices(n_pass, m);
+            if let Some(keep) = only {
+                // The sample is drawn among the rows `--where` keeps: the i-th of them.
+                let ids: Vec<u64> = (0..n).filter(|&g| keep[g as usize]).collect();
+                sample_ids.iter_mut().for_each(|s| *s = ids[*s as usize]);
+            }
+            progress.begin(Pass::Sample, n);
+            let sample = read_sample(data, source, &sample_ids, only, p, invalid, progress)?;
+            progress.end();
+            t.mark("sample");
+            let train = sample.len() / d;
+            if train < k {
+                return Err(Error::param(
+                    "--k",
+                    format!(
+                        "cannot train {k} centroids with {train} usable rows; choose a smaller --k or a larger --sample"
+                    ),
+                ));
+            }
+            progress.begin(Pass::KMeans, km.max_iters as u64);
+            let fit = KMeans::fit(&sample, d, &KMeansParams { k: Some(k), ..km }, &mut |_| {
+                progress.advance(1)
+            })?;
+            progress.end();
+            t.mark("kmeans");
+            let kr = KMeansReport {
+                k,
+                source: "fit".into(),
+                train_rows: train as u64,
+                iterations: fit.iterations,
+                converged: fit.converged,
+                inertia: Some(fit.inertia()),
+                inertia_history: fit.inertia_history.clone(),
+                reseeded_empty: fit.reseeded,
+                saved_to: None,
+            };
+            Ok((fit.centroids, kr))
+        }
+    }
 }
 
 /// `--assignments`: one cluster per input row, each below `k`.

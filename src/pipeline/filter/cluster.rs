@@ -1,0 +1,475 @@
+//! `filter --cluster df://host:port`: the same prune as the local driver,
+//! run on a Ballista cluster (`dprune cluster scheduler|executor`).
+//!
+//! 1. **fit** here, on the seeded sample, with the local driver's code
+//!    ([`super::driver::fit_or_load`]), so the centroids equal a local
+//!    run's;
+//! 2. **score and select** on the cluster, as one DataFusion plan: a scan
+//!    of every shard's embeddings with their (file, row) identity
+//!    ([`RowsExec`]), `dprune_nearest` (the centroids travel inside the
+//!    plan), and `row_number()` windows: over all rows by score (ties by
+//!    file, then row: `filter`'s order) for the budget, and per cluster
+//!    for the report. Only the rows within the budget, one row per cluster
+//!    and unusable rows come back;
+//! 3. **write** on the cluster: one task per shard writes its pruned shard
+//!    ([`WriteExec`]), reading which rows to keep from a bitmap left in
+//!    the output folder (removed afterwards), so plans stay small;
+//! 4. the report and plot are written here.
+//!
+//! The kept set is exactly the local run's (same fit, same kernel, same
+//! order; `tests/cluster.rs` compares the outputs row for row). The
+//! distributed path covers the prototypicality prune (`--metric proto`,
+//! `--keep`/`--keep-n`, `--keep-easy`, centroids fitted or given,
+//! `--drop-invalid`, embeddings in a column); other stages are refused
+//! with a message naming the flag. Every executor must see the inputs and
+//! the output folder at the same absolute paths.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ::datafusion::prelude::{SessionConfig, SessionContext};
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{Float32Type, Float64Type, Int64Type, UInt8Type, UInt32Type, UInt64Type};
+
+use super::Balance;
+use super::checks::check_output;
+use super::driver::{Timings, fit_or_load, write_report_files};
+use super::sources::open_source;
+use super::{EmbeddingSpec, FilterConfig};
+use crate::datafusion::distributed::exec::{INVALID_NOT_FINITE, INVALID_NULL, INVALID_ZERO};
+use crate::datafusion::distributed::{RowsSpec, RowsTable, WriteExec, WriteSpec, execute};
+use crate::datafusion::{FunctionOptions, register};
+use crate::io::embeddings::ColumnSource;
+use crate::io::{Dataset, expand_inputs, npy};
+use crate::pipeline::progress::Progress;
+use crate::pipeline::report::{ClusterReport, InputReport, InvalidReport, Report};
+use crate::pipeline::stages::StageReport;
+use crate::score::Metric;
+use crate::select::{Budget, Keep};
+use crate::{Error, Result};
+
+/// Refuses what the distributed path does not run (yet), naming the flag.
+fn check_supported(cfg: &FilterConfig) -> Result<()> {
+    let p = &cfg.params;
+    let refuse = |flag: &str| {
+        Err(Error::param(
+            "--cluster",
+            format!(
+                "{flag} is not supported in a distributed run yet (it runs --metric proto with --keep/--keep-n, \
+                 --keep-easy, --k/--sample/--seed or --centroids, --drop-invalid); run without --cluster"
+            ),
+        ))
+    };
+    if p.metric != Metric::Proto {
+        return refuse(&format!("--metric {}", p.metric));
+    }
+    if p.balance != Balance::None {
+        return refuse("--balance");
+    }
+    if p.exact_dedup {
+        return refuse("--exact-dedup");
+    }
+    if p.dedup.eps.is_some() {
+        return refuse("--dedup");
+    }
+    if p.quality.is_some() {
+        return refuse("--quality-col");
+    }
+    if p.score_col.is_some() {
+        return refuse("--score-col");
+    }
+    if p.where_sql.is_some() {
+        return refuse("--where");
+    }
+    if p.assignments.is_some() {
+        return refuse("--assignments");
+    }
+    if !matches!(cfg.embeddings, EmbeddingSpec::Auto | EmbeddingSpec::Column(_)) {
+        return refuse("embeddings not in a column (--embeddings/--model)");
+    }
+    if cfg.output.scores_only {
+        return refuse("--scores-only");
+    }
+    if cfg.output.with_scores {
+        return refuse("--with-scores");
+    }
+    Ok(())
+}
+
+/// The score-and-select query over table `rows`; `bmax` bounds the budget
+/// (the exact one depends on how many rows are usable, known at the end).
+fn select_sql(prefer: Keep, bmax: u64) -> String {
+    let dir = match prefer {
+        Keep::Hard => "DESC",
+        Keep::Easy => "ASC",
+    };
+    format!(
+        "WITH s AS (SELECT dprune_file AS f, dprune_row AS r, dprune_invalid AS bad, dprune_nearest(embedding) AS n FROM rows),
+              t AS (SELECT f, r, bad, n['cluster'] AS c, n['distance'] AS d FROM s),
+              w AS (SELECT f, r, bad, c, d,
+                      row_number() OVER (ORDER BY d {dir} NULLS LAST, f, r) AS rk,
+                      row_number() OVER (PARTITION BY c ORDER BY f, r) AS crk,
+                      count(*) OVER (PARTITION BY c) AS cn,
+                      sum(CAST(d AS DOUBLE)) OVER (PARTITION BY c) AS cs
+                    FROM t)
+         SELECT f, r, bad, c, d, rk, crk, cn, cs FROM w WHERE rk <= {bmax} OR crk = 1 OR bad <> 0"
+    )
+}
+
+/// What came back from the select job.
+#[derive(Debug, Default)]
+struct Selected {
+    /// Usable rows by rank: (rank, file, row, cluster, score), rank ≤ bmax.
+    ranked: Vec<(u64, u32, u64, u32, f32)>,
+    /// Per cluster: (size, sum of scores).
+    clusters: BTreeMap<u32, (u64, f64)>,
+    /// Unusable rows per file, by kind.
+    invalid: Vec<InvalidReport>,
+}
+
+fn collect_selected(batches: &[RecordBatch], files: usize) -> Result<Selected> {
+    let mut out = Selected {
+        invalid: vec![InvalidReport::default(); files],
+        ..Default::default()
+    };
+    let bad_schema = |e: String| Error::Internal(format!("distributed select: {e}"));
+    for b in batches {
+        let col = |i: usize| b.column(i);
+        if b.num_columns() != 9 {
+            return Err(bad_schema(format!("{} columns", b.num_columns())));
+        }
+        let f = col(0)
+            .as_primitive_opt::<UInt32Type>()
+            .ok_or_else(|| bad_schema("f".into()))?;
+        let r = col(1)
+            .as_primitive_opt::<UInt64Type>()
+            .ok_or_else(|| bad_schema("r".into()))?;
+        let bad = col(2)
+            .as_primitive_opt::<UInt8Type>()
+            .ok_or_else(|| bad_schema("bad".into()))?;
+        let c = col(3)
+            .as_primitive_opt::<UInt32Type>()
+            .ok_or_else(|| bad_schema("c".into()))?;
+        let d = col(4)
+            .as_primitive_opt::<Float32Type>()
+            .ok_or_else(|| bad_schema("d".into()))?;
+        let rk = col(5)
+            .as_primitive_opt::<UInt64Type>()
+            .ok_or_else(|| bad_schema("rk".into()))?;
+        let crk = col(6)
+            .as_primitive_opt::<UInt64Type>()
+            .ok_or_else(|| bad_schema("crk".into()))?;
+        let cn = col(7)
+            .as_primitive_opt::<Int64Type>()
+            .ok_or_else(|| bad_schema("cn".into()))?;
+        let cs = col(8)
+            .as_primitive_opt::<Float64Type>()
+            .ok_or_else(|| bad_schema("cs".into()))?;
+        for i in 0..b.num_rows() {
+            let file = f.value(i);
+            match bad.value(i) {
+                0 => {}
+                kind => {
+                    let inv = out
+                        .invalid
+                        .get_mut(file as usize)
+                        .ok_or_else(|| bad_schema(format!("file {file}")))?;
+                    match kind {
+                        INVALID_NULL => inv.null += 1,
+                        INVALID_NOT_FINITE => inv.not_finite += 1,
+                        INVALID_ZERO => inv.zero += 1,
+                        k => return Err(bad_schema(format!("invalid kind {k}"))),
+                    }
+                    continue;
+                }
+            }
+            if c.is_null(i) || d.is_null(i) {
+                return Err(bad_schema(format!("file {file} row {}: no score", r.value(i))));
+            }
+            if crk.value(i) == 1 {
+                out.clusters.insert(c.value(i), (cn.value(i) as u64, cs.value(i)));
+            }
+            out.ranked.push((rk.value(i), file, r.value(i), c.value(i), d.value(i)));
+        }
+    }
+    out.ranked.sort_unstable_by_key(|x| x.0);
+    Ok(out)
+}
+
+/// The kept bitmap over all input rows (file order, then row order), LSB first.
+fn write_bitmap(path: &Path, kept: &[(u32, u64)], offsets: &[u64], n: u64) -> Result<()> {
+    let mut bits = vec![0u8; n.div_ceil(8) as usize];
+    for &(f, r) in kept {
+        let g = offsets[f as usize] + r;
+        bits[(g / 8) as usize] |= 1 << (g % 8);
+    }
+    std::fs::write(path, &bits).map_err(|e| Error::io("writing", path, e))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Internal(format!("starting the async runtime: {e}")))
+}
+
+/// Runs `cfg` on the Ballista cluster at `url`; returns its report (also
+/// written unless `dry_run`).
+pub fn run_filter_cluster(cfg: &FilterConfig, url: &str, progress: &dyn Progress) -> Result<Report> {
+    let mut t = Timings::new();
+    let p = &cfg.params;
+    p.validate()?;
+    check_supported(cfg)?;
+    crate::datafusion::distributed::parse_url(url)?;
+    let out = &cfg.output;
+    let paths = expand_inputs(&cfg.inputs)?;
+    if !out.dry_run {
+        check_output(&paths, out)?;
+    }
+    // Executors may run in other folders: they get absolute paths.
+    let paths: Vec<PathBuf> = paths
+        .iter()
+        .map(|p| std::fs::canonicalize(p).map_err(|e| Error::io("reading", p, e)))
+        .collect::<Result<_>>()?;
+    let data = Dataset::open(&paths)?;
+    let n = data.num_rows();
+    if n == 0 {
+        return Err(Error::Empty(format!("the {} input file(s) hold no rows", paths.len())));
+    }
+    let column = match &cfg.embeddings {
+        EmbeddingSpec::Column(c) => ColumnSource::detect(&data, Some(c))?,
+        _ => ColumnSource::detect(&data, None)?,
+    };
+    t.mark("plan");
+
+    let source = open_source(&data, &cfg.embeddings)?;
+    let mut invalid_sample = InvalidReport::default();
+    let (centroids, kreport) = fit_or_load(
+        &data,
+        source.as_ref(),
+        p,
+        None,
+        n,
+        &mut invalid_sample,
+        progress,
+        &mut t,
+    )?;
+    let centroids = Arc::new(centroids);
+    let k = centroids.k();
+
+    // Score and select on the cluster.
+    let bmax = match p.keep {
+        Budget::Fraction(_) => p.keep.resolve(n)?,
+        Budget::Count(c) => c.min(n),
+    };
+    let spec = RowsSpec {
+        files: paths.clone(),
+        column: column.name().to_string(),
+        dim: source.dim(),
+        drop_invalid: p.drop_invalid,
+        batch_rows: p.batch_rows,
+    };
+    let rt = runtime()?;
+    let sql = select_sql(p.prefer, bmax);
+    let batches = rt.block_on(async {
+        let ctx = SessionContext::new_with_config(SessionConfig::new());
+        register(
+            &ctx,
+            &FunctionOptions {
+                centroids: Some(centroids.clone()),
+                encoder: None,
+            },
+        );
+        let sql_err = |e: ::datafusion::error::DataFusionError| Error::Sql {
+            context: "distributed select".into(),
+            reason: e.to_string(),
+        };
+        ctx.register_table("rows", Arc::new(RowsTable::new(spec)))
+            .map_err(sql_err)?;
+        let plan = ctx
+            .sql(&sql)
+            .await
+            .map_err(sql_err)?
+            .create_physical_plan()
+            .await
+            .map_err(sql_err)?;
+        execute(url, plan).await
+    })?;
+    t.mark("score_select");
+    let sel = collect_selected(&batches, paths.len())?;
+    let mut invalid = InvalidReport::default();
+    for i in &sel.invalid {
+        invalid.null += i.null;
+        invalid.not_finite += i.not_finite;
+        invalid.zero += i.zero;
+    }
+    let n_usable = n - invalid.total();
+    if n_usable == 0 {
+        return Err(Error::Empty(format!(
+            "all {n} rows have unusable embeddings; nothing to select from"
+        )));
+    }
+    let budget = p.keep.resolve(n_usable)?;
+    let kept: Vec<(u32, u64)> = sel.ranked.iter().take(budget as usize).map(|x| (x.1, x.2)).collect();
+    if (kept.len() as u64) < budget {
+        return Err(Error::Internal(format!(
+            "the cluster returned {} ranked rows for a budget of {budget}",
+            kept.len()
+        )));
+    }
+
+    // Report.
+    let mut warnings = Vec::new();
+    if invalid.total() > 0 {
+        warnings.push(format!(
+            "{} rows with unusable embeddings were excluded ({} null, {} not finite, {} all zeros)",
+            invalid.total(),
+            invalid.null,
+            invalid.not_finite,
+            invalid.zero
+        ));
+    }
+    if budget == 0 {
+        warnings.push(format!(
+            "the budget rounds to 0 rows of {n_usable}; nothing will be kept"
+        ));
+    }
+    for w in &warnings {
+        progress.warn(w);
+    }
+    let mut inputs: Vec<InputReport> = data
+        .shards
+        .iter()
+        .map(|s| InputReport {
+            path: s.path.display().to_string(),
+            rows: s.num_rows,
+            kept: 0,
+            invalid: sel.invalid[s.index].total(),
+            output: None,
+        })
+        .collect();
+    let mut clusters: Vec<ClusterReport> = (0..k as u32)
+        .map(|id| {
+            let (size, sum) = sel.clusters.get(&id).copied().unwrap_or((0, 0.0));
+            ClusterReport {
+                id,
+                size,
+                kept: 0,
+                mean_score: if size > 0 { (sum / size as f64) as f32 } else { f32::NAN },
+                complexity: None,
+                share: None,
+                quota: None,
+            }
+        })
+        .collect();
+    for x in sel.ranked.iter().take(budget as usize) {
+        inputs[x.1 as usize].kept += 1;
+        clusters[x.3 as usize].kept += 1;
+    }
+    let mut report = Report {
+        dprune_version: env!("CARGO_PKG_VERSION").into(),
+        command: format!("filter --cluster {url}"),
+        dry_run: out.dry_run,
+        inputs,
+        embedding_source: Some(source.describe()),
+        dim: Some(source.dim()),
+        n_rows: n,
+        n_eligible: n_usable,
+        prefilter: None,
+        invalid,
+        n_kept: budget,
+        params: p.clone(),
+        seed: p.seed,
+        kmeans: Some(kreport),
+        clusters,
+        scores: None,
+        stages: vec![StageReport {
+            name: p.metric.to_string(),
+            rows_in: n_usable,
+            removed: n_usable - budget,
+            rows_out: budget,
+        }],
+        semdedup: None,
+        outputs: vec![],
+        timings_s: BTreeMap::new(),
+        warnings,
+    };
+
+    if !out.dry_run {
+        std::fs::create_dir_all(&out.dir).map_err(|e| Error::io("creating", &out.dir, e))?;
+        let out_dir = std::fs::canonicalize(&out.dir).map_err(|e| Error::io("reading", &out.dir, e))?;
+        let offsets: Vec<u64> = (0..=paths.len()).map(|i| data.offset(i)).collect();
+        let bitmap = out_dir.join(format!(".dprune-kept-{}.bin", std::process::id()));
+        write_bitmap(&bitmap, &kept, &offsets, n)?;
+        let plan = WriteExec::new(WriteSpec {
+            files: paths.clone(),
+            out_dir: out_dir.clone(),
+            kept_bitmap: bitmap.clone(),
+        })
+        .map_err(|e| Error::Internal(e.to_string()))?;
+        let plan = Arc::new(plan);
+        let written = rt.block_on(execute(url, plan));
+        let _ = std::fs::remove_file(&bitmap);
+        let written = written?;
+        let mut rows_written = 0u64;
+        for b in &written {
+            if let Some(w) = b.column(1).as_primitive_opt::<UInt64Type>() {
+                rows_written += w.values().iter().sum::<u64>();
+            }
+        }
+        if rows_written != budget {
+            return Err(Error::Internal(format!(
+                "the cluster wrote {rows_written} rows, {budget} were kept"
+            )));
+        }
+        for (s, input) in data.shards.iter().zip(report.inputs.iter_mut()) {
+            let dest = out.dir.join(s.path.file_name().unwrap_or_default());
+            input.output = Some(dest.display().to_string());
+            report.outputs.push(dest.display().to_string());
+        }
+        if let Some(path) = &out.save_centroids {
+            npy::write_matrix(path, centroids.as_slice(), k, centroids.dim())?;
+            if let Some(kr) = report.kmeans.as_mut() {
+                kr.saved_to = Some(path.display().to_string());
+            }
+        }
+        t.mark("write");
+    }
+    report.timings_s = t.finish();
+    write_report_files(out, &mut report)?;
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bitmap_sets_exactly_the_kept_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.bin");
+        // Two files of 5 and 7 rows.
+        let offsets = [0u64, 5, 12];
+        write_bitmap(&path, &[(0, 0), (0, 4), (1, 0), (1, 6)], &offsets, 12).unwrap();
+        let bits = std::fs::read(&path).unwrap();
+        assert_eq!(bits.len(), 2);
+        let set: Vec<u64> = (0..12).filter(|&g| bits[g as usize / 8] >> (g % 8) & 1 == 1).collect();
+        assert_eq!(set, vec![0, 4, 5, 11]);
+    }
+
+    #[test]
+    fn unsupported_flags_are_named() {
+        let mut cfg = FilterConfig::default();
+        cfg.params.metric = Metric::Dbp;
+        let e = check_supported(&cfg).unwrap_err().to_string();
+        assert!(e.contains("--metric dbp") && e.contains("--cluster"), "{e}");
+        let mut cfg = FilterConfig::default();
+        cfg.params.where_sql = Some("a > 1".into());
+        assert!(check_supported(&cfg).unwrap_err().to_string().contains("--where"));
+        let mut cfg = FilterConfig::default();
+        cfg.output.with_scores = true;
+        assert!(check_supported(&cfg).unwrap_err().to_string().contains("--with-scores"));
+        assert!(check_supported(&FilterConfig::default()).is_ok());
+    }
+}

@@ -1,0 +1,275 @@
+//! `filter --cluster` (issue 7): a Ballista scheduler and two executors
+//! started here on 127.0.0.1 (`dprune cluster ...`, free ports, killed at
+//! the end), and distributed prunes compared row for row with local runs
+//! of the same flags; plus the errors the distributed path promises.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::util::{fails, fixture, listing, read, report, run_ok_stderr};
+
+/// The processes of the test cluster; killed when the test binary ends.
+struct TestCluster {
+    url: String,
+    children: Vec<Child>,
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn bin() -> Command {
+    Command::new(assert_cmd::cargo::cargo_bin!("dprune"))
+}
+
+fn start() -> TestCluster {
+    let mut sched = bin()
+        .args(["cluster", "scheduler", "--bind", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting the scheduler");
+    let mut line = String::new();
+    BufReader::new(sched.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("dprune scheduler listening on ")
+        .unwrap_or_else(|| panic!("unexpected scheduler output: {line:?}"))
+        .to_string();
+    let mut cluster = TestCluster {
+        url: url.clone(),
+        children: vec![sched],
+    };
+    for _ in 0..2 {
+        let (flight, grpc) = (free_port(), free_port());
+        let ex = bin()
+            .args(["cluster", "executor", "--scheduler", &url])
+            .args(["--flight-port", &flight.to_string(), "--grpc-port", &grpc.to_string()])
+            .args(["--concurrent-tasks", "2"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting an executor");
+        cluster.children.push(ex);
+    }
+    // Executors register within a second or two; a job submitted before
+    // waits for them, but give them a moment so the first test is not slow.
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cluster
+}
+
+/// The test cluster, shared by the tests of this module (they run concurrently).
+static CLUSTER: Mutex<Option<TestCluster>> = Mutex::new(None);
+
+/// Statics are not dropped: kill the processes when the test binary exits.
+extern "C" fn stop_cluster() {
+    if let Ok(mut g) = CLUSTER.lock() {
+        g.take();
+    }
+}
+
+unsafe extern "C" {
+    fn atexit(f: extern "C" fn()) -> i32;
+}
+
+fn cluster() -> String {
+    let mut g = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    if g.is_none() {
+        *g = Some(start());
+        // SAFETY: registers a plain function with the C runtime, once.
+        unsafe {
+            atexit(stop_cluster);
+        }
+    }
+    g.as_ref().unwrap().url.clone()
+}
+
+/// Every output Parquet file of `a` equals the one of the same name in `b`, row for row.
+fn same_outputs(a: &Path, b: &Path) {
+    let parquet = |d: &Path| -> Vec<String> { listing(d).into_iter().filter(|f| f.ends_with(".parquet")).collect() };
+    let (fa, fb) = (parquet(a), parquet(b));
+    assert_eq!(fa, fb, "output files differ");
+    assert!(!fa.is_empty());
+    for f in fa {
+        let (sa, ba) = read(&a.join(&f));
+        let (sb, bb) = read(&b.join(&f));
+        assert_eq!(sa, sb, "{f}: schema");
+        assert_eq!(ba, bb, "{f}: rows");
+    }
+}
+
+fn shards() -> String {
+    fixture("laion_mini/*.parquet")
+}
+
+fn compare(flags: &[&str], inputs: &[String]) {
+    let url = cluster();
+    let tmp = tempfile::tempdir().unwrap();
+    let (local, dist) = (tmp.path().join("local"), tmp.path().join("dist"));
+    let mut l: Vec<&str> = vec!["filter", "--quiet"];
+    l.extend(flags);
+    l.extend(inputs.iter().map(String::as_str));
+    let mut d = l.clone();
+    let (ls, ds) = (local.display().to_string(), dist.display().to_string());
+    l.extend(["-o", &ls]);
+    d.extend(["--cluster", &url, "-o", &ds]);
+    run_ok_stderr(&l);
+    run_ok_stderr(&d);
+    same_outputs(&local, &dist);
+    let (rl, rd) = (report(&local), report(&dist));
+    assert_eq!(rl["n_kept"], rd["n_kept"]);
+    assert_eq!(rl["n_rows"], rd["n_rows"]);
+    for (cl, cd) in rl["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(rd["clusters"].as_array().unwrap())
+    {
+        assert_eq!(cl["size"], cd["size"], "cluster sizes");
+        assert_eq!(cl["kept"], cd["kept"], "cluster kept counts");
+    }
+    assert_eq!(rl["kmeans"]["inertia"], rd["kmeans"]["inertia"], "same fit");
+    // The kept bitmap left for the executors is gone.
+    assert!(listing(&dist).iter().all(|f| !f.starts_with(".dprune-kept")));
+}
+
+#[test]
+fn distributed_prune_equals_local_keep_hard() {
+    compare(&["--keep", "0.3", "--k", "8", "--seed", "3"], &[shards()]);
+}
+
+#[test]
+fn distributed_prune_equals_local_keep_easy_count() {
+    compare(
+        &["--keep-n", "777", "--keep-easy", "--k", "5", "--seed", "11"],
+        &[shards()],
+    );
+}
+
+/// Centroids fitted on the good shards, saved in `dir`; returns their path.
+fn fit_centroids(dir: &Path) -> String {
+    let cs = dir.join("c.npy").display().to_string();
+    let fit = dir.join("fit").display().to_string();
+    run_ok_stderr(&[
+        "filter",
+        "--quiet",
+        "--k",
+        "4",
+        "--save-centroids",
+        &cs,
+        &shards(),
+        "-o",
+        &fit,
+    ]);
+    cs
+}
+
+#[test]
+fn distributed_prune_equals_local_with_invalid_rows_dropped() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Centroids from the good shards, applied to a file with NaN and zero rows.
+    let cs = fit_centroids(tmp.path());
+    compare(
+        &["--keep", "0.5", "--centroids", &cs, "--drop-invalid"],
+        &[fixture("bad/nan_rows.parquet")],
+    );
+}
+
+#[test]
+fn invalid_rows_without_drop_invalid_fail_naming_file_and_row() {
+    let url = cluster();
+    let tmp = tempfile::tempdir().unwrap();
+    let cs = fit_centroids(tmp.path());
+    let out = tmp.path().join("out").display().to_string();
+    let err = fails(&[
+        "filter",
+        "--keep",
+        "0.5",
+        "--centroids",
+        &cs,
+        "--cluster",
+        &url,
+        &fixture("bad/nan_rows.parquet"),
+        "-o",
+        &out,
+    ]);
+    assert!(
+        err.contains("nan_rows.parquet row") && err.contains("--drop-invalid"),
+        "{err}"
+    );
+    let written: Vec<String> = if Path::new(&out).exists() {
+        listing(Path::new(&out))
+    } else {
+        vec![]
+    };
+    assert!(written.iter().all(|f| !f.ends_with(".parquet")), "{written:?}");
+}
+
+#[test]
+fn unsupported_stage_is_refused_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out").display().to_string();
+    // No cluster needed: the flags are checked first.
+    let err = fails(&[
+        "filter",
+        "--metric",
+        "dbp",
+        "--keep",
+        "0.3",
+        "--cluster",
+        "df://127.0.0.1:9",
+        &shards(),
+        "-o",
+        &out,
+    ]);
+    assert!(err.contains("--metric dbp") && err.contains("--cluster"), "{err}");
+    let err = fails(&[
+        "filter",
+        "--keep",
+        "0.3",
+        "--cluster",
+        "df://nowhere",
+        &shards(),
+        "-o",
+        &out,
+    ]);
+    assert!(err.contains("df://HOST:PORT"), "{err}");
+}
+
+#[test]
+fn unreachable_scheduler_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out").display().to_string();
+    let url = format!("df://127.0.0.1:{}", free_port());
+    let err = fails(&[
+        "filter",
+        "--keep",
+        "0.3",
+        "--k",
+        "4",
+        "--cluster",
+        &url,
+        &shards(),
+        "-o",
+        &out,
+    ]);
+    assert!(err.contains(&format!("cluster {url}")), "{err}");
+}
