@@ -157,6 +157,13 @@ mod tests {
     }
 
     #[test]
+    fn a_pipeline_can_name_a_cluster() {
+        let cfg = parse_pipeline("inputs = [\"x\"]\ncluster = \"df://10.0.0.5:50050\"\n").unwrap();
+        assert_eq!(cfg.cluster.as_deref(), Some("df://10.0.0.5:50050"));
+        assert_eq!(parse_pipeline("inputs = [\"x\"]\n").unwrap().cluster, None);
+    }
+
+    #[test]
     fn unknown_keys_are_named() {
         let err = parse_pipeline("inputs = [\"x\"]\n[params]\nkeepp = 3\n").unwrap_err();
         assert!(err.contains("unknown field `keepp`"), "{err}");
