@@ -82,6 +82,8 @@ pub struct RowsSpec {
 pub struct WriteSpec {
     /// The input files, in the run's order.
     pub files: Vec<PathBuf>,
+    /// Global row id of the first row of each file (the bitmap's offsets).
+    pub first_rows: Vec<u64>,
     /// The output folder (pruned shards keep their input's file name).
     pub out_dir: PathBuf,
     /// One bit per input row (file order, then row order), LSB first:
@@ -236,13 +238,7 @@ impl RowsExec {
 
     /// A scan of the files whose indices `input` yields (see [`file_indices`]).
     pub fn with_input(spec: RowsSpec, input: Arc<dyn ExecutionPlan>) -> Self {
-        let item = Arc::new(Field::new("item", DataType::Float32, true));
-        let schema = Arc::new(Schema::new(vec![
-            Field::new(FILE_COLUMN, DataType::UInt32, false),
-            Field::new(ROW_COLUMN, DataType::UInt64, false),
-            Field::new(INVALID_COLUMN, DataType::UInt8, false),
-            Field::new(EMBEDDING_COLUMN, DataType::FixedSizeList(item, spec.dim as i32), true),
-        ]));
+        let schema = rows_schema(spec.dim);
         let props = properties(&schema, input.properties().partitioning.partition_count());
         RowsExec {
             spec,
@@ -256,6 +252,17 @@ impl RowsExec {
     pub fn spec(&self) -> &RowsSpec {
         &self.spec
     }
+}
+
+/// The columns of [`RowsExec`] for embeddings of dimension `dim`.
+fn rows_schema(dim: usize) -> SchemaRef {
+    let item = Arc::new(Field::new("item", DataType::Float32, true));
+    Arc::new(Schema::new(vec![
+        Field::new(FILE_COLUMN, DataType::UInt32, false),
+        Field::new(ROW_COLUMN, DataType::UInt64, false),
+        Field::new(INVALID_COLUMN, DataType::UInt8, false),
+        Field::new(EMBEDDING_COLUMN, DataType::FixedSizeList(item, dim as i32), true),
+    ]))
 }
 
 /// Reads shard `index` and sends its batches to `tx` (runs on a blocking thread).
@@ -407,11 +414,11 @@ fn read_kept(path: &std::path::Path, first: u64, n: u64) -> Result<Vec<bool>> {
 
 /// Writes the pruned shard of input `index`.
 fn write_shard(spec: &WriteSpec, index: usize) -> Result<(u64, u64)> {
-    let mut first = 0u64;
-    for p in &spec.files[..index] {
-        first += Shard::open(0, p)?.num_rows;
-    }
     let shard = Shard::open(index, &spec.files[index])?;
+    let first = *spec
+        .first_rows
+        .get(index)
+        .ok_or_else(|| Error::Internal(format!("no first row for file {index}")))?;
     let kept = read_kept(&spec.kept_bitmap, first, shard.num_rows)?;
     let dest = spec.out_dir.join(shard.path.file_name().unwrap_or_default());
     let written = write_filtered(&shard, &kept, &[], &dest, &|_| {})?;

@@ -404,6 +404,7 @@ pub fn run_filter_cluster(cfg: &FilterConfig, url: &str, progress: &dyn Progress
         write_bitmap(&bitmap, &kept, &offsets, n)?;
         let plan = WriteExec::new(WriteSpec {
             files: paths.clone(),
+            first_rows: offsets[..paths.len()].to_vec(),
             out_dir: out_dir.clone(),
             kept_bitmap: bitmap.clone(),
         })
