@@ -63,6 +63,10 @@ pub struct Centroids {
     k: usize,
     dim: usize,
     distance: Distance,
+    /// The bf16 packing of the certified search ([`super::CertifiedSearch`]),
+    /// made on first use and shared by every search after it (the
+    /// `dprune_nearest` function searches once per batch).
+    pub(crate) certified: std::sync::OnceLock<super::certified::Packing>,
 }
 
 impl Centroids {
@@ -103,6 +107,7 @@ impl Centroids {
             k,
             dim,
             distance,
+            certified: std::sync::OnceLock::new(),
         })
     }
 

@@ -31,12 +31,21 @@ const U32: f64 = 1.0 / (1u64 << 24) as f64;
 /// Unit roundoff of bf16.
 const UB: f64 = 1.0 / 256.0;
 
-/// The search (see the module doc), built once per set of centroids.
+/// What the search needs besides the centroids, made once per set of
+/// centroids (cached in [`Centroids`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Packing {
+    packed: PackedBf16,
+    /// ((2u_b + u_b²)(1 + γ_d) + γ_d + γ_d)·max‖c‖ with 1% slack: B + E per unit of ‖x‖.
+    per_norm: f64,
+}
+
+/// The search (see the module doc); cheap to make: the bf16 packing is
+/// made once per set of centroids and kept with them.
 #[derive(Debug)]
 pub struct CertifiedSearch<'a> {
     c: &'a Centroids,
-    packed: PackedBf16,
-    /// ((2u_b + u_b²)(1 + γ_d) + γ_d + γ_d)·max‖c‖ with 1% slack: B + E per unit of ‖x‖.
+    packed: &'a PackedBf16,
     per_norm: f64,
 }
 
@@ -53,17 +62,24 @@ impl<'a> CertifiedSearch<'a> {
 
     /// The search whatever the CPU (tests: the portable bf16 kernel gives the same bits).
     pub(crate) fn build(c: &'a Centroids) -> Self {
-        let (k, dim) = (c.k(), c.dim());
-        let rows: Vec<usize> = (0..k).collect();
-        let packed = PackedBf16::new(c.as_slice(), dim, &rows, &vec![1.0; k]);
-        let cmax = (0..k)
-            .map(|j| c.row(j).iter().map(|&v| v as f64 * v as f64).sum::<f64>())
-            .fold(0.0, f64::max)
-            .sqrt();
-        let d = dim as f64;
-        let gamma = d * U32 / (1.0 - d * U32);
-        let per_norm = ((2.0 * UB + UB * UB) * (1.0 + gamma) + 2.0 * gamma) * cmax * 1.01;
-        CertifiedSearch { c, packed, per_norm }
+        let p = c.certified.get_or_init(|| {
+            let (k, dim) = (c.k(), c.dim());
+            let rows: Vec<usize> = (0..k).collect();
+            let packed = PackedBf16::new(c.as_slice(), dim, &rows, &vec![1.0; k]);
+            let cmax = (0..k)
+                .map(|j| c.row(j).iter().map(|&v| v as f64 * v as f64).sum::<f64>())
+                .fold(0.0, f64::max)
+                .sqrt();
+            let d = dim as f64;
+            let gamma = d * U32 / (1.0 - d * U32);
+            let per_norm = ((2.0 * UB + UB * UB) * (1.0 + gamma) + 2.0 * gamma) * cmax * 1.01;
+            Packing { packed, per_norm }
+        });
+        CertifiedSearch {
+            c,
+            packed: &p.packed,
+            per_norm: p.per_norm,
+        }
     }
 
     /// Exactly [`Centroids::nearest`]: for every row of `rows` the nearest
@@ -90,7 +106,7 @@ impl<'a> CertifiedSearch<'a> {
         s.idx.extend(0..m);
         s.ones.resize(m, 1.0);
         s.scores.resize(m * k, 0.0);
-        dot_batch_bf16(x, &s.idx, &s.ones, &self.packed, &mut s.scores);
+        dot_batch_bf16(x, &s.idx, &s.ones, self.packed, &mut s.scores);
         // Candidates per row, as (block of 32 centroids, centroid, row) triples.
         s.pairs.clear();
         s.fallback.clear();
