@@ -171,6 +171,30 @@ fn bad_queries_give_clear_errors() {
     assert!(e.contains("no file matches"), "{e}");
 }
 
+#[test]
+fn datafusion_options_come_from_the_environment() {
+    let q = "SELECT COUNT(*) AS Rows FROM t";
+    // Identifiers are lower-cased by default; the option keeps them as written.
+    let out = run_ok(&["sql", "--table", &table(), q]);
+    assert!(out.contains("| rows ") && !out.contains("Rows"), "{out}");
+    let out = dprune()
+        .env("DATAFUSION_SQL_PARSER_ENABLE_IDENT_NORMALIZATION", "false")
+        .args(["sql", "--table", &table(), q])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("| Rows "), "{text}");
+    // A value the option cannot take is an error naming where it came from.
+    let out = dprune()
+        .env("DATAFUSION_EXECUTION_BATCH_SIZE", "many")
+        .args(["sql", "--table", &table(), q])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("DATAFUSION_") && err.contains("many"), "{err}");
+}
+
 /// Saves centroids fitted by `filter` and returns their path.
 fn centroids(dir: &Path) -> String {
     let c = dir.join("c.npy");

@@ -26,7 +26,9 @@ Examples:
   dprune sql --table t=docs.parquet --model minilm.onnx \"SELECT id, dprune_embed(text) AS emb FROM t\" -o emb.parquet
 
 Functions: dprune_nearest(emb) -> {cluster, distance = 1 - cos}, dprune_cosine(a, b),
-dprune_normalize(emb), dprune_embed(text). Identifiers are lower-cased unless \"quoted\".";
+dprune_normalize(emb), dprune_embed(text). Identifiers are lower-cased unless \"quoted\".
+DataFusion options come from DATAFUSION_* environment variables (the option's key in upper
+case, dots as underscores; e.g. DATAFUSION_EXECUTION_BATCH_SIZE=16384).";
 
 /// Flags of `dprune sql`.
 #[derive(Debug, Args)]

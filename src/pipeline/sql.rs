@@ -149,7 +149,11 @@ pub fn run_sql(cfg: &SqlConfig) -> Result<SqlOutcome> {
         .build()
         .map_err(|e| Error::Internal(format!("starting the query runtime: {e}")))?;
     rt.block_on(async {
-        let mut sc = SessionConfig::new();
+        // DATAFUSION_* environment variables tune the engine (DataFusion's own convention).
+        let mut sc = SessionConfig::from_env().map_err(|e| Error::Sql {
+            context: "DATAFUSION_* environment variables".into(),
+            reason: e.to_string(),
+        })?;
         if let Some(t) = cfg.threads {
             sc = sc.with_target_partitions(t);
         }
