@@ -317,9 +317,12 @@ SELECT * FROM t WHERE id IN (SELECT id FROM r WHERE rk <= (SELECT (COUNT(*) * 3)
 
 def case_sql(args, res):
     """Issue 7: the same prune (keep 30%, hardest by prototypicality, given centroids) on
-    2M x 384 natively (`filter --centroids`) and as SQL (`dprune sql`, SQL_PRUNE: scores and
-    ranks on (id, distance) only, then one semi-join pass writes the kept rows with every
-    column). Both write the kept rows; wall time, CPU, peak RSS and the kept ids compared.
+    2M x 384 natively (`filter --centroids`), through `filter --engine sql` (the DataFusion
+    plans `--cluster` runs: dprune's embedding scan, `dprune_nearest`, row_number() windows,
+    a write plan) and as a hand-written query (`dprune sql`, SQL_PRUNE over DataFusion's own
+    Parquet scan: scores and ranks on (id, distance) only, then one semi-join pass writes the
+    kept rows with every column). All write the kept rows; wall time, CPU, peak RSS and the
+    kept ids compared.
     Needs a dprune built with the default `datafusion` feature."""
     import numpy as np
     import pyarrow.parquet as pq
@@ -332,6 +335,9 @@ def case_sql(args, res):
     native_dir = os.path.join(args.work, "sql_native")
     _, nwall, nrss, ncpu = run_rss([args.dprune, "filter", "--keep", "0.3", data, "-o", native_dir, "--overwrite",
                                     "--quiet", "--centroids", cents, "--threads", str(args.threads)])
+    engine_dir = os.path.join(args.work, "sql_engine")
+    _, ewall, erss, ecpu = run_rss([args.dprune, "filter", "--engine", "sql", "--keep", "0.3", data, "-o", engine_dir,
+                                    "--overwrite", "--quiet", "--centroids", cents, "--threads", str(args.threads)])
     sql_out = os.path.join(args.work, "sql_kept.parquet")
     if os.path.exists(sql_out):
         os.remove(sql_out)
@@ -339,11 +345,17 @@ def case_sql(args, res):
                                     "--threads", str(args.threads), SQL_PRUNE])
     native_ids = np.concatenate([pq.read_table(f, columns=["id"]).column("id").to_numpy()
                                  for f in sorted(glob.glob(os.path.join(native_dir, "*.parquet")))])
+    engine_ids = np.concatenate([pq.read_table(f, columns=["id"]).column("id").to_numpy()
+                                 for f in sorted(glob.glob(os.path.join(engine_dir, "*.parquet")))])
     sql_ids = pq.read_table(sql_out, columns=["id"]).column("id").to_numpy()
-    a, b = set(native_ids.tolist()), set(sql_ids.tolist())
+    a, b, e = set(native_ids.tolist()), set(sql_ids.tolist()), set(engine_ids.tolist())
     res["sql_vs_native_2m_keep0.3"] = {
         "native": {"wall_s": round(nwall, 2), "cpu_s": round(ncpu, 2), "peak_rss_mb": round(nrss), "kept": len(a)},
+        "engine_sql": {"wall_s": round(ewall, 2), "cpu_s": round(ecpu, 2), "peak_rss_mb": round(erss),
+                       "kept": len(e)},
         "sql": {"wall_s": round(swall, 2), "cpu_s": round(scpu, 2), "peak_rss_mb": round(srss), "kept": len(b)},
+        "engine_sql_over_native_wall": round(ewall / nwall, 3),
+        "engine_sql_identical": a == e,
         "sql_over_native_wall": round(swall / nwall, 3), "symmetric_difference": len(a ^ b), "identical": a == b,
     }
 

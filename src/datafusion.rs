@@ -51,6 +51,7 @@ use crate::{Error, Result};
 #[cfg(feature = "ballista")]
 pub mod distributed;
 pub mod functions;
+pub mod plans;
 pub mod predicate;
 mod vectors;
 

@@ -15,6 +15,6 @@ pub mod sql;
 pub mod stages;
 pub mod tokens_eval;
 
-pub use filter::{EmbeddingSpec, FilterConfig, FilterParams, OutputSpec, run_filter};
+pub use filter::{EmbeddingSpec, Engine, FilterConfig, FilterParams, OutputSpec, run_filter};
 pub use progress::{NoProgress, Pass, Progress};
 pub use report::Report;

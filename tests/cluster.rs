@@ -1,7 +1,8 @@
-//! `filter --cluster` (issue 7): a Ballista scheduler and two executors
-//! started here on 127.0.0.1 (`dprune cluster ...`, free ports, killed at
-//! the end), and distributed prunes compared row for row with local runs
-//! of the same flags; plus the errors the distributed path promises.
+//! `filter --cluster` and `filter --engine sql` (issue 7): a Ballista
+//! scheduler and two executors started here on 127.0.0.1 (`dprune cluster
+//! ...`, free ports, killed at the end); distributed prunes and the same
+//! plans run in-process compared row for row with native runs of the same
+//! flags; plus the errors both paths promise.
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -120,21 +121,42 @@ fn shards() -> String {
     fixture("laion_mini/*.parquet")
 }
 
+/// The native run, the SQL engine in this process (one thread: all files
+/// in one partition) and the distributed run give the same outputs.
 fn compare(flags: &[&str], inputs: &[String]) {
     let url = cluster();
     let tmp = tempfile::tempdir().unwrap();
-    let (local, dist) = (tmp.path().join("local"), tmp.path().join("dist"));
+    let (local, sql, dist) = (
+        tmp.path().join("local"),
+        tmp.path().join("sql"),
+        tmp.path().join("dist"),
+    );
     let mut l: Vec<&str> = vec!["filter", "--quiet"];
     l.extend(flags);
     l.extend(inputs.iter().map(String::as_str));
-    let mut d = l.clone();
-    let (ls, ds) = (local.display().to_string(), dist.display().to_string());
+    let (mut q, mut d) = (l.clone(), l.clone());
+    let (ls, qs, ds) = (
+        local.display().to_string(),
+        sql.display().to_string(),
+        dist.display().to_string(),
+    );
     l.extend(["-o", &ls]);
+    q.extend(["--engine", "sql", "--threads", "1", "-o", &qs]);
     d.extend(["--cluster", &url, "-o", &ds]);
     run_ok_stderr(&l);
+    run_ok_stderr(&q);
     run_ok_stderr(&d);
+    same_outputs(&local, &sql);
     same_outputs(&local, &dist);
+    let rq = report(&sql);
+    assert_eq!(rq["command"], "filter --engine sql");
+    assert!(listing(&sql).iter().all(|f| !f.starts_with(".dprune-kept")));
     let (rl, rd) = (report(&local), report(&dist));
+    assert_eq!(rl["n_kept"], rq["n_kept"]);
+    assert_eq!(
+        rl["clusters"], rq["clusters"],
+        "per-cluster sizes, kept counts, mean scores"
+    );
     assert_eq!(rl["n_kept"], rd["n_kept"]);
     assert_eq!(rl["n_rows"], rd["n_rows"]);
     for (cl, cd) in rl["clusters"]
@@ -193,34 +215,43 @@ fn distributed_prune_equals_local_with_invalid_rows_dropped() {
     );
 }
 
+/// A file with NaN rows, run with `engine` flags and no `--drop-invalid`:
+/// the error names file and row (dprune's message, not the engine's
+/// wrappers) and no pruned shard appears.
+fn invalid_rows_fail(engine: &[&str]) {
+    let tmp = tempfile::tempdir().unwrap();
+    let cs = fit_centroids(tmp.path());
+    let out = tmp.path().join("out");
+    let o = out.display().to_string();
+    let nan = fixture("bad/nan_rows.parquet");
+    let mut args = vec!["filter", "--keep", "0.5", "--centroids", &cs];
+    args.extend(engine);
+    args.extend([nan.as_str(), "-o", &o]);
+    let err = fails(&args);
+    assert!(
+        err.contains("nan_rows.parquet row") && err.contains("--drop-invalid") && !err.contains("[dprune]"),
+        "{err}"
+    );
+    let written: Vec<String> = if out.exists() { listing(&out) } else { vec![] };
+    assert!(written.iter().all(|f| !f.ends_with(".parquet")), "{written:?}");
+}
+
 #[test]
 fn invalid_rows_without_drop_invalid_fail_naming_file_and_row() {
     let url = cluster();
+    invalid_rows_fail(&["--cluster", &url]);
+    invalid_rows_fail(&["--engine", "sql"]);
+}
+
+#[test]
+fn sql_engine_refuses_what_it_does_not_run_and_unknown_engines() {
     let tmp = tempfile::tempdir().unwrap();
-    let cs = fit_centroids(tmp.path());
     let out = tmp.path().join("out").display().to_string();
-    let err = fails(&[
-        "filter",
-        "--keep",
-        "0.5",
-        "--centroids",
-        &cs,
-        "--cluster",
-        &url,
-        &fixture("bad/nan_rows.parquet"),
-        "-o",
-        &out,
-    ]);
-    assert!(
-        err.contains("nan_rows.parquet row") && err.contains("--drop-invalid"),
-        "{err}"
-    );
-    let written: Vec<String> = if Path::new(&out).exists() {
-        listing(Path::new(&out))
-    } else {
-        vec![]
-    };
-    assert!(written.iter().all(|f| !f.ends_with(".parquet")), "{written:?}");
+    let err = fails(&["filter", "--dedup", "0.05", "--engine", "sql", &shards(), "-o", &out]);
+    assert!(err.contains("--dedup") && err.contains("--engine sql"), "{err}");
+    let err = fails(&["filter", "--engine", "spark", &shards(), "-o", &out]);
+    assert!(err.contains("`spark`") && err.contains("native or sql"), "{err}");
+    assert!(!Path::new(&out).exists());
 }
 
 #[test]

@@ -10,7 +10,7 @@ use dprune::cluster::{Distance, KMeansParams};
 use dprune::pipeline::filter::{Balance, DEFAULT_BATCH_ROWS};
 use dprune::pipeline::report::REPORT_JSON;
 use dprune::pipeline::stages::{DedupParams, DedupRank, GlobalPass, KeepOf, KnnParams, QualityParams};
-use dprune::pipeline::{EmbeddingSpec, FilterConfig, FilterParams, OutputSpec, Report, run_filter};
+use dprune::pipeline::{EmbeddingSpec, Engine, FilterConfig, FilterParams, OutputSpec, Report, run_filter};
 use dprune::score::Metric;
 use dprune::select::dbp::{DbpParams, ShareRule};
 use dprune::select::robust::CcsParams;
@@ -48,6 +48,9 @@ Examples:
 
   # only rows matching a SQL predicate take part (row groups ruled out by statistics are skipped)
   dprune filter --where \"similarity > 0.3 AND caption IS NOT NULL\" --keep 0.3 'laion/*.parquet' -o pruned/
+
+  # the same prune as DataFusion plans in this process (what --cluster runs on executors)
+  dprune filter --keep 0.3 --engine sql 'laion/*.parquet' -o pruned/
 
   # on a Ballista cluster started with `dprune cluster scheduler` and `dprune cluster executor`
   dprune filter --keep 0.3 --cluster df://127.0.0.1:50050 '/data/laion/*.parquet' -o /data/pruned/
@@ -97,6 +100,12 @@ pub struct FilterArgs {
     /// case-sensitive.
     #[arg(long = "where", value_name = "SQL")]
     where_sql: Option<String>,
+
+    /// What runs the job here: native (dprune's streaming passes, every option) or sql (the
+    /// same prune as DataFusion plans: the scan, `dprune_nearest`, row_number() windows and a
+    /// write plan; the kept rows equal native's; covers what --cluster covers).
+    #[arg(long, value_name = "ENGINE", default_value = "native")]
+    engine: String,
 
     /// Run on a Ballista cluster (`df://HOST:PORT`, see `dprune cluster`): the centroids are
     /// fitted here on the sample, scoring, selection and writing run on the executors, and
@@ -367,6 +376,7 @@ impl FilterArgs {
             embeddings,
             params,
             output,
+            engine: self.engine.parse::<Engine>()?,
             cluster: self.cluster.clone(),
         })
     }

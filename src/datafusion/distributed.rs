@@ -10,7 +10,7 @@
 //! * `dprune_nearest` with its centroids (`k × dim` f32, little endian), so
 //!   executors search exactly the centroids the client fitted, with no
 //!   shared storage needed for them;
-//! * [`RowsExec`] and [`WriteExec`] (see [`exec`]), described as JSON.
+//! * [`RowsExec`] and [`WriteExec`] (see [`super::plans`]), described as JSON.
 //!
 //! Every process that decodes a plan must use this codec: the scheduler
 //! (which splits the plan into stages) and each executor; `dprune cluster
@@ -45,9 +45,7 @@ use super::{FunctionOptions, functions};
 use crate::cluster::{Centroids, Distance};
 use crate::{Error, Result};
 
-pub mod exec;
-
-pub use exec::{RowsExec, RowsSpec, RowsTable, WriteExec, WriteSpec};
+use super::plans::{self, RowsExec, RowsSpec, WriteExec, WriteSpec};
 
 const TAG_ROWS: &[u8] = b"dprune.rows.v1\n";
 const TAG_WRITE: &[u8] = b"dprune.write.v1\n";
@@ -189,13 +187,10 @@ fn cluster_err(url: &str, e: impl std::fmt::Display) -> Error {
 /// cluster wraps it in several layers), else the engine's text.
 fn job_err(url: &str, e: impl std::fmt::Display) -> Error {
     let text = e.to_string();
-    if let Some(i) = text.find(exec::ERROR_START) {
-        let rest = &text[i + exec::ERROR_START.len()..];
-        if let Some(j) = rest.find(exec::ERROR_END) {
-            return cluster_err(url, format!("a task failed: {}", &rest[..j]));
-        }
+    match plans::own_message(&text) {
+        Some(m) => cluster_err(url, format!("a task failed: {m}")),
+        None => cluster_err(url, text),
     }
-    cluster_err(url, text)
 }
 
 /// `df://host:port` (or `host:port`) → `(host, port)`.
@@ -305,6 +300,7 @@ pub async fn execute(url: &str, plan: Arc<dyn ExecutionPlan>) -> Result<Vec<Reco
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::datafusion::plans::RowsTable;
 
     #[test]
     fn centroids_round_trip_bit_for_bit() {

@@ -1,15 +1,17 @@
-//! The two execution plans a distributed `filter` ships to Ballista
-//! executors, each with one partition per input shard:
+//! The two execution plans of `filter`'s DataFusion engine (`--engine sql`
+//! in this process, `--cluster` on Ballista executors), each with one
+//! partition per input shard:
 //!
 //! * [`RowsExec`] streams a shard's embeddings with their identity
 //!   (`dprune_file`, `dprune_row`), checked like `filter`'s score pass, for
-//!   `dprune_nearest` and the rank windows above it;
+//!   `dprune_nearest` and the rank windows above it; it reads through `io`'s
+//!   page-level reader, not the generic Parquet scan;
 //! * [`WriteExec`] writes one pruned shard (the rows flagged in a kept
-//!   bitmap the client left next to the outputs) and returns its counts.
+//!   bitmap the driver left next to the outputs) and returns its counts.
 //!
 //! Both describe themselves as a [`RowsSpec`] / [`WriteSpec`] (plain data,
-//! serialised by the codec in the parent module) and read files through
-//! `io`, so an executor reads exactly what the local run reads.
+//! serialised by the distributed codec) and read files through `io`, so an
+//! executor reads exactly what the local run reads.
 //!
 //! Which files a partition handles comes from a child: an in-memory scan
 //! with one partition per file, each holding that file's index. Ballista's
@@ -110,13 +112,30 @@ fn df_err(e: Error) -> DataFusionError {
     DataFusionError::Execution(format!("{ERROR_START}{e}{ERROR_END}"))
 }
 
+/// dprune's own message inside an engine error's text, when a plan of this
+/// module failed with one (the engine wraps it in its own layers).
+pub fn own_message(text: &str) -> Option<&str> {
+    let i = text.find(ERROR_START)?;
+    let rest = &text[i + ERROR_START.len()..];
+    rest.find(ERROR_END).map(|j| &rest[..j])
+}
+
 /// The child of both plans: partition `i` holds one row, the index of file `i`.
 pub fn file_indices(files: usize) -> DfResult<Arc<dyn ExecutionPlan>> {
+    file_groups(files, files)
+}
+
+/// The child of both plans in one process: `partitions` partitions (at
+/// most one per file), partition `j` holding files `j`, `j + partitions`,
+/// ...; so at most `partitions` files are read or written at once however
+/// many files there are.
+pub fn file_groups(files: usize, partitions: usize) -> DfResult<Arc<dyn ExecutionPlan>> {
     let schema = Arc::new(Schema::new(vec![Field::new(FILE_COLUMN, DataType::UInt32, false)]));
-    let parts: Vec<Vec<RecordBatch>> = (0..files as u32)
-        .map(|i| {
-            RecordBatch::try_new(schema.clone(), vec![Arc::new(UInt32Array::from(vec![i])) as ArrayRef])
-                .map(|b| vec![b])
+    let parts_n = partitions.clamp(1, files.max(1));
+    let parts: Vec<Vec<RecordBatch>> = (0..parts_n)
+        .map(|j| {
+            let idx: Vec<u32> = (j..files).step_by(parts_n).map(|i| i as u32).collect();
+            RecordBatch::try_new(schema.clone(), vec![Arc::new(UInt32Array::from(idx)) as ArrayRef]).map(|b| vec![b])
         })
         .collect::<std::result::Result<_, _>>()?;
     let source = datafusion::datasource::memory::MemorySourceConfig::try_new(&parts, schema, None)?;
@@ -459,11 +478,20 @@ impl ExecutionPlan for WriteExec {
 pub struct RowsTable {
     spec: RowsSpec,
     schema: SchemaRef,
+    /// Partitions of the scan; `None`: one per file.
+    partitions: Option<usize>,
 }
 
 impl RowsTable {
-    /// The table of `spec`'s rows.
+    /// The table of `spec`'s rows, scanned with one partition per file
+    /// (what a cluster spreads over its executors).
     pub fn new(spec: RowsSpec) -> Self {
+        Self::with_partitions(spec, None)
+    }
+
+    /// The table of `spec`'s rows, scanned with at most `partitions`
+    /// partitions (see [`file_groups`]); `None`: one per file.
+    pub fn with_partitions(spec: RowsSpec, partitions: Option<usize>) -> Self {
         let schema = RowsExec::with_input(
             spec.clone(),
             Arc::new(datafusion::physical_plan::empty::EmptyExec::new(Arc::new(
@@ -472,7 +500,11 @@ impl RowsTable {
         )
         .schema
         .clone();
-        RowsTable { spec, schema }
+        RowsTable {
+            spec,
+            schema,
+            partitions,
+        }
     }
 }
 
@@ -491,7 +523,9 @@ impl datafusion::catalog::TableProvider for RowsTable {
         _filters: &[datafusion::logical_expr::Expr],
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let scan: Arc<dyn ExecutionPlan> = Arc::new(RowsExec::new(self.spec.clone())?);
+        let files = self.spec.files.len();
+        let input = file_groups(files, self.partitions.unwrap_or(files))?;
+        let scan: Arc<dyn ExecutionPlan> = Arc::new(RowsExec::with_input(self.spec.clone(), input));
         match projection {
             Some(p) if *p != (0..self.schema.fields().len()).collect::<Vec<_>>() => {
                 use datafusion::physical_expr::expressions::Column;

@@ -164,6 +164,16 @@ mod tests {
     }
 
     #[test]
+    fn a_pipeline_can_choose_the_engine() {
+        use crate::pipeline::Engine;
+        let cfg = parse_pipeline("inputs = [\"x\"]\nengine = \"sql\"\n").unwrap();
+        assert_eq!(cfg.engine, Engine::Sql);
+        assert_eq!(parse_pipeline("inputs = [\"x\"]\n").unwrap().engine, Engine::Native);
+        let err = parse_pipeline("inputs = [\"x\"]\nengine = \"spark\"\n").unwrap_err();
+        assert!(err.contains("spark") && err.contains("sql"), "{err}");
+    }
+
+    #[test]
     fn unknown_keys_are_named() {
         let err = parse_pipeline("inputs = [\"x\"]\n[params]\nkeepp = 3\n").unwrap_err();
         assert!(err.contains("unknown field `keepp`"), "{err}");

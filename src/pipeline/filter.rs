@@ -17,7 +17,8 @@
 //!
 //! This file holds the job's types (parameters, embedding and output
 //! specs); the driver that runs the passes is the child module `driver`,
-//! the write step `write`.
+//! the write step `write`. [`Engine::Sql`] and `cluster` run the same
+//! prune as DataFusion plans instead (child module `sql`).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -35,18 +36,18 @@ use crate::select::{Budget, Keep};
 use crate::{Error, Result};
 
 mod checks;
-#[cfg(feature = "ballista")]
-mod cluster;
 mod dedup;
 mod driver;
 mod prefilter;
 mod sources;
+#[cfg(feature = "datafusion")]
+mod sql;
 mod summary;
 mod write;
 
-#[cfg(feature = "ballista")]
-pub use cluster::run_filter_cluster;
 pub use driver::run_filter;
+#[cfg(feature = "datafusion")]
+pub use sql::run_filter_sql;
 
 /// Rows per embedding batch in the sample and score passes.
 pub const DEFAULT_BATCH_ROWS: usize = 8192;
@@ -63,6 +64,45 @@ pub const MAX_SIM_COLUMN: &str = "dprune_max_sim";
 /// row id (row index over the inputs in order) of the row this one
 /// duplicates, or null.
 pub const DUP_OF_COLUMN: &str = "dprune_dup_of";
+
+/// What runs a `filter` job in this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Engine {
+    /// dprune's own streaming passes: every metric and stage.
+    #[default]
+    Native,
+    /// The prototypicality prune as DataFusion plans (a scan of the
+    /// embeddings, `dprune_nearest`, `row_number()` windows, a write plan):
+    /// the plans `cluster` runs on Ballista, here in this process. Same kept
+    /// rows as `Native`; fewer options (the others are refused by name).
+    Sql,
+}
+
+impl Engine {
+    /// The accepted names.
+    pub const NAMES: &'static str = "native or sql";
+}
+
+impl fmt::Display for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Engine::Native => "native",
+            Engine::Sql => "sql",
+        })
+    }
+}
+
+impl FromStr for Engine {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "native" => Ok(Engine::Native),
+            "sql" | "datafusion" => Ok(Engine::Sql),
+            _ => Err(Error::param("--engine", format!("`{s}`: expected {}", Engine::NAMES))),
+        }
+    }
+}
 
 /// How the kept fraction is spread over clusters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -325,7 +365,9 @@ pub struct FilterConfig {
     pub params: FilterParams,
     /// Output.
     pub output: OutputSpec,
+    /// What runs the job in this process (ignored with `cluster`).
+    pub engine: Engine,
     /// Run on this Ballista cluster (`df://host:port`, see `dprune cluster`)
-    /// instead of in this process.
+    /// instead of in this process: the [`Engine::Sql`] plans.
     pub cluster: Option<String>,
 }

@@ -57,13 +57,13 @@ impl Timings {
 
 /// Runs a `filter` job; returns its report (also written unless `dry_run`).
 pub fn run_filter(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Report> {
-    if let Some(url) = &cfg.cluster {
-        #[cfg(feature = "ballista")]
-        return super::run_filter_cluster(cfg, url, progress);
-        #[cfg(not(feature = "ballista"))]
+    if cfg.cluster.is_some() || cfg.engine == super::Engine::Sql {
+        #[cfg(feature = "datafusion")]
+        return super::run_filter_sql(cfg, progress);
+        #[cfg(not(feature = "datafusion"))]
         return Err(Error::param(
-            "--cluster",
-            format!("`{url}`: this dprune was built without the `ballista` feature"),
+            "--engine",
+            "sql (and --cluster): this dprune was built without the `datafusion` feature",
         ));
     }
     let mut t = Timings::new();

@@ -1,28 +1,31 @@
-//! `filter --cluster df://host:port`: the same prune as the local driver,
-//! run on a Ballista cluster (`dprune cluster scheduler|executor`).
+//! `filter --engine sql` and `filter --cluster df://host:port`: the same
+//! prune as the native driver, run as DataFusion plans, in this process or
+//! on a Ballista cluster (`dprune cluster scheduler|executor`).
 //!
-//! 1. **fit** here, on the seeded sample, with the local driver's code
-//!    ([`super::driver::fit_or_load`]), so the centroids equal a local
+//! 1. **fit** here, on the seeded sample, with the native driver's code
+//!    ([`super::driver::fit_or_load`]), so the centroids equal a native
 //!    run's;
-//! 2. **score and select** on the cluster, as one DataFusion plan: a scan
-//!    of every shard's embeddings with their (file, row) identity
-//!    ([`RowsExec`]), `dprune_nearest` (the centroids travel inside the
+//! 2. **score and select**, as one DataFusion plan: a scan of every
+//!    shard's embeddings with their (file, row) identity ([`RowsExec`]),
+//!    `dprune_nearest` (on a cluster the centroids travel inside the
 //!    plan), and `row_number()` windows: over all rows by score (ties by
 //!    file, then row: `filter`'s order) for the budget, and per cluster
 //!    for the report. Only the rows within the budget, one row per cluster
 //!    and unusable rows come back;
-//! 3. **write** on the cluster: one task per shard writes its pruned shard
+//! 3. **write**: one task per shard writes its pruned shard
 //!    ([`WriteExec`]), reading which rows to keep from a bitmap left in
 //!    the output folder (removed afterwards), so plans stay small;
 //! 4. the report and plot are written here.
 //!
-//! The kept set is exactly the local run's (same fit, same kernel, same
-//! order; `tests/cluster.rs` compares the outputs row for row). The
-//! distributed path covers the prototypicality prune (`--metric proto`,
-//! `--keep`/`--keep-n`, `--keep-easy`, centroids fitted or given,
-//! `--drop-invalid`, embeddings in a column); other stages are refused
-//! with a message naming the flag. Every executor must see the inputs and
-//! the output folder at the same absolute paths.
+//! The kept set is exactly the native run's (same fit, same kernel, same
+//! order; `tests/cluster.rs` compares the outputs row for row). This path
+//! covers the prototypicality prune (`--metric proto`, `--keep`/`--keep-n`,
+//! `--keep-easy`, centroids fitted or given, `--drop-invalid`, embeddings
+//! in a column); other stages are refused with a message naming the flag.
+//! On a cluster every executor must see the inputs and the output folder
+//! at the same absolute paths.
+//!
+//! [`RowsExec`]: crate::datafusion::plans::RowsExec
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -37,8 +40,9 @@ use super::checks::check_output;
 use super::driver::{Timings, fit_or_load, write_report_files};
 use super::sources::open_source;
 use super::{EmbeddingSpec, FilterConfig};
-use crate::datafusion::distributed::exec::{INVALID_NOT_FINITE, INVALID_NULL, INVALID_ZERO};
-use crate::datafusion::distributed::{RowsSpec, RowsTable, WriteExec, WriteSpec, execute};
+use crate::datafusion::plans::{
+    INVALID_NOT_FINITE, INVALID_NULL, INVALID_ZERO, RowsSpec, RowsTable, WriteExec, WriteSpec, file_groups, own_message,
+};
 use crate::datafusion::{FunctionOptions, register};
 use crate::io::embeddings::ColumnSource;
 use crate::io::{Dataset, expand_inputs, npy};
@@ -48,16 +52,27 @@ use crate::pipeline::stages::StageReport;
 use crate::score::Metric;
 use crate::select::{Budget, Keep};
 use crate::{Error, Result};
+use ::datafusion::physical_plan::ExecutionPlan;
 
-/// Refuses what the distributed path does not run (yet), naming the flag.
+/// The flag that chose this path, for messages.
+fn engine_flag(cfg: &FilterConfig) -> &'static str {
+    if cfg.cluster.is_some() {
+        "--cluster"
+    } else {
+        "--engine sql"
+    }
+}
+
+/// Refuses what the SQL engine does not run (yet), naming the flag.
 fn check_supported(cfg: &FilterConfig) -> Result<()> {
     let p = &cfg.params;
+    let via = engine_flag(cfg);
     let refuse = |flag: &str| {
         Err(Error::param(
-            "--cluster",
+            via,
             format!(
-                "{flag} is not supported in a distributed run yet (it runs --metric proto with --keep/--keep-n, \
-                 --keep-easy, --k/--sample/--seed or --centroids, --drop-invalid); run without --cluster"
+                "{flag} is not supported by the DataFusion engine yet (it runs --metric proto with --keep/--keep-n, \
+                 --keep-easy, --k/--sample/--seed or --centroids, --drop-invalid); run without {via}"
             ),
         ))
     };
@@ -209,19 +224,52 @@ fn write_bitmap(path: &Path, kept: &[(u32, u64)], offsets: &[u64], n: u64) -> Re
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(rayon::current_num_threads())
         .enable_all()
         .build()
         .map_err(|e| Error::Internal(format!("starting the async runtime: {e}")))
 }
 
-/// Runs `cfg` on the Ballista cluster at `url`; returns its report (also
-/// written unless `dry_run`).
-pub fn run_filter_cluster(cfg: &FilterConfig, url: &str, progress: &dyn Progress) -> Result<Report> {
+/// Runs `plan` where the job runs: in this process (`cluster` is `None`)
+/// or on the Ballista cluster at `cluster`, and collects its output.
+async fn run_plan(
+    cluster: Option<&str>,
+    ctx: &SessionContext,
+    plan: Arc<dyn ExecutionPlan>,
+) -> Result<Vec<RecordBatch>> {
+    match cluster {
+        None => ::datafusion::physical_plan::collect(plan, ctx.task_ctx())
+            .await
+            .map_err(|e| {
+                let text = e.to_string();
+                Error::Sql {
+                    context: "filter --engine sql".into(),
+                    reason: own_message(&text).map_or_else(|| text.clone(), str::to_string),
+                }
+            }),
+        #[cfg(feature = "ballista")]
+        Some(url) => crate::datafusion::distributed::execute(url, plan).await,
+        #[cfg(not(feature = "ballista"))]
+        Some(url) => Err(Error::param(
+            "--cluster",
+            format!("`{url}`: this dprune was built without the `ballista` feature"),
+        )),
+    }
+}
+
+/// Runs `cfg` as DataFusion plans, on the Ballista cluster `cfg.cluster`
+/// or else in this process; returns its report (also written unless
+/// `dry_run`).
+pub fn run_filter_sql(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Report> {
     let mut t = Timings::new();
     let p = &cfg.params;
     p.validate()?;
     check_supported(cfg)?;
-    crate::datafusion::distributed::parse_url(url)?;
+    let cluster = cfg.cluster.as_deref();
+    #[cfg(feature = "ballista")]
+    if let Some(url) = cluster {
+        crate::datafusion::distributed::parse_url(url)?;
+    }
     let out = &cfg.output;
     let paths = expand_inputs(&cfg.inputs)?;
     if !out.dry_run {
@@ -258,7 +306,7 @@ pub fn run_filter_cluster(cfg: &FilterConfig, url: &str, progress: &dyn Progress
     let centroids = Arc::new(centroids);
     let k = centroids.k();
 
-    // Score and select on the cluster.
+    // Score and select.
     let bmax = match p.keep {
         Budget::Fraction(_) => p.keep.resolve(n)?,
         Budget::Count(c) => c.min(n),
@@ -271,21 +319,26 @@ pub fn run_filter_cluster(cfg: &FilterConfig, url: &str, progress: &dyn Progress
         batch_rows: p.batch_rows,
     };
     let rt = runtime()?;
+    // In this process: as many partitions as worker threads (files are
+    // grouped, so memory does not grow with the number of files); on a
+    // cluster: one per file, spread over the executors.
+    let threads = rayon::current_num_threads();
+    let local_parts = cluster.is_none().then_some(threads);
+    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(threads));
+    register(
+        &ctx,
+        &FunctionOptions {
+            centroids: Some(centroids.clone()),
+            encoder: None,
+        },
+    );
     let sql = select_sql(p.prefer, bmax);
     let batches = rt.block_on(async {
-        let ctx = SessionContext::new_with_config(SessionConfig::new());
-        register(
-            &ctx,
-            &FunctionOptions {
-                centroids: Some(centroids.clone()),
-                encoder: None,
-            },
-        );
         let sql_err = |e: ::datafusion::error::DataFusionError| Error::Sql {
-            context: "distributed select".into(),
+            context: "filter select plan".into(),
             reason: e.to_string(),
         };
-        ctx.register_table("rows", Arc::new(RowsTable::new(spec)))
+        ctx.register_table("rows", Arc::new(RowsTable::with_partitions(spec, local_parts)))
             .map_err(sql_err)?;
         let plan = ctx
             .sql(&sql)
@@ -294,7 +347,7 @@ pub fn run_filter_cluster(cfg: &FilterConfig, url: &str, progress: &dyn Progress
             .create_physical_plan()
             .await
             .map_err(sql_err)?;
-        execute(url, plan).await
+        run_plan(cluster, &ctx, plan).await
     })?;
     t.mark("score_select");
     let sel = collect_selected(&batches, paths.len())?;
@@ -369,7 +422,10 @@ pub fn run_filter_cluster(cfg: &FilterConfig, url: &str, progress: &dyn Progress
     }
     let mut report = Report {
         dprune_version: env!("CARGO_PKG_VERSION").into(),
-        command: format!("filter --cluster {url}"),
+        command: match cluster {
+            Some(url) => format!("filter --cluster {url}"),
+            None => "filter --engine sql".into(),
+        },
         dry_run: out.dry_run,
         inputs,
         embedding_source: Some(source.describe()),
@@ -402,15 +458,18 @@ pub fn run_filter_cluster(cfg: &FilterConfig, url: &str, progress: &dyn Progress
         let offsets: Vec<u64> = (0..=paths.len()).map(|i| data.offset(i)).collect();
         let bitmap = out_dir.join(format!(".dprune-kept-{}.bin", std::process::id()));
         write_bitmap(&bitmap, &kept, &offsets, n)?;
-        let plan = WriteExec::new(WriteSpec {
-            files: paths.clone(),
-            first_rows: offsets[..paths.len()].to_vec(),
-            out_dir: out_dir.clone(),
-            kept_bitmap: bitmap.clone(),
-        })
-        .map_err(|e| Error::Internal(e.to_string()))?;
-        let plan = Arc::new(plan);
-        let written = rt.block_on(execute(url, plan));
+        let files =
+            file_groups(paths.len(), local_parts.unwrap_or(paths.len())).map_err(|e| Error::Internal(e.to_string()))?;
+        let plan = WriteExec::with_input(
+            WriteSpec {
+                files: paths.clone(),
+                first_rows: offsets[..paths.len()].to_vec(),
+                out_dir: out_dir.clone(),
+                kept_bitmap: bitmap.clone(),
+            },
+            files,
+        );
+        let written = rt.block_on(run_plan(cluster, &ctx, Arc::new(plan)));
         let _ = std::fs::remove_file(&bitmap);
         let written = written?;
         let mut rows_written = 0u64;
@@ -463,6 +522,9 @@ mod tests {
     fn unsupported_flags_are_named() {
         let mut cfg = FilterConfig::default();
         cfg.params.metric = Metric::Dbp;
+        let e = check_supported(&cfg).unwrap_err().to_string();
+        assert!(e.contains("--metric dbp") && e.contains("--engine sql"), "{e}");
+        cfg.cluster = Some("df://127.0.0.1:1".into());
         let e = check_supported(&cfg).unwrap_err().to_string();
         assert!(e.contains("--metric dbp") && e.contains("--cluster"), "{e}");
         let mut cfg = FilterConfig::default();
