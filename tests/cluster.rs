@@ -131,9 +131,10 @@ fn compare(flags: &[&str], inputs: &[String]) {
         tmp.path().join("sql"),
         tmp.path().join("dist"),
     );
+    // Inputs first: `--embeddings` takes several values.
     let mut l: Vec<&str> = vec!["filter", "--quiet"];
-    l.extend(flags);
     l.extend(inputs.iter().map(String::as_str));
+    l.extend(flags);
     let (mut q, mut d) = (l.clone(), l.clone());
     let (ls, qs, ds) = (
         local.display().to_string(),
@@ -183,6 +184,15 @@ fn distributed_prune_equals_local_keep_easy_count() {
     compare(
         &["--keep-n", "777", "--keep-easy", "--k", "5", "--seed", "11"],
         &[shards()],
+    );
+}
+
+#[test]
+fn distributed_prune_equals_local_with_npy_sidecars() {
+    let npy = fixture("sidecar/img_emb/*.npy");
+    compare(
+        &["--keep", "0.4", "--k", "3", "--seed", "5", "--embeddings", &npy],
+        &[fixture("sidecar/metadata/*.parquet")],
     );
 }
 
@@ -249,6 +259,17 @@ fn sql_engine_refuses_what_it_does_not_run_and_unknown_engines() {
     let out = tmp.path().join("out").display().to_string();
     let err = fails(&["filter", "--dedup", "0.05", "--engine", "sql", &shards(), "-o", &out]);
     assert!(err.contains("--dedup") && err.contains("--engine sql"), "{err}");
+    let err = fails(&[
+        "filter",
+        "--text-col",
+        "caption",
+        "--engine",
+        "sql",
+        &shards(),
+        "-o",
+        &out,
+    ]);
+    assert!(err.contains("an encoder") && err.contains("--engine sql"), "{err}");
     let err = fails(&["filter", "--engine", "spark", &shards(), "-o", &out]);
     assert!(err.contains("`spark`") && err.contains("native or sql"), "{err}");
     assert!(!Path::new(&out).exists());

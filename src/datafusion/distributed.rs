@@ -353,6 +353,7 @@ mod tests {
         let spec = RowsSpec {
             files,
             column: "clip_emb".into(),
+            sidecars: vec![],
             dim,
             drop_invalid: false,
             batch_rows: 64,

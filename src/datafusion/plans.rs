@@ -38,7 +38,7 @@ use datafusion::physical_plan::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::io::embeddings::{ColumnSource, EmbeddingSource};
+use crate::io::embeddings::{ColumnSource, EmbeddingSource, NpySidecarSource};
 use crate::io::writer::write_filtered;
 use crate::io::{Dataset, Shard};
 use crate::{Error, Result};
@@ -68,8 +68,12 @@ pub const WRITTEN_COLUMN: &str = "written";
 pub struct RowsSpec {
     /// The input files (absolute paths: executors may run elsewhere).
     pub files: Vec<PathBuf>,
-    /// The embedding column.
+    /// The embedding column (unused with `sidecars`).
     pub column: String,
+    /// LAION-style `.npy` sidecars, one per file in the same order
+    /// (absolute paths); empty: the embeddings are in `column`.
+    #[serde(default)]
+    pub sidecars: Vec<PathBuf>,
     /// Its dimension.
     pub dim: usize,
     /// Skip unusable rows (null, not finite, all zeros) instead of failing.
@@ -292,12 +296,17 @@ fn read_rows(
     tx: &tokio::sync::mpsc::Sender<DfResult<RecordBatch>>,
 ) -> Result<()> {
     let path = &spec.files[index];
-    let shard = Shard::open(index, path)?;
+    // Index 0: the shard is the only one of the dataset its source is opened on.
+    let shard = Shard::open(0, path)?;
     let data = Dataset::from_shards(vec![shard.clone()]);
-    let source = ColumnSource::detect(&data, Some(&spec.column))?;
+    let source: Box<dyn EmbeddingSource> = match spec.sidecars.get(index) {
+        Some(npy) => Box::new(NpySidecarSource::open(&data, std::slice::from_ref(npy))?),
+        None if spec.sidecars.is_empty() => Box::new(ColumnSource::detect(&data, Some(&spec.column))?),
+        None => return Err(Error::Internal(format!("no sidecar for file {index}"))),
+    };
     if source.dim() != spec.dim {
         return Err(Error::Dimension {
-            path: path.clone(),
+            path: spec.sidecars.get(index).unwrap_or(path).clone(),
             row: None,
             expected: spec.dim,
             found: source.dim(),
@@ -358,12 +367,15 @@ fn read_rows(
 
 impl DisplayAs for RowsExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(
-            f,
-            "DpruneRowsExec: {} files, column {}",
-            self.spec.files.len(),
-            self.spec.column
-        )
+        match self.spec.sidecars.len() {
+            0 => write!(
+                f,
+                "DpruneRowsExec: {} files, column {}",
+                self.spec.files.len(),
+                self.spec.column
+            ),
+            _ => write!(f, "DpruneRowsExec: {} files, .npy sidecars", self.spec.files.len()),
+        }
     }
 }
 

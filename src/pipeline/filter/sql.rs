@@ -21,7 +21,8 @@
 //! order; `tests/cluster.rs` compares the outputs row for row). This path
 //! covers the prototypicality prune (`--metric proto`, `--keep`/`--keep-n`,
 //! `--keep-easy`, centroids fitted or given, `--drop-invalid`, embeddings
-//! in a column); other stages are refused with a message naming the flag.
+//! in a column or in LAION-style `.npy` sidecars); other stages are
+//! refused with a message naming the flag.
 //! On a cluster every executor must see the inputs and the output folder
 //! at the same absolute paths.
 //!
@@ -38,13 +39,12 @@ use arrow::datatypes::{Float32Type, Float64Type, Int64Type, UInt8Type, UInt32Typ
 use super::Balance;
 use super::checks::check_output;
 use super::driver::{Timings, fit_or_load, write_report_files};
-use super::sources::open_source;
 use super::{EmbeddingSpec, FilterConfig};
 use crate::datafusion::plans::{
     INVALID_NOT_FINITE, INVALID_NULL, INVALID_ZERO, RowsSpec, RowsTable, WriteExec, WriteSpec, file_groups, own_message,
 };
 use crate::datafusion::{FunctionOptions, register};
-use crate::io::embeddings::ColumnSource;
+use crate::io::embeddings::{ColumnSource, EmbeddingSource, NpySidecarSource};
 use crate::io::{Dataset, expand_inputs, npy};
 use crate::pipeline::progress::Progress;
 use crate::pipeline::report::{ClusterReport, InputReport, InvalidReport, Report};
@@ -72,7 +72,8 @@ fn check_supported(cfg: &FilterConfig) -> Result<()> {
             via,
             format!(
                 "{flag} is not supported by the DataFusion engine yet (it runs --metric proto with --keep/--keep-n, \
-                 --keep-easy, --k/--sample/--seed or --centroids, --drop-invalid); run without {via}"
+                 --keep-easy, --k/--sample/--seed or --centroids, --drop-invalid, embeddings in a column or \
+                 --embeddings sidecars); run without {via}"
             ),
         ))
     };
@@ -100,8 +101,8 @@ fn check_supported(cfg: &FilterConfig) -> Result<()> {
     if p.assignments.is_some() {
         return refuse("--assignments");
     }
-    if !matches!(cfg.embeddings, EmbeddingSpec::Auto | EmbeddingSpec::Column(_)) {
-        return refuse("embeddings not in a column (--embeddings/--model)");
+    if matches!(cfg.embeddings, EmbeddingSpec::Encode(_)) {
+        return refuse("an encoder (--model/--text-col)");
     }
     if cfg.output.scores_only {
         return refuse("--scores-only");
@@ -285,13 +286,31 @@ pub fn run_filter_sql(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Rep
     if n == 0 {
         return Err(Error::Empty(format!("the {} input file(s) hold no rows", paths.len())));
     }
-    let column = match &cfg.embeddings {
-        EmbeddingSpec::Column(c) => ColumnSource::detect(&data, Some(c))?,
-        _ => ColumnSource::detect(&data, None)?,
+    // The source the sample is read from here, and what the scan tasks read:
+    // the column's name, or the sidecars' absolute paths.
+    let (source, column, sidecars): (Box<dyn EmbeddingSource>, String, Vec<PathBuf>) = match &cfg.embeddings {
+        EmbeddingSpec::Auto | EmbeddingSpec::Column(_) => {
+            let name = match &cfg.embeddings {
+                EmbeddingSpec::Column(c) => Some(c.as_str()),
+                _ => None,
+            };
+            let c = ColumnSource::detect(&data, name)?;
+            let column = c.name().to_string();
+            (Box::new(c), column, Vec::new())
+        }
+        EmbeddingSpec::Sidecars(patterns) => {
+            let files = expand_inputs(patterns)?;
+            let npy = NpySidecarSource::open(&data, &files)?;
+            let files = files
+                .iter()
+                .map(|p| std::fs::canonicalize(p).map_err(|e| Error::io("reading", p, e)))
+                .collect::<Result<_>>()?;
+            (Box::new(npy), String::new(), files)
+        }
+        EmbeddingSpec::Encode(_) => return Err(Error::Internal("encoders are refused above".into())),
     };
     t.mark("plan");
 
-    let source = open_source(&data, &cfg.embeddings)?;
     let mut invalid_sample = InvalidReport::default();
     let (centroids, kreport) = fit_or_load(
         &data,
@@ -313,7 +332,8 @@ pub fn run_filter_sql(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Rep
     };
     let spec = RowsSpec {
         files: paths.clone(),
-        column: column.name().to_string(),
+        column,
+        sidecars,
         dim: source.dim(),
         drop_invalid: p.drop_invalid,
         batch_rows: p.batch_rows,
