@@ -152,6 +152,11 @@ fn compare(flags: &[&str], inputs: &[String]) {
     let rq = report(&sql);
     assert_eq!(rq["command"], "filter --engine sql");
     assert!(listing(&sql).iter().all(|f| !f.starts_with(".dprune-kept")));
+    if flags.contains(&"--with-scores") {
+        let f = listing(&sql).into_iter().find(|f| f.ends_with(".parquet")).unwrap();
+        let (schema, _) = read(&sql.join(f));
+        assert!(schema.field_with_name("dprune_score").is_ok() && schema.field_with_name("dprune_cluster").is_ok());
+    }
     let (rl, rd) = (report(&local), report(&dist));
     assert_eq!(rl["n_kept"], rq["n_kept"]);
     assert_eq!(
@@ -183,6 +188,15 @@ fn distributed_prune_equals_local_keep_hard() {
 fn distributed_prune_equals_local_keep_easy_count() {
     compare(
         &["--keep-n", "777", "--keep-easy", "--k", "5", "--seed", "11"],
+        &[shards()],
+    );
+}
+
+#[test]
+fn distributed_prune_equals_local_with_scores() {
+    // dprune_cluster and dprune_score of every kept row, bit for bit.
+    compare(
+        &["--keep", "0.25", "--k", "6", "--seed", "2", "--with-scores"],
         &[shards()],
     );
 }

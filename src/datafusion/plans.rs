@@ -7,7 +7,8 @@
 //!   `dprune_nearest` and the rank windows above it; it reads through `io`'s
 //!   page-level reader, not the generic Parquet scan;
 //! * [`WriteExec`] writes one pruned shard (the rows flagged in a kept
-//!   bitmap the driver left next to the outputs) and returns its counts.
+//!   bitmap the driver left next to the outputs; with `--with-scores` their
+//!   clusters and scores from a second file) and returns its counts.
 //!
 //! Both describe themselves as a [`RowsSpec`] / [`WriteSpec`] (plain data,
 //! serialised by the distributed codec) and read files through `io`, so an
@@ -39,7 +40,7 @@ use datafusion::physical_plan::{
 use serde::{Deserialize, Serialize};
 
 use crate::io::embeddings::{ColumnSource, EmbeddingSource, NpySidecarSource};
-use crate::io::writer::write_filtered;
+use crate::io::writer::{CLUSTER_COLUMN, ExtraColumn, ExtraValues, SCORE_COLUMN, write_filtered};
 use crate::io::{Dataset, Shard};
 use crate::{Error, Result};
 
@@ -95,6 +96,14 @@ pub struct WriteSpec {
     /// One bit per input row (file order, then row order), LSB first:
     /// set when the row is kept.
     pub kept_bitmap: PathBuf,
+    /// With scores (`filter --with-scores`): the kept rows' cluster (u32)
+    /// and score (f32), little endian, 8 bytes per kept row in file then
+    /// row order; written as `dprune_cluster` and `dprune_score`.
+    #[serde(default)]
+    pub kept_scores: Option<PathBuf>,
+    /// With `kept_scores`: kept rows before each file (where its records start).
+    #[serde(default)]
+    pub kept_before: Vec<u64>,
 }
 
 fn properties(schema: &SchemaRef, partitions: usize) -> Arc<PlanProperties> {
@@ -452,8 +461,59 @@ fn write_shard(spec: &WriteSpec, index: usize) -> Result<(u64, u64)> {
         .ok_or_else(|| Error::Internal(format!("no first row for file {index}")))?;
     let kept = read_kept(&spec.kept_bitmap, first, shard.num_rows)?;
     let dest = spec.out_dir.join(shard.path.file_name().unwrap_or_default());
-    let written = write_filtered(&shard, &kept, &[], &dest, &|_| {})?;
+    let written = match &spec.kept_scores {
+        None => write_filtered(&shard, &kept, &[], &dest, &|_| {})?,
+        Some(path) => {
+            let before = *spec
+                .kept_before
+                .get(index)
+                .ok_or_else(|| Error::Internal(format!("no kept count before file {index}")))?;
+            let (cluster, score) = read_kept_scores(path, before, &kept)?;
+            let extra = [
+                ExtraColumn {
+                    name: CLUSTER_COLUMN,
+                    values: ExtraValues::I32(&cluster),
+                    valid: Some(&kept),
+                },
+                ExtraColumn {
+                    name: SCORE_COLUMN,
+                    values: ExtraValues::F32(&score),
+                    valid: Some(&kept),
+                },
+            ];
+            write_filtered(&shard, &kept, &extra, &dest, &|_| {})?
+        }
+    };
     Ok((index as u64, written))
+}
+
+/// One kept row's record in [`WriteSpec::kept_scores`]: cluster (u32) and
+/// score (f32), little endian.
+pub fn kept_score_record(cluster: u32, score: f32) -> [u8; 8] {
+    let mut b = [0u8; 8];
+    b[..4].copy_from_slice(&cluster.to_le_bytes());
+    b[4..].copy_from_slice(&score.to_le_bytes());
+    b
+}
+
+/// The clusters and scores of one file's kept rows, spread over the file's
+/// rows (0 where not kept): records `before ..` of the kept-scores file.
+fn read_kept_scores(path: &std::path::Path, before: u64, kept: &[bool]) -> Result<(Vec<i32>, Vec<f32>)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let n = kept.iter().filter(|&&k| k).count();
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io("reading", path, e))?;
+    f.seek(SeekFrom::Start(before * 8))
+        .map_err(|e| Error::io("reading", path, e))?;
+    let mut bytes = vec![0u8; n * 8];
+    f.read_exact(&mut bytes).map_err(|e| Error::io("reading", path, e))?;
+    let (mut cluster, mut score) = (vec![0i32; kept.len()], vec![0f32; kept.len()]);
+    let mut recs = bytes.chunks_exact(8);
+    for (i, _) in kept.iter().enumerate().filter(|(_, k)| **k) {
+        let r = recs.next().expect("one record per kept row");
+        cluster[i] = u32::from_le_bytes(r[..4].try_into().expect("4 bytes")) as i32;
+        score[i] = f32::from_le_bytes(r[4..].try_into().expect("4 bytes"));
+    }
+    Ok((cluster, score))
 }
 
 impl DisplayAs for WriteExec {

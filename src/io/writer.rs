@@ -46,6 +46,11 @@ pub fn writer_properties() -> WriterProperties {
         .build()
 }
 
+/// Column added by `filter --with-scores`: the row's cluster.
+pub const CLUSTER_COLUMN: &str = "dprune_cluster";
+/// Column added by `filter --with-scores`: the row's score.
+pub const SCORE_COLUMN: &str = "dprune_score";
+
 /// Values of an extra per-row column, one per row of the shard.
 #[derive(Debug, Clone, Copy)]
 pub enum ExtraValues<'a> {

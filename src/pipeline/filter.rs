@@ -53,10 +53,7 @@ pub use sql::run_filter_sql;
 pub const DEFAULT_BATCH_ROWS: usize = 8192;
 /// Name of the scores table written by `scores_only`.
 pub const SCORES_TABLE: &str = "scores.parquet";
-/// Column added by `with_scores`: the row's cluster.
-pub const CLUSTER_COLUMN: &str = "dprune_cluster";
-/// Column added by `with_scores`: the row's score.
-pub const SCORE_COLUMN: &str = "dprune_score";
+pub use crate::io::writer::{CLUSTER_COLUMN, SCORE_COLUMN};
 /// Column added by `with_scores` after SemDeDup: M, the row's largest
 /// cosine with an earlier-ranked row of its cluster (1 for exact duplicates).
 pub const MAX_SIM_COLUMN: &str = "dprune_max_sim";

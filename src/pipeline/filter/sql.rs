@@ -20,9 +20,9 @@
 //! The kept set is exactly the native run's (same fit, same kernel, same
 //! order; `tests/cluster.rs` compares the outputs row for row). This path
 //! covers the prototypicality prune (`--metric proto`, `--keep`/`--keep-n`,
-//! `--keep-easy`, centroids fitted or given, `--drop-invalid`, embeddings
-//! in a column or in LAION-style `.npy` sidecars); other stages are
-//! refused with a message naming the flag.
+//! `--keep-easy`, centroids fitted or given, `--drop-invalid`,
+//! `--with-scores`, embeddings in a column or in LAION-style `.npy`
+//! sidecars); other stages are refused with a message naming the flag.
 //! On a cluster every executor must see the inputs and the output folder
 //! at the same absolute paths.
 //!
@@ -41,7 +41,8 @@ use super::checks::check_output;
 use super::driver::{Timings, fit_or_load, write_report_files};
 use super::{EmbeddingSpec, FilterConfig};
 use crate::datafusion::plans::{
-    INVALID_NOT_FINITE, INVALID_NULL, INVALID_ZERO, RowsSpec, RowsTable, WriteExec, WriteSpec, file_groups, own_message,
+    INVALID_NOT_FINITE, INVALID_NULL, INVALID_ZERO, RowsSpec, RowsTable, WriteExec, WriteSpec, file_groups,
+    kept_score_record, own_message,
 };
 use crate::datafusion::{FunctionOptions, register};
 use crate::io::embeddings::{ColumnSource, EmbeddingSource, NpySidecarSource};
@@ -72,8 +73,8 @@ fn check_supported(cfg: &FilterConfig) -> Result<()> {
             via,
             format!(
                 "{flag} is not supported by the DataFusion engine yet (it runs --metric proto with --keep/--keep-n, \
-                 --keep-easy, --k/--sample/--seed or --centroids, --drop-invalid, embeddings in a column or \
-                 --embeddings sidecars); run without {via}"
+                 --keep-easy, --k/--sample/--seed or --centroids, --drop-invalid, --with-scores, embeddings in \
+                 a column or --embeddings sidecars); run without {via}"
             ),
         ))
     };
@@ -106,9 +107,6 @@ fn check_supported(cfg: &FilterConfig) -> Result<()> {
     }
     if cfg.output.scores_only {
         return refuse("--scores-only");
-    }
-    if cfg.output.with_scores {
-        return refuse("--with-scores");
     }
     Ok(())
 }
@@ -221,6 +219,29 @@ fn write_bitmap(path: &Path, kept: &[(u32, u64)], offsets: &[u64], n: u64) -> Re
         bits[(g / 8) as usize] |= 1 << (g % 8);
     }
     std::fs::write(path, &bits).map_err(|e| Error::io("writing", path, e))
+}
+
+/// `--with-scores`: the kept rows' (cluster, score) records in file then
+/// row order ([`kept_score_record`]); returns the kept rows before each file.
+fn write_kept_scores(path: &Path, ranked: &[(u64, u32, u64, u32, f32)], files: usize) -> Result<Vec<u64>> {
+    let mut rows: Vec<(u32, u64, u32, f32)> = ranked.iter().map(|x| (x.1, x.2, x.3, x.4)).collect();
+    rows.sort_unstable_by_key(|x| (x.0, x.1));
+    let mut counts = vec![0u64; files];
+    let mut bytes = Vec::with_capacity(rows.len() * 8);
+    for &(f, _, c, d) in &rows {
+        counts[f as usize] += 1;
+        bytes.extend_from_slice(&kept_score_record(c, d));
+    }
+    std::fs::write(path, &bytes).map_err(|e| Error::io("writing", path, e))?;
+    let before = counts
+        .iter()
+        .scan(0u64, |acc, &c| {
+            let b = *acc;
+            *acc += c;
+            Some(b)
+        })
+        .collect();
+    Ok(before)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -478,19 +499,29 @@ pub fn run_filter_sql(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Rep
         let offsets: Vec<u64> = (0..=paths.len()).map(|i| data.offset(i)).collect();
         let bitmap = out_dir.join(format!(".dprune-kept-{}.bin", std::process::id()));
         write_bitmap(&bitmap, &kept, &offsets, n)?;
-        let files =
-            file_groups(paths.len(), local_parts.unwrap_or(paths.len())).map_err(|e| Error::Internal(e.to_string()))?;
-        let plan = WriteExec::with_input(
-            WriteSpec {
-                files: paths.clone(),
-                first_rows: offsets[..paths.len()].to_vec(),
-                out_dir: out_dir.clone(),
-                kept_bitmap: bitmap.clone(),
-            },
-            files,
-        );
-        let written = rt.block_on(run_plan(cluster, &ctx, Arc::new(plan)));
+        let scores_file = out_dir.join(format!(".dprune-kept-scores-{}.bin", std::process::id()));
+        let kept_before = match out.with_scores {
+            true => write_kept_scores(&scores_file, &sel.ranked[..budget as usize], paths.len()),
+            false => Ok(Vec::new()),
+        };
+        let written = kept_before.and_then(|kept_before| {
+            let files = file_groups(paths.len(), local_parts.unwrap_or(paths.len()))
+                .map_err(|e| Error::Internal(e.to_string()))?;
+            let plan = WriteExec::with_input(
+                WriteSpec {
+                    files: paths.clone(),
+                    first_rows: offsets[..paths.len()].to_vec(),
+                    out_dir: out_dir.clone(),
+                    kept_bitmap: bitmap.clone(),
+                    kept_scores: out.with_scores.then(|| scores_file.clone()),
+                    kept_before,
+                },
+                files,
+            );
+            rt.block_on(run_plan(cluster, &ctx, Arc::new(plan)))
+        });
         let _ = std::fs::remove_file(&bitmap);
+        let _ = std::fs::remove_file(&scores_file);
         let written = written?;
         let mut rows_written = 0u64;
         for b in &written {
@@ -500,7 +531,7 @@ pub fn run_filter_sql(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Rep
         }
         if rows_written != budget {
             return Err(Error::Internal(format!(
-                "the cluster wrote {rows_written} rows, {budget} were kept"
+                "the write plan wrote {rows_written} rows, {budget} were kept"
             )));
         }
         for (s, input) in data.shards.iter().zip(report.inputs.iter_mut()) {
@@ -539,6 +570,27 @@ mod tests {
     }
 
     #[test]
+    fn kept_scores_are_in_file_then_row_order_with_offsets_per_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.bin");
+        // (rank, file, row, cluster, score), in rank order over three files (file 1 keeps none).
+        let ranked = [
+            (1, 2, 5, 7, 0.9),
+            (2, 0, 3, 1, 0.8),
+            (3, 2, 0, 4, 0.7),
+            (4, 0, 1, 2, 0.6),
+        ];
+        let before = write_kept_scores(&path, &ranked, 3).unwrap();
+        assert_eq!(before, vec![0, 2, 2]);
+        let bytes = std::fs::read(&path).unwrap();
+        let want: Vec<u8> = [(2, 0.6f32), (1, 0.8), (4, 0.7), (7, 0.9)]
+            .iter()
+            .flat_map(|&(c, d)| kept_score_record(c, d))
+            .collect();
+        assert_eq!(bytes, want);
+    }
+
+    #[test]
     fn unsupported_flags_are_named() {
         let mut cfg = FilterConfig::default();
         cfg.params.metric = Metric::Dbp;
@@ -551,8 +603,8 @@ mod tests {
         cfg.params.where_sql = Some("a > 1".into());
         assert!(check_supported(&cfg).unwrap_err().to_string().contains("--where"));
         let mut cfg = FilterConfig::default();
-        cfg.output.with_scores = true;
-        assert!(check_supported(&cfg).unwrap_err().to_string().contains("--with-scores"));
+        cfg.output.scores_only = true;
+        assert!(check_supported(&cfg).unwrap_err().to_string().contains("--scores-only"));
         assert!(check_supported(&FilterConfig::default()).is_ok());
     }
 }
