@@ -158,6 +158,11 @@ fn compare(flags: &[&str], inputs: &[String]) {
         assert!(schema.field_with_name("dprune_score").is_ok() && schema.field_with_name("dprune_cluster").is_ok());
     }
     let (rl, rd) = (report(&local), report(&dist));
+    if flags.contains(&"--scores-only") {
+        // Every score is known: the same summary (quantiles, histogram, threshold).
+        assert_eq!(rl["scores"], rq["scores"]);
+        assert_eq!(rl["scores"], rd["scores"]);
+    }
     assert_eq!(rl["n_kept"], rq["n_kept"]);
     assert_eq!(
         rl["clusters"], rq["clusters"],
@@ -197,6 +202,15 @@ fn distributed_prune_equals_local_with_scores() {
     // dprune_cluster and dprune_score of every kept row, bit for bit.
     compare(
         &["--keep", "0.25", "--k", "6", "--seed", "2", "--with-scores"],
+        &[shards()],
+    );
+}
+
+#[test]
+fn distributed_scores_table_equals_local() {
+    // scores.parquet: every row's file, row, cluster, score and kept flag.
+    compare(
+        &["--keep-n", "300", "--k", "4", "--seed", "8", "--scores-only"],
         &[shards()],
     );
 }

@@ -21,7 +21,8 @@
 //! order; `tests/cluster.rs` compares the outputs row for row). This path
 //! covers the prototypicality prune (`--metric proto`, `--keep`/`--keep-n`,
 //! `--keep-easy`, centroids fitted or given, `--drop-invalid`,
-//! `--with-scores`, embeddings in a column or in LAION-style `.npy`
+//! `--with-scores`, `--scores-only` (every row comes back; the table is
+//! written here), embeddings in a column or in LAION-style `.npy`
 //! sidecars); other stages are refused with a message naming the flag.
 //! On a cluster every executor must see the inputs and the output folder
 //! at the same absolute paths.
@@ -39,13 +40,15 @@ use arrow::datatypes::{Float32Type, Float64Type, Int64Type, UInt8Type, UInt32Typ
 use super::Balance;
 use super::checks::check_output;
 use super::driver::{Timings, fit_or_load, write_report_files};
-use super::{EmbeddingSpec, FilterConfig};
+use super::summary::score_report;
+use super::{EmbeddingSpec, FilterConfig, SCORES_TABLE};
 use crate::datafusion::plans::{
     INVALID_NOT_FINITE, INVALID_NULL, INVALID_ZERO, RowsSpec, RowsTable, WriteExec, WriteSpec, file_groups,
     kept_score_record, own_message,
 };
 use crate::datafusion::{FunctionOptions, register};
 use crate::io::embeddings::{ColumnSource, EmbeddingSource, NpySidecarSource};
+use crate::io::writer::{ScoreColumns, write_scores_table};
 use crate::io::{Dataset, expand_inputs, npy};
 use crate::pipeline::progress::Progress;
 use crate::pipeline::report::{ClusterReport, InputReport, InvalidReport, Report};
@@ -73,8 +76,8 @@ fn check_supported(cfg: &FilterConfig) -> Result<()> {
             via,
             format!(
                 "{flag} is not supported by the DataFusion engine yet (it runs --metric proto with --keep/--keep-n, \
-                 --keep-easy, --k/--sample/--seed or --centroids, --drop-invalid, --with-scores, embeddings in \
-                 a column or --embeddings sidecars); run without {via}"
+                 --keep-easy, --k/--sample/--seed or --centroids, --drop-invalid, --with-scores, --scores-only, embeddings \
+                 in a column or --embeddings sidecars); run without {via}"
             ),
         ))
     };
@@ -104,9 +107,6 @@ fn check_supported(cfg: &FilterConfig) -> Result<()> {
     }
     if matches!(cfg.embeddings, EmbeddingSpec::Encode(_)) {
         return refuse("an encoder (--model/--text-col)");
-    }
-    if cfg.output.scores_only {
-        return refuse("--scores-only");
     }
     Ok(())
 }
@@ -293,12 +293,12 @@ pub fn run_filter_sql(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Rep
         crate::datafusion::distributed::parse_url(url)?;
     }
     let out = &cfg.output;
-    let paths = expand_inputs(&cfg.inputs)?;
+    let given = expand_inputs(&cfg.inputs)?;
     if !out.dry_run {
-        check_output(&paths, out)?;
+        check_output(&given, out)?;
     }
     // Executors may run in other folders: they get absolute paths.
-    let paths: Vec<PathBuf> = paths
+    let paths: Vec<PathBuf> = given
         .iter()
         .map(|p| std::fs::canonicalize(p).map_err(|e| Error::io("reading", p, e)))
         .collect::<Result<_>>()?;
@@ -347,7 +347,9 @@ pub fn run_filter_sql(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Rep
     let k = centroids.k();
 
     // Score and select.
+    // With --scores-only every row comes back (its score goes in the table).
     let bmax = match p.keep {
+        _ if out.scores_only => n,
         Budget::Fraction(_) => p.keep.resolve(n)?,
         Budget::Count(c) => c.min(n),
     };
@@ -493,7 +495,39 @@ pub fn run_filter_sql(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Rep
         warnings,
     };
 
-    if !out.dry_run {
+    if !out.dry_run && out.scores_only {
+        std::fs::create_dir_all(&out.dir).map_err(|e| Error::io("creating", &out.dir, e))?;
+        // The table names the files as given, like the native run's.
+        let mut shown = data.clone();
+        for (s, g) in shown.shards.iter_mut().zip(&given) {
+            s.path = g.clone();
+        }
+        let n = n as usize;
+        let (mut cluster, mut score) = (vec![0i32; n], vec![f32::NAN; n]);
+        let (mut valid, mut kept_flags) = (vec![false; n], vec![false; n]);
+        for &(rank, f, r, c, d) in &sel.ranked {
+            let g = (data.offset(f as usize) + r) as usize;
+            cluster[g] = c as i32;
+            score[g] = d;
+            valid[g] = true;
+            kept_flags[g] = rank <= budget;
+        }
+        let dest = out.dir.join(SCORES_TABLE);
+        write_scores_table(
+            &shown,
+            &ScoreColumns {
+                cluster: Some(&cluster),
+                score: &score,
+                kept: &kept_flags,
+                valid: &valid,
+                max_sim: None,
+                dup_of: None,
+            },
+            &dest,
+        )?;
+        report.outputs.push(dest.display().to_string());
+        report.scores = Some(score_report(p, &score, &valid, &kept_flags, budget));
+    } else if !out.dry_run {
         std::fs::create_dir_all(&out.dir).map_err(|e| Error::io("creating", &out.dir, e))?;
         let out_dir = std::fs::canonicalize(&out.dir).map_err(|e| Error::io("reading", &out.dir, e))?;
         let offsets: Vec<u64> = (0..=paths.len()).map(|i| data.offset(i)).collect();
@@ -539,6 +573,8 @@ pub fn run_filter_sql(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Rep
             input.output = Some(dest.display().to_string());
             report.outputs.push(dest.display().to_string());
         }
+    }
+    if !out.dry_run {
         if let Some(path) = &out.save_centroids {
             npy::write_matrix(path, centroids.as_slice(), k, centroids.dim())?;
             if let Some(kr) = report.kmeans.as_mut() {
@@ -603,8 +639,8 @@ mod tests {
         cfg.params.where_sql = Some("a > 1".into());
         assert!(check_supported(&cfg).unwrap_err().to_string().contains("--where"));
         let mut cfg = FilterConfig::default();
-        cfg.output.scores_only = true;
-        assert!(check_supported(&cfg).unwrap_err().to_string().contains("--scores-only"));
+        cfg.params.balance = Balance::Clusters;
+        assert!(check_supported(&cfg).unwrap_err().to_string().contains("--balance"));
         assert!(check_supported(&FilterConfig::default()).is_ok());
     }
 }

@@ -64,53 +64,7 @@ pub(super) fn build_report(
         }
     }
     let n_kept = kept.iter().filter(|&&k| k).count() as u64;
-    let scored: Vec<bool> = rows
-        .valid
-        .iter()
-        .zip(&rows.scores)
-        .map(|(&v, s)| v && !s.is_nan())
-        .collect();
-    let mut valid_scores: Vec<f32> = rows
-        .scores
-        .iter()
-        .zip(&rows.valid)
-        .filter(|(s, v)| **v && !s.is_nan())
-        .map(|(s, _)| *s)
-        .collect();
-    valid_scores.par_sort_unstable_by(|a, b| a.total_cmp(b));
-    if valid_scores.is_empty() {
-        valid_scores.push(f32::NAN);
-    }
-    let q = |f: f64| valid_scores[((valid_scores.len() - 1) as f64 * f).round() as usize];
-    let quantiles = [0.0, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 1.0]
-        .iter()
-        .map(|&f| (format!("{f}"), q(f)))
-        .collect();
-    // A single score threshold exists only for the global rules.
-    let global_rule = match p.metric {
-        Metric::Proto | Metric::Random => Some(p.prefer),
-        Metric::Semdedup => Some(Keep::Easy),
-        _ => None,
-    };
-    let threshold = global_rule
-        .filter(|_| p.balance == Balance::None && n_kept > 0)
-        .map(|prefer| {
-            let it = rows.scores.iter().zip(kept).filter(|(_, k)| **k).map(|(s, _)| *s);
-            match prefer {
-                Keep::Hard => it.fold(f32::INFINITY, f32::min),
-                Keep::Easy => it.fold(f32::NEG_INFINITY, f32::max),
-            }
-        });
-    let mean = valid_scores.iter().map(|&v| v as f64).sum::<f64>() / valid_scores.len() as f64;
-    let scores = ScoreReport {
-        metric: p.metric.to_string(),
-        min: valid_scores[0],
-        max: *valid_scores.last().expect("at least one value"),
-        mean,
-        quantiles,
-        threshold,
-        histogram: histogram(&rows.scores, &scored, kept, HISTOGRAM_BINS),
-    };
+    let scores = score_report(p, &rows.scores, &rows.valid, kept, n_kept);
     Report {
         dprune_version: env!("CARGO_PKG_VERSION").into(),
         command: "filter".into(),
@@ -133,5 +87,57 @@ pub(super) fn build_report(
         outputs: vec![],
         timings_s: BTreeMap::new(),
         warnings: vec![],
+    }
+}
+
+/// The score summary of a run (quantiles, histogram, the global rule's
+/// threshold) from every row's score, whether it was usable and kept.
+pub(super) fn score_report(
+    p: &crate::pipeline::filter::FilterParams,
+    scores: &[f32],
+    valid: &[bool],
+    kept: &[bool],
+    n_kept: u64,
+) -> ScoreReport {
+    let scored: Vec<bool> = valid.iter().zip(scores).map(|(&v, s)| v && !s.is_nan()).collect();
+    let mut valid_scores: Vec<f32> = scores
+        .iter()
+        .zip(valid)
+        .filter(|(s, v)| **v && !s.is_nan())
+        .map(|(s, _)| *s)
+        .collect();
+    valid_scores.par_sort_unstable_by(|a, b| a.total_cmp(b));
+    if valid_scores.is_empty() {
+        valid_scores.push(f32::NAN);
+    }
+    let q = |f: f64| valid_scores[((valid_scores.len() - 1) as f64 * f).round() as usize];
+    let quantiles = [0.0, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 1.0]
+        .iter()
+        .map(|&f| (format!("{f}"), q(f)))
+        .collect();
+    // A single score threshold exists only for the global rules.
+    let global_rule = match p.metric {
+        Metric::Proto | Metric::Random => Some(p.prefer),
+        Metric::Semdedup => Some(Keep::Easy),
+        _ => None,
+    };
+    let threshold = global_rule
+        .filter(|_| p.balance == Balance::None && n_kept > 0)
+        .map(|prefer| {
+            let it = scores.iter().zip(kept).filter(|(_, k)| **k).map(|(s, _)| *s);
+            match prefer {
+                Keep::Hard => it.fold(f32::INFINITY, f32::min),
+                Keep::Easy => it.fold(f32::NEG_INFINITY, f32::max),
+            }
+        });
+    let mean = valid_scores.iter().map(|&v| v as f64).sum::<f64>() / valid_scores.len() as f64;
+    ScoreReport {
+        metric: p.metric.to_string(),
+        min: valid_scores[0],
+        max: *valid_scores.last().expect("at least one value"),
+        mean,
+        quantiles,
+        threshold,
+        histogram: histogram(scores, &scored, kept, HISTOGRAM_BINS),
     }
 }
