@@ -158,10 +158,12 @@ fn compare(flags: &[&str], inputs: &[String]) {
         assert!(schema.field_with_name("dprune_score").is_ok() && schema.field_with_name("dprune_cluster").is_ok());
     }
     let (rl, rd) = (report(&local), report(&dist));
-    if flags.contains(&"--scores-only") {
-        // Every score is known: the same summary (quantiles, histogram, threshold).
+    if !rq["scores"].is_null() {
+        // Every score came back (rules that run in the client, --scores-only): the same
+        // summary (quantiles, histogram, threshold) and per-cluster plan (DBP's quotas).
         assert_eq!(rl["scores"], rq["scores"]);
         assert_eq!(rl["scores"], rd["scores"]);
+        assert_eq!(rl["clusters"], rd["clusters"]);
     }
     assert_eq!(rl["n_kept"], rq["n_kept"]);
     assert_eq!(
@@ -211,6 +213,37 @@ fn distributed_scores_table_equals_local() {
     // scores.parquet: every row's file, row, cluster, score and kept flag.
     compare(
         &["--keep-n", "300", "--k", "4", "--seed", "8", "--scores-only"],
+        &[shards()],
+    );
+}
+
+#[test]
+fn distributed_rules_that_need_every_score_equal_local() {
+    // Selected in the client with the native code on every row's cluster and score.
+    compare(
+        &["--keep", "0.3", "--k", "6", "--seed", "4", "--balance", "clusters"],
+        &[shards()],
+    );
+    compare(
+        &[
+            "--metric",
+            "dbp",
+            "--keep",
+            "0.4",
+            "--k",
+            "6",
+            "--seed",
+            "4",
+            "--with-scores",
+        ],
+        &[shards()],
+    );
+    compare(
+        &["--metric", "moderate", "--keep-n", "500", "--k", "5", "--with-scores"],
+        &[shards()],
+    );
+    compare(
+        &["--metric", "ccs", "--keep", "0.5", "--k", "5", "--keep-easy"],
         &[shards()],
     );
 }
@@ -311,7 +344,7 @@ fn unsupported_stage_is_refused_before_any_work() {
     let err = fails(&[
         "filter",
         "--metric",
-        "dbp",
+        "semdedup",
         "--keep",
         "0.3",
         "--cluster",
@@ -320,7 +353,7 @@ fn unsupported_stage_is_refused_before_any_work() {
         "-o",
         &out,
     ]);
-    assert!(err.contains("--metric dbp") && err.contains("--cluster"), "{err}");
+    assert!(err.contains("--metric semdedup") && err.contains("--cluster"), "{err}");
     let err = fails(&[
         "filter",
         "--keep",

@@ -109,10 +109,10 @@ pub struct FilterArgs {
 
     /// Run on a Ballista cluster (`df://HOST:PORT`, see `dprune cluster`): the centroids are
     /// fitted here on the sample, scoring, selection and writing run on the executors, and
-    /// the kept rows equal a local run's. Covers --metric proto (with --keep/--keep-n,
-    /// --keep-easy, --centroids, --drop-invalid, --with-scores, --scores-only, a column or
-    /// --embeddings sidecars); executors
-    /// must see the inputs and the output folder at the same absolute paths.
+    /// the kept rows equal a local run's. Covers --metric proto, dbp, ccs and moderate (with
+    /// --keep/--keep-n, --keep-easy, --balance, --centroids, --drop-invalid, --with-scores,
+    /// --scores-only, a column or --embeddings sidecars); executors must see the inputs and
+    /// the output folder at the same absolute paths.
     #[arg(long, value_name = "URL")]
     cluster: Option<String>,
 

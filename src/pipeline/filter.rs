@@ -69,10 +69,11 @@ pub enum Engine {
     /// dprune's own streaming passes: every metric and stage.
     #[default]
     Native,
-    /// The prototypicality prune as DataFusion plans (a scan of the
-    /// embeddings, `dprune_nearest`, `row_number()` windows, a write plan):
-    /// the plans `cluster` runs on Ballista, here in this process. Same kept
-    /// rows as `Native`; fewer options (the others are refused by name).
+    /// The cluster-based prunes (proto, DBP, CCS, Moderate, balanced) as
+    /// DataFusion plans (a scan of the embeddings, `dprune_nearest`,
+    /// `row_number()` windows, a write plan): the plans `cluster` runs on
+    /// Ballista, here in this process. Same kept rows as `Native`; fewer
+    /// options (the others are refused by name).
     Sql,
 }
 

@@ -18,12 +18,14 @@
 //! 4. the report and plot are written here.
 //!
 //! The kept set is exactly the native run's (same fit, same kernel, same
-//! order; `tests/cluster.rs` compares the outputs row for row). This path
-//! covers the prototypicality prune (`--metric proto`, `--keep`/`--keep-n`,
-//! `--keep-easy`, centroids fitted or given, `--drop-invalid`,
-//! `--with-scores`, `--scores-only` (every row comes back; the table is
-//! written here), embeddings in a column or in LAION-style `.npy`
-//! sidecars); other stages are refused with a message naming the flag.
+//! order; `tests/cluster.rs` compares the outputs row for row). The global
+//! top of `--metric proto` is ranked in the plan; the rules that need every
+//! row's cluster and score (`--balance clusters`, DBP, CCS, Moderate) and
+//! `--scores-only` bring them all back and run the native selection
+//! ([`choose`]) and report here. Other stages (SemDeDup, kNN, random,
+//! exact dedup, quality, `--where`, encoders) are refused with a message
+//! naming the flag. Embeddings come from a column or LAION-style `.npy`
+//! sidecars; `--with-scores` works with every rule.
 //! On a cluster every executor must see the inputs and the output folder
 //! at the same absolute paths.
 //!
@@ -40,8 +42,9 @@ use arrow::datatypes::{Float32Type, Float64Type, Int64Type, UInt8Type, UInt32Typ
 use super::Balance;
 use super::checks::check_output;
 use super::driver::{Timings, fit_or_load, write_report_files};
-use super::summary::score_report;
+use super::summary::build_report;
 use super::{EmbeddingSpec, FilterConfig, SCORES_TABLE};
+use crate::cluster::Centroids;
 use crate::datafusion::plans::{
     INVALID_NOT_FINITE, INVALID_NULL, INVALID_ZERO, RowsSpec, RowsTable, WriteExec, WriteSpec, file_groups,
     kept_score_record, own_message,
@@ -50,8 +53,10 @@ use crate::datafusion::{FunctionOptions, register};
 use crate::io::embeddings::{ColumnSource, EmbeddingSource, NpySidecarSource};
 use crate::io::writer::{ScoreColumns, write_scores_table};
 use crate::io::{Dataset, expand_inputs, npy};
+use crate::pipeline::budget::{Ranking, choose};
+use crate::pipeline::passes::Rows;
 use crate::pipeline::progress::Progress;
-use crate::pipeline::report::{ClusterReport, InputReport, InvalidReport, Report};
+use crate::pipeline::report::{ClusterReport, InputReport, InvalidReport, KMeansReport, Report};
 use crate::pipeline::stages::StageReport;
 use crate::score::Metric;
 use crate::select::{Budget, Keep};
@@ -75,17 +80,15 @@ fn check_supported(cfg: &FilterConfig) -> Result<()> {
         Err(Error::param(
             via,
             format!(
-                "{flag} is not supported by the DataFusion engine yet (it runs --metric proto with --keep/--keep-n, \
-                 --keep-easy, --k/--sample/--seed or --centroids, --drop-invalid, --with-scores, --scores-only, embeddings \
-                 in a column or --embeddings sidecars); run without {via}"
+                "{flag} is not supported by the DataFusion engine yet (it runs --metric proto, dbp, ccs or \
+                 moderate with --keep/--keep-n, --keep-easy, --balance, --k/--sample/--seed or --centroids, \
+                 --drop-invalid, --with-scores, --scores-only, embeddings in a column or --embeddings sidecars); \
+                 run without {via}"
             ),
         ))
     };
-    if p.metric != Metric::Proto {
+    if !matches!(p.metric, Metric::Proto | Metric::Dbp | Metric::Ccs | Metric::Moderate) {
         return refuse(&format!("--metric {}", p.metric));
-    }
-    if p.balance != Balance::None {
-        return refuse("--balance");
     }
     if p.exact_dedup {
         return refuse("--exact-dedup");
@@ -212,19 +215,164 @@ fn collect_selected(batches: &[RecordBatch], files: usize) -> Result<Selected> {
 }
 
 /// The kept bitmap over all input rows (file order, then row order), LSB first.
-fn write_bitmap(path: &Path, kept: &[(u32, u64)], offsets: &[u64], n: u64) -> Result<()> {
+fn write_bitmap(path: &Path, kept: &[KeptRow], offsets: &[u64], n: u64) -> Result<()> {
     let mut bits = vec![0u8; n.div_ceil(8) as usize];
-    for &(f, r) in kept {
+    for &(f, r, _, _) in kept {
         let g = offsets[f as usize] + r;
         bits[(g / 8) as usize] |= 1 << (g % 8);
     }
     std::fs::write(path, &bits).map_err(|e| Error::io("writing", path, e))
 }
 
+/// A kept row: (file, row, cluster, score shown with `--with-scores`).
+type KeptRow = (u32, u64, u32, f32);
+
+/// Whether the rule needs every row's cluster and score (it runs in this
+/// process, with the native code) rather than the global top the select
+/// plan ranks.
+fn gathers_all_rows(cfg: &FilterConfig) -> bool {
+    cfg.output.scores_only
+        || cfg.params.balance != Balance::None
+        || matches!(cfg.params.metric, Metric::Dbp | Metric::Ccs | Metric::Moderate)
+}
+
+/// The native final stage ([`choose`]) and report ([`build_report`]) on
+/// every row the select plan returned; returns the report, the per-row
+/// results (scores as shown) and the kept flags.
+fn select_here(
+    cfg: &FilterConfig,
+    data: &Dataset,
+    sel: &Selected,
+    centroids: &Centroids,
+    invalid: InvalidReport,
+    kreport: KMeansReport,
+    budget: u64,
+) -> Result<(Report, Rows, Vec<bool>)> {
+    let p = &cfg.params;
+    let mut rows = Rows::new(data.num_rows() as usize);
+    rows.valid.fill(false);
+    rows.scores.fill(f32::NAN);
+    for &(_, f, r, c, d) in &sel.ranked {
+        let g = (data.offset(f as usize) + r) as usize;
+        rows.labels[g] = c;
+        rows.scores[g] = d;
+        rows.valid[g] = true;
+    }
+    // The prototypicality score doubles as the distance to the centroid (DBP, Moderate).
+    let dist = rows.scores.clone();
+    let chosen = choose(
+        p,
+        &Ranking {
+            scores: &rows.scores,
+            labels: &rows.labels,
+            dist: &dist,
+            eligible: &rows.valid,
+            centroids: Some(centroids),
+            max_sim: None,
+            knn: None,
+        },
+        budget,
+    )?;
+    if let Some(sh) = chosen.shown_scores {
+        rows.scores = sh;
+    }
+    let mut report = build_report(cfg, data, &rows, &chosen.kept, invalid, Some(kreport), centroids.k());
+    if let Some(plan) = &chosen.dbp {
+        for (j, c) in report.clusters.iter_mut().enumerate() {
+            c.complexity = plan.complexity.as_ref().map(|cx| cx.value[j]);
+            c.share = Some(plan.shares[j]);
+            c.quota = Some(plan.allocation.quotas[j]);
+        }
+    }
+    Ok((report, rows, chosen.kept))
+}
+
+/// The kept rows of `kept` (global flags) with their cluster and shown score.
+fn kept_rows(data: &Dataset, rows: &Rows, kept: &[bool]) -> Vec<KeptRow> {
+    let mut out = Vec::new();
+    for s in &data.shards {
+        let first = data.offset(s.index);
+        for r in 0..s.num_rows {
+            let g = (first + r) as usize;
+            if kept[g] {
+                out.push((s.index as u32, r, rows.labels[g], rows.scores[g]));
+            }
+        }
+    }
+    out
+}
+
+/// The report of a global-top run from what the select plan returned: the
+/// kept rows ranked, per-cluster sizes and score sums (no score summary:
+/// the other rows' scores stayed in the plan).
+fn ranked_report(
+    cfg: &FilterConfig,
+    data: &Dataset,
+    sel: &Selected,
+    invalid: InvalidReport,
+    kreport: KMeansReport,
+    k: usize,
+    budget: u64,
+) -> Report {
+    let p = &cfg.params;
+    let mut inputs: Vec<InputReport> = data
+        .shards
+        .iter()
+        .map(|s| InputReport {
+            path: s.path.display().to_string(),
+            rows: s.num_rows,
+            kept: 0,
+            invalid: sel.invalid[s.index].total(),
+            output: None,
+        })
+        .collect();
+    let mut clusters: Vec<ClusterReport> = (0..k as u32)
+        .map(|id| {
+            let (size, sum) = sel.clusters.get(&id).copied().unwrap_or((0, 0.0));
+            ClusterReport {
+                id,
+                size,
+                kept: 0,
+                mean_score: if size > 0 { (sum / size as f64) as f32 } else { f32::NAN },
+                complexity: None,
+                share: None,
+                quota: None,
+            }
+        })
+        .collect();
+    for x in sel.ranked.iter().take(budget as usize) {
+        inputs[x.1 as usize].kept += 1;
+        clusters[x.3 as usize].kept += 1;
+    }
+    Report {
+        dprune_version: env!("CARGO_PKG_VERSION").into(),
+        command: String::new(),
+        dry_run: cfg.output.dry_run,
+        inputs,
+        embedding_source: None,
+        dim: None,
+        n_rows: data.num_rows(),
+        n_eligible: 0,
+        prefilter: None,
+        invalid,
+        n_kept: budget,
+        params: p.clone(),
+        seed: p.seed,
+        kmeans: Some(kreport),
+        clusters,
+        scores: None,
+        stages: vec![],
+        semdedup: None,
+        outputs: vec![],
+        timings_s: BTreeMap::new(),
+        warnings: vec![],
+    }
+}
+
 /// `--with-scores`: the kept rows' (cluster, score) records in file then
 /// row order ([`kept_score_record`]); returns the kept rows before each file.
-fn write_kept_scores(path: &Path, ranked: &[(u64, u32, u64, u32, f32)], files: usize) -> Result<Vec<u64>> {
-    let mut rows: Vec<(u32, u64, u32, f32)> = ranked.iter().map(|x| (x.1, x.2, x.3, x.4)).collect();
+fn write_kept_scores(path: &Path, kept: &[KeptRow], files: usize) -> Result<Vec<u64>> {
+    let mut rows: Vec<KeptRow> = kept.to_vec();
     rows.sort_unstable_by_key(|x| (x.0, x.1));
     let mut counts = vec![0u64; files];
     let mut bytes = Vec::with_capacity(rows.len() * 8);
@@ -347,9 +495,10 @@ pub fn run_filter_sql(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Rep
     let k = centroids.k();
 
     // Score and select.
-    // With --scores-only every row comes back (its score goes in the table).
+    // Every row comes back when the rule runs here (or for the scores table).
+    let gathered = gathers_all_rows(cfg);
     let bmax = match p.keep {
-        _ if out.scores_only => n,
+        _ if gathered => n,
         Budget::Fraction(_) => p.keep.resolve(n)?,
         Budget::Count(c) => c.min(n),
     };
@@ -407,16 +556,49 @@ pub fn run_filter_sql(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Rep
         )));
     }
     let budget = p.keep.resolve(n_usable)?;
-    let kept: Vec<(u32, u64)> = sel.ranked.iter().take(budget as usize).map(|x| (x.1, x.2)).collect();
-    if (kept.len() as u64) < budget {
-        return Err(Error::Internal(format!(
-            "the cluster returned {} ranked rows for a budget of {budget}",
-            kept.len()
-        )));
+    // Files as given (the report and scores table name them so, like a native run's).
+    let mut shown = data.clone();
+    for (s, g) in shown.shards.iter_mut().zip(&given) {
+        s.path = g.clone();
     }
 
-    // Report.
+    // The selection: the global top came back ranked; any other rule runs here,
+    // with the native code, on every row's cluster and score.
     let mut warnings = Vec::new();
+    let (kept, mut report, table) = if gathered {
+        let (report, rows, kept_flags) = select_here(cfg, &shown, &sel, &centroids, invalid.clone(), kreport, budget)?;
+        let kept: Vec<KeptRow> = kept_rows(&shown, &rows, &kept_flags);
+        (kept, report, Some((rows, kept_flags)))
+    } else {
+        let kept: Vec<KeptRow> = sel
+            .ranked
+            .iter()
+            .take(budget as usize)
+            .map(|x| (x.1, x.2, x.3, x.4))
+            .collect();
+        if (kept.len() as u64) < budget {
+            return Err(Error::Internal(format!(
+                "the select plan returned {} ranked rows for a budget of {budget}",
+                kept.len()
+            )));
+        }
+        let report = ranked_report(cfg, &shown, &sel, invalid.clone(), kreport, k, budget);
+        (kept, report, None)
+    };
+    report.command = match cluster {
+        Some(url) => format!("filter --cluster {url}"),
+        None => "filter --engine sql".into(),
+    };
+    report.embedding_source = Some(source.describe());
+    report.dim = Some(source.dim());
+    report.n_eligible = n_usable;
+    report.n_kept = budget;
+    report.stages = vec![StageReport {
+        name: p.metric.to_string(),
+        rows_in: n_usable,
+        removed: n_usable - budget,
+        rows_out: budget,
+    }];
     if invalid.total() > 0 {
         warnings.push(format!(
             "{} rows with unusable embeddings were excluded ({} null, {} not finite, {} all zeros)",
@@ -434,99 +616,28 @@ pub fn run_filter_sql(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Rep
     for w in &warnings {
         progress.warn(w);
     }
-    let mut inputs: Vec<InputReport> = data
-        .shards
-        .iter()
-        .map(|s| InputReport {
-            path: s.path.display().to_string(),
-            rows: s.num_rows,
-            kept: 0,
-            invalid: sel.invalid[s.index].total(),
-            output: None,
-        })
-        .collect();
-    let mut clusters: Vec<ClusterReport> = (0..k as u32)
-        .map(|id| {
-            let (size, sum) = sel.clusters.get(&id).copied().unwrap_or((0, 0.0));
-            ClusterReport {
-                id,
-                size,
-                kept: 0,
-                mean_score: if size > 0 { (sum / size as f64) as f32 } else { f32::NAN },
-                complexity: None,
-                share: None,
-                quota: None,
-            }
-        })
-        .collect();
-    for x in sel.ranked.iter().take(budget as usize) {
-        inputs[x.1 as usize].kept += 1;
-        clusters[x.3 as usize].kept += 1;
-    }
-    let mut report = Report {
-        dprune_version: env!("CARGO_PKG_VERSION").into(),
-        command: match cluster {
-            Some(url) => format!("filter --cluster {url}"),
-            None => "filter --engine sql".into(),
-        },
-        dry_run: out.dry_run,
-        inputs,
-        embedding_source: Some(source.describe()),
-        dim: Some(source.dim()),
-        n_rows: n,
-        n_eligible: n_usable,
-        prefilter: None,
-        invalid,
-        n_kept: budget,
-        params: p.clone(),
-        seed: p.seed,
-        kmeans: Some(kreport),
-        clusters,
-        scores: None,
-        stages: vec![StageReport {
-            name: p.metric.to_string(),
-            rows_in: n_usable,
-            removed: n_usable - budget,
-            rows_out: budget,
-        }],
-        semdedup: None,
-        outputs: vec![],
-        timings_s: BTreeMap::new(),
-        warnings,
-    };
+    report.warnings = warnings;
 
     if !out.dry_run && out.scores_only {
         std::fs::create_dir_all(&out.dir).map_err(|e| Error::io("creating", &out.dir, e))?;
-        // The table names the files as given, like the native run's.
-        let mut shown = data.clone();
-        for (s, g) in shown.shards.iter_mut().zip(&given) {
-            s.path = g.clone();
-        }
-        let n = n as usize;
-        let (mut cluster, mut score) = (vec![0i32; n], vec![f32::NAN; n]);
-        let (mut valid, mut kept_flags) = (vec![false; n], vec![false; n]);
-        for &(rank, f, r, c, d) in &sel.ranked {
-            let g = (data.offset(f as usize) + r) as usize;
-            cluster[g] = c as i32;
-            score[g] = d;
-            valid[g] = true;
-            kept_flags[g] = rank <= budget;
-        }
+        let (rows, kept_flags) = table
+            .as_ref()
+            .ok_or_else(|| Error::Internal("scores-only without rows".into()))?;
+        let cluster: Vec<i32> = rows.labels.iter().map(|&l| l as i32).collect();
         let dest = out.dir.join(SCORES_TABLE);
         write_scores_table(
             &shown,
             &ScoreColumns {
                 cluster: Some(&cluster),
-                score: &score,
-                kept: &kept_flags,
-                valid: &valid,
+                score: &rows.scores,
+                kept: kept_flags,
+                valid: &rows.valid,
                 max_sim: None,
                 dup_of: None,
             },
             &dest,
         )?;
         report.outputs.push(dest.display().to_string());
-        report.scores = Some(score_report(p, &score, &valid, &kept_flags, budget));
     } else if !out.dry_run {
         std::fs::create_dir_all(&out.dir).map_err(|e| Error::io("creating", &out.dir, e))?;
         let out_dir = std::fs::canonicalize(&out.dir).map_err(|e| Error::io("reading", &out.dir, e))?;
@@ -535,7 +646,7 @@ pub fn run_filter_sql(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Rep
         write_bitmap(&bitmap, &kept, &offsets, n)?;
         let scores_file = out_dir.join(format!(".dprune-kept-scores-{}.bin", std::process::id()));
         let kept_before = match out.with_scores {
-            true => write_kept_scores(&scores_file, &sel.ranked[..budget as usize], paths.len()),
+            true => write_kept_scores(&scores_file, &kept, paths.len()),
             false => Ok(Vec::new()),
         };
         let written = kept_before.and_then(|kept_before| {
@@ -598,7 +709,13 @@ mod tests {
         let path = dir.path().join("k.bin");
         // Two files of 5 and 7 rows.
         let offsets = [0u64, 5, 12];
-        write_bitmap(&path, &[(0, 0), (0, 4), (1, 0), (1, 6)], &offsets, 12).unwrap();
+        write_bitmap(
+            &path,
+            &[(0, 0, 0, 0.0), (0, 4, 0, 0.0), (1, 0, 0, 0.0), (1, 6, 0, 0.0)],
+            &offsets,
+            12,
+        )
+        .unwrap();
         let bits = std::fs::read(&path).unwrap();
         assert_eq!(bits.len(), 2);
         let set: Vec<u64> = (0..12).filter(|&g| bits[g as usize / 8] >> (g % 8) & 1 == 1).collect();
@@ -609,13 +726,8 @@ mod tests {
     fn kept_scores_are_in_file_then_row_order_with_offsets_per_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.bin");
-        // (rank, file, row, cluster, score), in rank order over three files (file 1 keeps none).
-        let ranked = [
-            (1, 2, 5, 7, 0.9),
-            (2, 0, 3, 1, 0.8),
-            (3, 2, 0, 4, 0.7),
-            (4, 0, 1, 2, 0.6),
-        ];
+        // (file, row, cluster, score), in rank order over three files (file 1 keeps none).
+        let ranked = [(2, 5, 7, 0.9), (0, 3, 1, 0.8), (2, 0, 4, 0.7), (0, 1, 2, 0.6)];
         let before = write_kept_scores(&path, &ranked, 3).unwrap();
         assert_eq!(before, vec![0, 2, 2]);
         let bytes = std::fs::read(&path).unwrap();
@@ -629,18 +741,24 @@ mod tests {
     #[test]
     fn unsupported_flags_are_named() {
         let mut cfg = FilterConfig::default();
-        cfg.params.metric = Metric::Dbp;
+        cfg.params.metric = Metric::Semdedup;
         let e = check_supported(&cfg).unwrap_err().to_string();
-        assert!(e.contains("--metric dbp") && e.contains("--engine sql"), "{e}");
+        assert!(e.contains("--metric semdedup") && e.contains("--engine sql"), "{e}");
         cfg.cluster = Some("df://127.0.0.1:1".into());
         let e = check_supported(&cfg).unwrap_err().to_string();
-        assert!(e.contains("--metric dbp") && e.contains("--cluster"), "{e}");
+        assert!(e.contains("--metric semdedup") && e.contains("--cluster"), "{e}");
         let mut cfg = FilterConfig::default();
         cfg.params.where_sql = Some("a > 1".into());
         assert!(check_supported(&cfg).unwrap_err().to_string().contains("--where"));
+        for m in [Metric::Dbp, Metric::Ccs, Metric::Moderate] {
+            let mut cfg = FilterConfig::default();
+            cfg.params.metric = m;
+            assert!(check_supported(&cfg).is_ok() && gathers_all_rows(&cfg));
+        }
         let mut cfg = FilterConfig::default();
         cfg.params.balance = Balance::Clusters;
-        assert!(check_supported(&cfg).unwrap_err().to_string().contains("--balance"));
+        assert!(check_supported(&cfg).is_ok() && gathers_all_rows(&cfg));
+        assert!(!gathers_all_rows(&FilterConfig::default()));
         assert!(check_supported(&FilterConfig::default()).is_ok());
     }
 }

@@ -92,7 +92,7 @@ pub(super) fn build_report(
 
 /// The score summary of a run (quantiles, histogram, the global rule's
 /// threshold) from every row's score, whether it was usable and kept.
-pub(super) fn score_report(
+fn score_report(
     p: &crate::pipeline::filter::FilterParams,
     scores: &[f32],
     valid: &[bool],
