@@ -31,35 +31,32 @@
 //!
 //! [`RowsExec`]: crate::datafusion::plans::RowsExec
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ::datafusion::prelude::{SessionConfig, SessionContext};
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{Float32Type, Float64Type, Int64Type, UInt8Type, UInt32Type, UInt64Type};
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::UInt64Type;
 
-use super::Balance;
+mod selected;
+
+use selected::{KeptRow, collect_selected, gathers_all_rows, kept_rows, ranked_report, select_here, select_sql};
+
 use super::checks::check_output;
 use super::driver::{Timings, fit_or_load, write_report_files};
-use super::summary::build_report;
 use super::{EmbeddingSpec, FilterConfig, SCORES_TABLE};
-use crate::cluster::Centroids;
 use crate::datafusion::plans::{
-    INVALID_NOT_FINITE, INVALID_NULL, INVALID_ZERO, RowsSpec, RowsTable, WriteExec, WriteSpec, file_groups,
-    kept_score_record, own_message,
+    RowsSpec, RowsTable, WriteExec, WriteSpec, file_groups, kept_score_record, own_message,
 };
 use crate::datafusion::{FunctionOptions, register};
 use crate::io::embeddings::{ColumnSource, EmbeddingSource, NpySidecarSource};
 use crate::io::writer::{ScoreColumns, write_scores_table};
 use crate::io::{Dataset, expand_inputs, npy};
-use crate::pipeline::budget::{Ranking, choose};
-use crate::pipeline::passes::Rows;
 use crate::pipeline::progress::Progress;
-use crate::pipeline::report::{ClusterReport, InputReport, InvalidReport, KMeansReport, Report};
+use crate::pipeline::report::{InvalidReport, Report};
 use crate::pipeline::stages::StageReport;
 use crate::score::Metric;
-use crate::select::{Budget, Keep};
+use crate::select::Budget;
 use crate::{Error, Result};
 use ::datafusion::physical_plan::ExecutionPlan;
 
@@ -114,106 +111,6 @@ fn check_supported(cfg: &FilterConfig) -> Result<()> {
     Ok(())
 }
 
-/// The score-and-select query over table `rows`; `bmax` bounds the budget
-/// (the exact one depends on how many rows are usable, known at the end).
-fn select_sql(prefer: Keep, bmax: u64) -> String {
-    let dir = match prefer {
-        Keep::Hard => "DESC",
-        Keep::Easy => "ASC",
-    };
-    format!(
-        "WITH s AS (SELECT dprune_file AS f, dprune_row AS r, dprune_invalid AS bad, dprune_nearest(embedding) AS n FROM rows),
-              t AS (SELECT f, r, bad, n['cluster'] AS c, n['distance'] AS d FROM s),
-              w AS (SELECT f, r, bad, c, d,
-                      row_number() OVER (ORDER BY d {dir} NULLS LAST, f, r) AS rk,
-                      row_number() OVER (PARTITION BY c ORDER BY f, r) AS crk,
-                      count(*) OVER (PARTITION BY c) AS cn,
-                      sum(CAST(d AS DOUBLE)) OVER (PARTITION BY c) AS cs
-                    FROM t)
-         SELECT f, r, bad, c, d, rk, crk, cn, cs FROM w WHERE rk <= {bmax} OR crk = 1 OR bad <> 0"
-    )
-}
-
-/// What came back from the select job.
-#[derive(Debug, Default)]
-struct Selected {
-    /// Usable rows by rank: (rank, file, row, cluster, score), rank ≤ bmax.
-    ranked: Vec<(u64, u32, u64, u32, f32)>,
-    /// Per cluster: (size, sum of scores).
-    clusters: BTreeMap<u32, (u64, f64)>,
-    /// Unusable rows per file, by kind.
-    invalid: Vec<InvalidReport>,
-}
-
-fn collect_selected(batches: &[RecordBatch], files: usize) -> Result<Selected> {
-    let mut out = Selected {
-        invalid: vec![InvalidReport::default(); files],
-        ..Default::default()
-    };
-    let bad_schema = |e: String| Error::Internal(format!("distributed select: {e}"));
-    for b in batches {
-        let col = |i: usize| b.column(i);
-        if b.num_columns() != 9 {
-            return Err(bad_schema(format!("{} columns", b.num_columns())));
-        }
-        let f = col(0)
-            .as_primitive_opt::<UInt32Type>()
-            .ok_or_else(|| bad_schema("f".into()))?;
-        let r = col(1)
-            .as_primitive_opt::<UInt64Type>()
-            .ok_or_else(|| bad_schema("r".into()))?;
-        let bad = col(2)
-            .as_primitive_opt::<UInt8Type>()
-            .ok_or_else(|| bad_schema("bad".into()))?;
-        let c = col(3)
-            .as_primitive_opt::<UInt32Type>()
-            .ok_or_else(|| bad_schema("c".into()))?;
-        let d = col(4)
-            .as_primitive_opt::<Float32Type>()
-            .ok_or_else(|| bad_schema("d".into()))?;
-        let rk = col(5)
-            .as_primitive_opt::<UInt64Type>()
-            .ok_or_else(|| bad_schema("rk".into()))?;
-        let crk = col(6)
-            .as_primitive_opt::<UInt64Type>()
-            .ok_or_else(|| bad_schema("crk".into()))?;
-        let cn = col(7)
-            .as_primitive_opt::<Int64Type>()
-            .ok_or_else(|| bad_schema("cn".into()))?;
-        let cs = col(8)
-            .as_primitive_opt::<Float64Type>()
-            .ok_or_else(|| bad_schema("cs".into()))?;
-        for i in 0..b.num_rows() {
-            let file = f.value(i);
-            match bad.value(i) {
-                0 => {}
-                kind => {
-                    let inv = out
-                        .invalid
-                        .get_mut(file as usize)
-                        .ok_or_else(|| bad_schema(format!("file {file}")))?;
-                    match kind {
-                        INVALID_NULL => inv.null += 1,
-                        INVALID_NOT_FINITE => inv.not_finite += 1,
-                        INVALID_ZERO => inv.zero += 1,
-                        k => return Err(bad_schema(format!("invalid kind {k}"))),
-                    }
-                    continue;
-                }
-            }
-            if c.is_null(i) || d.is_null(i) {
-                return Err(bad_schema(format!("file {file} row {}: no score", r.value(i))));
-            }
-            if crk.value(i) == 1 {
-                out.clusters.insert(c.value(i), (cn.value(i) as u64, cs.value(i)));
-            }
-            out.ranked.push((rk.value(i), file, r.value(i), c.value(i), d.value(i)));
-        }
-    }
-    out.ranked.sort_unstable_by_key(|x| x.0);
-    Ok(out)
-}
-
 /// The kept bitmap over all input rows (file order, then row order), LSB first.
 fn write_bitmap(path: &Path, kept: &[KeptRow], offsets: &[u64], n: u64) -> Result<()> {
     let mut bits = vec![0u8; n.div_ceil(8) as usize];
@@ -222,151 +119,6 @@ fn write_bitmap(path: &Path, kept: &[KeptRow], offsets: &[u64], n: u64) -> Resul
         bits[(g / 8) as usize] |= 1 << (g % 8);
     }
     std::fs::write(path, &bits).map_err(|e| Error::io("writing", path, e))
-}
-
-/// A kept row: (file, row, cluster, score shown with `--with-scores`).
-type KeptRow = (u32, u64, u32, f32);
-
-/// Whether the rule needs every row's cluster and score (it runs in this
-/// process, with the native code) rather than the global top the select
-/// plan ranks.
-fn gathers_all_rows(cfg: &FilterConfig) -> bool {
-    cfg.output.scores_only
-        || cfg.params.balance != Balance::None
-        || matches!(cfg.params.metric, Metric::Dbp | Metric::Ccs | Metric::Moderate)
-}
-
-/// The native final stage ([`choose`]) and report ([`build_report`]) on
-/// every row the select plan returned; returns the report, the per-row
-/// results (scores as shown) and the kept flags.
-fn select_here(
-    cfg: &FilterConfig,
-    data: &Dataset,
-    sel: &Selected,
-    centroids: &Centroids,
-    invalid: InvalidReport,
-    kreport: KMeansReport,
-    budget: u64,
-) -> Result<(Report, Rows, Vec<bool>)> {
-    let p = &cfg.params;
-    let mut rows = Rows::new(data.num_rows() as usize);
-    rows.valid.fill(false);
-    rows.scores.fill(f32::NAN);
-    for &(_, f, r, c, d) in &sel.ranked {
-        let g = (data.offset(f as usize) + r) as usize;
-        rows.labels[g] = c;
-        rows.scores[g] = d;
-        rows.valid[g] = true;
-    }
-    // The prototypicality score doubles as the distance to the centroid (DBP, Moderate).
-    let dist = rows.scores.clone();
-    let chosen = choose(
-        p,
-        &Ranking {
-            scores: &rows.scores,
-            labels: &rows.labels,
-            dist: &dist,
-            eligible: &rows.valid,
-            centroids: Some(centroids),
-            max_sim: None,
-            knn: None,
-        },
-        budget,
-    )?;
-    if let Some(sh) = chosen.shown_scores {
-        rows.scores = sh;
-    }
-    let mut report = build_report(cfg, data, &rows, &chosen.kept, invalid, Some(kreport), centroids.k());
-    if let Some(plan) = &chosen.dbp {
-        for (j, c) in report.clusters.iter_mut().enumerate() {
-            c.complexity = plan.complexity.as_ref().map(|cx| cx.value[j]);
-            c.share = Some(plan.shares[j]);
-            c.quota = Some(plan.allocation.quotas[j]);
-        }
-    }
-    Ok((report, rows, chosen.kept))
-}
-
-/// The kept rows of `kept` (global flags) with their cluster and shown score.
-fn kept_rows(data: &Dataset, rows: &Rows, kept: &[bool]) -> Vec<KeptRow> {
-    let mut out = Vec::new();
-    for s in &data.shards {
-        let first = data.offset(s.index);
-        for r in 0..s.num_rows {
-            let g = (first + r) as usize;
-            if kept[g] {
-                out.push((s.index as u32, r, rows.labels[g], rows.scores[g]));
-            }
-        }
-    }
-    out
-}
-
-/// The report of a global-top run from what the select plan returned: the
-/// kept rows ranked, per-cluster sizes and score sums (no score summary:
-/// the other rows' scores stayed in the plan).
-fn ranked_report(
-    cfg: &FilterConfig,
-    data: &Dataset,
-    sel: &Selected,
-    invalid: InvalidReport,
-    kreport: KMeansReport,
-    k: usize,
-    budget: u64,
-) -> Report {
-    let p = &cfg.params;
-    let mut inputs: Vec<InputReport> = data
-        .shards
-        .iter()
-        .map(|s| InputReport {
-            path: s.path.display().to_string(),
-            rows: s.num_rows,
-            kept: 0,
-            invalid: sel.invalid[s.index].total(),
-            output: None,
-        })
-        .collect();
-    let mut clusters: Vec<ClusterReport> = (0..k as u32)
-        .map(|id| {
-            let (size, sum) = sel.clusters.get(&id).copied().unwrap_or((0, 0.0));
-            ClusterReport {
-                id,
-                size,
-                kept: 0,
-                mean_score: if size > 0 { (sum / size as f64) as f32 } else { f32::NAN },
-                complexity: None,
-                share: None,
-                quota: None,
-            }
-        })
-        .collect();
-    for x in sel.ranked.iter().take(budget as usize) {
-        inputs[x.1 as usize].kept += 1;
-        clusters[x.3 as usize].kept += 1;
-    }
-    Report {
-        dprune_version: env!("CARGO_PKG_VERSION").into(),
-        command: String::new(),
-        dry_run: cfg.output.dry_run,
-        inputs,
-        embedding_source: None,
-        dim: None,
-        n_rows: data.num_rows(),
-        n_eligible: 0,
-        prefilter: None,
-        invalid,
-        n_kept: budget,
-        params: p.clone(),
-        seed: p.seed,
-        kmeans: Some(kreport),
-        clusters,
-        scores: None,
-        stages: vec![],
-        semdedup: None,
-        outputs: vec![],
-        timings_s: BTreeMap::new(),
-        warnings: vec![],
-    }
 }
 
 /// `--with-scores`: the kept rows' (cluster, score) records in file then
@@ -702,6 +454,7 @@ pub fn run_filter_sql(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Rep
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::filter::Balance;
 
     #[test]
     fn bitmap_sets_exactly_the_kept_rows() {
