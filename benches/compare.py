@@ -207,7 +207,7 @@ def case_semdedup(args, res):
     variants = [("default", []), ("20it", ["--tolerance", "0"]), ("global", ["--dedup-global"])]
     runs = [(label, args.dprune, extra) for label, extra in variants]
     if args.before:
-        runs += [(f"before_{label}", args.before, extra) for label, extra in variants[:2]]
+        runs += [(f"before_{label}", args.before, extra) for label, extra in variants]
     for label, binary, extra in runs:
         out_dir = os.path.join(args.work, f"sd_{label}")
         _, wall, rss, cpu = run_rss([binary, "filter", "--dedup", "0.05", data, "-o", out_dir, "--overwrite",
@@ -222,9 +222,10 @@ def case_semdedup(args, res):
                        "recall": m["recall"], "timings_s": rep["timings_s"],
                        "spill_partitions": rep["semdedup"]["partitions"]}
     if args.before:
-        a = pq.read_table(os.path.join(args.work, "sd_default", "scores.parquet"))
-        b = pq.read_table(os.path.join(args.work, "sd_before_default", "scores.parquet"))
-        rows["default_identical_to_before"] = a.equals(b)
+        for label, _ in variants:
+            a = pq.read_table(os.path.join(args.work, f"sd_{label}", "scores.parquet"))
+            b = pq.read_table(os.path.join(args.work, f"sd_before_{label}", "scores.parquet"))
+            rows[f"{label}_identical_to_before"] = a.equals(b)
     out_dir = os.path.join(args.work, "sd_same_centroids")
     _, wall_c = run([args.dprune, "filter", "--dedup", "0.05", data, "-o", out_dir, "--overwrite", "--quiet",
                      "--centroids", cents, "--scores-only", "--threads", str(args.threads)])

@@ -16,7 +16,9 @@ use ndarray::{ArrayView2, ArrayViewMut2};
 mod avx512;
 mod bf16;
 
-pub use bf16::{Bf16Kernel, PackedBf16, bf16_kernel, bf16_to_f32, dot_batch_bf16, to_bf16};
+pub use bf16::{
+    Bf16Kernel, PackedBf16, bf16_error_per_norm, bf16_kernel, bf16_to_f32, dot_batch_bf16, norm_upper_bound, to_bf16,
+};
 
 /// Independent accumulators per kernel, so LLVM can vectorise without
 /// reordering a single serial sum (16 f32 = two AVX2 registers).

@@ -24,12 +24,10 @@
 use rayon::prelude::*;
 
 use crate::cluster::centroids::{CHUNK_ROWS, Centroids, Distance, TILE_K, argmax_row};
-use crate::distance::{Bf16Kernel, PACKED_COL_ALIGN, PackedBf16, bf16_kernel, dot_batch_bf16, dot_batch_packed_cols};
-
-/// Unit roundoff of f32.
-const U32: f64 = 1.0 / (1u64 << 24) as f64;
-/// Unit roundoff of bf16.
-const UB: f64 = 1.0 / 256.0;
+use crate::distance::{
+    Bf16Kernel, PACKED_COL_ALIGN, PackedBf16, bf16_error_per_norm, bf16_kernel, dot_batch_bf16, dot_batch_packed_cols,
+    norm_upper_bound,
+};
 
 /// What the search needs besides the centroids, made once per set of
 /// centroids (cached in [`Centroids`]).
@@ -70,9 +68,7 @@ impl<'a> CertifiedSearch<'a> {
                 .map(|j| c.row(j).iter().map(|&v| v as f64 * v as f64).sum::<f64>())
                 .fold(0.0, f64::max)
                 .sqrt();
-            let d = dim as f64;
-            let gamma = d * U32 / (1.0 - d * U32);
-            let per_norm = ((2.0 * UB + UB * UB) * (1.0 + gamma) + 2.0 * gamma) * cmax * 1.01;
+            let per_norm = bf16_error_per_norm(dim) * cmax;
             Packing { packed, per_norm }
         });
         CertifiedSearch {
@@ -112,7 +108,7 @@ impl<'a> CertifiedSearch<'a> {
         s.fallback.clear();
         for i in 0..m {
             let b = &s.scores[i * k..(i + 1) * k];
-            let norm = norm_bound(&x[i * dim..(i + 1) * dim]);
+            let norm = norm_upper_bound(&x[i * dim..(i + 1) * dim]);
             let (_, top) = argmax_row(b, None);
             let cut = top as f64 - 2.0 * (self.per_norm * norm + 1e-30);
             // Rounded down: a candidate set larger than needed is still exact.
@@ -179,22 +175,6 @@ impl<'a> CertifiedSearch<'a> {
             }
         }
     }
-}
-
-/// An upper bound on ‖x‖: the f32 sum of squares in 16 lanes is within
-/// γ_d ≤ 1e-4 (d < 400 000) of the exact one; slack covers it and the sqrt.
-#[inline]
-fn norm_bound(x: &[f32]) -> f64 {
-    let mut lanes = [0f32; 16];
-    let chunks = x.chunks_exact(16);
-    let rest = chunks.remainder();
-    for ch in chunks {
-        for l in 0..16 {
-            lanes[l] += ch[l] * ch[l];
-        }
-    }
-    let s: f64 = lanes.iter().map(|&v| v as f64).sum::<f64>() + rest.iter().map(|&v| v as f64 * v as f64).sum::<f64>();
-    (s * (1.0 + 1e-4)).sqrt() * (1.0 + 1e-6)
 }
 
 /// Appends to `out` the indices `j` with `b[j] >= cut`, ascending; compiled

@@ -69,6 +69,38 @@ pub fn bf16_kernel() -> Bf16Kernel {
     })
 }
 
+/// Unit roundoff of f32.
+const U32: f64 = 1.0 / (1u64 << 24) as f64;
+/// Unit roundoff of bf16.
+const UB: f64 = 1.0 / 256.0;
+
+/// How far apart a bf16 product ([`dot_batch_bf16`]) and the f32 kernel's
+/// product ([`crate::distance::dot_batch`]) of the same two rows can be, per
+/// unit of ‖x‖·max‖c‖, in `dim` dimensions, with 1% slack: B + E of
+/// `cluster::certified`'s module doc (Higham 2002, §3.1). About 0.0079 for
+/// unit rows at d = 384; add 1e-30 for flushed denormals.
+pub fn bf16_error_per_norm(dim: usize) -> f64 {
+    let d = dim as f64;
+    let gamma = d * U32 / (1.0 - d * U32);
+    ((2.0 * UB + UB * UB) * (1.0 + gamma) + 2.0 * gamma) * 1.01
+}
+
+/// An upper bound on ‖x‖: the f32 sum of squares in 16 lanes is within
+/// γ_d ≤ 1e-4 (d < 400 000) of the exact one; slack covers it and the sqrt.
+#[inline]
+pub fn norm_upper_bound(x: &[f32]) -> f64 {
+    let mut lanes = [0f32; 16];
+    let chunks = x.chunks_exact(16);
+    let rest = chunks.remainder();
+    for ch in chunks {
+        for l in 0..16 {
+            lanes[l] += ch[l] * ch[l];
+        }
+    }
+    let s: f64 = lanes.iter().map(|&v| v as f64).sum::<f64>() + rest.iter().map(|&v| v as f64 * v as f64).sum::<f64>();
+    (s * (1.0 + 1e-4)).sqrt() * (1.0 + 1e-6)
+}
+
 /// Rows rounded to bf16 and packed once for many [`dot_batch_bf16`] calls.
 #[derive(Debug, Clone)]
 pub struct PackedBf16 {

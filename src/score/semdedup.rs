@@ -10,6 +10,8 @@
 //! * Similarities are computed in square tiles of [`DEFAULT_BLOCK_ROWS`]
 //!   rows as matrix products ([`crate::distance::dot_batch`]); a cluster of
 //!   n rows never needs more than a tile of scratch per thread, not n².
+//!   Diagonal tiles compute only their upper triangle, in bands of rows; the
+//!   results are bit-identical to one full f32 product.
 //! * [`ExactDuplicates`] finds rows with bit-identical embeddings (or keys)
 //!   by a 128-bit hash, first row wins: the cheap pass to run first.
 //!
@@ -35,7 +37,7 @@ use std::str::FromStr;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::distance::dot_batch;
+use crate::distance::{PackedRows, dot_batch, dot_batch_packed, dot_batch_packed_cols};
 use crate::rng::mix64;
 use crate::{Error, Result};
 
@@ -440,15 +442,27 @@ fn finish(best: f32, arg: u32) -> (f32, Option<u32>) {
     if best > 0.0 { (best, Some(arg)) } else { (0.0, None) }
 }
 
+/// Rows per band of a diagonal tile in [`max_sim_ranked`]: a band of rows
+/// is multiplied only with the columns from its own first row on, so a
+/// diagonal tile costs about (1/2 + band / 2·tile) of the full square
+/// instead of all of it. A multiple of the packed-column alignment (32) and
+/// of the kernel's 12-row register tile, so no band pads rows or columns.
+const DIAGONAL_BAND_ROWS: usize = 96;
+
 /// For rows `order[0..m]` of `rows` (taken in that order): the largest dot
 /// product with an earlier row of the order and the position of that row
 /// (the earliest on ties); `(-inf, u32::MAX)` for position 0.
 ///
-/// Column blocks `[a, b)` of `block` rows and, inside each, the row tiles
-/// `[r0, r1)` with `r0 < b` all run in parallel; each tile scans its rows in
-/// rank order, and tiles are merged by an order-preserving reduce that only
-/// takes a later tile's value when strictly larger, so the result (value
-/// and arg-max) is the same as one sequential scan, whatever the threads.
+/// Column blocks `[a, b)` of `block` rows are packed once and, inside each,
+/// the row tiles `[r0, r1)` with `r0 < b` all run in parallel; each tile
+/// scans its rows in rank order, and tiles are merged by an order-preserving
+/// reduce that only takes a later tile's value when strictly larger, so the
+/// result (value and arg-max) is the same as one sequential scan, whatever
+/// the threads. The diagonal tile (rows and columns both `[a, b)`) only
+/// needs its upper triangle: it is computed in bands of
+/// [`DIAGONAL_BAND_ROWS`] rows against the columns from the band on. Every
+/// product is the kernel's one fused chain per pair, whatever tile or band
+/// computed it, so the values are bit-identical to one full `X·Xᵀ`.
 fn max_sim_ranked(rows: &[f32], dim: usize, order: &[u32], block: usize) -> (Vec<f32>, Vec<u32>) {
     let m = order.len();
     if m < 2 {
@@ -462,31 +476,24 @@ fn max_sim_ranked(rows: &[f32], dim: usize, order: &[u32], block: usize) -> (Vec
             let tc = b - a;
             let mut cols = Vec::new();
             gather(rows, dim, &order[a..b], &mut cols);
+            let packed = PackedRows::new(&cols, dim);
             (0..=bi)
                 .into_par_iter()
                 .map_init(Scratch::default, |s, ri| {
+                    let mut t = TileMax::empty(tc);
+                    if ri == bi {
+                        diagonal_tile(&cols, &packed, a, &mut s.out, &mut t);
+                        return t;
+                    }
                     let r0 = ri * block;
                     let r1 = (r0 + block).min(b);
                     let tr = r1 - r0;
                     s.out.resize(tr * tc, 0.0);
-                    if ri == bi {
-                        dot_batch(&cols, &cols, dim, &mut s.out);
-                    } else {
-                        gather(rows, dim, &order[r0..r1], &mut s.rows);
-                        dot_batch(&s.rows, &cols, dim, &mut s.out);
-                    }
-                    let mut t = TileMax::empty(tc);
-                    for ii in 0..tr {
-                        let i = r0 + ii;
-                        // only columns ranked after row i: j > i
-                        let start = if i >= a { i - a + 1 } else { 0 };
-                        let line = &s.out[ii * tc + start..(ii + 1) * tc];
-                        for ((&v, bv), g) in line.iter().zip(&mut t.best[start..]).zip(&mut t.arg[start..]) {
-                            if v > *bv {
-                                *bv = v;
-                                *g = i as u32;
-                            }
-                        }
+                    gather(rows, dim, &order[r0..r1], &mut s.rows);
+                    dot_batch_packed(&s.rows, &packed, &mut s.out);
+                    // every row of an earlier tile ranks before every column
+                    for (ii, line) in s.out.chunks_exact(tc).enumerate() {
+                        t.absorb(line, 0, (r0 + ii) as u32);
                     }
                     t
                 })
@@ -500,6 +507,25 @@ fn max_sim_ranked(rows: &[f32], dim: usize, order: &[u32], block: usize) -> (Vec
         arg.extend(t.arg);
     }
     (best, arg)
+}
+
+/// The upper triangle of the diagonal tile of the column block starting at
+/// rank `a` (`cols`, packed as `packed`): band by band, each row `i` of the
+/// band against the columns `j > i`, in rank order, into `t`.
+fn diagonal_tile(cols: &[f32], packed: &PackedRows, a: usize, out: &mut Vec<f32>, t: &mut TileMax) {
+    let tc = packed.k();
+    let dim = cols.len() / tc;
+    for s0 in (0..tc).step_by(DIAGONAL_BAND_ROWS) {
+        let s1 = (s0 + DIAGONAL_BAND_ROWS).min(tc);
+        let w = tc - s0;
+        out.resize((s1 - s0) * w, 0.0);
+        dot_batch_packed_cols(&cols[s0 * dim..s1 * dim], packed, s0..tc, out);
+        for (ii, line) in out.chunks_exact(w).enumerate() {
+            // columns ranked after row i = s0 + ii, i.e. from i + 1 on
+            let i = s0 + ii;
+            t.absorb(&line[ii + 1..], i + 1, (a + i) as u32);
+        }
+    }
 }
 
 /// One cluster's result in [`dedup_clusters`]: global row ids in rank
@@ -521,6 +547,19 @@ impl TileMax {
         TileMax {
             best: vec![f32::NEG_INFINITY; n],
             arg: vec![u32::MAX; n],
+        }
+    }
+
+    /// Row `row`'s products with the columns `start..`: a column takes the
+    /// value when strictly larger, so with rows absorbed in rank order ties
+    /// keep the earliest row.
+    #[inline]
+    fn absorb(&mut self, line: &[f32], start: usize, row: u32) {
+        for ((&v, bv), g) in line.iter().zip(&mut self.best[start..]).zip(&mut self.arg[start..]) {
+            if v > *bv {
+                *bv = v;
+                *g = row;
+            }
         }
     }
 

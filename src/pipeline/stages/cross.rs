@@ -1,14 +1,17 @@
 //! The cross-cluster SemDeDup passes (`--dedup-global`): near-duplicates that k-means
 //! put in different clusters, which SemDeDup's within-cluster search (Abbas et al. 2023)
 //! cannot see. The second-cluster pass compares rows near a cluster boundary with the
-//! rows of their second-nearest cluster (exact geometric test, [`near_boundary`]); the
-//! HNSW pass searches all rows left.
+//! rows of their second-nearest cluster (exact geometric test, [`near_boundary`]), with
+//! bf16 products as a certified filter where the CPU has AVX-512 BF16 (only pairs that
+//! could pass the threshold get their f32 product); the HNSW pass searches all rows left.
 
 use rayon::prelude::*;
 
 use crate::Result;
 use crate::cluster::hnsw::{Hnsw, HnswParams};
-use crate::distance::dot_batch;
+use crate::distance::{
+    Bf16Kernel, PackedBf16, bf16_error_per_norm, bf16_kernel, dot_batch, dot_batch_bf16, norm_upper_bound,
+};
 use crate::pipeline::spill::SpilledClusters;
 use crate::score::semdedup::similarity_threshold;
 
@@ -69,6 +72,7 @@ pub fn second_cluster_duplicates(
 ) -> Result<Vec<Option<u32>>> {
     const TILE: usize = 1024;
     let thr = similarity_threshold(eps);
+    let use_bf16 = bf16_pays();
     let mut best: Vec<(f32, u32)> = vec![(f32::NEG_INFINITY, u32::MAX); labels.len()];
     for p in 0..owners.partitions() {
         let (oids, ovals) = owners.read_partition(p)?;
@@ -93,18 +97,28 @@ pub fn second_cluster_duplicates(
                 let (gi, gr) = gather(&gids, &gvals, g);
                 let (oi, or) = gather(&oids, &ovals, o);
                 let mut hits = Vec::new();
+                let mut push = |x: usize, y: usize, v: f32| {
+                    if v > thr {
+                        let (u, w) = (gi[x], oi[y]);
+                        hits.push((u.max(w), v, u.min(w)));
+                    }
+                };
                 let mut s = Vec::new();
-                for a in (0..gi.len()).step_by(TILE) {
-                    let a1 = (a + TILE).min(gi.len());
-                    for b in (0..oi.len()).step_by(TILE) {
-                        let b1 = (b + TILE).min(oi.len());
+                for b in (0..oi.len()).step_by(TILE) {
+                    let b1 = (b + TILE).min(oi.len());
+                    let owners = &or[b * dim..b1 * dim];
+                    let filter = use_bf16.then(|| Bf16Filter::new(owners, dim, thr));
+                    for a in (0..gi.len()).step_by(TILE) {
+                        let a1 = (a + TILE).min(gi.len());
                         s.resize((a1 - a) * (b1 - b), 0.0);
-                        dot_batch(&gr[a * dim..a1 * dim], &or[b * dim..b1 * dim], dim, &mut s);
-                        for (x, line) in s.chunks_exact(b1 - b).enumerate() {
-                            for (y, &v) in line.iter().enumerate() {
-                                if v > thr {
-                                    let (u, w) = (gi[a + x], oi[b + y]);
-                                    hits.push((u.max(w), v, u.min(w)));
+                        match &filter {
+                            Some(f) => f.scan(&gr, a..a1, owners, &mut s, |x, y, v| push(x, b + y, v)),
+                            None => {
+                                dot_batch(&gr[a * dim..a1 * dim], owners, dim, &mut s);
+                                for (x, line) in s.chunks_exact(b1 - b).enumerate() {
+                                    for (y, &v) in line.iter().enumerate() {
+                                        push(a + x, b + y, v);
+                                    }
                                 }
                             }
                         }
@@ -122,6 +136,81 @@ pub fn second_cluster_duplicates(
         on_partition(oids.len() as u64);
     }
     Ok(best.into_iter().map(|(_, o)| (o != u32::MAX).then_some(o)).collect())
+}
+
+/// Whether the second-cluster pass filters pairs with bf16 products first: where the
+/// AVX-512 BF16 kernel runs (elsewhere it is slower than the f32 products), unless
+/// `DPRUNE_CERTIFIED=0` (the switch of the certified centroid search).
+fn bf16_pays() -> bool {
+    bf16_kernel() == Bf16Kernel::Avx512Bf16 && std::env::var("DPRUNE_CERTIFIED").map_or(true, |v| v != "0")
+}
+
+/// A tile of owners rounded to bf16 for the second-cluster pass, which only wants the
+/// pairs above a threshold: a pair whose bf16 product is below the threshold minus twice
+/// the bound of [`bf16_error_per_norm`] cannot have an f32 product above it, so only
+/// the few pairs left are recomputed with the f32 kernel. The hits, and their values,
+/// are exactly those of the f32 products.
+struct Bf16Filter {
+    packed: PackedBf16,
+    /// Error bound per unit of the guest's norm (owner norms included).
+    per_norm: f64,
+    thr: f32,
+    dim: usize,
+}
+
+impl Bf16Filter {
+    /// Guests with more candidates than this in one tile get their whole line in f32.
+    const MAX_CANDIDATES: usize = 32;
+
+    fn new(owners: &[f32], dim: usize, thr: f32) -> Self {
+        let k = owners.len() / dim;
+        let idx: Vec<usize> = (0..k).collect();
+        let omax = owners.chunks_exact(dim).map(norm_upper_bound).fold(0.0, f64::max);
+        Bf16Filter {
+            packed: PackedBf16::new(owners, dim, &idx, &vec![1.0; k]),
+            per_norm: bf16_error_per_norm(dim) * omax,
+            thr,
+            dim,
+        }
+    }
+
+    /// Calls `hit(x, y, v)` with the exact f32 product `v` of guest row `x` (of `guests`,
+    /// rows `rows`) and owner `y` for every pair that can exceed the threshold (and a few
+    /// that do not); `s` is scratch of `rows.len() × owners` values.
+    fn scan(
+        &self,
+        guests: &[f32],
+        rows: std::ops::Range<usize>,
+        owners: &[f32],
+        s: &mut [f32],
+        mut hit: impl FnMut(usize, usize, f32),
+    ) {
+        let (dim, w) = (self.dim, self.packed.k());
+        let idx: Vec<usize> = rows.clone().collect();
+        dot_batch_bf16(guests, &idx, &vec![1.0; idx.len()], &self.packed, s);
+        let mut found = Vec::new();
+        let mut one = [0f32];
+        for (line, x) in s.chunks_exact_mut(w).zip(rows) {
+            let g = &guests[x * dim..(x + 1) * dim];
+            let cut = self.thr as f64 - 2.0 * (self.per_norm * norm_upper_bound(g) + 1e-30);
+            // Rounded down: a larger candidate set is still exact.
+            let cut = (cut as f32).next_down();
+            found.clear();
+            found.extend(line.iter().enumerate().filter(|&(_, &v)| v >= cut).map(|(y, _)| y));
+            if found.len() > Self::MAX_CANDIDATES {
+                dot_batch(g, owners, dim, line);
+                for (y, &v) in line.iter().enumerate() {
+                    hit(x, y, v);
+                }
+                continue;
+            }
+            for &y in &found {
+                // The f32 kernel's value for this pair, whatever shape it is computed in.
+                dot_batch(g, &owners[y * dim..(y + 1) * dim], dim, &mut one);
+                hit(x, y, one[0]);
+            }
+        }
+    }
 }
 
 /// The cross-cluster pass: an HNSW index over the `eligible` rows (read
@@ -173,6 +262,72 @@ mod tests {
 
     fn dot(a: &[f32], b: &[f32]) -> f32 {
         a.iter().zip(b).map(|(x, y)| x * y).sum()
+    }
+
+    /// Every pair above the threshold, with its f32 kernel value, by brute force.
+    fn f32_hits(g: &[f32], o: &[f32], dim: usize, thr: f32) -> Vec<(usize, usize, u32)> {
+        let (m, k) = (g.len() / dim, o.len() / dim);
+        let mut s = vec![0f32; m * k];
+        dot_batch(g, o, dim, &mut s);
+        let mut out = Vec::new();
+        for x in 0..m {
+            for y in 0..k {
+                if s[x * k + y] > thr {
+                    out.push((x, y, s[x * k + y].to_bits()));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn bf16_filter_finds_exactly_the_f32_hits() {
+        // Guests that are noisy copies of owners at similarities spread around the
+        // threshold (the band where bf16 rounding could flip a pair), plus unrelated rows
+        // and a guest equal to many owners (the whole-line fallback). Runs on whichever
+        // bf16 kernel the CPU has: both give the same bits.
+        let mut rng = crate::rng::Rng::new(21);
+        for (dim, eps) in [(384usize, 0.05f64), (37, 0.01), (8, 0.2)] {
+            let thr = similarity_threshold(eps);
+            let (k, m) = (300usize, 200usize);
+            let mut o: Vec<f32> = Vec::new();
+            for _ in 0..k {
+                o.extend(unit((0..dim).map(|_| rng.normal() as f32).collect()));
+            }
+            // 40 owners are copies of owner 0, so guest 0 (owner 0 itself) has 41 candidates.
+            for y in 1..41 {
+                let (head, tail) = o.split_at_mut(y * dim);
+                tail[..dim].copy_from_slice(&head[..dim]);
+            }
+            let mut g: Vec<f32> = Vec::new();
+            for x in 0..m {
+                let src = (x * 7) % k;
+                let noise = if x % 3 == 2 {
+                    2.0
+                } else {
+                    (eps * (x % 11) as f64 / 4.0).sqrt() / (dim as f64).sqrt()
+                };
+                let row: Vec<f32> = o[src * dim..(src + 1) * dim]
+                    .iter()
+                    .map(|&a| a + (rng.normal() * noise) as f32)
+                    .collect();
+                g.extend(unit(row));
+            }
+            let want = f32_hits(&g, &o, dim, thr);
+            assert!(want.len() > 40, "dim {dim}: only {} hits drawn", want.len());
+            let f = Bf16Filter::new(&o, dim, thr);
+            let mut got = Vec::new();
+            for (a, a1) in [(0usize, 77usize), (77, m)] {
+                let mut s = vec![0f32; (a1 - a) * k];
+                f.scan(&g, a..a1, &o, &mut s, |x, y, v| {
+                    if v > thr {
+                        got.push((x, y, v.to_bits()));
+                    }
+                });
+            }
+            got.sort_unstable();
+            assert_eq!(got, want, "dim {dim}");
+        }
     }
 
     #[test]

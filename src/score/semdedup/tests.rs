@@ -338,3 +338,51 @@ proptest! {
         }
     }
 }
+
+/// Brute force over one full `X·Xᵀ` from the same kernel: for each rank j the
+/// largest product with an earlier rank (earliest on ties).
+fn full_matrix_max(rows: &[f32], dim: usize) -> (Vec<f32>, Vec<u32>) {
+    let m = rows.len() / dim;
+    let mut s = vec![0f32; m * m];
+    crate::distance::dot_batch(rows, rows, dim, &mut s);
+    let mut best = vec![f32::NEG_INFINITY; m];
+    let mut arg = vec![u32::MAX; m];
+    for j in 0..m {
+        for i in 0..j {
+            if s[i * m + j] > best[j] {
+                best[j] = s[i * m + j];
+                arg[j] = i as u32;
+            }
+        }
+    }
+    (best, arg)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+    /// Tiles, diagonal bands and threads change which call computes a product, never its
+    /// value: M and the arg-max are bit-identical to one full product, for clusters that
+    /// span several bands and blocks (including ragged last bands and blocks), with exact
+    /// copies (ties go to the earliest rank).
+    #[test]
+    fn banded_tiles_are_bit_identical_to_one_full_product(
+        n in 90usize..420, dim in 1usize..40, block in prop::sample::select(vec![7usize, 64, 96, 100, 250, 1024]),
+        seed in 0u64..1000, dups in 0usize..160,
+    ) {
+        let mut rows = random_unit_rows(n, dim, seed);
+        // exact copies: every other one of row 0, so some columns tie with many rows
+        for t in 0..dups.min(n / 2) {
+            let (src, dst) = (if t % 2 == 0 { 0 } else { t * 3 % n }, n - 1 - t);
+            for d in 0..dim {
+                rows[dst * dim + d] = rows[src * dim + d];
+            }
+        }
+        let order: Vec<u32> = (0..n as u32).collect();
+        let (want_best, want_arg) = full_matrix_max(&rows, dim);
+        let (best, arg) = max_sim_ranked(&rows, dim, &order, block);
+        for j in 0..n {
+            prop_assert_eq!(best[j].to_bits(), want_best[j].to_bits(), "rank {}", j);
+            prop_assert_eq!(arg[j], want_arg[j], "rank {}", j);
+        }
+    }
+}
