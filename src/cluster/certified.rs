@@ -93,10 +93,36 @@ impl<'a> CertifiedSearch<'a> {
         rows.par_chunks(CHUNK_ROWS * dim)
             .zip(labels.par_chunks_mut(CHUNK_ROWS))
             .zip(dots.par_chunks_mut(CHUNK_ROWS))
-            .for_each_init(Scratch::default, |s, ((x, l), d)| self.chunk(x, l, d, s));
+            .for_each_init(Scratch::default, |s, ((x, l), d)| self.chunk(x, l, d, None, s));
     }
 
-    fn chunk(&self, x: &[f32], labels: &mut [u32], dots: &mut [f32], s: &mut Scratch) {
+    /// Exactly [`Centroids::nearest_two`]: [`CertifiedSearch::nearest`] and the
+    /// second-nearest centroid into `second` (ties to the lower index).
+    ///
+    /// The candidates are then the centroids whose bf16 score is within twice
+    /// the bound of the *second* largest bf16 score: at least two centroids
+    /// have an f32 dot at or above that score minus the bound, so no other
+    /// centroid can be first or second, nor tie with them.
+    ///
+    /// # Panics
+    /// If the lengths disagree.
+    pub fn nearest_two(&self, rows: &[f32], labels: &mut [u32], dots: &mut [f32], second: &mut [u32]) {
+        let dim = self.c.dim();
+        let n = labels.len();
+        assert!(
+            rows.len() == n * dim && dots.len() == n && second.len() == n,
+            "CertifiedSearch::nearest_two: lengths"
+        );
+        rows.par_chunks(CHUNK_ROWS * dim)
+            .zip(labels.par_chunks_mut(CHUNK_ROWS))
+            .zip(dots.par_chunks_mut(CHUNK_ROWS))
+            .zip(second.par_chunks_mut(CHUNK_ROWS))
+            .for_each_init(Scratch::default, |s, (((x, l), d), s2)| {
+                self.chunk(x, l, d, Some(s2), s)
+            });
+    }
+
+    fn chunk(&self, x: &[f32], labels: &mut [u32], dots: &mut [f32], mut second: Option<&mut [u32]>, s: &mut Scratch) {
         let (k, dim, m) = (self.c.k(), self.c.dim(), labels.len());
         s.idx.clear();
         s.idx.extend(0..m);
@@ -109,12 +135,14 @@ impl<'a> CertifiedSearch<'a> {
         for i in 0..m {
             let b = &s.scores[i * k..(i + 1) * k];
             let norm = norm_upper_bound(&x[i * dim..(i + 1) * dim]);
-            let (_, top) = argmax_row(b, None);
-            let cut = top as f64 - 2.0 * (self.per_norm * norm + 1e-30);
+            let (jt, top) = argmax_row(b, None);
+            // With a second nearest wanted, the cut hangs from the second largest score.
+            let base = if second.is_some() { second_largest(b, jt) } else { top };
+            let cut = base as f64 - 2.0 * (self.per_norm * norm + 1e-30);
             // Rounded down: a candidate set larger than needed is still exact.
             let cut = (cut as f32).next_down();
             let before = s.pairs.len();
-            if top.is_finite() && cut.is_finite() {
+            if top.is_finite() && base.is_finite() && cut.is_finite() {
                 s.found.clear();
                 candidates(b, cut, &mut s.found);
                 if s.found.len() <= MAX_CANDIDATES.max(k / 8) {
@@ -130,6 +158,11 @@ impl<'a> CertifiedSearch<'a> {
         s.pairs.sort_unstable();
         labels.fill(u32::MAX);
         dots.fill(f32::NEG_INFINITY);
+        if let Some(s2) = second.as_deref_mut() {
+            s2.fill(u32::MAX);
+            s.second.clear();
+            s.second.resize(m, f32::NEG_INFINITY);
+        }
         let mut p = 0;
         while p < s.pairs.len() {
             let blk = s.pairs[p].0;
@@ -154,10 +187,21 @@ impl<'a> CertifiedSearch<'a> {
             for &(_, j, i) in group {
                 let r = s.rows.binary_search(&i).expect("row of the group");
                 let v = s.exact[r * w + j as usize - col0];
-                let (l, d) = (&mut labels[i as usize], &mut dots[i as usize]);
-                // First largest: candidates arrive in ascending centroid order per row.
+                let i = i as usize;
+                let (l, d) = (&mut labels[i], &mut dots[i]);
+                // First largest: candidates arrive in ascending centroid order per row; the
+                // one it displaces, or the first largest of the rest, is second.
                 if v > *d || *l == u32::MAX {
+                    if let Some(s2) = second.as_deref_mut()
+                        && *l != u32::MAX
+                    {
+                        (s2[i], s.second[i]) = (*l, *d);
+                    }
                     (*l, *d) = (j, v);
+                } else if let Some(s2) = second.as_deref_mut()
+                    && (v > s.second[i] || s2[i] == u32::MAX)
+                {
+                    (s2[i], s.second[i]) = (j, v);
                 }
             }
             p = end;
@@ -169,12 +213,29 @@ impl<'a> CertifiedSearch<'a> {
             }
             let f = s.fallback.len();
             let (mut l, mut d) = (vec![0u32; f], vec![0f32; f]);
-            self.c.nearest(&s.x, &mut l, &mut d);
+            match second {
+                Some(s2) => {
+                    let mut t = vec![0u32; f];
+                    self.c.nearest_two(&s.x, &mut l, &mut d, &mut t);
+                    for (r, &i) in s.fallback.iter().enumerate() {
+                        s2[i] = t[r];
+                    }
+                }
+                None => self.c.nearest(&s.x, &mut l, &mut d),
+            }
             for (r, &i) in s.fallback.iter().enumerate() {
                 (labels[i], dots[i]) = (l[r], d[r]);
             }
         }
     }
+}
+
+/// The largest score other than `b[jt]` (−∞ when there is none): the second
+/// largest, counting a tie with the largest.
+#[inline]
+fn second_largest(b: &[f32], jt: usize) -> f32 {
+    let (lo, hi) = (&b[..jt], &b[(jt + 1).min(b.len())..]);
+    lo.iter().chain(hi).fold(f32::NEG_INFINITY, |a, &v| a.max(v))
 }
 
 /// Appends to `out` the indices `j` with `b[j] >= cut`, ascending; compiled
@@ -224,6 +285,8 @@ struct Scratch {
     rows: Vec<u32>,
     x: Vec<f32>,
     exact: Vec<f32>,
+    /// The f32 dot with the second nearest so far, per row (with `nearest_two`).
+    second: Vec<f32>,
 }
 
 #[cfg(test)]
@@ -244,7 +307,12 @@ mod tests {
     fn same_labels_and_dots_as_the_f32_search() {
         let mut r = Rng::new(11);
         for &(n, dim, k) in &[(600, 48, 70), (300, 16, 1100), (200, 33, 1)] {
-            let cents = unit(k, dim, &mut r);
+            let mut cents = unit(k, dim, &mut r);
+            if k > 5 {
+                // An exact copy: rows near centroid 0 tie between 0 and 5 (first 0, second 5).
+                let c0 = cents[..dim].to_vec();
+                cents[5 * dim..6 * dim].copy_from_slice(&c0);
+            }
             // Rows near centroids (few candidates), plus near-ties and exact copies of centroids.
             let mut x = Vec::new();
             for i in 0..n {
@@ -275,6 +343,13 @@ mod tests {
             assert_eq!(l, l1, "n {n} dim {dim} k {k}");
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&d), bits(&d1));
+            let (mut l2, mut d2, mut s2) = (vec![0; n], vec![0.0; n], vec![0; n]);
+            s.nearest_two(&x, &mut l2, &mut d2, &mut s2);
+            let (mut l3, mut d3, mut s3) = (vec![0; n], vec![0.0; n], vec![0; n]);
+            c.nearest_two(&x, &mut l3, &mut d3, &mut s3);
+            assert_eq!(l2, l3, "nearest_two labels, n {n} dim {dim} k {k}");
+            assert_eq!(bits(&d2), bits(&d3));
+            assert_eq!(s2, s3, "second nearest, n {n} dim {dim} k {k}");
         }
     }
 }

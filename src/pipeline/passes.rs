@@ -316,7 +316,12 @@ pub fn score_rows(
                     }
                 } else if guest_buffer.is_some() {
                     // Cosine (checked above): the score is 1 − the dot with the nearest centroid.
-                    c.nearest_two(&b.values, &mut labels[base..base + m], sc, &mut second[base..base + m]);
+                    match &certified {
+                        Some(cs) => {
+                            cs.nearest_two(&b.values, &mut labels[base..base + m], sc, &mut second[base..base + m])
+                        }
+                        None => c.nearest_two(&b.values, &mut labels[base..base + m], sc, &mut second[base..base + m]),
+                    }
                     // Only rows near the boundary to their second cluster can have a
                     // duplicate there (exact test, see `near_boundary`): the rest stay home.
                     let eps = p.dedup.eps.unwrap_or(0.0);
