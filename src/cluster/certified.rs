@@ -25,7 +25,7 @@ use rayon::prelude::*;
 
 use crate::cluster::centroids::{CHUNK_ROWS, Centroids, Distance, TILE_K, argmax_row};
 use crate::distance::{
-    Bf16Kernel, PACKED_COL_ALIGN, PackedBf16, bf16_error_per_norm, bf16_kernel, dot_batch_bf16, dot_batch_packed_cols,
+    PACKED_COL_ALIGN, PackedBf16, bf16_error_per_norm, certified_bf16_pays, dot_batch_bf16, dot_batch_packed_cols,
     norm_upper_bound,
 };
 
@@ -52,10 +52,7 @@ impl<'a> CertifiedSearch<'a> {
     /// AVX-512 BF16 kernel (elsewhere the bf16 products would be slower than
     /// the f32 search). `DPRUNE_CERTIFIED=0` turns it off.
     pub fn new(c: &'a Centroids) -> Option<Self> {
-        let on = bf16_kernel() == Bf16Kernel::Avx512Bf16
-            && c.distance() == Distance::Cosine
-            && std::env::var("DPRUNE_CERTIFIED").map_or(true, |v| v != "0");
-        on.then(|| Self::build(c))
+        (certified_bf16_pays() && c.distance() == Distance::Cosine).then(|| Self::build(c))
     }
 
     /// The search whatever the CPU (tests: the portable bf16 kernel gives the same bits).

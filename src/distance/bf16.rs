@@ -69,6 +69,13 @@ pub fn bf16_kernel() -> Bf16Kernel {
     })
 }
 
+/// Whether certified bf16 filtering (bf16 products first, f32 only where the error bound
+/// leaves a doubt) pays here: the AVX-512 BF16 kernel runs (elsewhere the bf16 products
+/// are slower than the f32 ones), unless `DPRUNE_CERTIFIED=0` turns it off.
+pub fn certified_bf16_pays() -> bool {
+    bf16_kernel() == Bf16Kernel::Avx512Bf16 && std::env::var("DPRUNE_CERTIFIED").map_or(true, |v| v != "0")
+}
+
 /// Unit roundoff of f32.
 const U32: f64 = 1.0 / (1u64 << 24) as f64;
 /// Unit roundoff of bf16.

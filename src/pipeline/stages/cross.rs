@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use crate::Result;
 use crate::cluster::hnsw::{Hnsw, HnswParams};
 use crate::distance::{
-    Bf16Kernel, PackedBf16, bf16_error_per_norm, bf16_kernel, dot_batch, dot_batch_bf16, norm_upper_bound,
+    PackedBf16, bf16_error_per_norm, certified_bf16_pays, dot_batch, dot_batch_bf16, norm_upper_bound,
 };
 use crate::pipeline::spill::SpilledClusters;
 use crate::score::semdedup::similarity_threshold;
@@ -72,7 +72,7 @@ pub fn second_cluster_duplicates(
 ) -> Result<Vec<Option<u32>>> {
     const TILE: usize = 1024;
     let thr = similarity_threshold(eps);
-    let use_bf16 = bf16_pays();
+    let use_bf16 = certified_bf16_pays();
     let mut best: Vec<(f32, u32)> = vec![(f32::NEG_INFINITY, u32::MAX); labels.len()];
     for p in 0..owners.partitions() {
         let (oids, ovals) = owners.read_partition(p)?;
@@ -136,13 +136,6 @@ pub fn second_cluster_duplicates(
         on_partition(oids.len() as u64);
     }
     Ok(best.into_iter().map(|(_, o)| (o != u32::MAX).then_some(o)).collect())
-}
-
-/// Whether the second-cluster pass filters pairs with bf16 products first: where the
-/// AVX-512 BF16 kernel runs (elsewhere it is slower than the f32 products), unless
-/// `DPRUNE_CERTIFIED=0` (the switch of the certified centroid search).
-fn bf16_pays() -> bool {
-    bf16_kernel() == Bf16Kernel::Avx512Bf16 && std::env::var("DPRUNE_CERTIFIED").map_or(true, |v| v != "0")
 }
 
 /// A tile of owners rounded to bf16 for the second-cluster pass, which only wants the
