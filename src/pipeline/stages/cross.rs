@@ -5,12 +5,15 @@
 //! bf16 products as a certified filter where the CPU has AVX-512 BF16 (only pairs that
 //! could pass the threshold get their f32 product); the HNSW pass searches all rows left.
 
+use std::cell::OnceCell;
+
 use rayon::prelude::*;
 
 use crate::Result;
 use crate::cluster::hnsw::{Hnsw, HnswParams};
 use crate::distance::{
-    PackedBf16, bf16_error_per_norm, certified_bf16_pays, dot_batch, dot_batch_bf16, norm_upper_bound,
+    PackedBf16, PackedRows, bf16_error_per_norm, certified_bf16_pays, dot_batch, dot_batch_bf16, dot_batch_packed,
+    norm_upper_bound,
 };
 use crate::pipeline::spill::SpilledClusters;
 use crate::score::semdedup::similarity_threshold;
@@ -145,6 +148,9 @@ pub fn second_cluster_duplicates(
 /// are exactly those of the f32 products.
 struct Bf16Filter {
     packed: PackedBf16,
+    /// The owners packed for the f32 kernel, made on the first guest line with too many
+    /// candidates (copies of copies), so those lines do not repack the owners each.
+    packed_f32: OnceCell<PackedRows>,
     /// Error bound per unit of the guest's norm (owner norms included).
     per_norm: f64,
     thr: f32,
@@ -161,6 +167,7 @@ impl Bf16Filter {
         let omax = owners.chunks_exact(dim).map(norm_upper_bound).fold(0.0, f64::max);
         Bf16Filter {
             packed: PackedBf16::new(owners, dim, &idx, &vec![1.0; k]),
+            packed_f32: OnceCell::new(),
             per_norm: bf16_error_per_norm(dim) * omax,
             thr,
             dim,
@@ -191,7 +198,8 @@ impl Bf16Filter {
             found.clear();
             found.extend(line.iter().enumerate().filter(|&(_, &v)| v >= cut).map(|(y, _)| y));
             if found.len() > Self::MAX_CANDIDATES {
-                dot_batch(g, owners, dim, line);
+                let packed = self.packed_f32.get_or_init(|| PackedRows::new(owners, dim));
+                dot_batch_packed(g, packed, line);
                 for (y, &v) in line.iter().enumerate() {
                     hit(x, y, v);
                 }
