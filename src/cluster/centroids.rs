@@ -13,7 +13,10 @@ use std::str::FromStr;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::distance::{PACKED_COL_ALIGN, PackedRows, dot_batch_packed, dot_batch_packed_cols, norm2, normalize};
+use crate::distance::{
+    PACKED_COL_ALIGN, PackedRows, dot_batch_packed, dot_batch_packed_cols, f32_error_per_norm, norm_upper_bound, norm2,
+    normalize,
+};
 use crate::{Error, Result};
 
 /// Rows per parallel task: fixed, so sums have a fixed order.
@@ -157,7 +160,7 @@ impl Centroids {
             .zip(labels.par_chunks_mut(CHUNK_ROWS))
             .zip(dots.par_chunks_mut(CHUNK_ROWS))
             .for_each_init(Vec::new, |scratch, ((x, l), d)| {
-                self.nearest_chunk(x, l, d, None, scratch)
+                self.nearest_chunk(x, l, d, None, None, scratch)
             });
     }
 
@@ -207,8 +210,71 @@ impl Centroids {
             .zip(dots.par_chunks_mut(CHUNK_ROWS))
             .zip(second.par_chunks_mut(CHUNK_ROWS))
             .for_each_init(Vec::new, |scratch, (((x, l), d), s2)| {
-                self.nearest_chunk(x, l, d, Some(s2), scratch)
+                self.nearest_chunk(x, l, d, Some(s2), None, scratch)
             });
+    }
+
+    /// [`Centroids::nearest`] for cosine centroids, and for every row what
+    /// k-means' drift bounds need ([`super::kmeans`]): its candidates (the
+    /// centroids scoring within [`CANDIDATE_WINDOW`] of its best, at most
+    /// [`BOUND_CANDIDATES`] of them, the label among them), ascending into
+    /// `cand` (`n × BOUND_CANDIDATES`, `u32::MAX` in unused slots), and into
+    /// `rest` an upper bound on the f32 dot the search computes with any
+    /// other centroid: the best score left out (or the window's edge) plus
+    /// twice the f32 summation error (each computed dot is within
+    /// γ_d·‖x‖·max‖c‖ of the exact one). After the centroids move by δ_j
+    /// each, `rest + ‖x‖·max δ_j` bounds them again.
+    ///
+    /// # Panics
+    /// If the lengths disagree or the distance is not cosine.
+    pub(crate) fn nearest_bounded(
+        &self,
+        rows: &[f32],
+        labels: &mut [u32],
+        dots: &mut [f32],
+        cand: &mut [u32],
+        rest: &mut [f64],
+    ) {
+        let n = rows.len() / self.dim;
+        assert!(
+            self.distance == Distance::Cosine
+                && rows.len() == n * self.dim
+                && labels.len() == n
+                && dots.len() == n
+                && cand.len() == n * BOUND_CANDIDATES
+                && rest.len() == n,
+            "nearest_bounded: cosine, lengths"
+        );
+        let per_norm = 2.0 * f32_error_per_norm(self.dim) * self.max_norm();
+        rows.par_chunks(CHUNK_ROWS * self.dim)
+            .zip(labels.par_chunks_mut(CHUNK_ROWS))
+            .zip(dots.par_chunks_mut(CHUNK_ROWS))
+            .zip(cand.par_chunks_mut(CHUNK_ROWS * BOUND_CANDIDATES))
+            .zip(rest.par_chunks_mut(CHUNK_ROWS))
+            .for_each_init(
+                || (Vec::new(), Vec::new()),
+                |(scratch, tops), ((((x, l), d), cd), r)| {
+                    tops.resize_with(l.len(), TopScores::default);
+                    tops.iter_mut().for_each(TopScores::reset);
+                    self.nearest_chunk(x, l, d, None, Some(tops), scratch);
+                    for (i, t) in tops.iter_mut().enumerate() {
+                        let norm = norm_upper_bound(&x[i * self.dim..(i + 1) * self.dim]);
+                        r[i] = t.finish(
+                            l[i],
+                            per_norm * norm,
+                            &mut cd[i * BOUND_CANDIDATES..(i + 1) * BOUND_CANDIDATES],
+                        );
+                    }
+                },
+            );
+    }
+
+    /// An upper bound on max‖c_j‖ (1 up to rounding for cosine centroids).
+    pub(crate) fn max_norm(&self) -> f64 {
+        let m2 = (0..self.k)
+            .map(|j| self.row(j).iter().map(|&v| v as f64 * v as f64).sum::<f64>())
+            .fold(0.0, f64::max);
+        m2.sqrt() * (1.0 + 1e-12)
     }
 
     /// Single-threaded nearest search for one chunk, tiling the centroids.
@@ -218,6 +284,7 @@ impl Centroids {
         labels: &mut [u32],
         dots: &mut [f32],
         mut second: Option<&mut [u32]>,
+        mut tops: Option<&mut [TopScores]>,
         scratch: &mut Vec<f32>,
     ) {
         let m = labels.len();
@@ -245,6 +312,13 @@ impl Centroids {
                 if t0 == 0 && bv == f32::NEG_INFINITY {
                     // All NaN (cannot happen for validated rows): pick 0 deterministically.
                     (bj, bd) = (0, f32::NAN);
+                }
+                if let Some(t) = tops.as_deref_mut() {
+                    let top = match self.distance {
+                        Distance::Cosine => bv,
+                        Distance::L2 => f32::NEG_INFINITY, // bounded searches are cosine only
+                    };
+                    t[i].offer(row, t0, top);
                 }
                 if let Some(s2) = second.as_deref_mut() {
                     // Second best over the tile, then merged with the running one; the
@@ -278,6 +352,109 @@ impl Centroids {
     #[inline]
     pub fn sq_dist_from_dot(&self, row_norm2: f32, j: usize, dot: f32) -> f32 {
         (row_norm2 - 2.0 * dot + self.norms2[j]).max(0.0)
+    }
+}
+
+/// Candidates kept per row for k-means' drift bounds, at most
+/// ([`Centroids::nearest_bounded`]; unused slots hold `u32::MAX`).
+pub(crate) const BOUND_CANDIDATES: usize = 16;
+/// Centroids scoring within this of a row's best are its candidates (up to
+/// [`BOUND_CANDIDATES`]): the wider, the more the centroids may move before
+/// the row needs a full search again, and the more dots each step computes.
+pub(crate) const CANDIDATE_WINDOW: f32 = 0.25;
+
+/// The centroids scoring within [`CANDIDATE_WINDOW`] of a row's best, with
+/// their scores; every other centroid offered scored below `cut`.
+#[derive(Debug, Clone)]
+pub(crate) struct TopScores {
+    found: Vec<(f32, u32)>,
+    cut: f32,
+    offered: usize,
+}
+
+impl Default for TopScores {
+    fn default() -> Self {
+        TopScores {
+            found: Vec::new(),
+            cut: f32::NEG_INFINITY,
+            offered: 0,
+        }
+    }
+}
+
+impl TopScores {
+    /// Empties it for another row.
+    pub(crate) fn reset(&mut self) {
+        self.found.clear();
+        self.cut = f32::NEG_INFINITY;
+        self.offered = 0;
+    }
+
+    /// Offers the scores of centroids `offset..offset + scores.len()`, when
+    /// the best score seen so far (these included) is `top`.
+    #[inline]
+    pub(crate) fn offer(&mut self, scores: &[f32], offset: usize, top: f32) {
+        let cut = top - CANDIDATE_WINDOW;
+        if cut > self.cut {
+            self.cut = cut;
+            self.found.retain(|p| p.0 >= cut);
+        }
+        let cut = self.cut;
+        for (c, ch) in scores.chunks(16).enumerate() {
+            // Most blocks hold no candidate: one vector compare.
+            if ch.iter().fold(false, |a, &v| a | (v >= cut)) {
+                for (l, &v) in ch.iter().enumerate() {
+                    if v >= cut {
+                        self.found.push((v, (offset + c * 16 + l) as u32));
+                    }
+                }
+            }
+        }
+        self.offered += scores.len();
+    }
+
+    /// Writes the candidates (the best [`BOUND_CANDIDATES`] found, with
+    /// `label` among them) ascending into `cand`, `u32::MAX` in unused slots,
+    /// and returns the bound on every other centroid's f32 dot: the best
+    /// score left out plus `err` (the distance from a score to any f32 dot of
+    /// the same pair); −∞ when none is left out.
+    pub(crate) fn finish(&mut self, label: u32, err: f64, cand: &mut [u32]) -> f64 {
+        let f = &mut self.found;
+        let mut left = if self.offered > f.len() {
+            self.cut
+        } else {
+            f32::NEG_INFINITY
+        };
+        let by_score = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+        if f.len() > BOUND_CANDIDATES {
+            f.select_nth_unstable_by(BOUND_CANDIDATES, by_score);
+            left = left.max(f[BOUND_CANDIDATES..].iter().fold(f32::NEG_INFINITY, |a, p| a.max(p.0)));
+            f.truncate(BOUND_CANDIDATES);
+        }
+        if !f.iter().any(|p| p.1 == label) {
+            // The label scored below the candidates kept (possible with bf16 scores): it
+            // takes the place of the lowest, which joins the rest.
+            if f.len() == BOUND_CANDIDATES {
+                let (pos, low) = f
+                    .iter()
+                    .enumerate()
+                    .fold((0, f32::INFINITY), |a, (q, p)| if p.0 < a.1 { (q, p.0) } else { a });
+                left = left.max(low);
+                f[pos] = (f32::NAN, label);
+            } else {
+                f.push((f32::NAN, label));
+            }
+        }
+        cand.fill(u32::MAX);
+        for (c, p) in cand.iter_mut().zip(f.iter()) {
+            *c = p.1;
+        }
+        cand.sort_unstable();
+        if left == f32::NEG_INFINITY {
+            f64::NEG_INFINITY
+        } else {
+            left as f64 + err + 1e-30
+        }
     }
 }
 

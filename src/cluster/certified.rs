@@ -23,7 +23,7 @@
 
 use rayon::prelude::*;
 
-use crate::cluster::centroids::{CHUNK_ROWS, Centroids, Distance, TILE_K, argmax_row};
+use crate::cluster::centroids::{BOUND_CANDIDATES, CHUNK_ROWS, Centroids, Distance, TILE_K, TopScores, argmax_row};
 use crate::distance::{
     PACKED_COL_ALIGN, PackedBf16, bf16_error_per_norm, certified_bf16_pays, dot_batch_bf16, dot_batch_packed_cols,
     norm_upper_bound,
@@ -90,7 +90,7 @@ impl<'a> CertifiedSearch<'a> {
         rows.par_chunks(CHUNK_ROWS * dim)
             .zip(labels.par_chunks_mut(CHUNK_ROWS))
             .zip(dots.par_chunks_mut(CHUNK_ROWS))
-            .for_each_init(Scratch::default, |s, ((x, l), d)| self.chunk(x, l, d, None, s));
+            .for_each_init(Scratch::default, |s, ((x, l), d)| self.chunk(x, l, d, None, None, s));
     }
 
     /// Exactly [`Centroids::nearest_two`]: [`CertifiedSearch::nearest`] and the
@@ -115,11 +115,49 @@ impl<'a> CertifiedSearch<'a> {
             .zip(dots.par_chunks_mut(CHUNK_ROWS))
             .zip(second.par_chunks_mut(CHUNK_ROWS))
             .for_each_init(Scratch::default, |s, (((x, l), d), s2)| {
-                self.chunk(x, l, d, Some(s2), s)
+                self.chunk(x, l, d, Some(s2), None, s)
             });
     }
 
-    fn chunk(&self, x: &[f32], labels: &mut [u32], dots: &mut [f32], mut second: Option<&mut [u32]>, s: &mut Scratch) {
+    /// Exactly [`Centroids::nearest`], and the candidates and bound of
+    /// [`Centroids::nearest_bounded`] (here from the bf16 scores: the bound
+    /// is the best bf16 score left out plus B + E).
+    ///
+    /// # Panics
+    /// If the lengths disagree.
+    pub(crate) fn nearest_bounded(
+        &self,
+        rows: &[f32],
+        labels: &mut [u32],
+        dots: &mut [f32],
+        cand: &mut [u32],
+        rest: &mut [f64],
+    ) {
+        let dim = self.c.dim();
+        let n = labels.len();
+        assert!(
+            rows.len() == n * dim && dots.len() == n && cand.len() == n * BOUND_CANDIDATES && rest.len() == n,
+            "CertifiedSearch::nearest_bounded: lengths"
+        );
+        rows.par_chunks(CHUNK_ROWS * dim)
+            .zip(labels.par_chunks_mut(CHUNK_ROWS))
+            .zip(dots.par_chunks_mut(CHUNK_ROWS))
+            .zip(cand.par_chunks_mut(CHUNK_ROWS * BOUND_CANDIDATES))
+            .zip(rest.par_chunks_mut(CHUNK_ROWS))
+            .for_each_init(Scratch::default, |s, ((((x, l), d), c), r)| {
+                self.chunk(x, l, d, None, Some((c, r)), s)
+            });
+    }
+
+    fn chunk(
+        &self,
+        x: &[f32],
+        labels: &mut [u32],
+        dots: &mut [f32],
+        mut second: Option<&mut [u32]>,
+        bounds: Option<(&mut [u32], &mut [f64])>,
+        s: &mut Scratch,
+    ) {
         let (k, dim, m) = (self.c.k(), self.c.dim(), labels.len());
         s.idx.clear();
         s.idx.extend(0..m);
@@ -129,12 +167,19 @@ impl<'a> CertifiedSearch<'a> {
         // Candidates per row, as (block of 32 centroids, centroid, row) triples.
         s.pairs.clear();
         s.fallback.clear();
+        s.norms.clear();
         for i in 0..m {
             let b = &s.scores[i * k..(i + 1) * k];
             let norm = norm_upper_bound(&x[i * dim..(i + 1) * dim]);
             let (jt, top) = argmax_row(b, None);
             // With a second nearest wanted, the cut hangs from the second largest score.
             let base = if second.is_some() { second_largest(b, jt) } else { top };
+            if bounds.is_some() {
+                s.tops.resize_with(i + 1, TopScores::default);
+                s.tops[i].reset();
+                s.tops[i].offer(b, 0, top);
+                s.norms.push(norm);
+            }
             let cut = base as f64 - 2.0 * (self.per_norm * norm + 1e-30);
             // Rounded down: a candidate set larger than needed is still exact.
             let cut = (cut as f32).next_down();
@@ -203,6 +248,16 @@ impl<'a> CertifiedSearch<'a> {
             }
             p = end;
         }
+        let mut bounds = bounds;
+        if let Some((cand, rest)) = bounds.as_mut() {
+            // Fallback rows are overwritten below, from the f32 search.
+            for (i, t) in s.tops.iter_mut().enumerate().take(m) {
+                if labels[i] != u32::MAX {
+                    let c = &mut cand[i * BOUND_CANDIDATES..(i + 1) * BOUND_CANDIDATES];
+                    rest[i] = t.finish(labels[i], self.per_norm * s.norms[i], c);
+                }
+            }
+        }
         if !s.fallback.is_empty() {
             s.x.clear();
             for &i in &s.fallback {
@@ -211,6 +266,15 @@ impl<'a> CertifiedSearch<'a> {
             let f = s.fallback.len();
             let (mut l, mut d) = (vec![0u32; f], vec![0f32; f]);
             match second {
+                None if let Some((cand, rest)) = bounds.as_mut() => {
+                    let (mut c, mut o) = (vec![0u32; f * BOUND_CANDIDATES], vec![0f64; f]);
+                    self.c.nearest_bounded(&s.x, &mut l, &mut d, &mut c, &mut o);
+                    for (r, &i) in s.fallback.iter().enumerate() {
+                        rest[i] = o[r];
+                        cand[i * BOUND_CANDIDATES..(i + 1) * BOUND_CANDIDATES]
+                            .copy_from_slice(&c[r * BOUND_CANDIDATES..(r + 1) * BOUND_CANDIDATES]);
+                    }
+                }
                 Some(s2) => {
                     let mut t = vec![0u32; f];
                     self.c.nearest_two(&s.x, &mut l, &mut d, &mut t);
@@ -284,6 +348,9 @@ struct Scratch {
     exact: Vec<f32>,
     /// The f32 dot with the second nearest so far, per row (with `nearest_two`).
     second: Vec<f32>,
+    /// With `nearest_bounded`: each row's best bf16 scores and norm bound.
+    tops: Vec<TopScores>,
+    norms: Vec<f64>,
 }
 
 #[cfg(test)]

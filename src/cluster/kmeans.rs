@@ -20,10 +20,10 @@
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::centroids::CHUNK_ROWS;
+use crate::cluster::centroids::{BOUND_CANDIDATES, CANDIDATE_WINDOW, CHUNK_ROWS};
 pub use crate::cluster::centroids::{Centroids, Distance};
 use crate::cluster::certified::CertifiedSearch;
-use crate::distance::{min_l2_update, norm2, normalize};
+use crate::distance::{PackedRows, dot_batch_packed, min_l2_update, norm_upper_bound, norm2, normalize};
 use crate::rng::Rng;
 use crate::{Error, Result};
 
@@ -145,6 +145,9 @@ pub struct IterationStats {
     pub inertia: f64,
     /// Rows whose cluster changed since the previous iteration.
     pub changed: u64,
+    /// Rows searched against every centroid; the others kept their cluster
+    /// by the drift bound (see [`KMeans::fit`]).
+    pub searched: u64,
 }
 
 /// A fitted k-means model.
@@ -163,17 +166,43 @@ pub struct KMeans {
     pub reseeded: usize,
     /// Training rows used.
     pub train_rows: usize,
+    /// Rows searched against every centroid, per iteration (the rest kept
+    /// their cluster by the drift bound).
+    pub searched_history: Vec<u64>,
 }
 
 impl KMeans {
     /// Fits `k` centroids to `data` (`n × dim`, row-major). With
     /// [`Distance::Cosine`] the rows must already be unit vectors.
     /// `on_iter` is called after every iteration (progress reporting).
+    ///
+    /// Cosine fits skip most of the assignment work once the centroids
+    /// settle, with the same result bit for bit (drift bounds in the spirit of
+    /// Hamerly 2010, in dot-product form, with a short candidate list): a full
+    /// search also keeps each row's [`BOUND_CANDIDATES`] best-scoring
+    /// centroids and an upper bound on the f32 dot with any other one (the
+    /// best score left out plus the rounding bounds). When the centroids move
+    /// by δ_j, a row's dots move by at most ‖x‖·δ_j, so that bound grows by
+    /// ‖x‖·max δ_j; the next iteration computes the row's dots with its
+    /// candidates only (the f32 kernel's bits), and if the best of them is
+    /// strictly above the bound it is the full search's answer too. Other
+    /// rows get the full search. `DPRUNE_DRIFT_BOUNDS=0` turns this off.
     pub fn fit(
         data: &[f32],
         dim: usize,
         params: &KMeansParams,
         on_iter: &mut dyn FnMut(IterationStats),
+    ) -> Result<Self> {
+        let bounds = std::env::var("DPRUNE_DRIFT_BOUNDS").map_or(true, |v| v != "0");
+        Self::fit_with(data, dim, params, on_iter, bounds.then_some(TRACK_BELOW_DRIFT))
+    }
+
+    fn fit_with(
+        data: &[f32],
+        dim: usize,
+        params: &KMeansParams,
+        on_iter: &mut dyn FnMut(IterationStats),
+        track_below: Option<f64>,
     ) -> Result<Self> {
         params.validate()?;
         if dim == 0 || !data.len().is_multiple_of(dim) {
@@ -200,24 +229,32 @@ impl KMeans {
             Distance::Cosine => Vec::new(),
             Distance::L2 => data.par_chunks(dim).map(norm2).collect(),
         };
+        let mut drift = match (track_below, params.distance) {
+            (Some(t), Distance::Cosine) => Some(DriftBounds::new(data, dim, t)),
+            _ => None,
+        };
         let mut history = Vec::new();
+        let mut searched_history = Vec::new();
         let mut converged = false;
         let mut reseeded = 0;
         for it in 0..params.max_iters {
-            // bf16 products with an exact f32 recheck where the CPU has them: the same
-            // labels and dots as the f32 search, so the fit is bit-identical either way.
-            match CertifiedSearch::new(&centroids) {
-                Some(cs) => cs.nearest(data, &mut new_labels, &mut dots),
-                None => centroids.nearest(data, &mut new_labels, &mut dots),
-            }
+            let searched = match drift.as_mut() {
+                Some(b) => b.assign(data, &centroids, &labels, &mut new_labels, &mut dots),
+                None => {
+                    full_search(&centroids, data, &mut new_labels, &mut dots, None);
+                    n as u64
+                }
+            };
             let inertia = inertia(&centroids, &row_norms, &new_labels, &dots);
             let changed = labels.iter().zip(&new_labels).filter(|(a, b)| a != b).count() as u64;
             std::mem::swap(&mut labels, &mut new_labels);
             history.push(inertia);
+            searched_history.push(searched);
             on_iter(IterationStats {
                 iteration: it + 1,
                 inertia,
                 changed,
+                searched,
             });
             if changed == 0 {
                 converged = true;
@@ -237,6 +274,9 @@ impl KMeans {
             }
             let (next, filled) = update(data, dim, k, &labels, &centroids, params)?;
             reseeded += filled;
+            if let Some(b) = drift.as_mut() {
+                b.moved(&centroids, &next);
+            }
             centroids = next;
         }
         Ok(KMeans {
@@ -246,12 +286,242 @@ impl KMeans {
             converged,
             reseeded,
             train_rows: n,
+            searched_history,
         })
     }
 
     /// The final inertia.
     pub fn inertia(&self) -> f64 {
         self.inertia_history.last().copied().unwrap_or(f64::NAN)
+    }
+}
+
+/// The nearest centroid of every row (and, with `bounds`, the candidates
+/// and bound of [`Centroids::nearest_bounded`]): bf16 products with an exact
+/// f32 recheck where the CPU has them, the same labels and dots as the f32
+/// search, so the fit is bit-identical either way.
+fn full_search(
+    c: &Centroids,
+    rows: &[f32],
+    labels: &mut [u32],
+    dots: &mut [f32],
+    bounds: Option<(&mut [u32], &mut [f64])>,
+) {
+    match (CertifiedSearch::new(c), bounds) {
+        (Some(cs), Some((cand, rest))) => cs.nearest_bounded(rows, labels, dots, cand, rest),
+        (Some(cs), None) => cs.nearest(rows, labels, dots),
+        (None, Some((cand, rest))) => c.nearest_bounded(rows, labels, dots, cand, rest),
+        (None, None) => c.nearest(rows, labels, dots),
+    }
+}
+
+/// Full searches keep candidates and bounds only once the largest centroid
+/// drift of the last update is at most this (half the candidate window:
+/// beyond it few rows could keep their cluster by the bound).
+const TRACK_BELOW_DRIFT: f64 = CANDIDATE_WINDOW as f64 / 2.0;
+
+/// [`DriftBounds::assign`] searches every row at once when fewer than
+/// 1/this of them could keep their cluster by the bound.
+const MIN_HOPEFUL_DIVISOR: usize = 4;
+
+/// Rows searched in one batch by [`DriftBounds::assign`] (bounds the copy).
+const SEARCH_BATCH_ROWS: usize = 8192;
+
+/// Per-thread buffers of one cluster's candidate products.
+#[derive(Default)]
+struct ClusterScratch {
+    union: Vec<u32>,
+    cents: Vec<f32>,
+    x: Vec<f32>,
+    out: Vec<f32>,
+}
+
+/// The per-row state of the drift bounds (see [`KMeans::fit`]).
+struct DriftBounds {
+    /// Upper bound on ‖x_i‖.
+    norms: Vec<f64>,
+    /// Row i's candidate centroids (`BOUND_CANDIDATES` per row, ascending).
+    cand: Vec<u32>,
+    /// Upper bound on the f32 dot of row i with any centroid not among its candidates.
+    rest: Vec<f64>,
+    /// Whether the bounds hold (false until a full search keeps them).
+    valid: bool,
+    /// The largest centroid drift of the last update.
+    max_drift: f64,
+    /// Full searches keep bounds when `max_drift` is at most this.
+    track_below: f64,
+    flags: Vec<bool>,
+    batch: Vec<f32>,
+}
+
+impl DriftBounds {
+    fn new(data: &[f32], dim: usize, track_below: f64) -> Self {
+        let norms: Vec<f64> = data.par_chunks(dim).map(norm_upper_bound).collect();
+        let n = norms.len();
+        DriftBounds {
+            norms,
+            cand: vec![0; n * BOUND_CANDIDATES],
+            rest: vec![f64::INFINITY; n],
+            valid: false,
+            max_drift: f64::INFINITY, // the first search starts from k-means++ seeds
+            track_below,
+            flags: vec![false; n],
+            batch: Vec::new(),
+        }
+    }
+
+    /// Records the move from `old` to `new` centroids: every bound on the
+    /// centroids left out grows by ‖x‖ times the largest drift.
+    fn moved(&mut self, old: &Centroids, new: &Centroids) {
+        let dim = old.dim();
+        self.max_drift = (0..old.k())
+            .into_par_iter()
+            .map(|j| {
+                // f32 − f32 is exact in f64; the f64 sum of squares and sqrt are within
+                // a few ulps, covered by the relative slack.
+                let s: f64 = (0..dim)
+                    .map(|t| {
+                        let v = new.row(j)[t] as f64 - old.row(j)[t] as f64;
+                        v * v
+                    })
+                    .sum();
+                s.sqrt() * (1.0 + 1e-12)
+            })
+            .reduce(|| 0.0, f64::max);
+    }
+
+    /// Labels and dots for this iteration (the full search's bits), with
+    /// `labels` and `dots` holding the last iteration's; returns how many
+    /// rows were searched against every centroid.
+    fn assign(&mut self, data: &[f32], c: &Centroids, labels: &[u32], new_labels: &mut [u32], dots: &mut [f32]) -> u64 {
+        let n = self.norms.len();
+        let dim = c.dim();
+        let drift = self.max_drift;
+        if !self.valid {
+            // Candidates and bounds cost a little on every full search: keep them only
+            // once the centroids move little enough for rows to keep their cluster.
+            if drift <= self.track_below {
+                full_search(c, data, new_labels, dots, Some((&mut self.cand, &mut self.rest)));
+                self.valid = true;
+            } else {
+                full_search(c, data, new_labels, dots, None);
+            }
+            return n as u64;
+        }
+        // Rows that can still keep their cluster by the bound: their last dot, less the most
+        // it can drop, above the grown bound. When few can (the centroids moved far, as in
+        // the first iterations), every row gets the full search at once: no candidate dots,
+        // no copies.
+        let hopeful: usize = dots
+            .par_iter()
+            .zip(self.rest.par_iter().zip(self.norms.par_iter()))
+            .filter(|&(&d, (&r, &norm))| d as f64 - 2.0 * norm * drift > r)
+            .count();
+        if hopeful < n / MIN_HOPEFUL_DIVISOR {
+            self.valid = false;
+            return self.assign(data, c, labels, new_labels, dots);
+        }
+        self.rest
+            .par_iter_mut()
+            .zip(self.norms.par_iter())
+            .for_each(|(r, &norm)| {
+                let b = *r + norm * drift;
+                // Rounded up: a relative slack far above the f64 rounding of the sum.
+                *r = b + b.abs() * 1e-15 + 1e-300;
+            });
+        // Every row's dots with its candidates, one small product per cluster: the rows
+        // of a cluster against the union of their candidates (the f32 kernel's bits
+        // depend only on the two rows, not on the block they are computed in).
+        let k = c.k();
+        let mut starts = vec![0usize; k + 1];
+        for &l in labels {
+            starts[l as usize + 1] += 1;
+        }
+        for j in 0..k {
+            starts[j + 1] += starts[j];
+        }
+        let mut order = vec![0u32; n];
+        let mut fill = starts.clone();
+        for (i, &l) in labels.iter().enumerate() {
+            order[fill[l as usize]] = i as u32;
+            fill[l as usize] += 1;
+        }
+        let cand = &self.cand;
+        let best: Vec<Vec<(u32, f32)>> = (0..k)
+            .into_par_iter()
+            .map_init(ClusterScratch::default, |s, cl| {
+                let members = &order[starts[cl]..starts[cl + 1]];
+                let row_cands = |i: u32| {
+                    let i = i as usize;
+                    cand[i * BOUND_CANDIDATES..(i + 1) * BOUND_CANDIDATES]
+                        .iter()
+                        .take_while(|&&j| j != u32::MAX)
+                };
+                s.union.clear();
+                for &i in members {
+                    s.union.extend(row_cands(i));
+                }
+                s.union.sort_unstable();
+                s.union.dedup();
+                s.cents.clear();
+                for &j in &s.union {
+                    s.cents.extend_from_slice(c.row(j as usize));
+                }
+                s.x.clear();
+                for &i in members {
+                    s.x.extend_from_slice(&data[i as usize * dim..(i as usize + 1) * dim]);
+                }
+                let u = s.union.len();
+                s.out.resize(members.len() * u, 0.0);
+                if u > 0 {
+                    dot_batch_packed(&s.x, &PackedRows::new(&s.cents, dim), &mut s.out);
+                }
+                members
+                    .iter()
+                    .enumerate()
+                    .map(|(r, &i)| {
+                        // First largest among the candidates (ascending: lowest index on ties).
+                        let (mut bj, mut bv) = (u32::MAX, f32::NEG_INFINITY);
+                        for &j in row_cands(i) {
+                            let v = s.out[r * u + s.union.binary_search(&j).expect("in the union")];
+                            if v > bv {
+                                (bj, bv) = (j, v);
+                            }
+                        }
+                        (bj, bv)
+                    })
+                    .collect()
+            })
+            .collect();
+        for (cl, b) in best.iter().enumerate() {
+            for (&i, &(bj, bv)) in order[starts[cl]..starts[cl + 1]].iter().zip(b) {
+                let i = i as usize;
+                // Strictly above every other centroid's possible f32 dot: the full search
+                // (first largest dot over all centroids) picks it too. Anything else
+                // (NaN included) gets the full search.
+                let kept = (bv as f64) > self.rest[i];
+                self.flags[i] = !kept;
+                (new_labels[i], dots[i]) = (bj, bv);
+            }
+        }
+        let todo: Vec<usize> = (0..n).filter(|&i| self.flags[i]).collect();
+        let mut cand = vec![0u32; SEARCH_BATCH_ROWS.min(todo.len()) * BOUND_CANDIDATES];
+        for ids in todo.chunks(SEARCH_BATCH_ROWS) {
+            self.batch.clear();
+            for &i in ids {
+                self.batch.extend_from_slice(&data[i * dim..(i + 1) * dim]);
+            }
+            let m = ids.len();
+            let (mut l, mut d, mut r) = (vec![0u32; m], vec![0f32; m], vec![0f64; m]);
+            let cand = &mut cand[..m * BOUND_CANDIDATES];
+            full_search(c, &self.batch, &mut l, &mut d, Some((&mut *cand, &mut r)));
+            for (q, &i) in ids.iter().enumerate() {
+                (new_labels[i], dots[i], self.rest[i]) = (l[q], d[q], r[q]);
+                self.cand[i * BOUND_CANDIDATES..(i + 1) * BOUND_CANDIDATES]
+                    .copy_from_slice(&cand[q * BOUND_CANDIDATES..(q + 1) * BOUND_CANDIDATES]);
+            }
+        }
+        todo.len() as u64
     }
 }
 
@@ -526,6 +796,160 @@ mod tests {
         let km = KMeans::fit(&data, 4, &p, &mut |_| {}).unwrap();
         assert_eq!(km.centroids.k(), 5);
         assert!(km.centroids.as_slice().iter().all(|v| v.is_finite()));
+    }
+
+    #[test]
+    fn drift_bounds_give_the_same_fit_bit_for_bit() {
+        // Tight blobs (most rows keep their cluster by the bound), overlapping ones (many
+        // near-ties get the full search), and a case that re-seeds empty clusters.
+        let mut cases = vec![
+            (blobs(20, 40, 32, 0.05, 21), 20, 32),
+            (blobs(15, 60, 24, 0.6, 22), 15, 24),
+            (blobs(30, 30, 48, 0.25, 23), 30, 48),
+        ];
+        let mut dup = Vec::new();
+        for i in 0..40 {
+            let mut v = vec![0.0f32; 4];
+            v[i % 3] = 1.0;
+            dup.extend(v);
+        }
+        cases.push(((dup, vec![]), 5, 4));
+        for (((data, _), k, dim), case) in cases.into_iter().zip(0..) {
+            let p = KMeansParams {
+                tolerance: 0.0,
+                max_iters: 12,
+                ..KMeansParams::default().with_k(k).with_seed(case)
+            };
+            let plain = KMeans::fit_with(&data, dim, &p, &mut |_| {}, None).unwrap();
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            // The default, and bounds kept from the first search on (large drifts too).
+            for track in [TRACK_BELOW_DRIFT, f64::INFINITY] {
+                let bounded = KMeans::fit_with(&data, dim, &p, &mut |_| {}, Some(track)).unwrap();
+                let same = bits(bounded.centroids.as_slice()) == bits(plain.centroids.as_slice());
+                assert!(same, "case {case}: centroids differ");
+                assert_eq!(bounded.inertia_history, plain.inertia_history, "case {case}");
+                assert_eq!(bounded.iterations, plain.iterations, "case {case}");
+                let n = (data.len() / dim) as u64;
+                assert!(plain.searched_history.iter().all(|&s| s == n));
+                assert_eq!(bounded.searched_history[0], n, "the first iteration searches every row");
+                if case == 0 || track == f64::INFINITY {
+                    // The bound must actually spare rows.
+                    let spared = bounded.searched_history.iter().skip(1).filter(|&&s| s < n).count();
+                    assert!(spared > 0, "case {case}: {:?}", bounded.searched_history);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_centroid_left_out_that_moves_closer_is_found() {
+        // Row 30 scores 0.25 .. 0.20 against e1..e20 (e17..e20 left out of its 16
+        // candidates); centroid 20 then moves 0.08 towards it and becomes its nearest,
+        // while rows 0..30 (near e0) keep their cluster by the bound.
+        let dim = 24;
+        let unit = |mut v: Vec<f32>| {
+            normalize(&mut v);
+            v
+        };
+        let e = |i: usize| (0..dim).map(|t| if t == i { 1.0 } else { 0.0 }).collect::<Vec<f32>>();
+        let cents: Vec<f32> = (0..21).flat_map(e).collect();
+        let r = unit(
+            (0..dim)
+                .map(|t| {
+                    if (1..=20).contains(&t) {
+                        1.0 - 0.01 * t as f32
+                    } else {
+                        0.0
+                    }
+                })
+                .collect(),
+        );
+        let mut data = Vec::new();
+        for q in 0..30 {
+            let mut v = e(0);
+            v[23] = 0.01 * q as f32;
+            data.extend(unit(v));
+        }
+        data.extend(&r);
+        let n = 31;
+        let old = Centroids::try_new(cents.clone(), dim, Distance::Cosine).unwrap();
+        let mut moved = cents;
+        moved[20 * dim..21 * dim].copy_from_slice(&unit(e(20).iter().zip(&r).map(|(a, b)| a + 0.08 * b).collect()));
+        let new = Centroids::try_new(moved, dim, Distance::Cosine).unwrap();
+        let mut b = DriftBounds::new(&data, dim, f64::INFINITY);
+        let (mut l, mut d) = (vec![0u32; n], vec![0f32; n]);
+        b.assign(&data, &old, &vec![u32::MAX; n], &mut l, &mut d);
+        assert_eq!(l[30], 1);
+        b.moved(&old, &new);
+        assert!(b.max_drift < 0.1, "{}", b.max_drift);
+        // `dots` comes in holding the last iteration's dots, as in the fit.
+        let (mut l2, mut d2) = (vec![0u32; n], d.clone());
+        let searched = b.assign(&data, &new, &l, &mut l2, &mut d2);
+        let (mut l3, mut d3) = (vec![0u32; n], vec![0f32; n]);
+        new.nearest(&data, &mut l3, &mut d3);
+        assert_eq!(l3[30], 20, "the moved centroid is the nearest now");
+        assert_eq!(l2, l3);
+        assert_eq!(
+            d2.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            d3.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+        assert!(searched < n as u64, "rows near e0 keep their cluster by the bound");
+    }
+
+    #[test]
+    fn the_bound_covers_every_centroid_left_out() {
+        let (data, _) = blobs(25, 20, 40, 0.4, 31);
+        let dim = 40;
+        let n = data.len() / dim;
+        let mut r = Rng::new(5);
+        for k in [25, 12, 3] {
+            let cents: Vec<f32> = (0..k * dim).map(|_| r.normal() as f32).collect();
+            let c = Centroids::try_new(cents, dim, Distance::Cosine).unwrap();
+            let mut all = vec![0f32; n * k];
+            crate::distance::dot_batch(&data, c.as_slice(), dim, &mut all);
+            type Search<'a> = &'a dyn Fn(&mut [u32], &mut [f32], &mut [u32], &mut [f64]);
+            let searches: [Search; 2] = [&|l, d, cd, o| c.nearest_bounded(&data, l, d, cd, o), &|l, d, cd, o| {
+                CertifiedSearch::build(&c).nearest_bounded(&data, l, d, cd, o)
+            }];
+            for search in searches {
+                let m = BOUND_CANDIDATES;
+                let (mut l, mut d, mut cd, mut o) = (vec![0u32; n], vec![0f32; n], vec![0u32; n * m], vec![0f64; n]);
+                search(&mut l, &mut d, &mut cd, &mut o);
+                let (mut l1, mut d1) = (vec![0u32; n], vec![0f32; n]);
+                c.nearest(&data, &mut l1, &mut d1);
+                assert_eq!(l, l1);
+                for i in 0..n {
+                    let cs = &cd[i * m..(i + 1) * m];
+                    assert!(
+                        cs.contains(&l[i]) && cs.windows(2).all(|w| w[0] < w[1] || w[1] == u32::MAX),
+                        "row {i}: {cs:?}"
+                    );
+                    // The candidates' dots, as the k-means step computes them (the row against
+                    // the candidates packed on their own), are the search's bits.
+                    let used: Vec<u32> = cs.iter().copied().filter(|&j| j != u32::MAX).collect();
+                    let rows: Vec<f32> = used.iter().flat_map(|&j| c.row(j as usize).to_vec()).collect();
+                    let mut f = vec![0f32; used.len()];
+                    dot_batch_packed(&data[i * dim..(i + 1) * dim], &PackedRows::new(&rows, dim), &mut f);
+                    for (&j, &v) in used.iter().zip(&f) {
+                        assert_eq!(v.to_bits(), all[i * k + j as usize].to_bits(), "row {i} centroid {j}");
+                    }
+                    let left: Vec<f32> = (0..k)
+                        .filter(|j| !cs.contains(&(*j as u32)))
+                        .map(|j| all[i * k + j])
+                        .collect();
+                    match left.iter().copied().reduce(f32::max) {
+                        None => assert_eq!(o[i], f64::NEG_INFINITY, "k {k}: nothing left out"),
+                        Some(best) => {
+                            assert!(o[i] >= best as f64, "row {i}: bound {} < {best}", o[i]);
+                            // Tight enough to be useful: near the best left out, or the window's edge.
+                            let top = all[i * k..(i + 1) * k].iter().copied().fold(f32::MIN, f32::max);
+                            let edge = best.max(top - 0.25) as f64;
+                            assert!(o[i] - edge < 0.02, "row {i}: bound {} vs {edge}", o[i]);
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -92,6 +92,14 @@ pub fn bf16_error_per_norm(dim: usize) -> f64 {
     ((2.0 * UB + UB * UB) * (1.0 + gamma) + 2.0 * gamma) * 1.01
 }
 
+/// How far the f32 kernel's product of two rows can be from the exact dot, per unit
+/// of ‖x‖·‖c‖, in `dim` dimensions, with 1% slack: γ_d (Higham 2002, §3.1; any order of
+/// the d roundings, fused or not).
+pub fn f32_error_per_norm(dim: usize) -> f64 {
+    let d = dim as f64;
+    d * U32 / (1.0 - d * U32) * 1.01
+}
+
 /// An upper bound on ‖x‖: the f32 sum of squares in 16 lanes is within
 /// γ_d ≤ 1e-4 (d < 400 000) of the exact one; slack covers it and the sqrt.
 #[inline]

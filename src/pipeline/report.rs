@@ -51,6 +51,10 @@ pub struct KMeansReport {
     pub inertia: Option<f64>,
     /// Inertia per iteration.
     pub inertia_history: Vec<f64>,
+    /// Training rows searched against every centroid, per iteration (the
+    /// others kept their cluster by the drift bound, with the same result).
+    #[serde(default)]
+    pub searched_history: Vec<u64>,
     /// Empty clusters re-seeded during the fit.
     pub reseeded_empty: usize,
     /// Where the centroids were saved, if asked.

@@ -454,6 +454,7 @@ pub(super) fn fit_or_load(
                 converged: fit.converged,
                 inertia: Some(fit.inertia()),
                 inertia_history: fit.inertia_history.clone(),
+                searched_history: fit.searched_history.clone(),
                 reseeded_empty: fit.reseeded,
                 saved_to: None,
             };

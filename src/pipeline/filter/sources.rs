@@ -44,6 +44,7 @@ pub(super) fn load_centroids(path: &Path, dim: usize, distance: Distance) -> Res
         converged: false,
         inertia: None,
         inertia_history: vec![],
+        searched_history: vec![],
         reseeded_empty: 0,
         saved_to: None,
     };
