@@ -219,11 +219,12 @@ impl Centroids {
     /// centroids scoring within [`CANDIDATE_WINDOW`] of its best, at most
     /// [`BOUND_CANDIDATES`] of them, the label among them), ascending into
     /// `cand` (`n × BOUND_CANDIDATES`, `u32::MAX` in unused slots), and into
-    /// `rest` an upper bound on the f32 dot the search computes with any
-    /// other centroid: the best score left out (or the window's edge) plus
-    /// twice the f32 summation error (each computed dot is within
-    /// γ_d·‖x‖·max‖c‖ of the exact one). After the centroids move by δ_j
-    /// each, `rest + ‖x‖·max δ_j` bounds them again.
+    /// `rest` an upper bound on both the exact dot and the f32 dot the search
+    /// computes with any other centroid: the best score left out (or the
+    /// window's edge) plus twice the f32 summation error (each computed dot is
+    /// within E = γ_d·‖x‖·max‖c‖ of the exact one). After the centroids move
+    /// by δ_j each, `rest + ‖x‖·max δ_j` bounds the exact dots again, and
+    /// E more the f32 ones.
     ///
     /// # Panics
     /// If the lengths disagree or the distance is not cosine.
@@ -415,7 +416,7 @@ impl TopScores {
 
     /// Writes the candidates (the best [`BOUND_CANDIDATES`] found, with
     /// `label` among them) ascending into `cand`, `u32::MAX` in unused slots,
-    /// and returns the bound on every other centroid's f32 dot: the best
+    /// and returns the bound on every other centroid's f32 and exact dot: the best
     /// score left out plus `err` (the distance from a score to any f32 dot of
     /// the same pair); −∞ when none is left out.
     pub(crate) fn finish(&mut self, label: u32, err: f64, cand: &mut [u32]) -> f64 {

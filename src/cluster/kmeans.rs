@@ -23,7 +23,9 @@ use serde::{Deserialize, Serialize};
 use crate::cluster::centroids::{BOUND_CANDIDATES, CANDIDATE_WINDOW, CHUNK_ROWS};
 pub use crate::cluster::centroids::{Centroids, Distance};
 use crate::cluster::certified::CertifiedSearch;
-use crate::distance::{PackedRows, dot_batch_packed, min_l2_update, norm_upper_bound, norm2, normalize};
+use crate::distance::{
+    PackedRows, dot_batch_packed, f32_error_per_norm, min_l2_update, norm_upper_bound, norm2, normalize,
+};
 use crate::rng::Rng;
 use crate::{Error, Result};
 
@@ -180,12 +182,13 @@ impl KMeans {
     /// settle, with the same result bit for bit (drift bounds in the spirit of
     /// Hamerly 2010, in dot-product form, with a short candidate list): a full
     /// search also keeps each row's [`BOUND_CANDIDATES`] best-scoring
-    /// centroids and an upper bound on the f32 dot with any other one (the
+    /// centroids and an upper bound on the exact dot with any other one (the
     /// best score left out plus the rounding bounds). When the centroids move
-    /// by δ_j, a row's dots move by at most ‖x‖·δ_j, so that bound grows by
-    /// ‖x‖·max δ_j; the next iteration computes the row's dots with its
+    /// by δ_j, a row's exact dots move by at most ‖x‖·δ_j, so that bound grows
+    /// by ‖x‖·max δ_j; the next iteration computes the row's dots with its
     /// candidates only (the f32 kernel's bits), and if the best of them is
-    /// strictly above the bound it is the full search's answer too. Other
+    /// strictly above the bound plus the f32 error it is the full search's
+    /// answer too. Other
     /// rows get the full search. `DPRUNE_DRIFT_BOUNDS=0` turns this off.
     pub fn fit(
         data: &[f32],
@@ -315,6 +318,10 @@ fn full_search(
     }
 }
 
+/// Centroids whose dots every row gets computed when they moved much more
+/// than the rest ([`DriftBounds::moved`]), at most.
+const EXPLICIT_MOVERS: usize = 32;
+
 /// Full searches keep candidates and bounds only once the largest centroid
 /// drift of the last update is at most this (half the candidate window:
 /// beyond it few rows could keep their cluster by the bound).
@@ -342,12 +349,18 @@ struct DriftBounds {
     norms: Vec<f64>,
     /// Row i's candidate centroids (`BOUND_CANDIDATES` per row, ascending).
     cand: Vec<u32>,
-    /// Upper bound on the f32 dot of row i with any centroid not among its candidates.
+    /// Upper bound on the exact dot (hence, plus the f32 error, on the f32
+    /// dot) of row i with any centroid not among its candidates. The full
+    /// searches' bounds hold for both: a bf16 score plus B + E, or an f32 dot
+    /// plus 2E, is above the exact dot too.
     rest: Vec<f64>,
     /// Whether the bounds hold (false until a full search keeps them).
     valid: bool,
-    /// The largest centroid drift of the last update.
+    /// The largest drift of the last update among the centroids not in `explicit`.
     max_drift: f64,
+    /// The few centroids that moved much more than the rest in the last
+    /// update (ascending): their dots are computed for every row instead.
+    explicit: Vec<u32>,
     /// Full searches keep bounds when `max_drift` is at most this.
     track_below: f64,
     flags: Vec<bool>,
@@ -364,6 +377,7 @@ impl DriftBounds {
             rest: vec![f64::INFINITY; n],
             valid: false,
             max_drift: f64::INFINITY, // the first search starts from k-means++ seeds
+            explicit: Vec::new(),
             track_below,
             flags: vec![false; n],
             batch: Vec::new(),
@@ -371,10 +385,12 @@ impl DriftBounds {
     }
 
     /// Records the move from `old` to `new` centroids: every bound on the
-    /// centroids left out grows by ‖x‖ times the largest drift.
+    /// centroids left out grows by ‖x‖ times the largest drift — among the
+    /// centroids other than the [`EXPLICIT_MOVERS`] that moved most, when
+    /// leaving those out halves it (their dots are then computed for every row).
     fn moved(&mut self, old: &Centroids, new: &Centroids) {
         let dim = old.dim();
-        self.max_drift = (0..old.k())
+        let mut d: Vec<(f64, u32)> = (0..old.k())
             .into_par_iter()
             .map(|j| {
                 // f32 − f32 is exact in f64; the f64 sum of squares and sqrt are within
@@ -385,9 +401,19 @@ impl DriftBounds {
                         v * v
                     })
                     .sum();
-                s.sqrt() * (1.0 + 1e-12)
+                (s.sqrt() * (1.0 + 1e-12), j as u32)
             })
-            .reduce(|| 0.0, f64::max);
+            .collect();
+        d.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let h = EXPLICIT_MOVERS.min(d.len() - 1);
+        self.explicit.clear();
+        if d[h].0 <= d[0].0 / 2.0 {
+            self.explicit.extend(d[..h].iter().map(|p| p.1));
+            self.explicit.sort_unstable();
+            self.max_drift = d[h].0;
+        } else {
+            self.max_drift = d[0].0;
+        }
     }
 
     /// Labels and dots for this iteration (the full search's bits), with
@@ -447,7 +473,8 @@ impl DriftBounds {
             fill[l as usize] += 1;
         }
         let cand = &self.cand;
-        let best: Vec<Vec<(u32, f32)>> = (0..k)
+        let explicit = &self.explicit[..];
+        let best: Vec<Vec<(u32, f32, f32)>> = (0..k)
             .into_par_iter()
             .map_init(ClusterScratch::default, |s, cl| {
                 let members = &order[starts[cl]..starts[cl + 1]];
@@ -458,6 +485,7 @@ impl DriftBounds {
                         .take_while(|&&j| j != u32::MAX)
                 };
                 s.union.clear();
+                s.union.extend_from_slice(explicit);
                 for &i in members {
                     s.union.extend(row_cands(i));
                 }
@@ -480,28 +508,50 @@ impl DriftBounds {
                     .iter()
                     .enumerate()
                     .map(|(r, &i)| {
+                        let dot = |j: u32| s.out[r * u + s.union.binary_search(&j).expect("in the union")];
                         // First largest among the candidates (ascending: lowest index on ties).
                         let (mut bj, mut bv) = (u32::MAX, f32::NEG_INFINITY);
-                        for &j in row_cands(i) {
-                            let v = s.out[r * u + s.union.binary_search(&j).expect("in the union")];
+                        for j in row_cands(i) {
+                            let v = dot(*j);
                             if v > bv {
-                                (bj, bv) = (j, v);
+                                (bj, bv) = (*j, v);
                             }
                         }
-                        (bj, bv)
+                        // The centroids that moved most, when not candidates: computed too, and
+                        // the largest of their dots is kept for the bound.
+                        let (mut xj, mut xv) = (u32::MAX, f32::NEG_INFINITY);
+                        for &j in explicit {
+                            if !row_cands(i).any(|&c| c == j) {
+                                let v = dot(j);
+                                if v > xv {
+                                    (xj, xv) = (j, v);
+                                }
+                            }
+                        }
+                        if xv > bv || (xv == bv && xj < bj) {
+                            (bj, bv) = (xj, xv);
+                        }
+                        (bj, bv, xv)
                     })
                     .collect()
             })
             .collect();
+        // A left-out centroid's f32 dot is at most its exact dot plus E (per unit of ‖x‖).
+        let e_norm = f32_error_per_norm(dim) * c.max_norm();
         for (cl, b) in best.iter().enumerate() {
-            for (&i, &(bj, bv)) in order[starts[cl]..starts[cl + 1]].iter().zip(b) {
+            for (&i, &(bj, bv, xv)) in order[starts[cl]..starts[cl + 1]].iter().zip(b) {
                 let i = i as usize;
                 // Strictly above every other centroid's possible f32 dot: the full search
                 // (first largest dot over all centroids) picks it too. Anything else
                 // (NaN included) gets the full search.
-                let kept = (bv as f64) > self.rest[i];
+                let e = e_norm * self.norms[i];
+                let kept = (bv as f64) > self.rest[i] + e;
                 self.flags[i] = !kept;
                 (new_labels[i], dots[i]) = (bj, bv);
+                // The movers left out are bounded by their exact dots from now on.
+                if xv > f32::NEG_INFINITY {
+                    self.rest[i] = self.rest[i].max(xv as f64 + e);
+                }
             }
         }
         let todo: Vec<usize> = (0..n).filter(|&i| self.flags[i]).collect();
@@ -845,7 +895,9 @@ mod tests {
     fn a_centroid_left_out_that_moves_closer_is_found() {
         // Row 30 scores 0.25 .. 0.20 against e1..e20 (e17..e20 left out of its 16
         // candidates); centroid 20 then moves 0.08 towards it and becomes its nearest,
-        // while rows 0..30 (near e0) keep their cluster by the bound.
+        // while rows 0..30 (near e0) keep their cluster by the bound. Alone, centroid 20
+        // is one of the movers whose dots every row gets; when all the others move
+        // almost as far (0.06), the grown bound must send row 30 to the full search.
         let dim = 24;
         let unit = |mut v: Vec<f32>| {
             normalize(&mut v);
@@ -873,27 +925,36 @@ mod tests {
         data.extend(&r);
         let n = 31;
         let old = Centroids::try_new(cents.clone(), dim, Distance::Cosine).unwrap();
-        let mut moved = cents;
-        moved[20 * dim..21 * dim].copy_from_slice(&unit(e(20).iter().zip(&r).map(|(a, b)| a + 0.08 * b).collect()));
-        let new = Centroids::try_new(moved, dim, Distance::Cosine).unwrap();
-        let mut b = DriftBounds::new(&data, dim, f64::INFINITY);
-        let (mut l, mut d) = (vec![0u32; n], vec![0f32; n]);
-        b.assign(&data, &old, &vec![u32::MAX; n], &mut l, &mut d);
-        assert_eq!(l[30], 1);
-        b.moved(&old, &new);
-        assert!(b.max_drift < 0.1, "{}", b.max_drift);
-        // `dots` comes in holding the last iteration's dots, as in the fit.
-        let (mut l2, mut d2) = (vec![0u32; n], d.clone());
-        let searched = b.assign(&data, &new, &l, &mut l2, &mut d2);
-        let (mut l3, mut d3) = (vec![0u32; n], vec![0f32; n]);
-        new.nearest(&data, &mut l3, &mut d3);
-        assert_eq!(l3[30], 20, "the moved centroid is the nearest now");
-        assert_eq!(l2, l3);
-        assert_eq!(
-            d2.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-            d3.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
-        );
-        assert!(searched < n as u64, "rows near e0 keep their cluster by the bound");
+        for others_move in [false, true] {
+            let mut moved = cents.clone();
+            if others_move {
+                for j in 0..20 {
+                    moved[j * dim + 23] = 0.06;
+                    normalize(&mut moved[j * dim..(j + 1) * dim]);
+                }
+            }
+            moved[20 * dim..21 * dim].copy_from_slice(&unit(e(20).iter().zip(&r).map(|(a, b)| a + 0.08 * b).collect()));
+            let new = Centroids::try_new(moved, dim, Distance::Cosine).unwrap();
+            let mut b = DriftBounds::new(&data, dim, f64::INFINITY);
+            let (mut l, mut d) = (vec![0u32; n], vec![0f32; n]);
+            b.assign(&data, &old, &vec![u32::MAX; n], &mut l, &mut d);
+            assert_eq!(l[30], 1);
+            b.moved(&old, &new);
+            assert_eq!(b.explicit.contains(&20), !others_move, "{:?}", b.explicit);
+            assert!(b.max_drift < 0.1, "{}", b.max_drift);
+            // `dots` comes in holding the last iteration's dots, as in the fit.
+            let (mut l2, mut d2) = (vec![0u32; n], d.clone());
+            let searched = b.assign(&data, &new, &l, &mut l2, &mut d2);
+            let (mut l3, mut d3) = (vec![0u32; n], vec![0f32; n]);
+            new.nearest(&data, &mut l3, &mut d3);
+            assert_eq!(l3[30], 20, "the moved centroid is the nearest now");
+            assert_eq!(l2, l3, "others move: {others_move}");
+            assert_eq!(
+                d2.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                d3.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            );
+            assert!(searched < n as u64, "rows near e0 keep their cluster by the bound");
+        }
     }
 
     #[test]
