@@ -358,7 +358,7 @@ impl Centroids {
 
 /// Candidates kept per row for k-means' drift bounds, at most
 /// ([`Centroids::nearest_bounded`]; unused slots hold `u32::MAX`).
-pub(crate) const BOUND_CANDIDATES: usize = 16;
+pub(crate) const BOUND_CANDIDATES: usize = 64;
 /// Centroids scoring within this of a row's best are its candidates (up to
 /// [`BOUND_CANDIDATES`]): the wider, the more the centroids may move before
 /// the row needs a full search again, and the more dots each step computes.

@@ -893,23 +893,26 @@ mod tests {
 
     #[test]
     fn a_centroid_left_out_that_moves_closer_is_found() {
-        // Row 30 scores 0.25 .. 0.20 against e1..e20 (e17..e20 left out of its 16
-        // candidates); centroid 20 then moves 0.08 towards it and becomes its nearest,
-        // while rows 0..30 (near e0) keep their cluster by the bound. Alone, centroid 20
-        // is one of the movers whose dots every row gets; when all the others move
-        // almost as far (0.06), the grown bound must send row 30 to the full search.
-        let dim = 24;
+        // Row 30 scores slightly less on each of e1..e(M+4), so e(M+1).. are left out of its
+        // M = BOUND_CANDIDATES candidates; the last centroid then moves 0.08 towards it and
+        // becomes its nearest, while rows 0..30 (near e0) keep their cluster by the bound.
+        // Alone, that centroid is one of the movers whose dots every row gets; when all
+        // the others move almost as far (0.06), the grown bound must send row 30 to the
+        // full search.
+        let near = BOUND_CANDIDATES + 4;
+        let dim = near + 8;
         let unit = |mut v: Vec<f32>| {
             normalize(&mut v);
             v
         };
         let e = |i: usize| (0..dim).map(|t| if t == i { 1.0 } else { 0.0 }).collect::<Vec<f32>>();
-        let cents: Vec<f32> = (0..21).flat_map(e).collect();
+        let cents: Vec<f32> = (0..=near).flat_map(e).collect();
+        let step = 0.26 / near as f32;
         let r = unit(
             (0..dim)
                 .map(|t| {
-                    if (1..=20).contains(&t) {
-                        1.0 - 0.01 * t as f32
+                    if (1..=near).contains(&t) {
+                        1.0 - step * t as f32
                     } else {
                         0.0
                     }
@@ -919,7 +922,7 @@ mod tests {
         let mut data = Vec::new();
         for q in 0..30 {
             let mut v = e(0);
-            v[23] = 0.01 * q as f32;
+            v[dim - 1] = 0.01 * q as f32;
             data.extend(unit(v));
         }
         data.extend(&r);
@@ -928,26 +931,28 @@ mod tests {
         for others_move in [false, true] {
             let mut moved = cents.clone();
             if others_move {
-                for j in 0..20 {
-                    moved[j * dim + 23] = 0.06;
+                for j in 0..near {
+                    moved[j * dim + dim - 1] = 0.06;
                     normalize(&mut moved[j * dim..(j + 1) * dim]);
                 }
             }
-            moved[20 * dim..21 * dim].copy_from_slice(&unit(e(20).iter().zip(&r).map(|(a, b)| a + 0.08 * b).collect()));
+            let last = unit(e(near).iter().zip(&r).map(|(a, b)| a + 0.08 * b).collect());
+            moved[near * dim..(near + 1) * dim].copy_from_slice(&last);
             let new = Centroids::try_new(moved, dim, Distance::Cosine).unwrap();
             let mut b = DriftBounds::new(&data, dim, f64::INFINITY);
             let (mut l, mut d) = (vec![0u32; n], vec![0f32; n]);
             b.assign(&data, &old, &vec![u32::MAX; n], &mut l, &mut d);
             assert_eq!(l[30], 1);
+            assert!(!b.cand[30 * BOUND_CANDIDATES..31 * BOUND_CANDIDATES].contains(&(near as u32)));
             b.moved(&old, &new);
-            assert_eq!(b.explicit.contains(&20), !others_move, "{:?}", b.explicit);
+            assert_eq!(b.explicit.contains(&(near as u32)), !others_move, "{:?}", b.explicit);
             assert!(b.max_drift < 0.1, "{}", b.max_drift);
             // `dots` comes in holding the last iteration's dots, as in the fit.
             let (mut l2, mut d2) = (vec![0u32; n], d.clone());
             let searched = b.assign(&data, &new, &l, &mut l2, &mut d2);
             let (mut l3, mut d3) = (vec![0u32; n], vec![0f32; n]);
             new.nearest(&data, &mut l3, &mut d3);
-            assert_eq!(l3[30], 20, "the moved centroid is the nearest now");
+            assert_eq!(l3[30], near as u32, "the moved centroid is the nearest now");
             assert_eq!(l2, l3, "others move: {others_move}");
             assert_eq!(
                 d2.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
