@@ -4,6 +4,7 @@
 
 pub mod centroids;
 pub mod certified;
+mod drift;
 pub mod hnsw;
 pub mod kmeans;
 pub mod knn;

@@ -215,7 +215,7 @@ impl Centroids {
     }
 
     /// [`Centroids::nearest`] for cosine centroids, and for every row what
-    /// k-means' drift bounds need ([`super::kmeans`]): its candidates (the
+    /// k-means' drift bounds need ([`super::drift`]): its candidates (the
     /// centroids scoring within [`CANDIDATE_WINDOW`] of its best, at most
     /// [`BOUND_CANDIDATES`] of them, the label among them), ascending into
     /// `cand` (`n × BOUND_CANDIDATES`, `u32::MAX` in unused slots), and into

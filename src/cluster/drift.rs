@@ -1,0 +1,437 @@
+//! k-means' drift bounds: cosine Lloyd iterations that skip most of the
+//! assignment work once the centroids settle, with the same labels and dots
+//! bit for bit (Hamerly 2010's idea in dot-product form, with a short
+//! candidate list per row; see [`super::KMeans::fit`]).
+//!
+//! A full search also keeps each row's candidates (the centroids scoring
+//! within [`CANDIDATE_WINDOW`] of its best, at most [`BOUND_CANDIDATES`]) and
+//! an upper bound on its exact dot with every other centroid. When the
+//! centroids move by δ_j, an exact dot moves by at most ‖x‖·δ_j (Cauchy–
+//! Schwarz), so the bound grows by ‖x‖·max δ_j; a row whose best candidate
+//! (the f32 kernel's bits) beats the grown bound plus the f32 error E keeps
+//! the full search's answer without it.
+
+use rayon::prelude::*;
+
+use crate::cluster::centroids::{BOUND_CANDIDATES, CANDIDATE_WINDOW, Centroids};
+use crate::cluster::certified::CertifiedSearch;
+use crate::distance::{PackedRows, dot_batch_packed, f32_error_per_norm, norm_upper_bound};
+
+/// The nearest centroid of every row (and, with `bounds`, the candidates
+/// and bound of [`Centroids::nearest_bounded`]): bf16 products with an exact
+/// f32 recheck where the CPU has them, the same labels and dots as the f32
+/// search, so the fit is bit-identical either way.
+pub(crate) fn full_search(
+    c: &Centroids,
+    rows: &[f32],
+    labels: &mut [u32],
+    dots: &mut [f32],
+    bounds: Option<(&mut [u32], &mut [f64])>,
+) {
+    match (CertifiedSearch::new(c), bounds) {
+        (Some(cs), Some((cand, rest))) => cs.nearest_bounded(rows, labels, dots, cand, rest),
+        (Some(cs), None) => cs.nearest(rows, labels, dots),
+        (None, Some((cand, rest))) => c.nearest_bounded(rows, labels, dots, cand, rest),
+        (None, None) => c.nearest(rows, labels, dots),
+    }
+}
+
+/// Centroids whose dots every row gets computed when they moved much more
+/// than the rest ([`DriftBounds::moved`]), at most.
+const EXPLICIT_MOVERS: usize = 32;
+
+/// Full searches keep candidates and bounds only once the largest centroid
+/// drift of the last update is at most this (half the candidate window:
+/// beyond it few rows could keep their cluster by the bound).
+pub(crate) const TRACK_BELOW_DRIFT: f64 = CANDIDATE_WINDOW as f64 / 2.0;
+
+/// [`DriftBounds::assign`] searches every row at once when fewer than
+/// 1/this of them could keep their cluster by the bound.
+const MIN_HOPEFUL_DIVISOR: usize = 4;
+
+/// Rows searched in one batch by [`DriftBounds::assign`] (bounds the copy).
+const SEARCH_BATCH_ROWS: usize = 8192;
+
+/// Per-thread buffers of one cluster's candidate products.
+#[derive(Default)]
+struct ClusterScratch {
+    union: Vec<u32>,
+    cents: Vec<f32>,
+    x: Vec<f32>,
+    out: Vec<f32>,
+}
+
+/// The per-row state of the drift bounds (see [`KMeans::fit`]).
+pub(crate) struct DriftBounds {
+    /// Upper bound on ‖x_i‖.
+    norms: Vec<f64>,
+    /// Row i's candidate centroids (`BOUND_CANDIDATES` per row, ascending).
+    cand: Vec<u32>,
+    /// Upper bound on the exact dot (hence, plus the f32 error, on the f32
+    /// dot) of row i with any centroid not among its candidates. The full
+    /// searches' bounds hold for both: a bf16 score plus B + E, or an f32 dot
+    /// plus 2E, is above the exact dot too.
+    rest: Vec<f64>,
+    /// Whether the bounds hold (false until a full search keeps them).
+    valid: bool,
+    /// The largest drift of the last update among the centroids not in `explicit`.
+    max_drift: f64,
+    /// The few centroids that moved much more than the rest in the last
+    /// update (ascending): their dots are computed for every row instead.
+    explicit: Vec<u32>,
+    /// Full searches keep bounds when `max_drift` is at most this.
+    track_below: f64,
+    flags: Vec<bool>,
+    batch: Vec<f32>,
+}
+
+impl DriftBounds {
+    pub(crate) fn new(data: &[f32], dim: usize, track_below: f64) -> Self {
+        let norms: Vec<f64> = data.par_chunks(dim).map(norm_upper_bound).collect();
+        let n = norms.len();
+        DriftBounds {
+            norms,
+            cand: vec![0; n * BOUND_CANDIDATES],
+            rest: vec![f64::INFINITY; n],
+            valid: false,
+            max_drift: f64::INFINITY, // the first search starts from k-means++ seeds
+            explicit: Vec::new(),
+            track_below,
+            flags: vec![false; n],
+            batch: Vec::new(),
+        }
+    }
+
+    /// Records the move from `old` to `new` centroids: every bound on the
+    /// centroids left out grows by ‖x‖ times the largest drift — among the
+    /// centroids other than the [`EXPLICIT_MOVERS`] that moved most, when
+    /// leaving those out halves it (their dots are then computed for every row).
+    pub(crate) fn moved(&mut self, old: &Centroids, new: &Centroids) {
+        let dim = old.dim();
+        let mut d: Vec<(f64, u32)> = (0..old.k())
+            .into_par_iter()
+            .map(|j| {
+                // f32 − f32 is exact in f64; the f64 sum of squares and sqrt are within
+                // a few ulps, covered by the relative slack.
+                let s: f64 = (0..dim)
+                    .map(|t| {
+                        let v = new.row(j)[t] as f64 - old.row(j)[t] as f64;
+                        v * v
+                    })
+                    .sum();
+                (s.sqrt() * (1.0 + 1e-12), j as u32)
+            })
+            .collect();
+        d.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let h = EXPLICIT_MOVERS.min(d.len() - 1);
+        self.explicit.clear();
+        if d[h].0 <= d[0].0 / 2.0 {
+            self.explicit.extend(d[..h].iter().map(|p| p.1));
+            self.explicit.sort_unstable();
+            self.max_drift = d[h].0;
+        } else {
+            self.max_drift = d[0].0;
+        }
+    }
+
+    /// Labels and dots for this iteration (the full search's bits), with
+    /// `labels` and `dots` holding the last iteration's; returns how many
+    /// rows were searched against every centroid.
+    pub(crate) fn assign(
+        &mut self,
+        data: &[f32],
+        c: &Centroids,
+        labels: &[u32],
+        new_labels: &mut [u32],
+        dots: &mut [f32],
+    ) -> u64 {
+        let n = self.norms.len();
+        let dim = c.dim();
+        let drift = self.max_drift;
+        if !self.valid {
+            // Candidates and bounds cost a little on every full search: keep them only
+            // once the centroids move little enough for rows to keep their cluster.
+            if drift <= self.track_below {
+                full_search(c, data, new_labels, dots, Some((&mut self.cand, &mut self.rest)));
+                self.valid = true;
+            } else {
+                full_search(c, data, new_labels, dots, None);
+            }
+            return n as u64;
+        }
+        // Rows that can still keep their cluster by the bound: their last dot, less the most
+        // it can drop, above the grown bound. When few can (the centroids moved far, as in
+        // the first iterations), every row gets the full search at once: no candidate dots,
+        // no copies.
+        let hopeful: usize = dots
+            .par_iter()
+            .zip(self.rest.par_iter().zip(self.norms.par_iter()))
+            .filter(|&(&d, (&r, &norm))| d as f64 - 2.0 * norm * drift > r)
+            .count();
+        if hopeful < n / MIN_HOPEFUL_DIVISOR {
+            self.valid = false;
+            return self.assign(data, c, labels, new_labels, dots);
+        }
+        self.rest
+            .par_iter_mut()
+            .zip(self.norms.par_iter())
+            .for_each(|(r, &norm)| {
+                let b = *r + norm * drift;
+                // Rounded up: a relative slack far above the f64 rounding of the sum.
+                *r = b + b.abs() * 1e-15 + 1e-300;
+            });
+        // Every row's dots with its candidates, one small product per cluster: the rows
+        // of a cluster against the union of their candidates (the f32 kernel's bits
+        // depend only on the two rows, not on the block they are computed in).
+        let k = c.k();
+        let mut starts = vec![0usize; k + 1];
+        for &l in labels {
+            starts[l as usize + 1] += 1;
+        }
+        for j in 0..k {
+            starts[j + 1] += starts[j];
+        }
+        let mut order = vec![0u32; n];
+        let mut fill = starts.clone();
+        for (i, &l) in labels.iter().enumerate() {
+            order[fill[l as usize]] = i as u32;
+            fill[l as usize] += 1;
+        }
+        let cand = &self.cand;
+        let explicit = &self.explicit[..];
+        let best: Vec<Vec<(u32, f32, f32)>> = (0..k)
+            .into_par_iter()
+            .map_init(ClusterScratch::default, |s, cl| {
+                let members = &order[starts[cl]..starts[cl + 1]];
+                let row_cands = |i: u32| {
+                    let i = i as usize;
+                    cand[i * BOUND_CANDIDATES..(i + 1) * BOUND_CANDIDATES]
+                        .iter()
+                        .take_while(|&&j| j != u32::MAX)
+                };
+                s.union.clear();
+                s.union.extend_from_slice(explicit);
+                for &i in members {
+                    s.union.extend(row_cands(i));
+                }
+                s.union.sort_unstable();
+                s.union.dedup();
+                s.cents.clear();
+                for &j in &s.union {
+                    s.cents.extend_from_slice(c.row(j as usize));
+                }
+                s.x.clear();
+                for &i in members {
+                    s.x.extend_from_slice(&data[i as usize * dim..(i as usize + 1) * dim]);
+                }
+                let u = s.union.len();
+                s.out.resize(members.len() * u, 0.0);
+                if u > 0 {
+                    dot_batch_packed(&s.x, &PackedRows::new(&s.cents, dim), &mut s.out);
+                }
+                members
+                    .iter()
+                    .enumerate()
+                    .map(|(r, &i)| {
+                        let dot = |j: u32| s.out[r * u + s.union.binary_search(&j).expect("in the union")];
+                        // First largest among the candidates (ascending: lowest index on ties).
+                        let (mut bj, mut bv) = (u32::MAX, f32::NEG_INFINITY);
+                        for j in row_cands(i) {
+                            let v = dot(*j);
+                            if v > bv {
+                                (bj, bv) = (*j, v);
+                            }
+                        }
+                        // The centroids that moved most, when not candidates: computed too, and
+                        // the largest of their dots is kept for the bound.
+                        let (mut xj, mut xv) = (u32::MAX, f32::NEG_INFINITY);
+                        for &j in explicit {
+                            if !row_cands(i).any(|&c| c == j) {
+                                let v = dot(j);
+                                if v > xv {
+                                    (xj, xv) = (j, v);
+                                }
+                            }
+                        }
+                        if xv > bv || (xv == bv && xj < bj) {
+                            (bj, bv) = (xj, xv);
+                        }
+                        (bj, bv, xv)
+                    })
+                    .collect()
+            })
+            .collect();
+        // A left-out centroid's f32 dot is at most its exact dot plus E (per unit of ‖x‖).
+        let e_norm = f32_error_per_norm(dim) * c.max_norm();
+        for (cl, b) in best.iter().enumerate() {
+            for (&i, &(bj, bv, xv)) in order[starts[cl]..starts[cl + 1]].iter().zip(b) {
+                let i = i as usize;
+                // Strictly above every other centroid's possible f32 dot: the full search
+                // (first largest dot over all centroids) picks it too. Anything else
+                // (NaN included) gets the full search.
+                let e = e_norm * self.norms[i];
+                let kept = (bv as f64) > self.rest[i] + e;
+                self.flags[i] = !kept;
+                (new_labels[i], dots[i]) = (bj, bv);
+                // The movers left out are bounded by their exact dots from now on.
+                if xv > f32::NEG_INFINITY {
+                    self.rest[i] = self.rest[i].max(xv as f64 + e);
+                }
+            }
+        }
+        let todo: Vec<usize> = (0..n).filter(|&i| self.flags[i]).collect();
+        let mut cand = vec![0u32; SEARCH_BATCH_ROWS.min(todo.len()) * BOUND_CANDIDATES];
+        for ids in todo.chunks(SEARCH_BATCH_ROWS) {
+            self.batch.clear();
+            for &i in ids {
+                self.batch.extend_from_slice(&data[i * dim..(i + 1) * dim]);
+            }
+            let m = ids.len();
+            let (mut l, mut d, mut r) = (vec![0u32; m], vec![0f32; m], vec![0f64; m]);
+            let cand = &mut cand[..m * BOUND_CANDIDATES];
+            full_search(c, &self.batch, &mut l, &mut d, Some((&mut *cand, &mut r)));
+            for (q, &i) in ids.iter().enumerate() {
+                (new_labels[i], dots[i], self.rest[i]) = (l[q], d[q], r[q]);
+                self.cand[i * BOUND_CANDIDATES..(i + 1) * BOUND_CANDIDATES]
+                    .copy_from_slice(&cand[q * BOUND_CANDIDATES..(q + 1) * BOUND_CANDIDATES]);
+            }
+        }
+        todo.len() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::centroids::Distance;
+    use crate::cluster::kmeans::tests::blobs;
+    use crate::distance::normalize;
+    use crate::rng::Rng;
+
+    #[test]
+    fn a_centroid_left_out_that_moves_closer_is_found() {
+        // Row 30 scores slightly less on each of e1..e(M+4), so e(M+1).. are left out of its
+        // M = BOUND_CANDIDATES candidates; the last centroid then moves 0.08 towards it and
+        // becomes its nearest, while rows 0..30 (near e0) keep their cluster by the bound.
+        // Alone, that centroid is one of the movers whose dots every row gets; when all
+        // the others move almost as far (0.06), the grown bound must send row 30 to the
+        // full search.
+        let near = BOUND_CANDIDATES + 4;
+        let dim = near + 8;
+        let unit = |mut v: Vec<f32>| {
+            normalize(&mut v);
+            v
+        };
+        let e = |i: usize| (0..dim).map(|t| if t == i { 1.0 } else { 0.0 }).collect::<Vec<f32>>();
+        let cents: Vec<f32> = (0..=near).flat_map(e).collect();
+        let step = 0.26 / near as f32;
+        let r = unit(
+            (0..dim)
+                .map(|t| {
+                    if (1..=near).contains(&t) {
+                        1.0 - step * t as f32
+                    } else {
+                        0.0
+                    }
+                })
+                .collect(),
+        );
+        let mut data = Vec::new();
+        for q in 0..30 {
+            let mut v = e(0);
+            v[dim - 1] = 0.01 * q as f32;
+            data.extend(unit(v));
+        }
+        data.extend(&r);
+        let n = 31;
+        let old = Centroids::try_new(cents.clone(), dim, Distance::Cosine).unwrap();
+        for others_move in [false, true] {
+            let mut moved = cents.clone();
+            if others_move {
+                for j in 0..near {
+                    moved[j * dim + dim - 1] = 0.06;
+                    normalize(&mut moved[j * dim..(j + 1) * dim]);
+                }
+            }
+            let last = unit(e(near).iter().zip(&r).map(|(a, b)| a + 0.08 * b).collect());
+            moved[near * dim..(near + 1) * dim].copy_from_slice(&last);
+            let new = Centroids::try_new(moved, dim, Distance::Cosine).unwrap();
+            let mut b = DriftBounds::new(&data, dim, f64::INFINITY);
+            let (mut l, mut d) = (vec![0u32; n], vec![0f32; n]);
+            b.assign(&data, &old, &vec![u32::MAX; n], &mut l, &mut d);
+            assert_eq!(l[30], 1);
+            assert!(!b.cand[30 * BOUND_CANDIDATES..31 * BOUND_CANDIDATES].contains(&(near as u32)));
+            b.moved(&old, &new);
+            assert_eq!(b.explicit.contains(&(near as u32)), !others_move, "{:?}", b.explicit);
+            assert!(b.max_drift < 0.1, "{}", b.max_drift);
+            // `dots` comes in holding the last iteration's dots, as in the fit.
+            let (mut l2, mut d2) = (vec![0u32; n], d.clone());
+            let searched = b.assign(&data, &new, &l, &mut l2, &mut d2);
+            let (mut l3, mut d3) = (vec![0u32; n], vec![0f32; n]);
+            new.nearest(&data, &mut l3, &mut d3);
+            assert_eq!(l3[30], near as u32, "the moved centroid is the nearest now");
+            assert_eq!(l2, l3, "others move: {others_move}");
+            assert_eq!(
+                d2.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                d3.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            );
+            assert!(searched < n as u64, "rows near e0 keep their cluster by the bound");
+        }
+    }
+
+    #[test]
+    fn the_bound_covers_every_centroid_left_out() {
+        let (data, _) = blobs(25, 20, 40, 0.4, 31);
+        let dim = 40;
+        let n = data.len() / dim;
+        let mut r = Rng::new(5);
+        for k in [25, 12, 3] {
+            let cents: Vec<f32> = (0..k * dim).map(|_| r.normal() as f32).collect();
+            let c = Centroids::try_new(cents, dim, Distance::Cosine).unwrap();
+            let mut all = vec![0f32; n * k];
+            crate::distance::dot_batch(&data, c.as_slice(), dim, &mut all);
+            type Search<'a> = &'a dyn Fn(&mut [u32], &mut [f32], &mut [u32], &mut [f64]);
+            let searches: [Search; 2] = [&|l, d, cd, o| c.nearest_bounded(&data, l, d, cd, o), &|l, d, cd, o| {
+                CertifiedSearch::build(&c).nearest_bounded(&data, l, d, cd, o)
+            }];
+            for search in searches {
+                let m = BOUND_CANDIDATES;
+                let (mut l, mut d, mut cd, mut o) = (vec![0u32; n], vec![0f32; n], vec![0u32; n * m], vec![0f64; n]);
+                search(&mut l, &mut d, &mut cd, &mut o);
+                let (mut l1, mut d1) = (vec![0u32; n], vec![0f32; n]);
+                c.nearest(&data, &mut l1, &mut d1);
+                assert_eq!(l, l1);
+                for i in 0..n {
+                    let cs = &cd[i * m..(i + 1) * m];
+                    assert!(
+                        cs.contains(&l[i]) && cs.windows(2).all(|w| w[0] < w[1] || w[1] == u32::MAX),
+                        "row {i}: {cs:?}"
+                    );
+                    // The candidates' dots, as the k-means step computes them (the row against
+                    // the candidates packed on their own), are the search's bits.
+                    let used: Vec<u32> = cs.iter().copied().filter(|&j| j != u32::MAX).collect();
+                    let rows: Vec<f32> = used.iter().flat_map(|&j| c.row(j as usize).to_vec()).collect();
+                    let mut f = vec![0f32; used.len()];
+                    dot_batch_packed(&data[i * dim..(i + 1) * dim], &PackedRows::new(&rows, dim), &mut f);
+                    for (&j, &v) in used.iter().zip(&f) {
+                        assert_eq!(v.to_bits(), all[i * k + j as usize].to_bits(), "row {i} centroid {j}");
+                    }
+                    let left: Vec<f32> = (0..k)
+                        .filter(|j| !cs.contains(&(*j as u32)))
+                        .map(|j| all[i * k + j])
+                        .collect();
+                    match left.iter().copied().reduce(f32::max) {
+                        None => assert_eq!(o[i], f64::NEG_INFINITY, "k {k}: nothing left out"),
+                        Some(best) => {
+                            assert!(o[i] >= best as f64, "row {i}: bound {} < {best}", o[i]);
+                            // Tight enough to be useful: near the best left out, or the window's edge.
+                            let top = all[i * k..(i + 1) * k].iter().copied().fold(f32::MIN, f32::max);
+                            let edge = best.max(top - 0.25) as f64;
+                            assert!(o[i] - edge < 0.02, "row {i}: bound {} vs {edge}", o[i]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
