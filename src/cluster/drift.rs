@@ -15,6 +15,7 @@ use rayon::prelude::*;
 
 use crate::cluster::centroids::{BOUND_CANDIDATES, CANDIDATE_WINDOW, Centroids};
 use crate::cluster::certified::CertifiedSearch;
+use crate::cluster::kmeans::rows_by_cluster;
 use crate::distance::{PackedRows, dot_batch_packed, f32_error_per_norm, norm_upper_bound};
 
 /// The nearest centroid of every row (and, with `bounds`, the candidates
@@ -184,19 +185,7 @@ impl DriftBounds {
         // of a cluster against the union of their candidates (the f32 kernel's bits
         // depend only on the two rows, not on the block they are computed in).
         let k = c.k();
-        let mut starts = vec![0usize; k + 1];
-        for &l in labels {
-            starts[l as usize + 1] += 1;
-        }
-        for j in 0..k {
-            starts[j + 1] += starts[j];
-        }
-        let mut order = vec![0u32; n];
-        let mut fill = starts.clone();
-        for (i, &l) in labels.iter().enumerate() {
-            order[fill[l as usize]] = i as u32;
-            fill[l as usize] += 1;
-        }
+        let (starts, order) = rows_by_cluster(labels, k);
         let cand = &self.cand;
         let explicit = &self.explicit[..];
         let best: Vec<Vec<(u32, f32, f32)>> = (0..k)
@@ -245,8 +234,10 @@ impl DriftBounds {
                         // The centroids that moved most, when not candidates: computed too, and
                         // the largest of their dots is kept for the bound.
                         let (mut xj, mut xv) = (u32::MAX, f32::NEG_INFINITY);
+                        let all = &cand[i as usize * BOUND_CANDIDATES..(i as usize + 1) * BOUND_CANDIDATES];
                         for &j in explicit {
-                            if !row_cands(i).any(|&c| c == j) {
+                            // Candidates are ascending, unused slots (u32::MAX) last.
+                            if all.binary_search(&j).is_err() {
                                 let v = dot(j);
                                 if v > xv {
                                     (xj, xv) = (j, v);

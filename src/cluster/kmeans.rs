@@ -312,6 +312,25 @@ fn inertia(c: &Centroids, row_norms: &[f32], labels: &[u32], dots: &[f32]) -> f6
     parts.iter().sum()
 }
 
+/// The rows of each cluster, ascending (a stable counting sort): cluster
+/// `j`'s rows are `order[starts[j]..starts[j + 1]]`.
+pub(crate) fn rows_by_cluster(labels: &[u32], k: usize) -> (Vec<usize>, Vec<u32>) {
+    let mut starts = vec![0usize; k + 1];
+    for &l in labels {
+        starts[l as usize + 1] += 1;
+    }
+    for j in 0..k {
+        starts[j + 1] += starts[j];
+    }
+    let mut order = vec![0u32; labels.len()];
+    let mut fill = starts.clone();
+    for (i, &l) in labels.iter().enumerate() {
+        order[fill[l as usize]] = i as u32;
+        fill[l as usize] += 1;
+    }
+    (starts, order)
+}
+
 /// New centroids from labels: per-cluster sums over rows in ascending
 /// order (f64 accumulators), then mean (L2) or normalised mean (cosine);
 /// empty clusters are filled by splitting the largest.
@@ -323,21 +342,8 @@ fn update(
     old: &Centroids,
     params: &KMeansParams,
 ) -> Result<(Centroids, usize)> {
-    // Counting sort of row indices by cluster (stable: ascending rows).
-    let mut counts = vec![0usize; k];
-    for &l in labels {
-        counts[l as usize] += 1;
-    }
-    let mut starts = vec![0usize; k + 1];
-    for j in 0..k {
-        starts[j + 1] = starts[j] + counts[j];
-    }
-    let mut order = vec![0u32; labels.len()];
-    let mut fill = starts.clone();
-    for (i, &l) in labels.iter().enumerate() {
-        order[fill[l as usize]] = i as u32;
-        fill[l as usize] += 1;
-    }
+    let (starts, order) = rows_by_cluster(labels, k);
+    let counts: Vec<usize> = starts.windows(2).map(|w| w[1] - w[0]).collect();
     let mut next = vec![0f32; k * dim];
     next.par_chunks_mut(dim).enumerate().for_each(|(j, c)| {
         let members = &order[starts[j]..starts[j + 1]];
