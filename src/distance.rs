@@ -17,7 +17,7 @@ mod avx512;
 mod bf16;
 
 pub use bf16::{
-    Bf16Kernel, PackedBf16, bf16_error_per_norm, bf16_kernel, bf16_to_f32, certified_bf16_pays, dot_batch_bf16,
+    Bf16Bound, Bf16Kernel, Bf16Norms, PackedBf16, bf16_kernel, bf16_to_f32, certified_bf16_pays, dot_batch_bf16,
     f32_error_per_norm, norm_upper_bound, to_bf16,
 };
 

@@ -3,19 +3,19 @@
 //! centroids that could still win recomputed in f32 with the same kernel as
 //! [`Centroids::nearest`] — so labels and dots are bit-identical to it.
 //!
-//! Error bound. Rounding a row and a centroid to bf16 (precision 8 bits,
-//! unit roundoff u_b = 2⁻⁸) changes each product x_t·c_t by at most
-//! (2u_b + u_b²)·|x_t c_t|; the products are exact in f32 and summed with d
-//! f32 additions, adding at most γ_d·Σ|x̂_t ĉ_t| with γ_d = d·u/(1 − d·u),
-//! u = 2⁻²⁴ (Higham, *Accuracy and Stability of Numerical Algorithms*, 2002,
-//! §3.1). With Σ|x_t c_t| ≤ ‖x‖·‖c‖ the bf16 score `b_j` is within
-//! B = ((2u_b + u_b²)(1 + γ_d) + γ_d)·‖x‖·max‖c‖ of the exact dot, and the f32
-//! dot `f_j` the full search computes is within E = γ_d·‖x‖·max‖c‖ of it.
-//! Every f_j ≤ b_j + B + E, and the best bf16 centroid has f ≥ max b − B − E;
-//! so a centroid with b_j < max b − 2(B + E) can neither beat nor tie it, and
-//! the full search's winner (the first largest f32 dot) is the first largest
-//! f32 dot among the others — the candidates. For unit rows 2(B + E) ≈ 0.016.
-//! Denormals flushed by the bf16 kernel are covered by a 1e-30 absolute term.
+//! Error bound. With x̃, c̃ a row and a centroid rounded to bf16, the bf16
+//! score `b_j` is within B = ‖x − x̃‖·max‖c‖ + ‖x̃‖·max‖c − c̃‖ + γ_d·‖x̃‖·max‖c̃‖
+//! of the exact dot (the rounding errors actually made, by Cauchy–Schwarz,
+//! plus the f32 summation), and the f32 dot `f_j` the full search computes is
+//! within E = γ_d·‖x‖·max‖c‖ of it, γ_d = d·u/(1 − d·u), u = 2⁻²⁴ (Higham,
+//! *Accuracy and Stability of Numerical Algorithms*, 2002, §3.1; see
+//! [`Bf16Bound`]). Every f_j ≤ b_j + B + E, and the best bf16 centroid has
+//! f ≥ max b − B − E; so a centroid with b_j < max b − 2(B + E) can neither
+//! beat nor tie it, and the full search's winner (the first largest f32 dot)
+//! is the first largest f32 dot among the others — the candidates. For random
+//! unit rows at d = 384, 2(B + E) ≈ 0.0066 (the worst-case rounding,
+//! 2⁻⁸ per value, would give 0.016). Denormals flushed by the bf16 kernel are
+//! covered by a 1e-30 absolute term.
 //!
 //! Rows with many candidates (e.g. all-zero rows) fall back to the full f32
 //! search. Everything is per row, in fixed chunks: results do not depend on
@@ -25,8 +25,7 @@ use rayon::prelude::*;
 
 use crate::cluster::centroids::{BOUND_CANDIDATES, CHUNK_ROWS, Centroids, Distance, TILE_K, TopScores, argmax_row};
 use crate::distance::{
-    PACKED_COL_ALIGN, PackedBf16, bf16_error_per_norm, certified_bf16_pays, dot_batch_bf16, dot_batch_packed_cols,
-    norm_upper_bound,
+    Bf16Bound, PACKED_COL_ALIGN, PackedBf16, certified_bf16_pays, dot_batch_bf16, dot_batch_packed_cols,
 };
 
 /// What the search needs besides the centroids, made once per set of
@@ -34,8 +33,8 @@ use crate::distance::{
 #[derive(Debug, Clone)]
 pub(crate) struct Packing {
     packed: PackedBf16,
-    /// ((2u_b + u_b²)(1 + γ_d) + γ_d + γ_d)·max‖c‖ with 1% slack: B + E per unit of ‖x‖.
-    per_norm: f64,
+    /// B + E of a row against these centroids (module doc).
+    bound: Bf16Bound,
 }
 
 /// The search (see the module doc); cheap to make: the bf16 packing is
@@ -44,7 +43,7 @@ pub(crate) struct Packing {
 pub struct CertifiedSearch<'a> {
     c: &'a Centroids,
     packed: &'a PackedBf16,
-    per_norm: f64,
+    bound: Bf16Bound,
 }
 
 impl<'a> CertifiedSearch<'a> {
@@ -61,17 +60,13 @@ impl<'a> CertifiedSearch<'a> {
             let (k, dim) = (c.k(), c.dim());
             let rows: Vec<usize> = (0..k).collect();
             let packed = PackedBf16::new(c.as_slice(), dim, &rows, &vec![1.0; k]);
-            let cmax = (0..k)
-                .map(|j| c.row(j).iter().map(|&v| v as f64 * v as f64).sum::<f64>())
-                .fold(0.0, f64::max)
-                .sqrt();
-            let per_norm = bf16_error_per_norm(dim) * cmax;
-            Packing { packed, per_norm }
+            let bound = Bf16Bound::new(c.as_slice(), dim);
+            Packing { packed, bound }
         });
         CertifiedSearch {
             c,
             packed: &p.packed,
-            per_norm: p.per_norm,
+            bound: p.bound,
         }
     }
 
@@ -167,10 +162,10 @@ impl<'a> CertifiedSearch<'a> {
         // Candidates per row, as (block of 32 centroids, centroid, row) triples.
         s.pairs.clear();
         s.fallback.clear();
-        s.norms.clear();
+        s.errs.clear();
         for i in 0..m {
             let b = &s.scores[i * k..(i + 1) * k];
-            let norm = norm_upper_bound(&x[i * dim..(i + 1) * dim]);
+            let err = self.bound.row_error(&x[i * dim..(i + 1) * dim]);
             let (jt, top) = argmax_row(b, None);
             // With a second nearest wanted, the cut hangs from the second largest score.
             let base = if second.is_some() { second_largest(b, jt) } else { top };
@@ -178,9 +173,9 @@ impl<'a> CertifiedSearch<'a> {
                 s.tops.resize_with(i + 1, TopScores::default);
                 s.tops[i].reset();
                 s.tops[i].offer(b, 0, top);
-                s.norms.push(norm);
+                s.errs.push(err);
             }
-            let cut = base as f64 - 2.0 * (self.per_norm * norm + 1e-30);
+            let cut = base as f64 - 2.0 * err;
             // Rounded down: a candidate set larger than needed is still exact.
             let cut = (cut as f32).next_down();
             let before = s.pairs.len();
@@ -254,7 +249,7 @@ impl<'a> CertifiedSearch<'a> {
             for (i, t) in s.tops.iter_mut().enumerate().take(m) {
                 if labels[i] != u32::MAX {
                     let c = &mut cand[i * BOUND_CANDIDATES..(i + 1) * BOUND_CANDIDATES];
-                    rest[i] = t.finish(labels[i], self.per_norm * s.norms[i], c);
+                    rest[i] = t.finish(labels[i], s.errs[i], c);
                 }
             }
         }
@@ -348,9 +343,9 @@ struct Scratch {
     exact: Vec<f32>,
     /// The f32 dot with the second nearest so far, per row (with `nearest_two`).
     second: Vec<f32>,
-    /// With `nearest_bounded`: each row's best bf16 scores and norm bound.
+    /// With `nearest_bounded`: each row's best bf16 scores and B + E.
     tops: Vec<TopScores>,
-    norms: Vec<f64>,
+    errs: Vec<f64>,
 }
 
 #[cfg(test)]

@@ -12,8 +12,7 @@ use rayon::prelude::*;
 use crate::Result;
 use crate::cluster::hnsw::{Hnsw, HnswParams};
 use crate::distance::{
-    PackedBf16, PackedRows, bf16_error_per_norm, certified_bf16_pays, dot_batch, dot_batch_bf16, dot_batch_packed,
-    norm_upper_bound,
+    Bf16Bound, PackedBf16, PackedRows, certified_bf16_pays, dot_batch, dot_batch_bf16, dot_batch_packed,
 };
 use crate::pipeline::spill::SpilledClusters;
 use crate::score::semdedup::similarity_threshold;
@@ -142,8 +141,8 @@ pub fn second_cluster_duplicates(
 }
 
 /// A tile of owners rounded to bf16 for the second-cluster pass, which only wants the
-/// pairs above a threshold: a pair whose bf16 product is below the threshold minus twice
-/// the bound of [`bf16_error_per_norm`] cannot have an f32 product above it, so only
+/// pairs above a threshold: a pair whose bf16 product is below the threshold minus the
+/// bound of [`Bf16Bound`] (B + E ≥ |bf16 − f32|) cannot have an f32 product above it, so only
 /// the few pairs left are recomputed with the f32 kernel. The hits, and their values,
 /// are exactly those of the f32 products.
 struct Bf16Filter {
@@ -151,8 +150,8 @@ struct Bf16Filter {
     /// The owners packed for the f32 kernel, made on the first guest line with too many
     /// candidates (copies of copies), so those lines do not repack the owners each.
     packed_f32: OnceCell<PackedRows>,
-    /// Error bound per unit of the guest's norm (owner norms included).
-    per_norm: f64,
+    /// B + E of a guest against the owners.
+    bound: Bf16Bound,
     thr: f32,
     dim: usize,
 }
@@ -164,11 +163,10 @@ impl Bf16Filter {
     fn new(owners: &[f32], dim: usize, thr: f32) -> Self {
         let k = owners.len() / dim;
         let idx: Vec<usize> = (0..k).collect();
-        let omax = owners.chunks_exact(dim).map(norm_upper_bound).fold(0.0, f64::max);
         Bf16Filter {
             packed: PackedBf16::new(owners, dim, &idx, &vec![1.0; k]),
             packed_f32: OnceCell::new(),
-            per_norm: bf16_error_per_norm(dim) * omax,
+            bound: Bf16Bound::new(owners, dim),
             thr,
             dim,
         }
@@ -192,7 +190,7 @@ impl Bf16Filter {
         let mut one = [0f32];
         for (line, x) in s.chunks_exact_mut(w).zip(rows) {
             let g = &guests[x * dim..(x + 1) * dim];
-            let cut = self.thr as f64 - 2.0 * (self.per_norm * norm_upper_bound(g) + 1e-30);
+            let cut = self.thr as f64 - self.bound.row_error(g);
             // Rounded down: a larger candidate set is still exact.
             let cut = (cut as f32).next_down();
             found.clear();
