@@ -100,6 +100,35 @@ fn min_l2_update_body(pts: &[f32], dim: usize, c: &[f32], d2: &mut [f32]) {
     }
 }
 
+/// `acc += rows[i]` (widened to f64) for each `i` of `members` in order, the
+/// k-means update's sums; compiled for the widest vectors this CPU has, with
+/// the same per-element order (and so the same bits) on every path.
+pub(crate) fn add_rows_f64(acc: &mut [f64], data: &[f32], members: &[u32]) {
+    #[cfg(target_arch = "x86_64")]
+    if kernel() == Kernel::Avx512 {
+        // SAFETY: the AVX-512 kernel is chosen only when the CPU has AVX-512F.
+        return unsafe { add_rows_f64_avx512(acc, data, members) };
+    }
+    add_rows_f64_body(acc, data, members)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn add_rows_f64_avx512(acc: &mut [f64], data: &[f32], members: &[u32]) {
+    add_rows_f64_body(acc, data, members)
+}
+
+#[inline(always)]
+fn add_rows_f64_body(acc: &mut [f64], data: &[f32], members: &[u32]) {
+    let dim = acc.len();
+    for &i in members {
+        let x = &data[i as usize * dim..(i as usize + 1) * dim];
+        for (a, &v) in acc.iter_mut().zip(x) {
+            *a += v as f64;
+        }
+    }
+}
+
 /// `y += a · x`, element by element (no fused multiply-add, so every path gives the same
 /// bits), compiled for the widest vectors this CPU has.
 pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
@@ -445,6 +474,38 @@ mod tests {
                     prop_assert!((d_gemm - d_ref).abs() <= 1e-3 * (dim as f64));
                 }
             }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn kmeans_helpers_equal_their_plain_loops_bit_for_bit(
+            n in 0usize..11, dim in 1usize..70, seed in 0u64..1000
+        ) {
+            let mut rng = crate::rng::Rng::new(seed);
+            let pts: Vec<f32> = (0..n * dim).map(|_| rng.normal() as f32).collect();
+            let c: Vec<f32> = (0..dim).map(|_| rng.normal() as f32).collect();
+            // min_l2_update (AVX-512 where present) = l2_squared per row.
+            let start: Vec<f32> = (0..n).map(|p| if p % 3 == 0 { f32::INFINITY } else { dim as f32 }).collect();
+            let mut got = start.clone();
+            min_l2_update(&pts, dim, &c, &mut got);
+            let want: Vec<f32> = start
+                .iter()
+                .zip(pts.chunks_exact(dim))
+                .map(|(&v, x)| v.min(l2_squared(x, &c)))
+                .collect();
+            prop_assert_eq!(got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+            // add_rows_f64 = the rows added one by one, in the order given.
+            let members: Vec<u32> = (0..n as u32).rev().chain(0..n as u32 / 2).collect();
+            let mut acc = vec![0.5f64; dim];
+            add_rows_f64(&mut acc, &pts, &members);
+            let mut slow = vec![0.5f64; dim];
+            for &i in &members {
+                for (a, &v) in slow.iter_mut().zip(&pts[i as usize * dim..(i as usize + 1) * dim]) {
+                    *a += v as f64;
+                }
+            }
+            prop_assert_eq!(acc, slow);
         }
     }
 

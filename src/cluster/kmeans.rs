@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::cluster::centroids::CHUNK_ROWS;
 pub use crate::cluster::centroids::{Centroids, Distance};
 use crate::cluster::drift::{DriftBounds, TRACK_BELOW_DRIFT, full_search};
-use crate::distance::{min_l2_update, norm2, normalize};
+use crate::distance::{add_rows_f64, min_l2_update, norm2, normalize};
 use crate::rng::Rng;
 use crate::{Error, Result};
 
@@ -352,12 +352,7 @@ fn update(
             return;
         }
         let mut acc = vec![0f64; dim];
-        for &i in members {
-            let x = &data[i as usize * dim..(i as usize + 1) * dim];
-            for (a, &v) in acc.iter_mut().zip(x) {
-                *a += v as f64;
-            }
-        }
+        add_rows_f64(&mut acc, data, members);
         let inv = 1.0 / members.len() as f64;
         for (o, a) in c.iter_mut().zip(&acc) {
             *o = (a * inv) as f32;
