@@ -100,6 +100,73 @@ fn min_l2_update_body(pts: &[f32], dim: usize, c: &[f32], d2: &mut [f32]) {
     }
 }
 
+/// `out[p] = x_i · c_j` for each pair `(i, j)` of `pairs` (rows of the row-major `x` and
+/// `c`, `dim` columns), bit-identical to the same entries of [`dot_batch`]: with the
+/// AVX-512 kernel, whose every product is one fused multiply-add chain in ascending
+/// coordinate order, the same chains run as scalar FMAs, eight pairs interleaved; with the
+/// portable kernel, each pair is a 1 × 1 [`dot_batch`] (its values do not depend on the
+/// shape either). For the few pairs a certified bf16 search leaves to f32.
+///
+/// # Panics
+/// If a row index is out of range or `out` is not one value per pair.
+pub fn kernel_pair_dots(x: &[f32], c: &[f32], dim: usize, pairs: &[(u32, u32)], out: &mut [f32]) {
+    assert_eq!(out.len(), pairs.len(), "kernel_pair_dots: one output per pair");
+    let row = |m: &'_ [f32], i: u32| -> std::ops::Range<usize> {
+        let r = i as usize * dim..(i as usize + 1) * dim;
+        assert!(r.end <= m.len(), "kernel_pair_dots: row {i} out of range");
+        r
+    };
+    #[cfg(target_arch = "x86_64")]
+    if kernel() == Kernel::Avx512 {
+        for (ps, os) in pairs.chunks(8).zip(out.chunks_mut(8)) {
+            let mut xs = [&x[..0]; 8];
+            let mut cs = [&c[..0]; 8];
+            for (q, &(i, j)) in ps.iter().enumerate() {
+                xs[q] = &x[row(x, i)];
+                cs[q] = &c[row(c, j)];
+            }
+            // SAFETY: the AVX-512 kernel is chosen only when the CPU has AVX-512F; each
+            // of the first ps.len() slices is a whole row of dim values.
+            let v = unsafe { fma_chains8(&xs, &cs, ps.len(), dim) };
+            os.copy_from_slice(&v[..ps.len()]);
+        }
+        return;
+    }
+    let mut one = [0f32];
+    for (&(i, j), o) in pairs.iter().zip(out.iter_mut()) {
+        dot_batch(&x[row(x, i)], &c[row(c, j)], dim, &mut one);
+        *o = one[0];
+    }
+}
+
+/// `acc_q = fma(x_q[t], c_q[t], acc_q)` for t ascending, for the first `n` of eight pairs
+/// (eight independent chains hide the FMA latency).
+///
+/// # Safety
+/// The CPU has AVX-512F; the first `n` slices of `xs` and `cs` hold at least `dim` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn fma_chains8(xs: &[&[f32]; 8], cs: &[&[f32]; 8], n: usize, dim: usize) -> [f32; 8] {
+    let mut acc = [0f32; 8];
+    if n == 8 {
+        let xp: [*const f32; 8] = std::array::from_fn(|q| xs[q].as_ptr());
+        let cp: [*const f32; 8] = std::array::from_fn(|q| cs[q].as_ptr());
+        for t in 0..dim {
+            for q in 0..8 {
+                // SAFETY: t < dim ≤ the length of every slice (caller).
+                unsafe { acc[q] = (*xp[q].add(t)).mul_add(*cp[q].add(t), acc[q]) };
+            }
+        }
+    } else {
+        for q in 0..n {
+            for (a, b) in xs[q][..dim].iter().zip(&cs[q][..dim]) {
+                acc[q] = a.mul_add(*b, acc[q]);
+            }
+        }
+    }
+    acc
+}
+
 /// `acc += rows[i]` (widened to f64) for each `i` of `members` in order, the
 /// k-means update's sums; compiled for the widest vectors this CPU has, with
 /// the same per-element order (and so the same bits) on every path.
@@ -473,6 +540,26 @@ mod tests {
                     prop_assert!((out[i * k + j] as f64 - slow).abs() <= 1e-4 * (dim as f64));
                     prop_assert!((d_gemm - d_ref).abs() <= 1e-3 * (dim as f64));
                 }
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn pair_dots_are_the_kernel_entries_bit_for_bit(
+            m in 1usize..30, k in 1usize..30, dim in 1usize..400, seed in 0u64..1000, np in 0usize..40
+        ) {
+            let mut rng = crate::rng::Rng::new(seed);
+            let x: Vec<f32> = (0..m * dim).map(|_| rng.normal() as f32).collect();
+            let c: Vec<f32> = (0..k * dim).map(|_| rng.normal() as f32).collect();
+            let mut full = vec![0f32; m * k];
+            dot_batch(&x, &c, dim, &mut full);
+            let pairs: Vec<(u32, u32)> =
+                (0..np).map(|_| (rng.below(m as u64) as u32, rng.below(k as u64) as u32)).collect();
+            let mut got = vec![0f32; np];
+            kernel_pair_dots(&x, &c, dim, &pairs, &mut got);
+            for (&(i, j), v) in pairs.iter().zip(&got) {
+                prop_assert_eq!(v.to_bits(), full[i as usize * k + j as usize].to_bits());
             }
         }
     }

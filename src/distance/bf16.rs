@@ -221,6 +221,13 @@ impl Bf16Bound {
         (rounding + sums) * 1.01 + 1e-30
     }
 
+    /// An upper bound on |b|, the bf16 product of a row with norms `x` and any of the
+    /// rows: Σ|x̃_t c̃_t|·(1 + γ_d) ≤ ‖x̃‖·max‖c̃‖·(1 + γ_d), with slack.
+    #[inline]
+    pub fn magnitude(&self, x: &Bf16Norms) -> f64 {
+        x.rounded * self.right.rounded * (1.0 + 2.0 * self.gamma) * 1.01 + 1e-30
+    }
+
     /// [`Bf16Bound::error`] of the row `x`.
     #[inline]
     pub fn row_error(&self, x: &[f32]) -> f64 {

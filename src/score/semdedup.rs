@@ -37,9 +37,10 @@ use std::str::FromStr;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::distance::{PackedRows, dot_batch, dot_batch_packed, dot_batch_packed_cols};
+use crate::distance::{PackedRows, certified_bf16_pays, dot_batch, dot_batch_packed, dot_batch_packed_cols};
 use crate::rng::mix64;
 use crate::{Error, Result};
+use certified::{Bf16Block, CertScratch, absorb_certified};
 
 /// Rows per tile of the within-cluster similarity product: a tile of
 /// scratch is `DEFAULT_BLOCK_ROWS²` floats (4 MiB) plus two row blocks.
@@ -463,7 +464,17 @@ const DIAGONAL_BAND_ROWS: usize = 96;
 /// [`DIAGONAL_BAND_ROWS`] rows against the columns from the band on. Every
 /// product is the kernel's one fused chain per pair, whatever tile or band
 /// computed it, so the values are bit-identical to one full `X·Xᵀ`.
+///
+/// Where the AVX-512 BF16 kernel runs ([`certified_bf16_pays`]), the
+/// diagonal tile is computed first and the off-diagonal tiles go through
+/// [`certified::absorb_certified`]: bf16 products, then f32 only for the
+/// pairs that can still reach a column's maximum — which is at least the
+/// diagonal tile's, so that is their floor. Same results.
 fn max_sim_ranked(rows: &[f32], dim: usize, order: &[u32], block: usize) -> (Vec<f32>, Vec<u32>) {
+    max_sim_ranked_with(rows, dim, order, block, certified_bf16_pays())
+}
+
+fn max_sim_ranked_with(rows: &[f32], dim: usize, order: &[u32], block: usize, bf16: bool) -> (Vec<f32>, Vec<u32>) {
     let m = order.len();
     if m < 2 {
         return (vec![f32::NEG_INFINITY; m], vec![u32::MAX; m]);
@@ -477,19 +488,25 @@ fn max_sim_ranked(rows: &[f32], dim: usize, order: &[u32], block: usize) -> (Vec
             let mut cols = Vec::new();
             gather(rows, dim, &order[a..b], &mut cols);
             let packed = PackedRows::new(&cols, dim);
-            (0..=bi)
+            let half = (bf16 && bi > 0).then(|| Bf16Block::new(&cols, dim));
+            let mut diag = TileMax::empty(tc);
+            diagonal_tile(&cols, &packed, a, &mut Scratch::default().out, &mut diag);
+            // The diagonal ranks last: merged after the earlier tiles, it keeps their
+            // arg-max on ties.
+            let earlier = (0..bi)
                 .into_par_iter()
                 .map_init(Scratch::default, |s, ri| {
                     let mut t = TileMax::empty(tc);
-                    if ri == bi {
-                        diagonal_tile(&cols, &packed, a, &mut s.out, &mut t);
-                        return t;
-                    }
                     let r0 = ri * block;
                     let r1 = (r0 + block).min(b);
                     let tr = r1 - r0;
-                    s.out.resize(tr * tc, 0.0);
                     gather(rows, dim, &order[r0..r1], &mut s.rows);
+                    if let Some(h) = &half
+                        && absorb_certified(h, &cols, &s.rows, dim, r0 as u32, &diag.best, &mut t, &mut s.cert)
+                    {
+                        return t;
+                    }
+                    s.out.resize(tr * tc, 0.0);
                     dot_batch_packed(&s.rows, &packed, &mut s.out);
                     // every row of an earlier tile ranks before every column
                     for (ii, line) in s.out.chunks_exact(tc).enumerate() {
@@ -497,7 +514,8 @@ fn max_sim_ranked(rows: &[f32], dim: usize, order: &[u32], block: usize) -> (Vec
                     }
                     t
                 })
-                .reduce(|| TileMax::empty(tc), TileMax::merge)
+                .reduce(|| TileMax::empty(tc), TileMax::merge);
+            earlier.merge(diag)
         })
         .collect();
     let mut best = Vec::with_capacity(m);
@@ -584,6 +602,7 @@ impl TileMax {
 struct Scratch {
     rows: Vec<f32>,
     out: Vec<f32>,
+    cert: CertScratch,
 }
 
 fn gather(rows: &[f32], dim: usize, idx: &[u32], buf: &mut Vec<f32>) {
@@ -595,6 +614,7 @@ fn gather(rows: &[f32], dim: usize, idx: &[u32], buf: &mut Vec<f32>) {
     }
 }
 
+mod certified;
 mod exact;
 mod threshold;
 

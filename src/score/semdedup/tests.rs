@@ -386,3 +386,69 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+    /// The certified bf16 tiles (forced, so CPUs without AVX-512 BF16 run them through
+    /// the portable bf16 kernel) give M and the arg-max of one full f32 product bit for
+    /// bit: near copies, exact copies (ties, and tiles left to f32), opposite rows.
+    #[test]
+    fn certified_tiles_are_bit_identical_to_one_full_product(
+        n in 2usize..400, dim in prop::sample::select(vec![1usize, 5, 33, 96, 384]),
+        block in prop::sample::select(vec![7usize, 64, 100, 250, 1024]),
+        seed in 0u64..1000, near in 0usize..60, exact in 0usize..40,
+    ) {
+        let mut rows = random_unit_rows(n, dim, seed);
+        let mut r = Rng::new(seed ^ 0xC0FFEE);
+        for t in 0..near.min(n / 3) {
+            let (src, dst) = (r.below(n as u64) as usize, n - 1 - t);
+            for d in 0..dim {
+                rows[dst * dim + d] = rows[src * dim + d] + (r.normal() * 0.002) as f32;
+            }
+            unit(&mut rows[dst * dim..(dst + 1) * dim]);
+        }
+        for t in 0..exact.min(n / 3) {
+            let dst = t + n / 3;
+            for d in 0..dim {
+                rows[dst * dim + d] = if t % 5 == 4 { -rows[d] } else { rows[d] };
+            }
+        }
+        let order: Vec<u32> = (0..n as u32).collect();
+        let (want_best, want_arg) = full_matrix_max(&rows, dim);
+        let (best, arg) = max_sim_ranked_with(&rows, dim, &order, block, true);
+        for j in 0..n {
+            prop_assert_eq!(best[j].to_bits(), want_best[j].to_bits(), "rank {}", j);
+            prop_assert_eq!(arg[j], want_arg[j], "rank {}", j);
+        }
+    }
+}
+
+#[test]
+fn random_rows_take_the_bf16_path_and_copies_fall_back_untouched() {
+    let dim = 64;
+    let cols = random_unit_rows(200, dim, 1);
+    let block = Bf16Block::new(&cols, dim);
+    let packed = crate::distance::PackedRows::new(&cols, dim);
+    let mut s = CertScratch::default();
+    // An off-diagonal tile of random rows: certified, and the maxima are the f32 ones.
+    let x = random_unit_rows(50, dim, 2);
+    let mut t = TileMax::empty(200);
+    let none = vec![f32::NEG_INFINITY; 200];
+    assert!(absorb_certified(&block, &cols, &x, dim, 0, &none, &mut t, &mut s));
+    let mut f = vec![0f32; 50 * 200];
+    crate::distance::dot_batch_packed(&x, &packed, &mut f);
+    let mut want = TileMax::empty(200);
+    for (ii, line) in f.chunks_exact(200).enumerate() {
+        want.absorb(line, 0, ii as u32);
+    }
+    assert_eq!(t.best, want.best);
+    assert_eq!(t.arg, want.arg);
+    // Rows that all equal one column tie everywhere: the candidates would cost more
+    // than the f32 tile, so it says so and leaves `t` alone.
+    let same: Vec<f32> = (0..50).flat_map(|_| cols[..dim].iter().copied()).collect();
+    let copies: Vec<f32> = (0..200).flat_map(|_| cols[..dim].iter().copied()).collect();
+    let block = Bf16Block::new(&copies, dim);
+    let mut t = TileMax::empty(200);
+    assert!(!absorb_certified(&block, &copies, &same, dim, 0, &none, &mut t, &mut s));
+    assert!(t.best.iter().all(|&b| b == f32::NEG_INFINITY));
+}
