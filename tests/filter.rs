@@ -344,6 +344,39 @@ fn saved_centroids_reproduce_the_selection() {
     assert_eq!(report(&b)["kmeans"]["source"], c.display().to_string());
 }
 
+/// The score pass copies the k-means training rows' cluster and dot from the fit
+/// instead of searching again: the scores must be those of a full search, whether
+/// all rows trained (2,000 rows, sample 2,560) or a quarter did (`--sample 500`).
+#[test]
+fn training_rows_keep_the_values_a_full_search_gives() {
+    let tmp = tempfile::tempdir().unwrap();
+    for sample in ["2560", "500"] {
+        let c = tmp.path().join(format!("c{sample}.npy"));
+        let run = |name: &str, extra: &[&str], reuse: bool| {
+            let out = tmp.path().join(format!("{name}{sample}"));
+            let mut cmd = dprune();
+            cmd.args(["filter", "--keep", "0.3", "--k", "10", "--scores-only", "-q", "-o"])
+                .arg(&out)
+                .arg(fixture(MINI))
+                .args(extra);
+            if !reuse {
+                cmd.env("DPRUNE_SAMPLE_LABELS", "0");
+            }
+            cmd.assert().success();
+            scores_table(&out)
+        };
+        let reused = run(
+            "a",
+            &["--sample", sample, "--save-centroids", c.to_str().unwrap()],
+            true,
+        );
+        let searched = run("b", &["--sample", sample], false);
+        let given = run("c", &["--centroids", c.to_str().unwrap()], true);
+        assert_eq!(reused, searched, "sample {sample}: reuse on vs off");
+        assert_eq!(reused, given, "sample {sample}: fit vs saved centroids");
+    }
+}
+
 #[test]
 fn given_assignments_replace_the_nearest_centroid() {
     let tmp = tempfile::tempdir().unwrap();

@@ -169,6 +169,13 @@ pub struct KMeans {
     /// Rows searched against every centroid, per iteration (the rest kept
     /// their cluster by the drift bound).
     pub searched_history: Vec<u64>,
+    /// Every training row's nearest centroid among [`KMeans::centroids`]
+    /// (the fit stops right after a search, never after an update), the
+    /// first largest dot on ties, as [`Centroids::nearest`] gives it.
+    pub labels: Vec<u32>,
+    /// The f32 dot of every training row with that centroid, the bits
+    /// [`Centroids::nearest`] gives: a score pass can take both as they are.
+    pub dots: Vec<f32>,
 }
 
 impl KMeans {
@@ -282,6 +289,8 @@ impl KMeans {
             reseeded,
             train_rows: n,
             searched_history,
+            labels,
+            dots,
         })
     }
 

@@ -132,7 +132,8 @@ fn merge<T>(parts: Vec<Result<(T, InvalidReport)>>, invalid: &mut InvalidReport)
 
 /// Sample pass: validates every row (of `only`, when given: the rows left
 /// by `--where`, by global id) and collects the embeddings (unit vectors
-/// for cosine) of the rows in `sample_ids` (sorted global ids).
+/// for cosine) of the rows in `sample_ids` (sorted global ids), and the global
+/// ids of the rows taken (unusable ones are left out).
 pub fn read_sample(
     data: &Dataset,
     source: &dyn EmbeddingSource,
@@ -141,15 +142,16 @@ pub fn read_sample(
     p: &FilterParams,
     invalid: &mut InvalidReport,
     progress: &dyn Progress,
-) -> Result<Vec<f32>> {
+) -> Result<(Vec<f32>, Vec<u64>)> {
     let d = source.dim();
-    let parts: Vec<Result<(Vec<f32>, InvalidReport)>> = data
+    let parts: Vec<Result<(SamplePart, InvalidReport)>> = data
         .shards
         .par_iter()
         .map(|shard| {
             let (lo, hi) = (data.offset(shard.index), data.offset(shard.index + 1));
             let ids = &sample_ids[sample_ids.partition_point(|&g| g < lo)..sample_ids.partition_point(|&g| g < hi)];
             let mut out = Vec::with_capacity(ids.len() * d);
+            let mut taken = Vec::with_capacity(ids.len());
             let mut inv = InvalidReport::default();
             let mut next = 0usize;
             stream_shard(shard, source, p.batch_rows, |b| {
@@ -170,6 +172,7 @@ pub fn read_sample(
                     }
                     if next < ids.len() && ids[next] == g {
                         if bad.is_none() {
+                            taken.push(g);
                             let start = out.len();
                             out.extend_from_slice(x);
                             if p.kmeans.distance == Distance::Cosine {
@@ -182,17 +185,92 @@ pub fn read_sample(
                 progress.advance(b.rows() as u64);
                 Ok(())
             })?;
-            Ok((out, inv))
+            Ok(((out, taken), inv))
         })
         .collect();
     // Concatenate part by part, freeing each part as it is copied: peak memory is the
     // sample plus one shard's part, not twice the sample (`concat` would keep all parts).
     let parts = merge(parts, invalid)?;
-    let mut out = Vec::with_capacity(parts.iter().map(Vec::len).sum());
-    for part in parts {
+    let mut out = Vec::with_capacity(parts.iter().map(|p| p.0.len()).sum());
+    let mut ids = Vec::with_capacity(parts.iter().map(|p| p.1.len()).sum());
+    for (part, taken) in parts {
         out.extend_from_slice(&part);
+        ids.extend_from_slice(&taken);
     }
-    Ok(out)
+    Ok((out, ids))
+}
+
+/// One shard's sample rows and their global ids.
+type SamplePart = (Vec<f32>, Vec<u64>);
+
+/// A nearest-centroid search: rows, then labels and f32 dots out.
+type Search<'a> = dyn Fn(&[f32], &mut [u32], &mut [f32]) + 'a;
+
+/// The nearest centroid and f32 dot of every row of `x` (the batch from global
+/// row `g0` on): rows k-means trained on take the fit's values (the same bits,
+/// [`TrainedRows`]), the others go through `search`, gathered into one block.
+fn nearest_or_trained(
+    search: &Search,
+    x: &[f32],
+    d: usize,
+    g0: u64,
+    trained: Option<&TrainedRows>,
+    labels: &mut [u32],
+    dots: &mut [f32],
+) {
+    let m = labels.len() as u64;
+    let Some(t) = trained else {
+        return search(x, labels, dots);
+    };
+    let (lo, hi) = (
+        t.ids.partition_point(|&g| g < g0),
+        t.ids.partition_point(|&g| g < g0 + m),
+    );
+    if lo == hi {
+        return search(x, labels, dots);
+    }
+    let mut rest = Vec::with_capacity(labels.len() - (hi - lo));
+    let mut q = lo;
+    for i in 0..labels.len() {
+        if q < hi && t.ids[q] == g0 + i as u64 {
+            (labels[i], dots[i]) = (t.labels[q], t.dots[q]);
+            q += 1;
+        } else {
+            rest.push(i);
+        }
+    }
+    if rest.is_empty() {
+        return;
+    }
+    let mut xs = Vec::with_capacity(rest.len() * d);
+    for &i in &rest {
+        xs.extend_from_slice(&x[i * d..(i + 1) * d]);
+    }
+    let (mut l, mut dd) = (vec![0u32; rest.len()], vec![0f32; rest.len()]);
+    search(&xs, &mut l, &mut dd);
+    for (r, &i) in rest.iter().enumerate() {
+        (labels[i], dots[i]) = (l[r], dd[r]);
+    }
+}
+
+/// The k-means training rows' nearest centroid and f32 dot, by global row id
+/// (ascending): the score pass's own values for those rows, so it copies them
+/// instead of searching again (cosine, unless `DPRUNE_SAMPLE_LABELS=0`).
+#[derive(Debug, Clone, Default)]
+pub struct TrainedRows {
+    /// Global row ids, ascending.
+    pub ids: Vec<u64>,
+    /// Nearest centroid of each.
+    pub labels: Vec<u32>,
+    /// f32 dot with it.
+    pub dots: Vec<f32>,
+}
+
+impl TrainedRows {
+    /// Whether a score pass may use them (see the type's doc).
+    pub fn enabled() -> bool {
+        std::env::var("DPRUNE_SAMPLE_LABELS").map_or(true, |v| v != "0")
+    }
 }
 
 /// Where the score pass groups rows by cluster (see [`crate::pipeline::spill`]).
@@ -218,6 +296,7 @@ pub fn score_rows(
     p: &FilterParams,
     rows: &mut Rows,
     spills: Spills,
+    trained: Option<&TrainedRows>,
     invalid: &mut InvalidReport,
     progress: &dyn Progress,
 ) -> Result<()> {
@@ -335,9 +414,14 @@ pub fn score_rows(
                             }
                         });
                     sc.iter_mut().for_each(|s| *s = 1.0 - *s);
-                } else if let Some(cs) = &certified {
-                    // Cosine (checked by `new`): the score is 1 − the dot, as `prototypicality` computes it.
-                    cs.nearest(&b.values, &mut labels[base..base + m], sc);
+                } else if c.distance() == Distance::Cosine {
+                    // The score is 1 − the dot, as `prototypicality` computes it.
+                    let search = |x: &[f32], l: &mut [u32], dots: &mut [f32]| match &certified {
+                        Some(cs) => cs.nearest(x, l, dots),
+                        None => c.nearest(x, l, dots),
+                    };
+                    let g0 = first_id + b.first_row;
+                    nearest_or_trained(&search, &b.values, d, g0, trained, &mut labels[base..base + m], sc);
                     sc.iter_mut().for_each(|s| *s = 1.0 - *s);
                 } else {
                     prototypicality(c, &b.values, &mut labels[base..base + m], sc);

@@ -12,11 +12,11 @@ use super::dedup::run_semdedup;
 use super::sources::{load_centroids, open_source};
 use super::summary::build_report;
 use super::{FilterConfig, FilterParams, OutputSpec, prefilter, write};
-use crate::cluster::{Centroids, KMeans, KMeansParams};
+use crate::cluster::{Centroids, Distance, KMeans, KMeansParams};
 use crate::io::embeddings::EmbeddingSource;
 use crate::io::{Dataset, columns, expand_inputs};
 use crate::pipeline::budget::{Ranking, choose};
-use crate::pipeline::passes::{Rows, Spills, read_sample, score_rows};
+use crate::pipeline::passes::{Rows, Spills, TrainedRows, read_sample, score_rows};
 use crate::pipeline::plot;
 use crate::pipeline::progress::{Pass, Progress};
 use crate::pipeline::report::{InvalidReport, KMeansReport, REPORT_JSON, REPORT_PNG, Report};
@@ -129,7 +129,8 @@ pub fn run_filter(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Report>
         let d = source.dim();
         source_desc = Some(source.describe());
         dim = Some(d);
-        let (centroids, kr) = fit_or_load(&data, source.as_ref(), p, only, n_pass, &mut invalid, progress, &mut t)?;
+        let (centroids, kr, trained) =
+            fit_or_load(&data, source.as_ref(), p, only, n_pass, &mut invalid, progress, &mut t)?;
         if let Some(path) = &p.assignments {
             rows.labels = load_assignments(path, n, centroids.k())?;
         }
@@ -159,6 +160,7 @@ pub fn run_filter(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Report>
                 owners: spill.as_ref(),
                 guests: guests.as_ref(),
             },
+            trained.as_ref(),
             &mut invalid,
             progress,
         )?;
@@ -409,11 +411,14 @@ pub(super) fn fit_or_load(
     invalid: &mut InvalidReport,
     progress: &dyn Progress,
     t: &mut Timings,
-) -> Result<(Centroids, KMeansReport)> {
+) -> Result<(Centroids, KMeansReport, Option<TrainedRows>)> {
     let n = data.num_rows();
     let d = source.dim();
     match &p.centroids {
-        Some(path) => Ok(load_centroids(path, d, p.kmeans.distance)?),
+        Some(path) => {
+            let (c, kr) = load_centroids(path, d, p.kmeans.distance)?;
+            Ok((c, kr, None))
+        }
         None => {
             let km = KMeansParams {
                 seed: p.seed,
@@ -428,7 +433,7 @@ pub(super) fn fit_or_load(
                 sample_ids.iter_mut().for_each(|s| *s = ids[*s as usize]);
             }
             progress.begin(Pass::Sample, n);
-            let sample = read_sample(data, source, &sample_ids, only, p, invalid, progress)?;
+            let (sample, taken) = read_sample(data, source, &sample_ids, only, p, invalid, progress)?;
             progress.end();
             t.mark("sample");
             let train = sample.len() / d;
@@ -458,7 +463,12 @@ pub(super) fn fit_or_load(
                 reseeded_empty: fit.reseeded,
                 saved_to: None,
             };
-            Ok((fit.centroids, kr))
+            let trained = (p.kmeans.distance == Distance::Cosine && TrainedRows::enabled()).then_some(TrainedRows {
+                ids: taken,
+                labels: fit.labels,
+                dots: fit.dots,
+            });
+            Ok((fit.centroids, kr, trained))
         }
     }
 }

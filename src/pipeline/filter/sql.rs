@@ -233,7 +233,7 @@ pub fn run_filter_sql(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Rep
     t.mark("plan");
 
     let mut invalid_sample = InvalidReport::default();
-    let (centroids, kreport) = fit_or_load(
+    let (centroids, kreport, _) = fit_or_load(
         &data,
         source.as_ref(),
         p,
