@@ -1,0 +1,149 @@
+//! Row-wise helpers of k-means and the scoring passes (k-means++'s distance
+//! update, the update's sums, axpy, squared norms), each compiled for the
+//! widest vectors this CPU has with the same per-element order on every path,
+//! so they give the same bits with and without AVX-512.
+
+use super::{Kernel, dot, kernel, l2_squared};
+
+/// `d2[p] = min(d2[p], ‖pts_p − c‖²)` for every row `p` of `pts` (the
+/// k-means++ update), compiled for the widest vectors this CPU has; every
+/// path gives the same values (the same per-lane sums, no reassociation).
+pub fn min_l2_update(pts: &[f32], dim: usize, c: &[f32], d2: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if kernel() == Kernel::Avx512 {
+        // SAFETY: the AVX-512 kernel is chosen only when the CPU has AVX-512F.
+        return unsafe { min_l2_update_avx512(pts, dim, c, d2) };
+    }
+    min_l2_update_body(pts, dim, c, d2)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn min_l2_update_avx512(pts: &[f32], dim: usize, c: &[f32], d2: &mut [f32]) {
+    min_l2_update_body(pts, dim, c, d2)
+}
+
+#[inline(always)]
+fn min_l2_update_body(pts: &[f32], dim: usize, c: &[f32], d2: &mut [f32]) {
+    for (x, v) in pts.chunks_exact(dim).zip(d2.iter_mut()) {
+        let dist = l2_squared(x, c);
+        if dist < *v {
+            *v = dist;
+        }
+    }
+}
+
+/// `acc += rows[i]` (widened to f64) for each `i` of `members` in order, the
+/// k-means update's sums; compiled for the widest vectors this CPU has, with
+/// the same per-element order (and so the same bits) on every path.
+pub(crate) fn add_rows_f64(acc: &mut [f64], data: &[f32], members: &[u32]) {
+    #[cfg(target_arch = "x86_64")]
+    if kernel() == Kernel::Avx512 {
+        // SAFETY: the AVX-512 kernel is chosen only when the CPU has AVX-512F.
+        return unsafe { add_rows_f64_avx512(acc, data, members) };
+    }
+    add_rows_f64_body(acc, data, members)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn add_rows_f64_avx512(acc: &mut [f64], data: &[f32], members: &[u32]) {
+    add_rows_f64_body(acc, data, members)
+}
+
+#[inline(always)]
+fn add_rows_f64_body(acc: &mut [f64], data: &[f32], members: &[u32]) {
+    let dim = acc.len();
+    for &i in members {
+        let x = &data[i as usize * dim..(i as usize + 1) * dim];
+        for (a, &v) in acc.iter_mut().zip(x) {
+            *a += v as f64;
+        }
+    }
+}
+
+/// `y += a · x`, element by element (no fused multiply-add, so every path gives the same
+/// bits), compiled for the widest vectors this CPU has.
+pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    assert_eq!(y.len(), x.len(), "axpy: lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    if kernel() == Kernel::Avx512 {
+        // SAFETY: the AVX-512 kernel is chosen only when the CPU has AVX-512F.
+        return unsafe { axpy_avx512(y, a, x) };
+    }
+    axpy_body(y, a, x)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn axpy_avx512(y: &mut [f32], a: f32, x: &[f32]) {
+    axpy_body(y, a, x)
+}
+
+#[inline(always)]
+fn axpy_body(y: &mut [f32], a: f32, x: &[f32]) {
+    for (v, &u) in y.iter_mut().zip(x) {
+        *v += a * u;
+    }
+}
+
+/// The squared L2 norm of every `dim`-wide row of `x` (as [`norm2`](super::norm2), same bits), compiled
+/// for the widest vectors this CPU has.
+pub fn row_norms2(x: &[f32], dim: usize) -> Vec<f32> {
+    assert!(dim > 0 && x.len().is_multiple_of(dim), "row_norms2: x is not n x dim");
+    #[cfg(target_arch = "x86_64")]
+    if kernel() == Kernel::Avx512 {
+        // SAFETY: the AVX-512 kernel is chosen only when the CPU has AVX-512F.
+        return unsafe { row_norms2_avx512(x, dim) };
+    }
+    row_norms2_body(x, dim)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn row_norms2_avx512(x: &[f32], dim: usize) -> Vec<f32> {
+    row_norms2_body(x, dim)
+}
+
+#[inline(always)]
+fn row_norms2_body(x: &[f32], dim: usize) -> Vec<f32> {
+    x.chunks_exact(dim).map(|r| dot(r, r)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn kmeans_helpers_equal_their_plain_loops_bit_for_bit(
+            n in 0usize..11, dim in 1usize..70, seed in 0u64..1000
+        ) {
+            let mut rng = crate::rng::Rng::new(seed);
+            let pts: Vec<f32> = (0..n * dim).map(|_| rng.normal() as f32).collect();
+            let c: Vec<f32> = (0..dim).map(|_| rng.normal() as f32).collect();
+            // min_l2_update (AVX-512 where present) = l2_squared per row.
+            let start: Vec<f32> = (0..n).map(|p| if p % 3 == 0 { f32::INFINITY } else { dim as f32 }).collect();
+            let mut got = start.clone();
+            min_l2_update(&pts, dim, &c, &mut got);
+            let want: Vec<f32> = start
+                .iter()
+                .zip(pts.chunks_exact(dim))
+                .map(|(&v, x)| v.min(l2_squared(x, &c)))
+                .collect();
+            prop_assert_eq!(got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+            // add_rows_f64 = the rows added one by one, in the order given.
+            let members: Vec<u32> = (0..n as u32).rev().chain(0..n as u32 / 2).collect();
+            let mut acc = vec![0.5f64; dim];
+            add_rows_f64(&mut acc, &pts, &members);
+            let mut slow = vec![0.5f64; dim];
+            for &i in &members {
+                for (a, &v) in slow.iter_mut().zip(&pts[i as usize * dim..(i as usize + 1) * dim]) {
+                    *a += v as f64;
+                }
+            }
+            prop_assert_eq!(acc, slow);
+        }
+    }
+}
