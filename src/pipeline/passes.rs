@@ -255,7 +255,10 @@ fn nearest_or_trained(
 
 /// The k-means training rows' nearest centroid and f32 dot, by global row id
 /// (ascending): the score pass's own values for those rows, so it copies them
-/// instead of searching again (cosine, unless `DPRUNE_SAMPLE_LABELS=0`).
+/// instead of searching again (cosine, unless `DPRUNE_SAMPLE_LABELS=0`). Only
+/// the plain nearest-centroid search uses them: with `--assignments` the labels
+/// are given, and the cross pass (`--dedup-global`) also needs every row's
+/// second-nearest centroid, which the fit does not keep.
 #[derive(Debug, Clone, Default)]
 pub struct TrainedRows {
     /// Global row ids, ascending.
