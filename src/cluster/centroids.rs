@@ -14,8 +14,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::distance::{
-    PACKED_COL_ALIGN, PackedRows, dot_batch_packed, dot_batch_packed_cols, f32_error_per_norm, norm_upper_bound, norm2,
-    normalize,
+    PackedRows, dot_batch_packed, f32_error_per_norm, kernel_pair_dots, norm_upper_bound, norm2, normalize,
 };
 use crate::{Error, Result};
 
@@ -139,11 +138,6 @@ impl Centroids {
         &self.data[j * self.dim..(j + 1) * self.dim]
     }
 
-    /// Centroids `t·TILE_K ..` packed for the GEMM kernel (the `t`-th tile).
-    pub(crate) fn tile(&self, t: usize) -> &PackedRows {
-        &self.tiles[t]
-    }
-
     /// For every row of `rows` (row-major, `dim` columns): the nearest
     /// centroid into `labels` and the row's dot product with it into
     /// `dots`. Ties go to the lower centroid index. Parallel over fixed
@@ -177,19 +171,17 @@ impl Centroids {
             rows.len() == labels.len() * d && dots.len() == labels.len(),
             "dots_to: lengths disagree"
         );
-        rows.par_chunks(d)
-            .zip(labels.par_iter())
-            .zip(dots.par_iter_mut())
-            .for_each_init(Vec::new, |scratch, ((x, &l), out)| {
-                let l = l as usize;
-                assert!(l < self.k, "dots_to: label {l} not below k = {}", self.k);
-                let tile = &self.tiles[l / TILE_K];
-                let j = l % TILE_K;
-                let a = j - j % PACKED_COL_ALIGN;
-                let b = (a + PACKED_COL_ALIGN).min(tile_len(self.k, l / TILE_K));
-                scratch.resize(b - a, 0.0);
-                dot_batch_packed_cols(x, tile, a..b, scratch);
-                *out = scratch[j - a];
+        // Each row's own fused chain: the bits the kernel gives in any tile.
+        rows.par_chunks(CHUNK_ROWS * d)
+            .zip(labels.par_chunks(CHUNK_ROWS))
+            .zip(dots.par_chunks_mut(CHUNK_ROWS))
+            .for_each_init(Vec::new, |pairs, ((x, l), out)| {
+                pairs.clear();
+                pairs.extend(l.iter().enumerate().map(|(i, &l)| {
+                    assert!((l as usize) < self.k, "dots_to: label {l} not below k = {}", self.k);
+                    (i as u32, l)
+                }));
+                kernel_pair_dots(x, &self.data, d, pairs, out);
             });
     }
 
@@ -524,11 +516,6 @@ fn argmax(row: &[f32], f: impl Fn(usize, f32) -> f32) -> (usize, f32) {
         }
     }
     (j, best)
-}
-
-/// Columns in tile `t` of `k` centroids tiled by [`TILE_K`].
-fn tile_len(k: usize, t: usize) -> usize {
-    (k - t * TILE_K).min(TILE_K)
 }
 
 #[cfg(test)]

@@ -23,10 +23,8 @@
 
 use rayon::prelude::*;
 
-use crate::cluster::centroids::{BOUND_CANDIDATES, CHUNK_ROWS, Centroids, Distance, TILE_K, TopScores, argmax_row};
-use crate::distance::{
-    Bf16Bound, PACKED_COL_ALIGN, PackedBf16, certified_bf16_pays, dot_batch_bf16, dot_batch_packed_cols,
-};
+use crate::cluster::centroids::{BOUND_CANDIDATES, CHUNK_ROWS, Centroids, Distance, TopScores, argmax_row};
+use crate::distance::{Bf16Bound, PackedBf16, certified_bf16_pays, dot_batch_bf16, kernel_pair_dots};
 
 /// What the search needs besides the centroids, made once per set of
 /// centroids (cached in [`Centroids`]).
@@ -159,7 +157,7 @@ impl<'a> CertifiedSearch<'a> {
         s.ones.resize(m, 1.0);
         s.scores.resize(m * k, 0.0);
         dot_batch_bf16(x, &s.idx, &s.ones, self.packed, &mut s.scores);
-        // Candidates per row, as (block of 32 centroids, centroid, row) triples.
+        // Candidates, as (row, centroid) pairs in that order.
         s.pairs.clear();
         s.fallback.clear();
         s.errs.clear();
@@ -183,16 +181,14 @@ impl<'a> CertifiedSearch<'a> {
                 s.found.clear();
                 candidates(b, cut, &mut s.found);
                 if s.found.len() <= MAX_CANDIDATES.max(k / 8) {
-                    s.pairs
-                        .extend(s.found.iter().map(|&j| (j / PACKED_COL_ALIGN as u32, j, i as u32)));
+                    s.pairs.extend(s.found.iter().map(|&j| (i as u32, j)));
                 }
             }
             if s.pairs.len() == before {
                 s.fallback.push(i);
             }
         }
-        // Exact f32 dots of the candidates, one packed block of centroids at a time.
-        s.pairs.sort_unstable();
+        // Exact f32 dots of the candidates: each pair's own fused chain, the kernel's bits.
         labels.fill(u32::MAX);
         dots.fill(f32::NEG_INFINITY);
         if let Some(s2) = second.as_deref_mut() {
@@ -200,48 +196,25 @@ impl<'a> CertifiedSearch<'a> {
             s.second.clear();
             s.second.resize(m, f32::NEG_INFINITY);
         }
-        let mut p = 0;
-        while p < s.pairs.len() {
-            let blk = s.pairs[p].0;
-            let end = p + s.pairs[p..].partition_point(|q| q.0 == blk);
-            let group = &s.pairs[p..end];
-            // Distinct rows of the group, ascending (the sort puts them in (centroid, row)
-            // order, so collect and dedup).
-            s.rows.clear();
-            s.rows.extend(group.iter().map(|q| q.2));
-            s.rows.sort_unstable();
-            s.rows.dedup();
-            s.x.clear();
-            for &i in &s.rows {
-                s.x.extend_from_slice(&x[i as usize * dim..(i as usize + 1) * dim]);
-            }
-            let col0 = blk as usize * PACKED_COL_ALIGN;
-            let t0 = col0 / TILE_K * TILE_K;
-            let cols = col0 - t0..(col0 + PACKED_COL_ALIGN).min(k) - t0;
-            let w = cols.len();
-            s.exact.resize(s.rows.len() * w, 0.0);
-            dot_batch_packed_cols(&s.x, self.c.tile(t0 / TILE_K), cols, &mut s.exact);
-            for &(_, j, i) in group {
-                let r = s.rows.binary_search(&i).expect("row of the group");
-                let v = s.exact[r * w + j as usize - col0];
-                let i = i as usize;
-                let (l, d) = (&mut labels[i], &mut dots[i]);
-                // First largest: candidates arrive in ascending centroid order per row; the
-                // one it displaces, or the first largest of the rest, is second.
-                if v > *d || *l == u32::MAX {
-                    if let Some(s2) = second.as_deref_mut()
-                        && *l != u32::MAX
-                    {
-                        (s2[i], s.second[i]) = (*l, *d);
-                    }
-                    (*l, *d) = (j, v);
-                } else if let Some(s2) = second.as_deref_mut()
-                    && (v > s.second[i] || s2[i] == u32::MAX)
+        s.exact.resize(s.pairs.len(), 0.0);
+        kernel_pair_dots(x, self.c.as_slice(), dim, &s.pairs, &mut s.exact);
+        // Pairs arrive row by row, centroids ascending: the first largest wins, and the
+        // one it displaces, or the first largest of the rest, is second.
+        for (&(i, j), &v) in s.pairs.iter().zip(&s.exact) {
+            let i = i as usize;
+            let (l, d) = (&mut labels[i], &mut dots[i]);
+            if v > *d || *l == u32::MAX {
+                if let Some(s2) = second.as_deref_mut()
+                    && *l != u32::MAX
                 {
-                    (s2[i], s.second[i]) = (j, v);
+                    (s2[i], s.second[i]) = (*l, *d);
                 }
+                (*l, *d) = (j, v);
+            } else if let Some(s2) = second.as_deref_mut()
+                && (v > s.second[i] || s2[i] == u32::MAX)
+            {
+                (s2[i], s.second[i]) = (j, v);
             }
-            p = end;
         }
         let mut bounds = bounds;
         if let Some((cand, rest)) = bounds.as_mut() {
@@ -335,10 +308,9 @@ struct Scratch {
     idx: Vec<usize>,
     ones: Vec<f32>,
     scores: Vec<f32>,
-    pairs: Vec<(u32, u32, u32)>,
+    pairs: Vec<(u32, u32)>,
     fallback: Vec<usize>,
     found: Vec<u32>,
-    rows: Vec<u32>,
     x: Vec<f32>,
     exact: Vec<f32>,
     /// The f32 dot with the second nearest so far, per row (with `nearest_two`).

@@ -13,6 +13,7 @@ use crate::Result;
 use crate::cluster::hnsw::{Hnsw, HnswParams};
 use crate::distance::{
     Bf16Bound, PackedBf16, PackedRows, certified_bf16_pays, dot_batch, dot_batch_bf16, dot_batch_packed,
+    kernel_pair_dots,
 };
 use crate::pipeline::spill::SpilledClusters;
 use crate::score::semdedup::similarity_threshold;
@@ -186,15 +187,19 @@ impl Bf16Filter {
         let (dim, w) = (self.dim, self.packed.k());
         let idx: Vec<usize> = rows.clone().collect();
         dot_batch_bf16(guests, &idx, &vec![1.0; idx.len()], &self.packed, s);
-        let mut found = Vec::new();
-        let mut one = [0f32];
+        let (mut found, mut pairs) = (Vec::new(), Vec::new());
         for (line, x) in s.chunks_exact_mut(w).zip(rows) {
             let g = &guests[x * dim..(x + 1) * dim];
             let cut = self.thr as f64 - self.bound.row_error(g);
             // Rounded down: a larger candidate set is still exact.
             let cut = (cut as f32).next_down();
             found.clear();
-            found.extend(line.iter().enumerate().filter(|&(_, &v)| v >= cut).map(|(y, _)| y));
+            found.extend(
+                line.iter()
+                    .enumerate()
+                    .filter(|&(_, &v)| v >= cut)
+                    .map(|(y, _)| y as u32),
+            );
             if found.len() > Self::MAX_CANDIDATES {
                 let packed = self.packed_f32.get_or_init(|| PackedRows::new(owners, dim));
                 dot_batch_packed(g, packed, line);
@@ -203,11 +208,13 @@ impl Bf16Filter {
                 }
                 continue;
             }
-            for &y in &found {
-                // The f32 kernel's value for this pair, whatever shape it is computed in.
-                dot_batch(g, &owners[y * dim..(y + 1) * dim], dim, &mut one);
-                hit(x, y, one[0]);
-            }
+            pairs.extend(found.iter().map(|&y| (x as u32, y)));
+        }
+        // The f32 kernel's value for each pair, whatever shape it is computed in.
+        let mut exact = vec![0f32; pairs.len()];
+        kernel_pair_dots(guests, owners, dim, &pairs, &mut exact);
+        for (&(x, y), &v) in pairs.iter().zip(&exact) {
+            hit(x as usize, y as usize, v);
         }
     }
 }
