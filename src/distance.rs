@@ -16,10 +16,12 @@ use ndarray::{ArrayView2, ArrayViewMut2};
 mod avx512;
 mod bf16;
 mod bound;
+mod int8;
 mod rowwise;
 
 pub use bf16::{Bf16Kernel, PackedBf16, bf16_kernel, bf16_to_f32, certified_bf16_pays, dot_batch_bf16, to_bf16};
 pub use bound::{Bf16Bound, Bf16Norms, f32_error_per_norm, norm_upper_bound};
+pub use int8::{I8Bound, I8Norms, Int8Kernel, MAX_INT8_DIM, PackedI8, dot_batch_i8, int8_kernel};
 pub(crate) use rowwise::add_rows_f64;
 pub use rowwise::{axpy, min_l2_update, row_norms2};
 
@@ -139,6 +141,31 @@ unsafe fn fma_chains8(xs: &[&[f32]; 8], cs: &[&[f32]; 8], n: usize, dim: usize) 
         }
     }
     acc
+}
+
+/// The precision of the low-precision products of the certified nearest-centroid
+/// search (`cluster::CertifiedSearch`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LowPrecision {
+    /// bfloat16 inputs, f32 sums ([`dot_batch_bf16`]).
+    Bf16,
+    /// int8 inputs, exact integer sums ([`dot_batch_i8`]).
+    Int8,
+}
+
+/// The precision in which the certified search pays on this CPU for rows of `dim`
+/// values: int8 where the AVX-512 VNNI kernel runs (twice the bf16 rate), else bf16
+/// where the AVX-512 BF16 kernel runs, else none (the f32 search is faster there).
+/// `DPRUNE_CERTIFIED=0` turns it off; `DPRUNE_CERTIFIED=bf16` keeps to bf16.
+pub fn certified_precision(dim: usize) -> Option<LowPrecision> {
+    let var = std::env::var("DPRUNE_CERTIFIED").unwrap_or_default();
+    if var == "0" {
+        return None;
+    }
+    if var != "bf16" && dim <= MAX_INT8_DIM && int8_kernel() == Int8Kernel::Avx512Vnni {
+        return Some(LowPrecision::Int8);
+    }
+    certified_bf16_pays().then_some(LowPrecision::Bf16)
 }
 
 /// Scales `a` to unit L2 norm in place; returns the original norm (0 leaves

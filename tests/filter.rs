@@ -378,6 +378,34 @@ fn training_rows_keep_the_values_a_full_search_gives() {
 }
 
 #[test]
+fn certified_low_precision_searches_change_no_output() {
+    // int8 (where VNNI runs), bf16 and the plain f32 search: the same fit and scores,
+    // for the prototypicality scores and for SemDeDup with the cross pass (nearest two).
+    let tmp = tempfile::tempdir().unwrap();
+    for extra in [&["--keep", "0.3"][..], &["--dedup", "0.1", "--dedup-global"][..]] {
+        let run = |name: &str, certified: &str| {
+            let out = tmp.path().join(format!("{name}{}", extra.len()));
+            dprune()
+                .args(["filter", "--k", "12", "--scores-only", "-q", "-o"])
+                .arg(&out)
+                .arg(fixture(MINI))
+                .args(extra)
+                .env("DPRUNE_CERTIFIED", certified)
+                .assert()
+                .success();
+            scores_table(&out)
+        };
+        let plain = run("off", "0");
+        assert_eq!(run("bf16", "bf16"), plain, "{extra:?}: bf16 vs f32");
+        assert_eq!(
+            run("default", "1"),
+            plain,
+            "{extra:?}: default (int8 where it runs) vs f32"
+        );
+    }
+}
+
+#[test]
 fn given_assignments_replace_the_nearest_centroid() {
     let tmp = tempfile::tempdir().unwrap();
     let c = tmp.path().join("c.npy");

@@ -65,10 +65,10 @@ pub struct Centroids {
     k: usize,
     dim: usize,
     distance: Distance,
-    /// The bf16 packing of the certified search ([`super::CertifiedSearch`]),
+    /// The bf16 and int8 packings of the certified search ([`super::CertifiedSearch`]),
     /// made on first use and shared by every search after it (the
     /// `dprune_nearest` function searches once per batch).
-    pub(crate) certified: std::sync::OnceLock<super::certified::Packing>,
+    pub(crate) certified: super::certified::Packing,
 }
 
 impl Centroids {
@@ -109,7 +109,7 @@ impl Centroids {
             k,
             dim,
             distance,
-            certified: std::sync::OnceLock::new(),
+            certified: Default::default(),
         })
     }
 

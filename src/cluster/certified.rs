@@ -1,7 +1,14 @@
 //! Certified nearest-centroid search for cosine centroids: the bulk of the
-//! products in bfloat16 (`vdpbf16ps`, [`dot_batch_bf16`]), then the few
-//! centroids that could still win recomputed in f32 with the same kernel as
-//! [`Centroids::nearest`] — so labels and dots are bit-identical to it.
+//! products in low precision — int8 (`vpdpbusd`, [`dot_batch_i8`]) where
+//! AVX-512 VNNI runs, else bfloat16 (`vdpbf16ps`, [`dot_batch_bf16`]) — then
+//! the few centroids that could still win recomputed in f32, each pair by the
+//! f32 kernel's own fused chain ([`kernel_pair_dots`]), so labels and dots are
+//! bit-identical to [`Centroids::nearest`].
+//!
+//! The bf16 bound is derived below; the int8 one has the same form, with the
+//! quantization residuals in place of the bf16 roundings and exact integer
+//! sums ([`crate::distance::I8Bound`]): about five times wider, so more
+//! candidates per row, for half the product cost.
 //!
 //! Error bound. With x̃, c̃ a row and a centroid rounded to bf16, the bf16
 //! score `b_j` is within B = ‖x − x̃‖·max‖c‖ + ‖x̃‖·max‖c − c̃‖ + γ_d·‖x̃‖·max‖c̃‖
@@ -24,48 +31,61 @@
 use rayon::prelude::*;
 
 use crate::cluster::centroids::{BOUND_CANDIDATES, CHUNK_ROWS, Centroids, Distance, TopScores, argmax_row};
-use crate::distance::{Bf16Bound, PackedBf16, certified_bf16_pays, dot_batch_bf16, kernel_pair_dots};
+use std::sync::OnceLock;
+
+use crate::distance::{
+    Bf16Bound, LowPrecision, PackedBf16, PackedI8, certified_precision, dot_batch_bf16, dot_batch_i8, kernel_pair_dots,
+};
 
 /// What the search needs besides the centroids, made once per set of
-/// centroids (cached in [`Centroids`]).
-#[derive(Debug, Clone)]
+/// centroids and precision (cached in [`Centroids`]).
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Packing {
-    packed: PackedBf16,
-    /// B + E of a row against these centroids (module doc).
-    bound: Bf16Bound,
+    bf16: OnceLock<(PackedBf16, Bf16Bound)>,
+    int8: OnceLock<PackedI8>,
 }
 
-/// The search (see the module doc); cheap to make: the bf16 packing is
-/// made once per set of centroids and kept with them.
+/// The centroids in the precision the search runs in, with the bound of B + E.
+#[derive(Debug, Clone, Copy)]
+enum Low<'a> {
+    Bf16(&'a PackedBf16, Bf16Bound),
+    Int8(&'a PackedI8),
+}
+
+/// The search (see the module doc); cheap to make: the low-precision
+/// packing is made once per set of centroids and kept with them.
 #[derive(Debug)]
 pub struct CertifiedSearch<'a> {
     c: &'a Centroids,
-    packed: &'a PackedBf16,
-    bound: Bf16Bound,
+    low: Low<'a>,
 }
 
 impl<'a> CertifiedSearch<'a> {
     /// The search for `c`, where it pays: cosine centroids on a CPU with the
-    /// AVX-512 BF16 kernel (elsewhere the bf16 products would be slower than
-    /// the f32 search). `DPRUNE_CERTIFIED=0` turns it off.
+    /// AVX-512 VNNI or BF16 kernel (elsewhere the low-precision products would
+    /// be slower than the f32 search); int8 where VNNI runs, unless
+    /// `DPRUNE_CERTIFIED=bf16`. `DPRUNE_CERTIFIED=0` turns it off.
     pub fn new(c: &'a Centroids) -> Option<Self> {
-        (certified_bf16_pays() && c.distance() == Distance::Cosine).then(|| Self::build(c))
+        let p = certified_precision(c.dim())?;
+        (c.distance() == Distance::Cosine).then(|| Self::build(c, p))
     }
 
-    /// The search whatever the CPU (tests: the portable bf16 kernel gives the same bits).
-    pub(crate) fn build(c: &'a Centroids) -> Self {
-        let p = c.certified.get_or_init(|| {
-            let (k, dim) = (c.k(), c.dim());
-            let rows: Vec<usize> = (0..k).collect();
-            let packed = PackedBf16::new(c.as_slice(), dim, &rows, &vec![1.0; k]);
-            let bound = Bf16Bound::new(c.as_slice(), dim);
-            Packing { packed, bound }
-        });
-        CertifiedSearch {
-            c,
-            packed: &p.packed,
-            bound: p.bound,
-        }
+    /// The search in precision `p` whatever the CPU (tests: the portable
+    /// kernels give the same bits).
+    pub(crate) fn build(c: &'a Centroids, p: LowPrecision) -> Self {
+        let (k, dim) = (c.k(), c.dim());
+        let low = match p {
+            LowPrecision::Bf16 => {
+                let (packed, bound) = c.certified.bf16.get_or_init(|| {
+                    let rows: Vec<usize> = (0..k).collect();
+                    let packed = PackedBf16::new(c.as_slice(), dim, &rows, &vec![1.0; k]);
+                    (packed, Bf16Bound::new(c.as_slice(), dim))
+                });
+                Low::Bf16(packed, *bound)
+            }
+            LowPrecision::Int8 => Low::Int8(c.certified.int8.get_or_init(|| PackedI8::new(c.as_slice(), dim))),
+        };
+        CertifiedSearch { c, low }
     }
 
     /// Exactly [`Centroids::nearest`]: for every row of `rows` the nearest
@@ -152,18 +172,27 @@ impl<'a> CertifiedSearch<'a> {
         s: &mut Scratch,
     ) {
         let (k, dim, m) = (self.c.k(), self.c.dim(), labels.len());
-        s.idx.clear();
-        s.idx.extend(0..m);
-        s.ones.resize(m, 1.0);
         s.scores.resize(m * k, 0.0);
-        dot_batch_bf16(x, &s.idx, &s.ones, self.packed, &mut s.scores);
+        s.row_err.resize(m, 0.0);
+        match self.low {
+            Low::Bf16(packed, bound) => {
+                s.idx.clear();
+                s.idx.extend(0..m);
+                s.ones.resize(m, 1.0);
+                dot_batch_bf16(x, &s.idx, &s.ones, packed, &mut s.scores);
+                for (e, row) in s.row_err.iter_mut().zip(x.chunks_exact(dim)) {
+                    *e = bound.row_error(row);
+                }
+            }
+            Low::Int8(packed) => dot_batch_i8(x, packed, &mut s.scores, &mut s.row_err),
+        }
         // Candidates, as (row, centroid) pairs in that order.
         s.pairs.clear();
         s.fallback.clear();
         s.errs.clear();
         for i in 0..m {
             let b = &s.scores[i * k..(i + 1) * k];
-            let err = self.bound.row_error(&x[i * dim..(i + 1) * dim]);
+            let err = s.row_err[i];
             let (jt, top) = argmax_row(b, None);
             // With a second nearest wanted, the cut hangs from the second largest score.
             let base = if second.is_some() { second_largest(b, jt) } else { top };
@@ -318,6 +347,8 @@ struct Scratch {
     /// With `nearest_bounded`: each row's best bf16 scores and B + E.
     tops: Vec<TopScores>,
     errs: Vec<f64>,
+    /// B + E of each row of the chunk.
+    row_err: Vec<f64>,
 }
 
 #[cfg(test)]
@@ -366,21 +397,23 @@ mod tests {
             }
             x[..dim].iter_mut().for_each(|v| *v = 0.0); // an unusable row: every centroid ties
             let c = Centroids::try_new(cents, dim, Distance::Cosine).unwrap();
-            let s = CertifiedSearch::build(&c);
-            let (mut l, mut d) = (vec![0; n], vec![0.0; n]);
-            s.nearest(&x, &mut l, &mut d);
-            let (mut l1, mut d1) = (vec![0; n], vec![0.0; n]);
-            c.nearest(&x, &mut l1, &mut d1);
-            assert_eq!(l, l1, "n {n} dim {dim} k {k}");
-            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&d), bits(&d1));
-            let (mut l2, mut d2, mut s2) = (vec![0; n], vec![0.0; n], vec![0; n]);
-            s.nearest_two(&x, &mut l2, &mut d2, &mut s2);
-            let (mut l3, mut d3, mut s3) = (vec![0; n], vec![0.0; n], vec![0; n]);
-            c.nearest_two(&x, &mut l3, &mut d3, &mut s3);
-            assert_eq!(l2, l3, "nearest_two labels, n {n} dim {dim} k {k}");
-            assert_eq!(bits(&d2), bits(&d3));
-            assert_eq!(s2, s3, "second nearest, n {n} dim {dim} k {k}");
+            for p in [LowPrecision::Bf16, LowPrecision::Int8] {
+                let s = CertifiedSearch::build(&c, p);
+                let (mut l, mut d) = (vec![0; n], vec![0.0; n]);
+                s.nearest(&x, &mut l, &mut d);
+                let (mut l1, mut d1) = (vec![0; n], vec![0.0; n]);
+                c.nearest(&x, &mut l1, &mut d1);
+                assert_eq!(l, l1, "{p:?} n {n} dim {dim} k {k}");
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&d), bits(&d1));
+                let (mut l2, mut d2, mut s2) = (vec![0; n], vec![0.0; n], vec![0; n]);
+                s.nearest_two(&x, &mut l2, &mut d2, &mut s2);
+                let (mut l3, mut d3, mut s3) = (vec![0; n], vec![0.0; n], vec![0; n]);
+                c.nearest_two(&x, &mut l3, &mut d3, &mut s3);
+                assert_eq!(l2, l3, "nearest_two labels, n {n} dim {dim} k {k}");
+                assert_eq!(bits(&d2), bits(&d3));
+                assert_eq!(s2, s3, "second nearest, n {n} dim {dim} k {k}");
+            }
         }
     }
 }

@@ -296,7 +296,7 @@ mod tests {
     use super::*;
     use crate::cluster::centroids::Distance;
     use crate::cluster::kmeans::tests::blobs;
-    use crate::distance::normalize;
+    use crate::distance::{LowPrecision, normalize};
     use crate::rng::Rng;
 
     #[test]
@@ -382,9 +382,11 @@ mod tests {
             let mut all = vec![0f32; n * k];
             crate::distance::dot_batch(&data, c.as_slice(), dim, &mut all);
             type Search<'a> = &'a dyn Fn(&mut [u32], &mut [f32], &mut [u32], &mut [f64]);
-            let searches: [Search; 2] = [&|l, d, cd, o| c.nearest_bounded(&data, l, d, cd, o), &|l, d, cd, o| {
-                CertifiedSearch::build(&c).nearest_bounded(&data, l, d, cd, o)
-            }];
+            let searches: [Search; 3] = [
+                &|l, d, cd, o| c.nearest_bounded(&data, l, d, cd, o),
+                &|l, d, cd, o| CertifiedSearch::build(&c, LowPrecision::Bf16).nearest_bounded(&data, l, d, cd, o),
+                &|l, d, cd, o| CertifiedSearch::build(&c, LowPrecision::Int8).nearest_bounded(&data, l, d, cd, o),
+            ];
             for search in searches {
                 let m = BOUND_CANDIDATES;
                 let (mut l, mut d, mut cd, mut o) = (vec![0u32; n], vec![0f32; n], vec![0u32; n * m], vec![0f64; n]);

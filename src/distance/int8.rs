@@ -1,0 +1,742 @@
+//! int8 matrix products `X·Cᵀ` for the certified searches: each row scaled by its own
+//! max |value| / 127 and rounded to integers in [−127, 127], the integer dot products
+//! summed exactly in i32 (`vpdpbusd`, AVX-512 VNNI: 64 multiply-adds per instruction,
+//! twice `vdpbf16ps`), then converted and scaled once in f32.
+//!
+//! Every output is defined by one sequence of operations, whatever kernel runs it: with
+//! q, s the integers and scale of the left row and r, σ those of the right row,
+//! `out = (Σ q_t·r_t as f32) · (s · σ)` (an exact integer sum, one conversion, two f32
+//! products). The SIMD kernel adds 128 to q so it fits `vpdpbusd`'s unsigned operand and
+//! subtracts 128·Σr afterwards, in exact integer arithmetic, so both kernels give the
+//! same bits (unit-tested where the CPU has the instruction).
+//!
+//! Error. With x̃ = s·q and c̃ = σ·r the values the integers stand for,
+//! x·c − x̃·c̃ = (x − x̃)·c + x̃·(c − c̃), so by Cauchy–Schwarz the rounding moves the dot
+//! by at most ‖x − x̃‖·max‖c‖ + ‖x̃‖·max‖c − c̃‖; the three f32 roundings of the output add
+//! at most 3.0001·u·‖x̃‖·max‖c̃‖ (u = 2⁻²⁴). [`I8Bound`] adds the f32 kernel's own error
+//! γ_d·‖x‖·max‖c‖ (Higham, *Accuracy and Stability of Numerical Algorithms*, 2002, §3.1),
+//! which makes it B + E of `cluster::certified`. About five times the bf16 bound for
+//! random unit rows (0.018 against 0.0035 at d = 384): more candidates per row, each an
+//! f32 pair product, for half the product cost.
+//!
+//! Layout as in the bf16 kernel next door: right-hand rows packed once into blocks of
+//! [`NR`] rows stored quad-major (`[quad][row in block]`, four bytes per word, the
+//! lowest coordinate in the low byte); left-hand rows per call into blocks of [`MR`].
+
+use std::cell::RefCell;
+use std::sync::OnceLock;
+
+/// Left-hand rows per register tile.
+const MR: usize = 12;
+/// Right-hand rows per register tile (two 16-lane registers).
+const NR: usize = 32;
+/// Unit roundoff of f32.
+const U32: f64 = 1.0 / (1u64 << 24) as f64;
+/// Rows longer than this use bf16: 255·127·d must stay below 2³¹ in the i32 sums.
+pub const MAX_INT8_DIM: usize = 32_768;
+/// Rows whose largest |value| is below this are quantized to zeros (their scale would
+/// underflow); the residual, the row itself, carries the whole error.
+const TINY: f32 = 1e-30;
+
+/// Which int8 kernel this process uses (decided once; `DPRUNE_KERNEL=portable` forces the
+/// portable one, as for the f32 and bf16 kernels).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Int8Kernel {
+    /// AVX-512 VNNI (`vpdpbusd`).
+    Avx512Vnni,
+    /// Plain integer arithmetic (bit-identical, many times slower).
+    Portable,
+}
+
+/// The int8 kernel in use (see [`Int8Kernel`]).
+pub fn int8_kernel() -> Int8Kernel {
+    static K: OnceLock<Int8Kernel> = OnceLock::new();
+    *K.get_or_init(|| {
+        let forced = std::env::var("DPRUNE_KERNEL").is_ok_and(|v| v == "portable");
+        #[cfg(target_arch = "x86_64")]
+        if !forced && simd::available() {
+            return Int8Kernel::Avx512Vnni;
+        }
+        let _ = forced;
+        Int8Kernel::Portable
+    })
+}
+
+/// Upper bounds on a row's norms: ‖x‖, ‖x̃‖ and ‖x − x̃‖ (x̃ the value its integers
+/// stand for). NaN or ∞ in the row gives NaN.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct I8Norms {
+    /// ‖x‖.
+    pub norm: f64,
+    /// ‖x̃‖.
+    pub rounded: f64,
+    /// ‖x − x̃‖.
+    pub residual: f64,
+}
+
+impl I8Norms {
+    const NAN: Self = I8Norms {
+        norm: f64::NAN,
+        rounded: f64::NAN,
+        residual: f64::NAN,
+    };
+
+    fn max(self, o: Self) -> Self {
+        I8Norms {
+            norm: self.norm.max(o.norm),
+            rounded: self.rounded.max(o.rounded),
+            residual: self.residual.max(o.residual),
+        }
+    }
+}
+
+/// B + E for int8 products against a set of right-hand rows (module doc).
+#[derive(Debug, Clone, Copy)]
+pub struct I8Bound {
+    right: I8Norms,
+    gamma: f64,
+}
+
+impl I8Bound {
+    /// An upper bound on |int8 product − f32 kernel product| for a row with norms `x`
+    /// against any of the rows.
+    #[inline]
+    pub fn error(&self, x: &I8Norms) -> f64 {
+        let c = &self.right;
+        let rounding = x.residual * c.norm + x.rounded * c.residual;
+        let output = 3.0001 * U32 * x.rounded * c.rounded;
+        let f32_kernel = self.gamma * x.norm * c.norm;
+        (rounding + output + f32_kernel) * 1.01 + 1e-30
+    }
+}
+
+/// Rows quantized and packed once for many [`dot_batch_i8`] calls.
+#[derive(Debug, Clone)]
+pub struct PackedI8 {
+    /// `blocks × quads × NR` words, zero-padded.
+    data: Vec<u32>,
+    /// Per packed row (padded to whole blocks): the scale σ, and 128·Σr.
+    scale: Vec<f32>,
+    corr: Vec<i32>,
+    bound: I8Bound,
+    k: usize,
+    dim: usize,
+}
+
+impl PackedI8 {
+    /// Quantizes and packs the rows of the row-major `c` (`dim` columns).
+    ///
+    /// # Panics
+    /// If `c` is not a multiple of `dim`, or `dim` is 0 or above [`MAX_INT8_DIM`].
+    pub fn new(c: &[f32], dim: usize) -> Self {
+        assert!(
+            dim > 0 && dim <= MAX_INT8_DIM && c.len().is_multiple_of(dim),
+            "PackedI8: c is not n x dim"
+        );
+        let (k, quads) = (c.len() / dim, dim.div_ceil(4));
+        let mut words = vec![0u32; k * quads];
+        let blocks = k.div_ceil(NR);
+        let (mut scale, mut corr) = (vec![0f32; blocks * NR], vec![0i32; blocks * NR]);
+        let zero = I8Norms {
+            norm: 0.0,
+            rounded: 0.0,
+            residual: 0.0,
+        };
+        let mut right = zero;
+        for (j, (row, w)) in c.chunks_exact(dim).zip(words.chunks_exact_mut(quads)).enumerate() {
+            let (s, sum, norms) = quantize_row(row, w, 0);
+            (scale[j], corr[j]) = (s, 128 * sum);
+            right = right.max(norms);
+        }
+        let mut data = Vec::new();
+        pack_words(&words, quads, NR, &mut data);
+        let d = dim as f64;
+        let bound = I8Bound {
+            right,
+            gamma: d * U32 / (1.0 - d * U32),
+        };
+        PackedI8 {
+            data,
+            scale,
+            corr,
+            bound,
+            k,
+            dim,
+        }
+    }
+
+    /// Number of rows.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// The error bound against these rows.
+    pub fn bound(&self) -> &I8Bound {
+        &self.bound
+    }
+}
+
+/// `out[i·k + j]` = the int8 product (module doc) of row `i` of the row-major `x` with
+/// row `j` packed in `c`, and `err[i]` = [`I8Bound::error`] of row `i`; single-threaded.
+///
+/// # Panics
+/// If the lengths do not match.
+pub fn dot_batch_i8(x: &[f32], c: &PackedI8, out: &mut [f32], err: &mut [f64]) {
+    let (dim, k) = (c.dim, c.k);
+    assert!(x.len().is_multiple_of(dim), "dot_batch_i8: x is not n x dim");
+    let m = x.len() / dim;
+    assert!(out.len() == m * k && err.len() == m, "dot_batch_i8: out is not m x k");
+    if m == 0 {
+        return;
+    }
+    let quads = dim.div_ceil(4);
+    thread_local! {
+        static BUF: RefCell<(Vec<u32>, Vec<u32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
+    }
+    BUF.with_borrow_mut(|(words, a, scale)| {
+        words.clear();
+        words.resize(m * quads, 0);
+        scale.clear();
+        scale.resize(m.div_ceil(MR) * MR, 0.0);
+        for (i, (row, w)) in x.chunks_exact(dim).zip(words.chunks_exact_mut(quads)).enumerate() {
+            let (s, _, norms) = quantize_row(row, w, 128);
+            scale[i] = s;
+            err[i] = c.bound.error(&norms);
+        }
+        pack_words(words, quads, MR, a);
+        if k == 0 {
+            return;
+        }
+        match int8_kernel() {
+            // SAFETY: this kernel is chosen only when the CPU has AVX-512F/BW/VNNI; `a` was
+            // packed above and `c` by `PackedI8::new`, for this dim, m and k.
+            #[cfg(target_arch = "x86_64")]
+            Int8Kernel::Avx512Vnni => unsafe { simd::dot_batch(a, scale, c, m, quads, out) },
+            _ => portable(a, scale, c, m, quads, out),
+        }
+    });
+}
+
+/// Quantizes `row` into `words` (four values per word, the lowest coordinate in the low
+/// byte, padded with `offset`): value t becomes q_t + `offset` (0 for the signed right
+/// rows, 128 for the unsigned left ones), q_t = x_t·(127 / m) rounded to nearest even,
+/// m = max|x_t|, and s = m / 127 is the row's scale. Returns s, Σq_t and the norms. A
+/// row of zeros, or one too small to scale, gets s = 0; a row with NaN or ∞ (or squares
+/// that overflow f32) gets s = NaN, so its products and error are NaN.
+fn quantize_row(row: &[f32], words: &mut [u32], offset: i32) -> (f32, i32, I8Norms) {
+    // SAFETY: u8 has alignment 1 and every byte pattern is a valid u32: the words are
+    // written byte by byte, in coordinate order.
+    let bytes = unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), words.len() * 4) };
+    bytes[row.len()..].fill(offset as u8);
+    #[cfg(target_arch = "x86_64")]
+    if crate::distance::kernel() == crate::distance::Kernel::Avx512 {
+        // SAFETY: the AVX-512 kernel is chosen only when the CPU has AVX-512F.
+        return unsafe { quantize_avx512(row, bytes, offset) };
+    }
+    quantize_body(row, bytes, offset)
+}
+
+/// [`quantize_body`] in AVX-512F intrinsics: the same operations lane by lane, so the
+/// same bytes, scale and norms (tested).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn quantize_avx512(row: &[f32], bytes: &mut [u8], offset: i32) -> (f32, i32, I8Norms) {
+    use std::arch::x86_64::*;
+    const L: usize = 16;
+    let n = row.len();
+    let (full, rest) = (n / L, n % L);
+    let tail: __mmask16 = ((1u32 << rest) - 1) as u16;
+    let src = row.as_ptr();
+    // SAFETY (both closures): chunk c < n.div_ceil(16); the last one is read and written
+    // through the mask of its `rest` live lanes.
+    let load = |c: usize| unsafe {
+        if c < full {
+            _mm512_loadu_ps(src.add(L * c))
+        } else {
+            _mm512_maskz_loadu_ps(tail, src.add(L * c))
+        }
+    };
+    // SAFETY (the three views): a 512-bit register is 16 lanes of 32 bits, two are 16 of 64.
+    let lanes = |v: __m512| -> [f32; L] { unsafe { std::mem::transmute(v) } };
+    let (mut mx, mut sq) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    for c in 0..n.div_ceil(L) {
+        let v = load(c);
+        mx = _mm512_max_ps(_mm512_abs_ps(v), mx);
+        sq = _mm512_add_ps(sq, _mm512_mul_ps(v, v));
+    }
+    let Some((s, inv)) = scale_of(&lanes(mx), &lanes(sq)) else {
+        bytes.fill(offset as u8);
+        return (f32::NAN, 0, I8Norms::NAN);
+    };
+    let (sd, invv, off) = (
+        _mm512_set1_pd(f64::from(s)),
+        _mm512_set1_ps(inv),
+        _mm512_set1_ps(offset as f32),
+    );
+    let (lo, hi) = (_mm512_set1_ps(-127.0), _mm512_set1_ps(127.0));
+    let (mut sum, mut sq_q) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+    let (mut sq_x, mut sq_r) = ([_mm512_setzero_pd(); 2], [_mm512_setzero_pd(); 2]);
+    let dst = bytes.as_mut_ptr();
+    for c in 0..n.div_ceil(L) {
+        let v = load(c);
+        let r = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(v, invv));
+        let q = _mm512_min_ps(_mm512_max_ps(r, lo), hi);
+        let b = _mm512_cvtps_epi32(_mm512_add_ps(q, off));
+        // SAFETY: 16 bytes from 16c (masked to `rest` in the last chunk) lie inside `bytes`.
+        unsafe { _mm512_mask_cvtepi32_storeu_epi8(dst.add(L * c).cast(), if c < full { 0xFFFF } else { tail }, b) };
+        let qi = _mm512_cvtps_epi32(q);
+        sum = _mm512_add_epi32(sum, qi);
+        sq_q = _mm512_add_epi32(sq_q, _mm512_mullo_epi32(qi, qi));
+        let half = |x: __m512, h: usize| -> __m512d {
+            let bits = _mm512_castps_pd(x);
+            let part = if h == 0 {
+                _mm512_castpd512_pd256(bits)
+            } else {
+                _mm512_extractf64x4_pd::<1>(bits)
+            };
+            _mm512_cvtps_pd(_mm256_castpd_ps(part))
+        };
+        for h in 0..2 {
+            let (vd, qd) = (half(v, h), half(q, h));
+            let e = _mm512_fnmadd_pd(sd, qd, vd);
+            sq_x[h] = _mm512_fmadd_pd(vd, vd, sq_x[h]);
+            sq_r[h] = _mm512_fmadd_pd(e, e, sq_r[h]);
+        }
+    }
+    let wide = |v: [__m512d; 2]| -> [f64; L] { unsafe { std::mem::transmute(v) } };
+    let ints = |v: __m512i| -> [i32; L] { unsafe { std::mem::transmute(v) } };
+    (
+        s,
+        ints(sum).iter().sum(),
+        norms_of(s, &wide(sq_x), &ints(sq_q), &wide(sq_r)),
+    )
+}
+
+/// Written in 16 lanes: the oracle of [`quantize_avx512`] (the same operations lane by
+/// lane) and the path elsewhere.
+fn quantize_body(row: &[f32], bytes: &mut [u8], offset: i32) -> (f32, i32, I8Norms) {
+    const L: usize = 16;
+    let (mut max, mut sq) = ([0f32; L], [0f32; L]);
+    for ch in row.chunks(L) {
+        for (l, &v) in ch.iter().enumerate() {
+            max[l] = v.abs().max(max[l]);
+            sq[l] += v * v;
+        }
+    }
+    let Some((s, inv)) = scale_of(&max, &sq) else {
+        bytes.fill(offset as u8);
+        return (f32::NAN, 0, I8Norms::NAN);
+    };
+    let (sd, off) = (f64::from(s), offset as f32);
+    let (mut sum, mut sq_q, mut sq_x, mut sq_r) = ([0i32; L], [0i32; L], [0f64; L], [0f64; L]);
+    for (ch, bs) in row.chunks(L).zip(bytes.chunks_mut(L)) {
+        for (l, (&v, b)) in ch.iter().zip(bs).enumerate() {
+            // Any integer is a valid rounding: the error uses the residual actually made.
+            let q = (v * inv).round_ties_even().clamp(-127.0, 127.0);
+            *b = (q + off) as i32 as u8;
+            let qi = q as i32;
+            sum[l] += qi;
+            sq_q[l] += qi * qi;
+            let (vd, qd) = (f64::from(v), f64::from(q));
+            let e = (-sd).mul_add(qd, vd);
+            sq_x[l] = vd.mul_add(vd, sq_x[l]);
+            sq_r[l] = e.mul_add(e, sq_r[l]);
+        }
+    }
+    (s, sum.iter().sum(), norms_of(s, &sq_x, &sq_q, &sq_r))
+}
+
+/// The scale and its inverse from the lanes' max |x_t| and f32 sums of squares: None
+/// when a square sum is not finite (NaN, ∞, or squares beyond f32); (0, 0) for a row
+/// too small to scale.
+#[inline]
+fn scale_of(max: &[f32; 16], sq: &[f32; 16]) -> Option<(f32, f32)> {
+    if !sq.iter().sum::<f32>().is_finite() {
+        return None;
+    }
+    let max = max.iter().fold(0f32, |m, &v| m.max(v));
+    Some(if max < TINY {
+        (0.0, 0.0)
+    } else {
+        (max / 127.0, 127.0 / max)
+    })
+}
+
+/// The norms from the lanes' sums: f64 sums of at most 32,768 squares, each exact or
+/// within 2⁻⁵³ (s·q is exact in f64, and so is x − s·q), so 1e-9 covers them and the
+/// square roots; Σq² is exact.
+#[inline]
+fn norms_of(s: f32, sq_x: &[f64; 16], sq_q: &[i32; 16], sq_r: &[f64; 16]) -> I8Norms {
+    let up = |v: f64| v.sqrt() * (1.0 + 1e-9);
+    I8Norms {
+        norm: up(sq_x.iter().sum()),
+        rounded: up(sq_q.iter().map(|&v| f64::from(v)).sum()) * f64::from(s),
+        residual: up(sq_r.iter().sum()),
+    }
+}
+
+/// Transposes row-major words (`cols` per row) into zero-padded blocks of `width` rows,
+/// `[col][row in block]`.
+fn pack_words(words: &[u32], cols: usize, width: usize, out: &mut Vec<u32>) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::distance::kernel() == crate::distance::Kernel::Avx512 {
+        return super::avx512::pack_words(words, cols, width, out);
+    }
+    pack_words_scatter(words, cols, width, out)
+}
+
+/// The plain word-by-word [`pack_words`] (elsewhere, and the test oracle).
+fn pack_words_scatter(words: &[u32], cols: usize, width: usize, out: &mut Vec<u32>) {
+    let m = words.len() / cols;
+    out.clear();
+    out.resize(m.div_ceil(width) * width * cols, 0);
+    for (i, row) in words.chunks_exact(cols).enumerate() {
+        let block = &mut out[(i / width) * width * cols..];
+        for (p, &w) in row.iter().enumerate() {
+            block[p * width + i % width] = w;
+        }
+    }
+}
+
+/// The same integers and f32 operations as the SIMD kernel, in plain code.
+fn portable(a: &[u32], scale: &[f32], c: &PackedI8, m: usize, quads: usize, out: &mut [f32]) {
+    let k = c.k;
+    for i in 0..m {
+        let ablock = &a[(i / MR) * MR * quads..];
+        for j in 0..k {
+            let bblock = &c.data[(j / NR) * quads * NR + j % NR..];
+            let mut acc = 0i32;
+            for p in 0..quads {
+                let (w, v) = (ablock[p * MR + i % MR], bblock[p * NR]);
+                for b in 0..4 {
+                    let u = ((w >> (8 * b)) & 0xFF) as i32;
+                    let r = ((v >> (8 * b)) & 0xFF) as u8 as i8 as i32;
+                    acc += u * r;
+                }
+            }
+            out[i * k + j] = ((acc - c.corr[j]) as f32) * (scale[i] * c.scale[j]);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    //! The `vpdpbusd` register tile: `H × 32` i32 sums in 24 registers while the quads run.
+
+    use std::arch::x86_64::*;
+
+    use super::{MR, NR, PackedI8};
+
+    /// Whether this CPU has the instructions (checked once; cached by std).
+    pub(super) fn available() -> bool {
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vnni")
+    }
+
+    /// See [`super::dot_batch_i8`].
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F/BW/VNNI; `a` packed for `m` rows and `c` for its rows,
+    /// both with `quads` quads; `scale` covers `a`'s blocks; `out.len() == m * c.k`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn dot_batch(a: &[u32], scale: &[f32], c: &PackedI8, m: usize, quads: usize, out: &mut [f32]) {
+        let k = c.k;
+        debug_assert_eq!(a.len(), m.div_ceil(MR) * MR * quads);
+        debug_assert_eq!(c.data.len(), k.div_ceil(NR) * quads * NR);
+        for jb in 0..k.div_ceil(NR) {
+            let bb = &c.data[jb * quads * NR..(jb + 1) * quads * NR];
+            let j0 = jb * NR;
+            let w = (k - j0).min(NR);
+            let right = (&c.scale[j0..j0 + NR], &c.corr[j0..j0 + NR]);
+            for (ib, ablock) in a.chunks_exact(quads * MR).enumerate() {
+                let i0 = ib * MR;
+                let h = (m - i0).min(MR);
+                let o = &mut out[i0 * k + j0..];
+                let s = &scale[i0..i0 + MR];
+                // SAFETY: the caller guarantees the features; blocks are full-size.
+                unsafe {
+                    match h {
+                        12 => tile::<12>(ablock, bb, quads, k, w, s, right, o),
+                        11 => tile::<11>(ablock, bb, quads, k, w, s, right, o),
+                        10 => tile::<10>(ablock, bb, quads, k, w, s, right, o),
+                        9 => tile::<9>(ablock, bb, quads, k, w, s, right, o),
+                        8 => tile::<8>(ablock, bb, quads, k, w, s, right, o),
+                        7 => tile::<7>(ablock, bb, quads, k, w, s, right, o),
+                        6 => tile::<6>(ablock, bb, quads, k, w, s, right, o),
+                        5 => tile::<5>(ablock, bb, quads, k, w, s, right, o),
+                        4 => tile::<4>(ablock, bb, quads, k, w, s, right, o),
+                        3 => tile::<3>(ablock, bb, quads, k, w, s, right, o),
+                        2 => tile::<2>(ablock, bb, quads, k, w, s, right, o),
+                        _ => tile::<1>(ablock, bb, quads, k, w, s, right, o),
+                    }
+                }
+            }
+        }
+    }
+
+    /// One `H × NR` tile; the first `w` columns are stored to `out` (row stride `k`).
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    #[inline]
+    unsafe fn tile<const H: usize>(
+        a: &[u32],
+        b: &[u32],
+        quads: usize,
+        k: usize,
+        w: usize,
+        scale: &[f32],
+        (cscale, corr): (&[f32], &[i32]),
+        out: &mut [f32],
+    ) {
+        debug_assert!(a.len() >= quads * MR && b.len() >= quads * NR && H <= MR);
+        debug_assert!(scale.len() >= H && cscale.len() >= NR && corr.len() >= NR);
+        let mut acc = [[_mm512_setzero_si512(); 2]; H];
+        let ap = a.as_ptr();
+        let bp = b.as_ptr();
+        for p in 0..quads {
+            // SAFETY: p < quads and r < H <= MR keep every read inside `a` and `b`.
+            unsafe {
+                let b0 = _mm512_loadu_si512(bp.add(p * NR).cast());
+                let b1 = _mm512_loadu_si512(bp.add(p * NR + 16).cast());
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    let av = _mm512_set1_epi32(*ap.add(p * MR + r) as i32);
+                    acc_r[0] = _mm512_dpbusd_epi32(acc_r[0], av, b0);
+                    acc_r[1] = _mm512_dpbusd_epi32(acc_r[1], av, b1);
+                }
+            }
+        }
+        // SAFETY: NR values of each right-hand array lie inside them (checked above).
+        let (cs, cr) = unsafe {
+            (
+                [
+                    _mm512_loadu_ps(cscale.as_ptr()),
+                    _mm512_loadu_ps(cscale.as_ptr().add(16)),
+                ],
+                [
+                    _mm512_loadu_si512(corr.as_ptr().cast()),
+                    _mm512_loadu_si512(corr.as_ptr().add(16).cast()),
+                ],
+            )
+        };
+        let op = out.as_mut_ptr();
+        for (r, acc_r) in acc.iter().enumerate() {
+            let sr = _mm512_set1_ps(scale[r]);
+            for h in 0..2 {
+                // (acc − 128·Σr) as f32 · (s · σ): the portable kernel's operations.
+                let v = _mm512_mul_ps(
+                    _mm512_cvtepi32_ps(_mm512_sub_epi32(acc_r[h], cr[h])),
+                    _mm512_mul_ps(sr, cs[h]),
+                );
+                if w > 16 * h {
+                    debug_assert!(r * k + w <= out.len());
+                    // SAFETY: row r's first w outputs lie inside `out`; masked lanes are untouched.
+                    unsafe { _mm512_mask_storeu_ps(op.add(r * k + 16 * h), lane_mask(w - 16 * h), v) };
+                }
+            }
+        }
+    }
+
+    /// The first `min(w, 16)` lanes.
+    #[inline]
+    fn lane_mask(w: usize) -> __mmask16 {
+        if w >= 16 { 0xFFFF } else { ((1u32 << w) - 1) as u16 }
+    }
+
+    /// Runs the SIMD kernel regardless of `DPRUNE_KERNEL`, for the equality test.
+    #[cfg(test)]
+    pub(super) fn dot_batch_checked(a: &[u32], scale: &[f32], c: &PackedI8, m: usize, quads: usize, out: &mut [f32]) {
+        assert!(available());
+        // SAFETY: features checked just above; the caller packed `a` and `c`.
+        unsafe { dot_batch(a, scale, c, m, quads, out) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    fn rows(n: usize, dim: usize, seed: u64) -> Vec<f32> {
+        let mut rng = Rng::new(seed);
+        (0..n * dim).map(|_| rng.normal() as f32).collect()
+    }
+
+    /// Awkward rows: a spike (one large value, the rest rounding to zero), tiny and
+    /// denormal rows, zeros, a huge row and a constant one.
+    fn awkward(dim: usize) -> Vec<f32> {
+        let mut x = rows(6, dim, 3);
+        x[0] = 1e3;
+        x[dim..2 * dim].iter_mut().for_each(|v| *v *= 1e-33);
+        x[2 * dim..3 * dim].iter_mut().for_each(|v| *v *= 1e-41);
+        x[3 * dim..4 * dim].fill(0.0);
+        x[4 * dim..5 * dim].iter_mut().for_each(|v| *v *= 1e15);
+        x[5 * dim..6 * dim].fill(0.7);
+        x
+    }
+
+    #[test]
+    fn simd_and_portable_kernels_give_the_same_bits() {
+        if !simd::available() {
+            eprintln!("no AVX-512 VNNI here: the SIMD kernel is not exercised");
+            return;
+        }
+        for (m, k, dim) in [
+            (1usize, 1usize, 1usize),
+            (13, 35, 67),
+            (25, 70, 384),
+            (12, 32, 4),
+            (7, 3, 1030),
+        ] {
+            let mut x = rows(m, dim, 10 + m as u64);
+            if m > 6 {
+                x[..6 * dim].copy_from_slice(&awkward(dim));
+            }
+            let c = PackedI8::new(&rows(k, dim, 20 + k as u64), dim);
+            let quads = dim.div_ceil(4);
+            let mut words = vec![0u32; m * quads];
+            let mut scale = vec![0f32; m.div_ceil(MR) * MR];
+            for (i, (row, w)) in x.chunks_exact(dim).zip(words.chunks_exact_mut(quads)).enumerate() {
+                scale[i] = quantize_row(row, w, 128).0;
+            }
+            let mut a = Vec::new();
+            pack_words_scatter(&words, quads, MR, &mut a);
+            let (mut fast, mut slow) = (vec![0f32; m * k], vec![1f32; m * k]);
+            simd::dot_batch_checked(&a, &scale, &c, m, quads, &mut fast);
+            portable(&a, &scale, &c, m, quads, &mut slow);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&fast), bits(&slow), "m {m} k {k} dim {dim}");
+        }
+    }
+
+    #[test]
+    fn simd_and_portable_quantization_agree_bit_for_bit() {
+        if crate::distance::kernel() != crate::distance::Kernel::Avx512 {
+            eprintln!("no AVX-512 here: the SIMD quantizer is not exercised");
+            return;
+        }
+        for dim in [1usize, 5, 16, 17, 67, 384, 1030] {
+            let mut x = rows(8, dim, 50 + dim as u64);
+            x[..6 * dim].copy_from_slice(&awkward(dim));
+            x[6 * dim] = f32::NAN;
+            for (i, row) in x.chunks_exact(dim).enumerate() {
+                for offset in [0, 128] {
+                    let words = dim.div_ceil(4);
+                    let (mut a, mut b) = (vec![1u32; words], vec![2u32; words]);
+                    let ra = quantize_row(row, &mut a, offset);
+                    let fill = |w: &mut [u32]| -> Vec<u8> { w.iter().flat_map(|v| v.to_le_bytes()).collect() };
+                    // The portable body on the same byte view (padding filled as quantize_row does).
+                    let mut bytes = fill(&mut b);
+                    bytes[dim..].fill(offset as u8);
+                    let rb = quantize_body(row, &mut bytes, offset);
+                    let key = |r: (f32, i32, I8Norms)| {
+                        (
+                            r.0.to_bits(),
+                            r.1,
+                            r.2.norm.to_bits(),
+                            r.2.rounded.to_bits(),
+                            r.2.residual.to_bits(),
+                        )
+                    };
+                    assert_eq!(key(ra), key(rb), "dim {dim} row {i} offset {offset}");
+                    assert_eq!(fill(&mut a), bytes, "dim {dim} row {i} offset {offset}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn packing_equals_the_word_scatter() {
+        for (n, cols) in [(1usize, 1usize), (13, 17), (40, 96), (33, 257)] {
+            let words: Vec<u32> = (0..n * cols).map(|v| (v as u32).wrapping_mul(2_654_435_761)).collect();
+            for width in [MR, NR] {
+                let (mut fast, mut slow) = (vec![5u32; 3], Vec::new());
+                pack_words(&words, cols, width, &mut fast);
+                pack_words_scatter(&words, cols, width, &mut slow);
+                assert_eq!(fast, slow, "n {n} cols {cols} width {width}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_bound_covers_the_exact_and_the_f32_products() {
+        // Products against the exact dot (f64) and the f32 kernel's: both within the bound,
+        // which must also be tight enough to be useful (under 2% of ‖x‖·‖c‖ for random
+        // rows at d = 384).
+        for dim in [1usize, 5, 67, 384, 1030] {
+            let (m, k) = (20, 40);
+            let mut x = rows(m, dim, 7 + dim as u64);
+            x[..6 * dim].copy_from_slice(&awkward(dim));
+            let mut c = rows(k, dim, 8 + dim as u64);
+            c[..dim].copy_from_slice(&x[5 * dim..6 * dim]); // the constant row: exact integers
+            let p = PackedI8::new(&c, dim);
+            let (mut out, mut err) = (vec![0f32; m * k], vec![0f64; m]);
+            dot_batch_i8(&x, &p, &mut out, &mut err);
+            let mut f = vec![0f32; m * k];
+            crate::distance::dot_batch(&x, &c, dim, &mut f);
+            for i in 0..m {
+                let xi = &x[i * dim..(i + 1) * dim];
+                assert!(err[i].is_finite() && err[i] > 0.0, "row {i}: {}", err[i]);
+                for j in 0..k {
+                    let cj = &c[j * dim..(j + 1) * dim];
+                    let exact = crate::distance::dot_reference(xi, cj);
+                    let v = f64::from(out[i * k + j]);
+                    assert!(
+                        (v - exact).abs() <= err[i],
+                        "dim {dim} ({i},{j}): {v} vs exact {exact}, bound {}",
+                        err[i]
+                    );
+                    let fv = f64::from(f[i * k + j]);
+                    assert!((v - fv).abs() <= 2.0 * err[i], "dim {dim} ({i},{j}) vs f32");
+                }
+                if dim == 384 && i >= 6 {
+                    let scale = crate::distance::norm2(xi).sqrt() as f64 * p.bound.right.norm;
+                    assert!(err[i] < 0.02 * scale, "row {i}: bound {} of {scale}", err[i]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_aligned_residual_nearly_reaches_the_bound() {
+        // c = the signs of x's rounding residual (±1, exact in int8): (x − x̃)·c = ‖x − x̃‖₁,
+        // about 0.87·‖x − x̃‖·‖c‖ for a uniform residual, so the bound is nearly attained,
+        // and a bound without its residual term would not cover it.
+        let dim = 384;
+        let x = rows(1, dim, 77);
+        let mut w = vec![0u32; dim / 4];
+        let (s, _, _) = quantize_row(&x, &mut w, 0);
+        let c: Vec<f32> = x
+            .iter()
+            .map(|&v| {
+                if f64::from(v) >= f64::from(s) * f64::from((v / s).round_ties_even()) {
+                    1.0
+                } else {
+                    -1.0
+                }
+            })
+            .collect();
+        let p = PackedI8::new(&c, dim);
+        let (mut out, mut err) = (vec![0f32; 1], vec![0f64; 1]);
+        dot_batch_i8(&x, &p, &mut out, &mut err);
+        let exact = crate::distance::dot_reference(&x, &c);
+        let miss = (f64::from(out[0]) - exact).abs();
+        assert!(miss <= err[0] && miss >= 0.7 * err[0], "error {miss}, bound {}", err[0]);
+    }
+
+    #[test]
+    fn rows_that_cannot_be_scaled_give_nan_or_zero() {
+        let dim = 9;
+        let c = PackedI8::new(&rows(3, dim, 1), dim);
+        let mut x = rows(3, dim, 2);
+        x[1] = f32::NAN;
+        x[dim + 2] = f32::INFINITY;
+        x[2 * dim..].fill(0.0);
+        x.extend((0..dim).map(|t| t as f32 * 1e19)); // squares overflow f32: treated as ∞
+        let (mut out, mut err) = (vec![0f32; 12], vec![0f64; 4]);
+        dot_batch_i8(&x, &c, &mut out, &mut err);
+        assert!(out[..6].iter().all(|v| v.is_nan()) && err[0].is_nan() && err[1].is_nan());
+        assert!(out[6..9].iter().all(|&v| v == 0.0) && err[2] > 0.0 && err[2] < 1e-20);
+        assert!(out[9..].iter().all(|v| v.is_nan()) && err[3].is_nan());
+    }
+}
