@@ -28,11 +28,11 @@
 //! search. Everything is per row, in fixed chunks: results do not depend on
 //! the thread count or on which rows share a batch.
 
+use std::sync::OnceLock;
+
 use rayon::prelude::*;
 
 use crate::cluster::centroids::{BOUND_CANDIDATES, CHUNK_ROWS, Centroids, Distance, TopScores, argmax_row};
-use std::sync::OnceLock;
-
 use crate::distance::{
     Bf16Bound, LowPrecision, PackedBf16, PackedI8, certified_precision, dot_batch_bf16, dot_batch_i8, kernel_pair_dots,
 };
@@ -189,7 +189,6 @@ impl<'a> CertifiedSearch<'a> {
         // Candidates, as (row, centroid) pairs in that order.
         s.pairs.clear();
         s.fallback.clear();
-        s.errs.clear();
         for i in 0..m {
             let b = &s.scores[i * k..(i + 1) * k];
             let err = s.row_err[i];
@@ -200,7 +199,6 @@ impl<'a> CertifiedSearch<'a> {
                 s.tops.resize_with(i + 1, TopScores::default);
                 s.tops[i].reset();
                 s.tops[i].offer(b, 0, top);
-                s.errs.push(err);
             }
             let cut = base as f64 - 2.0 * err;
             // Rounded down: a candidate set larger than needed is still exact.
@@ -251,7 +249,7 @@ impl<'a> CertifiedSearch<'a> {
             for (i, t) in s.tops.iter_mut().enumerate().take(m) {
                 if labels[i] != u32::MAX {
                     let c = &mut cand[i * BOUND_CANDIDATES..(i + 1) * BOUND_CANDIDATES];
-                    rest[i] = t.finish(labels[i], s.errs[i], c);
+                    rest[i] = t.finish(labels[i], s.row_err[i], c);
                 }
             }
         }
@@ -344,9 +342,8 @@ struct Scratch {
     exact: Vec<f32>,
     /// The f32 dot with the second nearest so far, per row (with `nearest_two`).
     second: Vec<f32>,
-    /// With `nearest_bounded`: each row's best bf16 scores and B + E.
+    /// With `nearest_bounded`: each row's best low-precision scores.
     tops: Vec<TopScores>,
-    errs: Vec<f64>,
     /// B + E of each row of the chunk.
     row_err: Vec<f64>,
 }

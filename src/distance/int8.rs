@@ -137,16 +137,21 @@ impl PackedI8 {
         let mut words = vec![0u32; k * quads];
         let blocks = k.div_ceil(NR);
         let (mut scale, mut corr) = (vec![0f32; blocks * NR], vec![0i32; blocks * NR]);
-        let zero = I8Norms {
+        let mut right = I8Norms {
             norm: 0.0,
             rounded: 0.0,
             residual: 0.0,
         };
-        let mut right = zero;
         for (j, (row, w)) in c.chunks_exact(dim).zip(words.chunks_exact_mut(quads)).enumerate() {
             let (s, sum, norms) = quantize_row(row, w, 0);
             (scale[j], corr[j]) = (s, 128 * sum);
-            right = right.max(norms);
+            // A row that cannot be scaled (NaN, ∞) makes every bound NaN, so every search
+            // falls back to f32 instead of trusting a bound that ignores it.
+            right = if norms.norm.is_nan() || right.norm.is_nan() {
+                I8Norms::NAN
+            } else {
+                right.max(norms)
+            };
         }
         let mut data = Vec::new();
         pack_words(&words, quads, NR, &mut data);
@@ -738,5 +743,10 @@ mod tests {
         assert!(out[..6].iter().all(|v| v.is_nan()) && err[0].is_nan() && err[1].is_nan());
         assert!(out[6..9].iter().all(|&v| v == 0.0) && err[2] > 0.0 && err[2] < 1e-20);
         assert!(out[9..].iter().all(|v| v.is_nan()) && err[3].is_nan());
+        // A right-hand row that cannot be scaled makes every row's bound NaN.
+        let mut c = rows(3, dim, 1);
+        c[dim + 4] = f32::NAN;
+        dot_batch_i8(&rows(2, dim, 5), &PackedI8::new(&c, dim), &mut out[..6], &mut err[..2]);
+        assert!(err[..2].iter().all(|e| e.is_nan()));
     }
 }
