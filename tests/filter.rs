@@ -532,6 +532,56 @@ fn drop_invalid_excludes_and_counts_bad_rows() {
 }
 
 #[test]
+fn dropped_rows_leave_no_gap_in_the_sample() {
+    // Shards sampled whole, unusable rows dropped from the first: the fit must see exactly
+    // the usable rows, in order, as it does when the bad rows were never there.
+    let tmp = tempfile::tempdir().unwrap();
+    let (dirty, clean) = (tmp.path().join("dirty"), tmp.path().join("clean"));
+    std::fs::create_dir_all(&dirty).unwrap();
+    std::fs::create_dir_all(&clean).unwrap();
+    let mut a = vectors(60, 8, 1);
+    let b = vectors(50, 8, 2);
+    let kept: Vec<Option<Vec<f32>>> = a
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| ![3, 10, 20].contains(i))
+        .map(|(_, r)| r.clone())
+        .collect();
+    a[3] = None;
+    a[10] = None;
+    a[20].as_mut().unwrap()[5] = f32::NAN;
+    write_embeddings(&dirty.join("a.parquet"), &a, 8);
+    write_embeddings(&dirty.join("b.parquet"), &b, 8);
+    write_embeddings(&clean.join("a.parquet"), &kept, 8);
+    write_embeddings(&clean.join("b.parquet"), &b, 8);
+    let fit = |dir: &Path, extra: &[&str]| {
+        let c = dir.join("c.npy");
+        dprune()
+            .args([
+                "filter",
+                "--keep",
+                "0.5",
+                "--k",
+                "4",
+                "--sample",
+                "1000",
+                "--scores-only",
+                "-q",
+                "-o",
+            ])
+            .arg(dir.join("out"))
+            .arg(dir.join("*.parquet"))
+            .arg("--save-centroids")
+            .arg(&c)
+            .args(extra)
+            .assert()
+            .success();
+        std::fs::read(c).unwrap()
+    };
+    assert_eq!(fit(&dirty, &["--drop-invalid"]), fit(&clean, &[]));
+}
+
+#[test]
 fn shell_expanded_lists_and_overwrite() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("o");

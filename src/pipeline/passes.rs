@@ -144,13 +144,32 @@ pub fn read_sample(
     progress: &dyn Progress,
 ) -> Result<(Vec<f32>, Vec<u64>)> {
     let d = source.dim();
-    let parts: Vec<Result<(SamplePart, InvalidReport)>> = data
+    // Every shard fills its own slice of one buffer (as many rows as it has sample ids),
+    // so the sample is never copied whole; rows left out as unusable leave gaps that are
+    // closed afterwards.
+    let counts: Vec<usize> = data
         .shards
-        .par_iter()
+        .iter()
         .map(|shard| {
             let (lo, hi) = (data.offset(shard.index), data.offset(shard.index + 1));
+            sample_ids.partition_point(|&g| g < hi) - sample_ids.partition_point(|&g| g < lo)
+        })
+        .collect();
+    let mut out = vec![0f32; sample_ids.len() * d];
+    let mut slices = Vec::with_capacity(counts.len());
+    let mut rest = out.as_mut_slice();
+    for &c in &counts {
+        let (head, tail) = rest.split_at_mut(c * d);
+        slices.push(head);
+        rest = tail;
+    }
+    let parts: Vec<Result<(Vec<u64>, InvalidReport)>> = data
+        .shards
+        .par_iter()
+        .zip(slices)
+        .map(|(shard, out)| {
+            let (lo, hi) = (data.offset(shard.index), data.offset(shard.index + 1));
             let ids = &sample_ids[sample_ids.partition_point(|&g| g < lo)..sample_ids.partition_point(|&g| g < hi)];
-            let mut out = Vec::with_capacity(ids.len() * d);
             let mut taken = Vec::with_capacity(ids.len());
             let mut inv = InvalidReport::default();
             let mut next = 0usize;
@@ -172,11 +191,11 @@ pub fn read_sample(
                     }
                     if next < ids.len() && ids[next] == g {
                         if bad.is_none() {
+                            let row = &mut out[taken.len() * d..(taken.len() + 1) * d];
                             taken.push(g);
-                            let start = out.len();
-                            out.extend_from_slice(x);
+                            row.copy_from_slice(x);
                             if p.kmeans.distance == Distance::Cosine {
-                                normalize(&mut out[start..]);
+                                normalize(row);
                             }
                         }
                         next += 1;
@@ -185,23 +204,25 @@ pub fn read_sample(
                 progress.advance(b.rows() as u64);
                 Ok(())
             })?;
-            Ok(((out, taken), inv))
+            Ok((taken, inv))
         })
         .collect();
-    // Concatenate part by part, freeing each part as it is copied: peak memory is the
-    // sample plus one shard's part, not twice the sample (`concat` would keep all parts).
     let parts = merge(parts, invalid)?;
-    let mut out = Vec::with_capacity(parts.iter().map(|p| p.0.len()).sum());
-    let mut ids = Vec::with_capacity(parts.iter().map(|p| p.1.len()).sum());
-    for (part, taken) in parts {
-        out.extend_from_slice(&part);
-        ids.extend_from_slice(&taken);
+    // Close the gaps: shard s's rows move down to just after shard s − 1's.
+    let (mut at, mut start) = (0usize, 0usize);
+    let mut ids = Vec::with_capacity(parts.iter().map(Vec::len).sum());
+    for (taken, &c) in parts.iter().zip(&counts) {
+        let n = taken.len() * d;
+        if at != start {
+            out.copy_within(start..start + n, at);
+        }
+        at += n;
+        start += c * d;
+        ids.extend_from_slice(taken);
     }
+    out.truncate(at);
     Ok((out, ids))
 }
-
-/// One shard's sample rows and their global ids.
-type SamplePart = (Vec<f32>, Vec<u64>);
 
 /// A nearest-centroid search: rows, then labels and f32 dots out.
 type Search<'a> = dyn Fn(&[f32], &mut [u32], &mut [f32]) + 'a;
