@@ -187,28 +187,27 @@ impl Bf16Filter {
         let (dim, w) = (self.dim, self.packed.k());
         let idx: Vec<usize> = rows.clone().collect();
         dot_batch_bf16(guests, &idx, &vec![1.0; idx.len()], &self.packed, s);
-        let (mut found, mut pairs) = (Vec::new(), Vec::new());
+        let mut pairs: Vec<(u32, u32)> = Vec::new();
         for (line, x) in s.chunks_exact_mut(w).zip(rows) {
             let g = &guests[x * dim..(x + 1) * dim];
             let cut = self.thr as f64 - self.bound.row_error(g);
             // Rounded down: a larger candidate set is still exact.
             let cut = (cut as f32).next_down();
-            found.clear();
-            found.extend(
+            let start = pairs.len();
+            pairs.extend(
                 line.iter()
                     .enumerate()
                     .filter(|&(_, &v)| v >= cut)
-                    .map(|(y, _)| y as u32),
+                    .map(|(y, _)| (x as u32, y as u32)),
             );
-            if found.len() > Self::MAX_CANDIDATES {
+            if pairs.len() - start > Self::MAX_CANDIDATES {
+                pairs.truncate(start);
                 let packed = self.packed_f32.get_or_init(|| PackedRows::new(owners, dim));
                 dot_batch_packed(g, packed, line);
                 for (y, &v) in line.iter().enumerate() {
                     hit(x, y, v);
                 }
-                continue;
             }
-            pairs.extend(found.iter().map(|&y| (x as u32, y)));
         }
         // The f32 kernel's value for each pair, whatever shape it is computed in.
         let mut exact = vec![0f32; pairs.len()];
