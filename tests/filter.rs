@@ -656,3 +656,52 @@ fn a_known_column_name_settles_several_candidates() {
     ]);
     assert_eq!(report(&out)["embedding_source"], "column `clip_emb`");
 }
+
+#[test]
+fn pruned_shards_write_floats_without_a_dictionary() {
+    // Embedding values are distinct: a dictionary would only cost time, and its page
+    // would keep readers (dprune's page-level float reader among them) off plain pages.
+    // Other columns keep their dictionaries; everything stays zstd.
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("pruned");
+    run_ok(&[
+        "filter",
+        "--keep",
+        "0.5",
+        &fixture(MINI),
+        "-o",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    let file = std::fs::File::open(out.join(SHARDS[0])).unwrap();
+    let meta = SerializedFileReader::new(file).unwrap().metadata().clone();
+    let mut seen_float = false;
+    let mut seen_dict = false;
+    for rg in meta.row_groups() {
+        for col in rg.columns() {
+            assert!(
+                matches!(col.compression(), parquet::basic::Compression::ZSTD(_)),
+                "{}: {:?}",
+                col.column_path(),
+                col.compression()
+            );
+            let float = matches!(
+                col.column_type(),
+                parquet::basic::Type::FLOAT | parquet::basic::Type::DOUBLE
+            );
+            if float {
+                seen_float = true;
+                assert!(
+                    col.dictionary_page_offset().is_none(),
+                    "{} has a dictionary",
+                    col.column_path()
+                );
+            } else if col.dictionary_page_offset().is_some() {
+                seen_dict = true;
+            }
+        }
+    }
+    assert!(seen_float, "the fixture has an embedding column");
+    assert!(seen_dict, "non-float columns keep their dictionaries");
+}
