@@ -38,8 +38,16 @@ pub(crate) fn full_search(
 }
 
 /// Centroids whose dots every row gets computed when they moved much more
-/// than the rest ([`DriftBounds::moved`]), at most.
+/// than the rest ([`DriftBounds::moved`]), at most, while the bounds are not kept.
 const EXPLICIT_MOVERS: usize = 32;
+
+/// The numbers of explicit movers [`DriftBounds::assign`] weighs once the
+/// bounds are kept.
+const MOVER_CHOICES: [usize; 7] = [0, 1, 2, 4, 8, 16, 32];
+
+/// A full search's cost per centroid, in candidate products: its products
+/// are low precision and GEMM-shaped (1.7 against 12 ns per product, 1M × 384).
+const FULL_SEARCH_WEIGHT: f64 = 1.0 / 6.0;
 
 /// Full searches keep candidates and bounds only once the largest centroid
 /// drift of the last update is at most this. Rows keep their cluster by the
@@ -85,6 +93,8 @@ pub(crate) struct DriftBounds {
     /// The few centroids that moved much more than the rest in the last
     /// update (ascending): their dots are computed for every row instead.
     explicit: Vec<u32>,
+    /// Every centroid's drift in the last update, largest first (ties by index).
+    by_drift: Vec<(f64, u32)>,
     /// Full searches keep bounds when `max_drift` is at most this.
     track_below: f64,
     flags: Vec<bool>,
@@ -102,6 +112,7 @@ impl DriftBounds {
             valid: false,
             max_drift: f64::INFINITY, // the first search starts from k-means++ seeds
             explicit: Vec::new(),
+            by_drift: Vec::new(),
             track_below,
             flags: vec![false; n],
             batch: Vec::new(),
@@ -112,6 +123,8 @@ impl DriftBounds {
     /// centroids left out grows by ‖x‖ times the largest drift — among the
     /// centroids other than the [`EXPLICIT_MOVERS`] that moved most, when
     /// leaving those out halves it (their dots are then computed for every row).
+    /// With the bounds kept, [`DriftBounds::assign`] then weighs how many movers
+    /// to take ([`MOVER_CHOICES`]).
     pub(crate) fn moved(&mut self, old: &Centroids, new: &Centroids) {
         let dim = old.dim();
         let mut d: Vec<(f64, u32)> = (0..old.k())
@@ -130,14 +143,29 @@ impl DriftBounds {
             .collect();
         d.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         let h = EXPLICIT_MOVERS.min(d.len() - 1);
+        let h = if d[h].0 <= d[0].0 / 2.0 { h } else { 0 };
+        self.by_drift = d;
+        self.set_movers(h);
+    }
+
+    /// Makes the `h` centroids that moved most the explicit movers, whose
+    /// dots every row gets; the bounds then grow by the largest drift of the others.
+    fn set_movers(&mut self, h: usize) {
+        let d = &self.by_drift;
+        let h = h.min(d.len() - 1);
         self.explicit.clear();
-        if d[h].0 <= d[0].0 / 2.0 {
-            self.explicit.extend(d[..h].iter().map(|p| p.1));
-            self.explicit.sort_unstable();
-            self.max_drift = d[h].0;
-        } else {
-            self.max_drift = d[0].0;
-        }
+        self.explicit.extend(d[..h].iter().map(|p| p.1));
+        self.explicit.sort_unstable();
+        self.max_drift = d[h].0;
+    }
+
+    /// How many rows could keep their cluster by the bound if the bounds grew by
+    /// `drift`: their last dot, less the most it can drop, above the grown bound.
+    fn hopeful(&self, dots: &[f32], drift: f64) -> usize {
+        dots.par_iter()
+            .zip(self.rest.par_iter().zip(self.norms.par_iter()))
+            .filter(|&(&d, (&r, &norm))| d as f64 - 2.0 * norm * drift > r)
+            .count()
     }
 
     /// Labels and dots for this iteration (the full search's bits), with
@@ -169,11 +197,21 @@ impl DriftBounds {
         // it can drop, above the grown bound. When few can (the centroids moved far, as in
         // the first iterations), every row gets the full search at once: no candidate dots,
         // no copies.
-        let hopeful: usize = dots
-            .par_iter()
-            .zip(self.rest.par_iter().zip(self.norms.par_iter()))
-            .filter(|&(&d, (&r, &norm))| d as f64 - 2.0 * norm * drift > r)
-            .count();
+        // How many movers: each costs every row one product; leaving it out grows every
+        // bound by its drift, and each row that then fails gets a full search (one
+        // low-precision product with every centroid, about FULL_SEARCH_WEIGHT of one
+        // candidate product). The hopeful rows of each choice stand in for those kept.
+        let k = c.k();
+        let (mut h, mut hopeful, mut best) = (0, 0, f64::INFINITY);
+        for cand_h in MOVER_CHOICES.into_iter().filter(|&h| h < k) {
+            let hp = self.hopeful(dots, self.by_drift[cand_h].0);
+            let cost = (cand_h * n) as f64 + ((n - hp) * k) as f64 * FULL_SEARCH_WEIGHT;
+            if cost < best {
+                (h, hopeful, best) = (cand_h, hp, cost);
+            }
+        }
+        self.set_movers(h);
+        let drift = self.max_drift;
         if hopeful < n / MIN_HOPEFUL_DIVISOR {
             self.valid = false;
             return self.assign(data, c, labels, new_labels, dots);
@@ -189,7 +227,6 @@ impl DriftBounds {
         // Every row's dots with its candidates, one small product per cluster: the rows
         // of a cluster against the union of their candidates (the f32 kernel's bits
         // depend only on the two rows, not on the block they are computed in).
-        let k = c.k();
         let (starts, order) = rows_by_cluster(labels, k);
         let cand = &self.cand;
         let explicit = &self.explicit[..];
@@ -382,6 +419,49 @@ mod tests {
             );
             assert!(searched < n as u64, "rows near e0 keep their cluster by the bound");
         }
+    }
+
+    #[test]
+    fn one_far_mover_is_computed_rather_than_growing_every_bound() {
+        // One centroid moves 0.25 (a full candidate window), the rest stay: grown by that
+        // drift, no row's bound would hold, so the mover's dots are computed for every
+        // row instead and the rows keep their clusters by the others' drift (zero).
+        let (k, dim) = (40, 32);
+        let (data, truth) = blobs(k, 50, dim, 0.05, 5);
+        let n = truth.len();
+        let mut cents = vec![0f32; k * dim];
+        for (i, &t) in truth.iter().enumerate() {
+            for q in 0..dim {
+                cents[t as usize * dim + q] += data[i * dim + q];
+            }
+        }
+        for c in cents.chunks_exact_mut(dim) {
+            normalize(c);
+        }
+        let old = Centroids::try_new(cents.clone(), dim, Distance::Cosine).unwrap();
+        let mut rng = Rng::new(9);
+        let step: Vec<f32> = (0..dim).map(|_| rng.normal() as f32).collect();
+        let norm = step.iter().map(|v| v * v).sum::<f32>().sqrt();
+        for q in 0..dim {
+            cents[q] += 0.25 * step[q] / norm;
+        }
+        normalize(&mut cents[..dim]);
+        let new = Centroids::try_new(cents, dim, Distance::Cosine).unwrap();
+        let mut b = DriftBounds::new(&data, dim, f64::INFINITY);
+        let (mut l, mut d) = (vec![0u32; n], vec![0f32; n]);
+        b.assign(&data, &old, &vec![u32::MAX; n], &mut l, &mut d);
+        b.moved(&old, &new);
+        let (mut l2, mut d2) = (vec![0u32; n], d.clone());
+        let searched = b.assign(&data, &new, &l, &mut l2, &mut d2);
+        assert_eq!(b.explicit, vec![0], "the one centroid that moved");
+        assert!(searched < n as u64 / 10, "{searched} of {n} rows searched");
+        let (mut l3, mut d3) = (vec![0u32; n], vec![0f32; n]);
+        new.nearest(&data, &mut l3, &mut d3);
+        assert_eq!(l2, l3);
+        assert_eq!(
+            d2.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            d3.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
     }
 
     #[test]
