@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::cluster::centroids::CHUNK_ROWS;
 pub use crate::cluster::centroids::{Centroids, Distance};
 use crate::cluster::drift::{DriftBounds, TRACK_BELOW_DRIFT, full_search};
-use crate::distance::{add_rows_f64, min_l2_update, norm2, normalize};
+use crate::distance::{I8Sketch, add_rows_f64, norm2, normalize};
 use crate::rng::Rng;
 use crate::{Error, Result};
 
@@ -407,6 +407,8 @@ fn split_stream(j: usize) -> u64 {
 
 /// k-means++ seeding on a seeded sub-sample of at most
 /// [`INIT_POINTS_PER_CENTROID`]·k rows. Returns `k × dim` initial centroids.
+/// The distance updates go through an int8 sketch of the points
+/// ([`I8Sketch`]), which skips the rows it proves unchanged: the same picks.
 fn kmeans_pp(data: &[f32], dim: usize, k: usize, seed: u64) -> Vec<f32> {
     let n = data.len() / dim;
     let mut rng = Rng::for_stream(seed, 1);
@@ -422,12 +424,13 @@ fn kmeans_pp(data: &[f32], dim: usize, k: usize, seed: u64) -> Vec<f32> {
     chosen.push(first);
     taken[first] = true;
     let mut d2 = vec![f32::INFINITY; m];
+    // Most points are much nearer their centre so far than the new one: an int8
+    // sketch rules them out without reading them (same values).
+    let sketch = I8Sketch::new(&pts, dim);
     let mut last = first;
     while chosen.len() < k {
-        let c = &pts[last * dim..(last + 1) * dim];
         d2.par_chunks_mut(CHUNK_ROWS).enumerate().for_each(|(ci, d)| {
-            let p0 = ci * CHUNK_ROWS;
-            min_l2_update(&pts[p0 * dim..(p0 + d.len()) * dim], dim, c, d);
+            sketch.min_update(&pts, ci * CHUNK_ROWS, last, d);
         });
         let parts: Vec<f64> = d2
             .par_chunks(CHUNK_ROWS)
