@@ -24,6 +24,12 @@
 //! 2⁻⁸ per value, would give 0.016). Denormals flushed by the bf16 kernel are
 //! covered by a 1e-30 absolute term.
 //!
+//! Candidates are narrowed before the kernel's chains run: an f32 dot in any
+//! (vectorized) order is within e = γ_d·‖x‖·max‖c‖ of the exact one, as the
+//! kernel's is, so a candidate whose fast dot is below the row's best by more
+//! than 2e cannot win or tie ([`CertifiedSearch::narrow`]). A row then usually
+//! runs one chain, its winner's, instead of one per candidate.
+//!
 //! Rows with many candidates (e.g. all-zero rows) fall back to the full f32
 //! search. Everything is per row, in fixed chunks: results do not depend on
 //! the thread count or on which rows share a batch.
@@ -34,7 +40,8 @@ use rayon::prelude::*;
 
 use crate::cluster::centroids::{BOUND_CANDIDATES, CHUNK_ROWS, Centroids, Distance, TopScores, argmax_row};
 use crate::distance::{
-    Bf16Bound, LowPrecision, PackedBf16, PackedI8, certified_precision, dot_batch_bf16, dot_batch_i8, kernel_pair_dots,
+    Bf16Bound, LowPrecision, PackedBf16, PackedI8, certified_precision, dot_batch_bf16, dot_batch_i8,
+    f32_error_per_norm, fast_pair_dots, kernel_pair_dots, norm_upper_bound,
 };
 
 /// What the search needs besides the centroids, made once per set of
@@ -43,6 +50,8 @@ use crate::distance::{
 pub(crate) struct Packing {
     bf16: OnceLock<(PackedBf16, Bf16Bound)>,
     int8: OnceLock<PackedI8>,
+    /// γ_d·max‖c‖: how far an f32 dot, in any order, is from the exact one per unit of ‖x‖.
+    f32_err: OnceLock<f64>,
 }
 
 /// The centroids in the precision the search runs in, with the bound of B + E.
@@ -58,6 +67,7 @@ enum Low<'a> {
 pub struct CertifiedSearch<'a> {
     c: &'a Centroids,
     low: Low<'a>,
+    f32_err: f64,
 }
 
 impl<'a> CertifiedSearch<'a> {
@@ -85,7 +95,11 @@ impl<'a> CertifiedSearch<'a> {
             }
             LowPrecision::Int8 => Low::Int8(c.certified.int8.get_or_init(|| PackedI8::new(c.as_slice(), dim))),
         };
-        CertifiedSearch { c, low }
+        let f32_err = *c
+            .certified
+            .f32_err
+            .get_or_init(|| f32_error_per_norm(dim) * c.max_norm());
+        CertifiedSearch { c, low, f32_err }
     }
 
     /// Exactly [`Centroids::nearest`]: for every row of `rows` the nearest
@@ -223,6 +237,9 @@ impl<'a> CertifiedSearch<'a> {
             s.second.clear();
             s.second.resize(m, f32::NEG_INFINITY);
         }
+        if second.is_none() {
+            self.narrow(x, s);
+        }
         s.exact.resize(s.pairs.len(), 0.0);
         kernel_pair_dots(x, self.c.as_slice(), dim, &s.pairs, &mut s.exact);
         // Pairs arrive row by row, centroids ascending: the first largest wins, and the
@@ -286,6 +303,50 @@ impl<'a> CertifiedSearch<'a> {
     }
 }
 
+impl CertifiedSearch<'_> {
+    /// Drops the candidates of a row that an f32 dot in any order (vectorized, not the
+    /// kernel's chain) puts certainly below its best: that dot and the kernel's are each
+    /// within e = γ_d·‖x‖·max‖c‖ of the exact one, so f_j < max f − 2e means the kernel's
+    /// value of j is below the best's, and j can neither win nor tie. The kernel's own
+    /// chain, many times slower, then runs for the few left (usually the winner alone).
+    /// Not for `nearest_two`, which needs the second's exact dot.
+    fn narrow(&self, x: &[f32], s: &mut Scratch) {
+        let dim = self.c.dim();
+        let (mut w, mut a) = (0, 0);
+        while a < s.pairs.len() {
+            let i = s.pairs[a].0;
+            let b = a + s.pairs[a..].iter().take_while(|p| p.0 == i).count();
+            let keep_all = b - a == 1 || {
+                s.fast.resize(b - a, 0.0);
+                fast_pair_dots(x, self.c.as_slice(), dim, &s.pairs[a..b], &mut s.fast);
+                let best = s.fast.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                let row = &x[i as usize * dim..(i as usize + 1) * dim];
+                let e = self.f32_err * norm_upper_bound(row);
+                // Rounded down: keeping more than needed is still exact.
+                let cut = best as f64 - 2.0 * e;
+                let cut = cut - cut.abs() * 1e-12 - 1e-30;
+                if cut.is_finite() && s.fast.iter().all(|v| !v.is_nan()) {
+                    for q in a..b {
+                        if s.fast[q - a] as f64 >= cut {
+                            s.pairs[w] = s.pairs[q];
+                            w += 1;
+                        }
+                    }
+                    false
+                } else {
+                    true
+                }
+            };
+            if keep_all {
+                s.pairs.copy_within(a..b, w);
+                w += b - a;
+            }
+            a = b;
+        }
+        s.pairs.truncate(w);
+    }
+}
+
 /// The largest score other than `b[jt]` (−∞ when there is none): the second
 /// largest, counting a tie with the largest.
 #[inline]
@@ -340,6 +401,8 @@ struct Scratch {
     found: Vec<u32>,
     x: Vec<f32>,
     exact: Vec<f32>,
+    /// Vectorized f32 dots of one row's candidates ([`CertifiedSearch::narrow`]).
+    fast: Vec<f32>,
     /// The f32 dot with the second nearest so far, per row (with `nearest_two`).
     second: Vec<f32>,
     /// With `nearest_bounded`: each row's best low-precision scores.
@@ -412,5 +475,45 @@ mod tests {
                 assert_eq!(s2, s3, "second nearest, n {n} dim {dim} k {k}");
             }
         }
+    }
+
+    #[test]
+    fn narrowing_keeps_the_near_ties_and_drops_the_rest() {
+        // Centroid 0 is the row itself; 1..=20 score 0.995, 0.994, ... (all inside the
+        // int8 window, far outside the f32 one); 21 is centroid 0 nudged by 1e-4 (a near
+        // tie the f32 dots cannot order without the kernel's chain).
+        let dim = 64;
+        let e = |t: usize| {
+            (0..dim)
+                .map(|q| if q == t { 1.0f32 } else { 0.0 })
+                .collect::<Vec<f32>>()
+        };
+        let mut cents = e(0);
+        for j in 1..=20 {
+            let cos = 0.995 - 0.001 * (j - 1) as f32;
+            let mut v: Vec<f32> = e(0)
+                .iter()
+                .zip(e(j))
+                .map(|(a, b)| cos * a + (1.0 - cos * cos).sqrt() * b)
+                .collect();
+            normalize(&mut v);
+            cents.extend(v);
+        }
+        let mut near: Vec<f32> = e(0).iter().zip(e(30)).map(|(a, b)| a + 1e-4 * b).collect();
+        normalize(&mut near);
+        cents.extend(near);
+        let c = Centroids::try_new(cents, dim, Distance::Cosine).unwrap();
+        let search = CertifiedSearch::build(&c, LowPrecision::Int8);
+        let x = e(0);
+        let mut s = Scratch {
+            pairs: (0..22).map(|j| (0u32, j)).collect(),
+            ..Default::default()
+        };
+        search.narrow(&x, &mut s);
+        assert_eq!(s.pairs, vec![(0, 0), (0, 21)]);
+        // A row alone with one candidate is left as it is.
+        s.pairs = vec![(0, 7)];
+        search.narrow(&x, &mut s);
+        assert_eq!(s.pairs, vec![(0, 7)]);
     }
 }
