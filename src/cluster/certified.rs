@@ -27,7 +27,7 @@
 //! Candidates are narrowed before the kernel's chains run: an f32 dot in any
 //! (vectorized) order is within e = γ_d·‖x‖·max‖c‖ of the exact one, as the
 //! kernel's is, so a candidate whose fast dot is below the row's best by more
-//! than 2e cannot win or tie ([`CertifiedSearch::narrow`]). A row then usually
+//! than 2e cannot win or tie (`CertifiedSearch::narrow`). A row then usually
 //! runs one chain, its winner's, instead of one per candidate.
 //!
 //! Rows with many candidates (e.g. all-zero rows) fall back to the full f32

@@ -13,10 +13,10 @@
 
 use rayon::prelude::*;
 
+use crate::cluster::centroids::CHUNK_ROWS;
 use crate::cluster::centroids::{BOUND_CANDIDATES, CANDIDATE_WINDOW, Centroids};
 use crate::cluster::certified::CertifiedSearch;
-use crate::cluster::kmeans::rows_by_cluster;
-use crate::distance::{PackedRows, dot_batch_packed, f32_error_per_norm, norm_upper_bound};
+use crate::distance::{f32_error_per_norm, fast_pair_dots, kernel_pair_dots, norm_upper_bound};
 
 /// The nearest centroid of every row (and, with `bounds`, the candidates
 /// and bound of [`Centroids::nearest_bounded`]): bf16 products with an exact
@@ -46,7 +46,9 @@ const EXPLICIT_MOVERS: usize = 32;
 const MOVER_CHOICES: [usize; 7] = [0, 1, 2, 4, 8, 16, 32];
 
 /// A full search's cost per centroid, in candidate products: its products
-/// are low precision and GEMM-shaped (1.7 against 12 ns per product, 1M × 384).
+/// are low precision and GEMM-shaped, a candidate's is one f32 dot with a
+/// centroid read from cache (a rough ratio: on 1M × 384 every weight from
+/// 1/25 to 1/3 makes the same choices).
 const FULL_SEARCH_WEIGHT: f64 = 1.0 / 6.0;
 
 /// Full searches keep candidates and bounds only once the largest centroid
@@ -63,17 +65,6 @@ const MIN_HOPEFUL_DIVISOR: usize = 4;
 
 /// Rows searched in one batch by [`DriftBounds::assign`] (bounds the copy).
 const SEARCH_BATCH_ROWS: usize = 8192;
-
-/// Per-thread buffers of one cluster's candidate products.
-#[derive(Default)]
-struct ClusterScratch {
-    union: Vec<u32>,
-    cents: Vec<f32>,
-    x: Vec<f32>,
-    out: Vec<f32>,
-    /// Position of each union centroid in `union`.
-    pos: Vec<u32>,
-}
 
 /// The per-row state of the drift bounds (see [`KMeans::fit`]).
 pub(crate) struct DriftBounds {
@@ -169,16 +160,9 @@ impl DriftBounds {
     }
 
     /// Labels and dots for this iteration (the full search's bits), with
-    /// `labels` and `dots` holding the last iteration's; returns how many
-    /// rows were searched against every centroid.
-    pub(crate) fn assign(
-        &mut self,
-        data: &[f32],
-        c: &Centroids,
-        labels: &[u32],
-        new_labels: &mut [u32],
-        dots: &mut [f32],
-    ) -> u64 {
+    /// `dots` holding the last iteration's; returns how many rows were
+    /// searched against every centroid.
+    pub(crate) fn assign(&mut self, data: &[f32], c: &Centroids, new_labels: &mut [u32], dots: &mut [f32]) -> u64 {
         let n = self.norms.len();
         let dim = c.dim();
         let drift = self.max_drift;
@@ -214,7 +198,7 @@ impl DriftBounds {
         let drift = self.max_drift;
         if hopeful < n / MIN_HOPEFUL_DIVISOR {
             self.valid = false;
-            return self.assign(data, c, labels, new_labels, dots);
+            return self.assign(data, c, new_labels, dots);
         }
         self.rest
             .par_iter_mut()
@@ -224,101 +208,86 @@ impl DriftBounds {
                 // Rounded up: a relative slack far above the f64 rounding of the sum.
                 *r = b + b.abs() * 1e-15 + 1e-300;
             });
-        // Every row's dots with its candidates, one small product per cluster: the rows
-        // of a cluster against the union of their candidates (the f32 kernel's bits
-        // depend only on the two rows, not on the block they are computed in).
-        let (starts, order) = rows_by_cluster(labels, k);
-        let cand = &self.cand;
-        let explicit = &self.explicit[..];
-        let best: Vec<Vec<(u32, f32, f32)>> = (0..k)
-            .into_par_iter()
-            .map_init(ClusterScratch::default, |s, cl| {
-                let members = &order[starts[cl]..starts[cl + 1]];
-                let row_cands = |i: u32| {
-                    let i = i as usize;
-                    cand[i * BOUND_CANDIDATES..(i + 1) * BOUND_CANDIDATES]
+        // Every row's dots with its candidates and the movers: vectorized f32 dots first,
+        // then the kernel's own chain only for those within 2E of the row's best (usually
+        // the winner alone). Both values are within E of the exact dot, so a centroid
+        // further below can neither win nor tie (as in `CertifiedSearch`). Row by row, in
+        // place: no copies (row order: a cluster at a time, reading its rows from all
+        // over the sample, was slower). The movers left out are bounded by their fast
+        // dots plus E.
+        let e_norm = f32_error_per_norm(dim) * c.max_norm();
+        let (cand, explicit, norms) = (&self.cand, &self.explicit[..], &self.norms);
+        let best: Vec<(u32, f32, f32)> = data
+            .par_chunks(CHUNK_ROWS * dim)
+            .enumerate()
+            .flat_map_iter(|(ci, x)| {
+                let rows = x.len() / dim;
+                let (mut pairs, mut mover, mut spans) = (Vec::new(), Vec::new(), vec![0usize]);
+                for r in 0..rows {
+                    let i = ci * CHUNK_ROWS + r;
+                    // Candidates are ascending, unused slots (u32::MAX) last, and so are the
+                    // movers: one merge walk finds the movers that are not candidates.
+                    let all = &cand[i * BOUND_CANDIDATES..(i + 1) * BOUND_CANDIDATES];
+                    for &j in all.iter().take_while(|&&j| j != u32::MAX) {
+                        pairs.push((r as u32, j));
+                        mover.push(false);
+                    }
+                    let mut a = all.iter().peekable();
+                    for &j in explicit {
+                        while a.next_if(|&&cj| cj < j).is_some() {}
+                        if a.peek() != Some(&&j) {
+                            pairs.push((r as u32, j));
+                            mover.push(true);
+                        }
+                    }
+                    spans.push(pairs.len());
+                }
+                let mut fast = vec![0f32; pairs.len()];
+                fast_pair_dots(x, c.as_slice(), dim, &pairs, &mut fast);
+                let mut near = Vec::new();
+                let mut out = vec![(u32::MAX, f32::NEG_INFINITY, f32::NEG_INFINITY); rows];
+                for (r, o) in out.iter_mut().enumerate() {
+                    let (f, m) = (&fast[spans[r]..spans[r + 1]], &mover[spans[r]..spans[r + 1]]);
+                    let top = f.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+                    let e = e_norm * norms[ci * CHUNK_ROWS + r];
+                    // Rounded down: more chains than needed are still exact.
+                    let cut = top as f64 - 2.0 * e;
+                    let cut = cut - cut.abs() * 1e-12 - 1e-30;
+                    let every = !cut.is_finite() || f.iter().any(|v| v.is_nan());
+                    for (q, &v) in f.iter().enumerate() {
+                        if every || v as f64 >= cut {
+                            near.push(pairs[spans[r] + q]);
+                        }
+                    }
+                    o.2 = f
                         .iter()
-                        .take_while(|&&j| j != u32::MAX)
-                };
-                s.union.clear();
-                s.union.extend_from_slice(explicit);
-                for &i in members {
-                    s.union.extend(row_cands(i));
+                        .zip(m)
+                        .filter(|p| *p.1)
+                        .fold(f32::NEG_INFINITY, |a, p| a.max(*p.0));
                 }
-                s.union.sort_unstable();
-                s.union.dedup();
-                s.cents.clear();
-                for &j in &s.union {
-                    s.cents.extend_from_slice(c.row(j as usize));
+                let mut exact = vec![0f32; near.len()];
+                kernel_pair_dots(x, c.as_slice(), dim, &near, &mut exact);
+                // The first largest: the largest value, ties to the lowest centroid.
+                for (&(r, j), &v) in near.iter().zip(&exact) {
+                    let o = &mut out[r as usize];
+                    if v > o.1 || (v == o.1 && j < o.0) {
+                        (o.0, o.1) = (j, v);
+                    }
                 }
-                s.x.clear();
-                for &i in members {
-                    s.x.extend_from_slice(&data[i as usize * dim..(i as usize + 1) * dim]);
-                }
-                let u = s.union.len();
-                // Each union centroid's column in the product (entries of other centroids
-                // are stale and never read).
-                s.pos.resize(k, 0);
-                for (p, &j) in s.union.iter().enumerate() {
-                    s.pos[j as usize] = p as u32;
-                }
-                s.out.resize(members.len() * u, 0.0);
-                if u > 0 {
-                    dot_batch_packed(&s.x, &PackedRows::new(&s.cents, dim), &mut s.out);
-                }
-                members
-                    .iter()
-                    .enumerate()
-                    .map(|(r, &i)| {
-                        let dot = |j: u32| s.out[r * u + s.pos[j as usize] as usize];
-                        // First largest among the candidates (ascending: lowest index on ties).
-                        let (mut bj, mut bv) = (u32::MAX, f32::NEG_INFINITY);
-                        for j in row_cands(i) {
-                            let v = dot(*j);
-                            if v > bv {
-                                (bj, bv) = (*j, v);
-                            }
-                        }
-                        // The centroids that moved most, when not candidates: computed too, and
-                        // the largest of their dots is kept for the bound.
-                        let (mut xj, mut xv) = (u32::MAX, f32::NEG_INFINITY);
-                        let all = &cand[i as usize * BOUND_CANDIDATES..(i as usize + 1) * BOUND_CANDIDATES];
-                        // Candidates are ascending, unused slots (u32::MAX) last, and so are the
-                        // movers: one merge walk finds the movers that are not candidates.
-                        let mut a = all.iter().peekable();
-                        for &j in explicit {
-                            while a.next_if(|&&c| c < j).is_some() {}
-                            if a.peek() != Some(&&j) {
-                                let v = dot(j);
-                                if v > xv {
-                                    (xj, xv) = (j, v);
-                                }
-                            }
-                        }
-                        if xv > bv || (xv == bv && xj < bj) {
-                            (bj, bv) = (xj, xv);
-                        }
-                        (bj, bv, xv)
-                    })
-                    .collect()
+                out
             })
             .collect();
-        // A left-out centroid's f32 dot is at most its exact dot plus E (per unit of ‖x‖).
-        let e_norm = f32_error_per_norm(dim) * c.max_norm();
-        for (cl, b) in best.iter().enumerate() {
-            for (&i, &(bj, bv, xv)) in order[starts[cl]..starts[cl + 1]].iter().zip(b) {
-                let i = i as usize;
-                // Strictly above every other centroid's possible f32 dot: the full search
-                // (first largest dot over all centroids) picks it too. Anything else
-                // (NaN included) gets the full search.
-                let e = e_norm * self.norms[i];
-                let kept = (bv as f64) > self.rest[i] + e;
-                self.flags[i] = !kept;
-                (new_labels[i], dots[i]) = (bj, bv);
-                // The movers left out are bounded by their exact dots from now on.
-                if xv > f32::NEG_INFINITY {
-                    self.rest[i] = self.rest[i].max(xv as f64 + e);
-                }
+        for (i, &(bj, bv, xv)) in best.iter().enumerate() {
+            // Strictly above every other centroid's possible f32 dot: the full search
+            // (first largest dot over all centroids) picks it too. Anything else (NaN
+            // included) gets the full search.
+            let e = e_norm * self.norms[i];
+            let kept = (bv as f64) > self.rest[i] + e;
+            self.flags[i] = !kept;
+            (new_labels[i], dots[i]) = (bj, bv);
+            // The movers left out are bounded by their exact dots from now on.
+            if xv > f32::NEG_INFINITY {
+                self.rest[i] = self.rest[i].max(xv as f64 + e);
             }
         }
         let todo: Vec<usize> = (0..n).filter(|&i| self.flags[i]).collect();
@@ -348,6 +317,7 @@ mod tests {
     use crate::cluster::centroids::Distance;
     use crate::cluster::kmeans::tests::blobs;
     use crate::distance::{LowPrecision, normalize};
+    use crate::distance::{PackedRows, dot_batch_packed};
     use crate::rng::Rng;
 
     #[test]
@@ -400,7 +370,7 @@ mod tests {
             let new = Centroids::try_new(moved, dim, Distance::Cosine).unwrap();
             let mut b = DriftBounds::new(&data, dim, f64::INFINITY);
             let (mut l, mut d) = (vec![0u32; n], vec![0f32; n]);
-            b.assign(&data, &old, &vec![u32::MAX; n], &mut l, &mut d);
+            b.assign(&data, &old, &mut l, &mut d);
             assert_eq!(l[30], 1);
             assert!(!b.cand[30 * BOUND_CANDIDATES..31 * BOUND_CANDIDATES].contains(&(near as u32)));
             b.moved(&old, &new);
@@ -408,7 +378,7 @@ mod tests {
             assert!(b.max_drift < 0.1, "{}", b.max_drift);
             // `dots` comes in holding the last iteration's dots, as in the fit.
             let (mut l2, mut d2) = (vec![0u32; n], d.clone());
-            let searched = b.assign(&data, &new, &l, &mut l2, &mut d2);
+            let searched = b.assign(&data, &new, &mut l2, &mut d2);
             let (mut l3, mut d3) = (vec![0u32; n], vec![0f32; n]);
             new.nearest(&data, &mut l3, &mut d3);
             assert_eq!(l3[30], near as u32, "the moved centroid is the nearest now");
@@ -449,19 +419,56 @@ mod tests {
         let new = Centroids::try_new(cents, dim, Distance::Cosine).unwrap();
         let mut b = DriftBounds::new(&data, dim, f64::INFINITY);
         let (mut l, mut d) = (vec![0u32; n], vec![0f32; n]);
-        b.assign(&data, &old, &vec![u32::MAX; n], &mut l, &mut d);
+        b.assign(&data, &old, &mut l, &mut d);
         b.moved(&old, &new);
         let (mut l2, mut d2) = (vec![0u32; n], d.clone());
-        let searched = b.assign(&data, &new, &l, &mut l2, &mut d2);
+        let searched = b.assign(&data, &new, &mut l2, &mut d2);
         assert_eq!(b.explicit, vec![0], "the one centroid that moved");
         assert!(searched < n as u64 / 10, "{searched} of {n} rows searched");
-        let (mut l3, mut d3) = (vec![0u32; n], vec![0f32; n]);
-        new.nearest(&data, &mut l3, &mut d3);
-        assert_eq!(l2, l3);
-        assert_eq!(
-            d2.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-            d3.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
-        );
+        assert_full_search(&new, &data, &l2, &d2);
+    }
+
+    #[test]
+    fn near_ties_get_the_kernels_choice_through_the_bounds() {
+        // Rows midway between two centroids score within rounding of both: the fast dots
+        // may order them either way, and the kernel's chain must decide. The centroids then
+        // move a hair, so every row goes through the bounds, not the full search.
+        let (k, dim) = (50, 48);
+        let mut rng = Rng::new(21);
+        let unit = |rng: &mut Rng| {
+            let mut v: Vec<f32> = (0..dim).map(|_| rng.normal() as f32).collect();
+            normalize(&mut v);
+            v
+        };
+        let cents: Vec<f32> = (0..k).flat_map(|_| unit(&mut rng)).collect();
+        let mut data = Vec::new();
+        for i in 0..2000 {
+            let (a, b) = (i % k, (i * 7 + 1) % k);
+            let mut v: Vec<f32> = (0..dim).map(|t| cents[a * dim + t] + cents[b * dim + t]).collect();
+            normalize(&mut v);
+            data.extend(v);
+        }
+        let n = data.len() / dim;
+        let old = Centroids::try_new(cents.clone(), dim, Distance::Cosine).unwrap();
+        let moved: Vec<f32> = cents.iter().map(|&v| v * (1.0 + 1e-6 * rng.normal() as f32)).collect();
+        let new = Centroids::try_new(moved, dim, Distance::Cosine).unwrap();
+        let mut b = DriftBounds::new(&data, dim, f64::INFINITY);
+        let (mut l, mut d) = (vec![0u32; n], vec![0f32; n]);
+        b.assign(&data, &old, &mut l, &mut d);
+        b.moved(&old, &new);
+        let searched = b.assign(&data, &new, &mut l, &mut d);
+        assert!(searched < n as u64 / 10, "{searched} of {n} rows searched");
+        assert_full_search(&new, &data, &l, &d);
+    }
+
+    /// `labels` and `dots` are the f32 full search's, bit for bit.
+    fn assert_full_search(c: &Centroids, data: &[f32], labels: &[u32], dots: &[f32]) {
+        let n = labels.len();
+        let (mut l, mut d) = (vec![0u32; n], vec![0f32; n]);
+        c.nearest(data, &mut l, &mut d);
+        assert_eq!(labels, l);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(dots), bits(&d));
     }
 
     #[test]

@@ -241,7 +241,7 @@ impl KMeans {
         let mut reseeded = 0;
         for it in 0..params.max_iters {
             let searched = match drift.as_mut() {
-                Some(b) => b.assign(data, &centroids, &labels, &mut new_labels, &mut dots),
+                Some(b) => b.assign(data, &centroids, &mut new_labels, &mut dots),
                 None => {
                     full_search(&centroids, data, &mut new_labels, &mut dots, None);
                     n as u64
