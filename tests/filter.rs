@@ -661,23 +661,40 @@ fn a_known_column_name_settles_several_candidates() {
 fn pruned_shards_write_floats_without_a_dictionary() {
     // Embedding values are distinct: a dictionary would only cost time, and its page
     // would keep readers (dprune's page-level float reader among them) off plain pages.
-    // Other columns keep their dictionaries; everything stays zstd.
-    use parquet::file::reader::{FileReader, SerializedFileReader};
+    // Other columns keep their dictionaries; everything stays zstd. The scores table too.
     let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("pruned");
-    run_ok(&[
-        "filter",
-        "--keep",
-        "0.5",
-        &fixture(MINI),
-        "-o",
-        out.to_str().unwrap(),
-        "--quiet",
-    ]);
-    let file = std::fs::File::open(out.join(SHARDS[0])).unwrap();
+    for (dir, extra, file) in [
+        ("pruned", None, SHARDS[0]),
+        ("scores", Some("--scores-only"), "scores.parquet"),
+    ] {
+        let out = tmp.path().join(dir);
+        let mut args = vec![
+            "filter",
+            "--keep",
+            "0.5",
+            MINI_ARG,
+            "-o",
+            out.to_str().unwrap(),
+            "--quiet",
+        ];
+        args.extend(extra);
+        let mini = fixture(MINI);
+        let args: Vec<&str> = args
+            .iter()
+            .map(|&a| if a == MINI_ARG { mini.as_str() } else { a })
+            .collect();
+        run_ok(&args);
+        assert_float_layout(&out.join(file));
+    }
+}
+
+/// Every column of `path` is zstd, float columns have no dictionary page, and some other
+/// column has one.
+fn assert_float_layout(path: &Path) {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let file = std::fs::File::open(path).unwrap();
     let meta = SerializedFileReader::new(file).unwrap().metadata().clone();
-    let mut seen_float = false;
-    let mut seen_dict = false;
+    let (mut seen_float, mut seen_dict) = (false, false);
     for rg in meta.row_groups() {
         for col in rg.columns() {
             assert!(
@@ -686,11 +703,10 @@ fn pruned_shards_write_floats_without_a_dictionary() {
                 col.column_path(),
                 col.compression()
             );
-            let float = matches!(
+            if matches!(
                 col.column_type(),
                 parquet::basic::Type::FLOAT | parquet::basic::Type::DOUBLE
-            );
-            if float {
+            ) {
                 seen_float = true;
                 assert!(
                     col.dictionary_page_offset().is_none(),
@@ -702,6 +718,6 @@ fn pruned_shards_write_floats_without_a_dictionary() {
             }
         }
     }
-    assert!(seen_float, "the fixture has an embedding column");
+    assert!(seen_float, "{} has a float column", path.display());
     assert!(seen_dict, "non-float columns keep their dictionaries");
 }

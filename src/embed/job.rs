@@ -208,7 +208,7 @@ pub fn run_embed(cfg: &EmbedConfig, progress: &dyn Progress) -> Result<EmbedRepo
                 path: dest.clone(),
                 source,
             };
-            let mut w = ArrowWriter::try_new(file, schema.clone(), Some(writer_properties())).map_err(wrap)?;
+            let mut w = ArrowWriter::try_new(file, schema.clone(), Some(writer_properties(&schema))).map_err(wrap)?;
             for e in stream.by_ref() {
                 let e = e?;
                 on_batch(&e)?;

@@ -38,35 +38,30 @@ pub const FLOAT_ZSTD_LEVEL: i32 = 1;
 /// Rows per batch when copying shards (small: rows may carry images).
 pub const COPY_BATCH_ROWS: usize = 4096;
 
-/// Writer settings for every Parquet file dprune writes.
-pub fn writer_properties() -> WriterProperties {
-    WriterProperties::builder()
+/// Writer settings for every Parquet file dprune writes, for files of
+/// `schema`: zstd at [`ZSTD_LEVEL`], row groups of at most
+/// [`DEFAULT_ROW_GROUP_ROWS`] rows and about [`DEFAULT_ROW_GROUP_BYTES`];
+/// floating-point leaf columns (embeddings, scores) without a dictionary and
+/// at [`FLOAT_ZSTD_LEVEL`]. Distinct floats make a dictionary useless: the
+/// writer would hash a megabyte of values per row group before giving up,
+/// and a dictionary page would keep readers off the page-level float path.
+pub fn writer_properties(schema: &Schema) -> WriterProperties {
+    let mut b = WriterProperties::builder()
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(ZSTD_LEVEL).expect("valid zstd level"),
         ))
         .set_max_row_group_row_count(Some(DEFAULT_ROW_GROUP_ROWS))
         .set_max_row_group_bytes(Some(DEFAULT_ROW_GROUP_BYTES))
-        .set_created_by(format!("dprune {}", env!("CARGO_PKG_VERSION")))
-        .build()
-}
-
-/// [`writer_properties`] tuned to `schema`: floating-point leaf columns
-/// (embeddings) are written without a dictionary and at
-/// [`FLOAT_ZSTD_LEVEL`]. Distinct floats make a dictionary useless: the
-/// writer would hash a megabyte of values per row group before giving up,
-/// and a dictionary page would keep readers off the page-level float path.
-pub fn writer_properties_for(schema: &Schema) -> WriterProperties {
-    let base = writer_properties();
-    let Ok(desc) = parquet::arrow::ArrowSchemaConverter::new().convert(schema) else {
-        return base; // the writer reports the schema error itself
-    };
-    let float_level = Compression::ZSTD(ZstdLevel::try_new(FLOAT_ZSTD_LEVEL).expect("valid zstd level"));
-    let mut b = base.into_builder();
-    for col in desc.columns() {
-        if matches!(col.physical_type(), PhysicalType::FLOAT | PhysicalType::DOUBLE) {
-            b = b
-                .set_column_dictionary_enabled(col.path().clone(), false)
-                .set_column_compression(col.path().clone(), float_level);
+        .set_created_by(format!("dprune {}", env!("CARGO_PKG_VERSION")));
+    // A schema Parquet cannot hold gets no per-column settings: the writer reports it.
+    if let Ok(desc) = parquet::arrow::ArrowSchemaConverter::new().convert(schema) {
+        let float_level = Compression::ZSTD(ZstdLevel::try_new(FLOAT_ZSTD_LEVEL).expect("valid zstd level"));
+        for col in desc.columns() {
+            if matches!(col.physical_type(), PhysicalType::FLOAT | PhysicalType::DOUBLE) {
+                b = b
+                    .set_column_dictionary_enabled(col.path().clone(), false)
+                    .set_column_compression(col.path().clone(), float_level);
+            }
         }
     }
     b.build()
@@ -194,8 +189,7 @@ fn copy_rows(
         path: dest.to_path_buf(),
         source,
     };
-    let mut w =
-        ArrowWriter::try_new(file, out_schema.clone(), Some(writer_properties_for(&out_schema))).map_err(wrap)?;
+    let mut w = ArrowWriter::try_new(file, out_schema.clone(), Some(writer_properties(&out_schema))).map_err(wrap)?;
     let mut row = 0usize;
     let mut written = 0u64;
     for batch in &mut input {
@@ -283,7 +277,7 @@ pub fn write_scores_table(data: &Dataset, cols: &ScoreColumns<'_>, dest: &Path) 
         path: dest.to_path_buf(),
         source,
     };
-    let mut w = ArrowWriter::try_new(file, schema.clone(), Some(writer_properties())).map_err(wrap)?;
+    let mut w = ArrowWriter::try_new(file, schema.clone(), Some(writer_properties(&schema))).map_err(wrap)?;
     for s in &data.shards {
         let name = s.path.display().to_string();
         let off = data.offset(s.index) as usize;

@@ -528,7 +528,7 @@ fn write_batch(batch: &RecordBatch, dest: &Path) -> Result<()> {
         path: dest.to_path_buf(),
         source,
     };
-    let mut w = ArrowWriter::try_new(file, batch.schema(), Some(writer_properties())).map_err(wrap)?;
+    let mut w = ArrowWriter::try_new(file, batch.schema(), Some(writer_properties(&batch.schema()))).map_err(wrap)?;
     w.write(batch).map_err(wrap)?;
     let file = w.into_inner().map_err(wrap)?;
     file.sync_all().map_err(|e| Error::io("writing", dest, e))?;

@@ -182,7 +182,7 @@ pub fn run_sql(cfg: &SqlConfig) -> Result<SqlOutcome> {
                     path: out.clone(),
                     source,
                 };
-                let mut w = ArrowWriter::try_new(f, schema.clone(), Some(writer_properties())).map_err(werr)?;
+                let mut w = ArrowWriter::try_new(f, schema.clone(), Some(writer_properties(&schema))).map_err(werr)?;
                 while let Some(b) = stream.next().await {
                     let b = b.map_err(query_error)?;
                     rows += b.num_rows() as u64;
