@@ -134,6 +134,18 @@ pub fn fast_pair_dots(x: &[f32], c: &[f32], dim: usize, pairs: &[(u32, u32)], ou
     fast_pair_dots_body(x, c, dim, pairs, out)
 }
 
+/// The cut below which a candidate's [`fast_pair_dots`] value cannot win or tie against
+/// the best of `fast` (one row's candidates) in the kernel's values: both are within `e`
+/// (γ_d·‖x‖·max‖c‖) of the exact dot, so f_j < max f − 2e puts the kernel's value of j
+/// below the best's. Rounded down (keeping more is still exact); `None` when every
+/// candidate must be kept (NaN, ∞).
+pub fn contender_cut(fast: &[f32], e: f64) -> Option<f64> {
+    let top = fast.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+    let cut = top as f64 - 2.0 * e;
+    let cut = cut - cut.abs() * 1e-12 - 1e-30;
+    (cut.is_finite() && fast.iter().all(|v| !v.is_nan())).then_some(cut)
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn fast_pair_dots_avx512(x: &[f32], c: &[f32], dim: usize, pairs: &[(u32, u32)], out: &mut [f32]) {

@@ -238,7 +238,7 @@ impl Centroids {
                 && rest.len() == n,
             "nearest_bounded: cosine, lengths"
         );
-        let per_norm = 2.0 * f32_error_per_norm(self.dim) * self.max_norm();
+        let per_norm = 2.0 * self.f32_error();
         rows.par_chunks(CHUNK_ROWS * self.dim)
             .zip(labels.par_chunks_mut(CHUNK_ROWS))
             .zip(dots.par_chunks_mut(CHUNK_ROWS))
@@ -260,6 +260,16 @@ impl Centroids {
                     }
                 },
             );
+    }
+
+    /// E per unit of ‖x‖: how far an f32 dot of a row with any centroid, summed
+    /// in any order (the kernel's or a vectorized one), can be from the exact
+    /// dot, γ_d·max‖c‖. Computed once per set of centroids.
+    pub(crate) fn f32_error(&self) -> f64 {
+        *self
+            .certified
+            .f32_err
+            .get_or_init(|| f32_error_per_norm(self.dim) * self.max_norm())
     }
 
     /// An upper bound on max‖c_j‖ (1 up to rounding for cosine centroids).

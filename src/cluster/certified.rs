@@ -40,8 +40,8 @@ use rayon::prelude::*;
 
 use crate::cluster::centroids::{BOUND_CANDIDATES, CHUNK_ROWS, Centroids, Distance, TopScores, argmax_row};
 use crate::distance::{
-    Bf16Bound, LowPrecision, PackedBf16, PackedI8, certified_precision, dot_batch_bf16, dot_batch_i8,
-    f32_error_per_norm, fast_pair_dots, kernel_pair_dots, norm_upper_bound,
+    Bf16Bound, LowPrecision, PackedBf16, PackedI8, certified_precision, contender_cut, dot_batch_bf16, dot_batch_i8,
+    fast_pair_dots, kernel_pair_dots, norm_upper_bound,
 };
 
 /// What the search needs besides the centroids, made once per set of
@@ -50,8 +50,8 @@ use crate::distance::{
 pub(crate) struct Packing {
     bf16: OnceLock<(PackedBf16, Bf16Bound)>,
     int8: OnceLock<PackedI8>,
-    /// γ_d·max‖c‖: how far an f32 dot, in any order, is from the exact one per unit of ‖x‖.
-    f32_err: OnceLock<f64>,
+    /// [`Centroids::f32_error`].
+    pub(super) f32_err: OnceLock<f64>,
 }
 
 /// The centroids in the precision the search runs in, with the bound of B + E.
@@ -95,11 +95,11 @@ impl<'a> CertifiedSearch<'a> {
             }
             LowPrecision::Int8 => Low::Int8(c.certified.int8.get_or_init(|| PackedI8::new(c.as_slice(), dim))),
         };
-        let f32_err = *c
-            .certified
-            .f32_err
-            .get_or_init(|| f32_error_per_norm(dim) * c.max_norm());
-        CertifiedSearch { c, low, f32_err }
+        CertifiedSearch {
+            c,
+            low,
+            f32_err: c.f32_error(),
+        }
     }
 
     /// Exactly [`Centroids::nearest`]: for every row of `rows` the nearest
@@ -319,13 +319,8 @@ impl CertifiedSearch<'_> {
             let keep_all = b - a == 1 || {
                 s.fast.resize(b - a, 0.0);
                 fast_pair_dots(x, self.c.as_slice(), dim, &s.pairs[a..b], &mut s.fast);
-                let best = s.fast.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
                 let row = &x[i as usize * dim..(i as usize + 1) * dim];
-                let e = self.f32_err * norm_upper_bound(row);
-                // Rounded down: keeping more than needed is still exact.
-                let cut = best as f64 - 2.0 * e;
-                let cut = cut - cut.abs() * 1e-12 - 1e-30;
-                if cut.is_finite() && s.fast.iter().all(|v| !v.is_nan()) {
+                if let Some(cut) = contender_cut(&s.fast, self.f32_err * norm_upper_bound(row)) {
                     for q in a..b {
                         if s.fast[q - a] as f64 >= cut {
                             s.pairs[w] = s.pairs[q];

@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use crate::cluster::centroids::CHUNK_ROWS;
 use crate::cluster::centroids::{BOUND_CANDIDATES, CANDIDATE_WINDOW, Centroids};
 use crate::cluster::certified::CertifiedSearch;
-use crate::distance::{f32_error_per_norm, fast_pair_dots, kernel_pair_dots, norm_upper_bound};
+use crate::distance::{contender_cut, fast_pair_dots, kernel_pair_dots, norm_upper_bound};
 
 /// The nearest centroid of every row (and, with `bounds`, the candidates
 /// and bound of [`Centroids::nearest_bounded`]): bf16 products with an exact
@@ -215,7 +215,7 @@ impl DriftBounds {
         // place: no copies (row order: a cluster at a time, reading its rows from all
         // over the sample, was slower). The movers left out are bounded by their fast
         // dots plus E.
-        let e_norm = f32_error_per_norm(dim) * c.max_norm();
+        let e_norm = c.f32_error();
         let (cand, explicit, norms) = (&self.cand, &self.explicit[..], &self.norms);
         let best: Vec<(u32, f32, f32)> = data
             .par_chunks(CHUNK_ROWS * dim)
@@ -248,14 +248,9 @@ impl DriftBounds {
                 let mut out = vec![(u32::MAX, f32::NEG_INFINITY, f32::NEG_INFINITY); rows];
                 for (r, o) in out.iter_mut().enumerate() {
                     let (f, m) = (&fast[spans[r]..spans[r + 1]], &mover[spans[r]..spans[r + 1]]);
-                    let top = f.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
-                    let e = e_norm * norms[ci * CHUNK_ROWS + r];
-                    // Rounded down: more chains than needed are still exact.
-                    let cut = top as f64 - 2.0 * e;
-                    let cut = cut - cut.abs() * 1e-12 - 1e-30;
-                    let every = !cut.is_finite() || f.iter().any(|v| v.is_nan());
+                    let cut = contender_cut(f, e_norm * norms[ci * CHUNK_ROWS + r]);
                     for (q, &v) in f.iter().enumerate() {
-                        if every || v as f64 >= cut {
+                        if cut.is_none_or(|cut| v as f64 >= cut) {
                             near.push(pairs[spans[r] + q]);
                         }
                     }
