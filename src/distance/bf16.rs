@@ -113,11 +113,24 @@ impl PackedBf16 {
 /// # Panics
 /// If the lengths do not match.
 pub fn dot_batch_bf16(x: &[f32], rows: &[usize], scale: &[f32], c: &PackedBf16, out: &mut [f32]) {
+    dot_batch_bf16_cols(x, rows, scale, c, 0, out)
+}
+
+/// [`dot_batch_bf16`] against the packed rows `from..k` only: `out[i * (k - from) + j -
+/// from]`, the same bits as the full product's entries. `from` is a multiple of 32.
+///
+/// # Panics
+/// If the lengths do not match or `from` is not a multiple of 32 up to k.
+pub fn dot_batch_bf16_cols(x: &[f32], rows: &[usize], scale: &[f32], c: &PackedBf16, from: usize, out: &mut [f32]) {
     let (dim, k, m) = (c.dim, c.k, rows.len());
     assert!(x.len().is_multiple_of(dim), "dot_batch_bf16: x is not n x dim");
+    assert!(
+        from <= k && from.is_multiple_of(NR),
+        "dot_batch_bf16: column {from} is not a block start"
+    );
     assert_eq!(scale.len(), m, "dot_batch_bf16: one scale per row");
-    assert_eq!(out.len(), m * k, "dot_batch_bf16: out is not m x k");
-    if m == 0 || k == 0 {
+    assert_eq!(out.len(), m * (k - from), "dot_batch_bf16: out is not m x cols");
+    if m == 0 || k == from {
         return;
     }
     let pairs = dim.div_ceil(2);
@@ -130,8 +143,8 @@ pub fn dot_batch_bf16(x: &[f32], rows: &[usize], scale: &[f32], c: &PackedBf16, 
             // SAFETY: this kernel is chosen only when the CPU has AVX-512F/BW/BF16; `a` and
             // `c.data` were packed above / by `PackedBf16::new` for this dim, m and k.
             #[cfg(target_arch = "x86_64")]
-            Bf16Kernel::Avx512Bf16 => unsafe { simd::dot_batch(a, &c.data, m, k, pairs, out) },
-            _ => portable(a, &c.data, m, k, pairs, out),
+            Bf16Kernel::Avx512Bf16 => unsafe { simd::dot_batch(a, &c.data, m, k, from, pairs, out) },
+            _ => portable(a, &c.data, m, k, from, pairs, out),
         }
     });
 }
@@ -198,10 +211,10 @@ fn convert_row_portable(src: &[f32], s: f32, words: &mut [u32]) {
 /// The same operations as the SIMD kernel, in plain f32: each bf16 product is exact, and
 /// `vdpbf16ps` adds the odd (high) product first, then the even one, rounding each time
 /// (Intel's pseudo-code; checked bit for bit on AMD Zen 4 by the test below).
-fn portable(a: &[u32], b: &[u32], m: usize, k: usize, pairs: usize, out: &mut [f32]) {
+fn portable(a: &[u32], b: &[u32], m: usize, k: usize, from: usize, pairs: usize, out: &mut [f32]) {
     for i in 0..m {
         let ablock = &a[(i / MR) * MR * pairs..];
-        for j in 0..k {
+        for j in from..k {
             let bblock = &b[(j / NR) * pairs * NR + j % NR..];
             let mut acc = 0f32;
             for p in 0..pairs {
@@ -210,7 +223,7 @@ fn portable(a: &[u32], b: &[u32], m: usize, k: usize, pairs: usize, out: &mut [f
                 let (blo, bhi) = (bf16_to_f32(v as u16), bf16_to_f32((v >> 16) as u16));
                 acc = ftz(ftz(acc + ahi * bhi) + alo * blo);
             }
-            out[i * k + j] = acc;
+            out[i * (k - from) + j - from] = acc;
         }
     }
 }
@@ -246,32 +259,41 @@ mod simd {
     /// The CPU must have AVX-512F/BW/BF16; `a` from `pack` for `m` rows, `b` from
     /// `PackedBf16::new` for `k` rows, both with `pairs` pairs; `out.len() == m * k`.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    pub(super) unsafe fn dot_batch(a: &[u32], b: &[u32], m: usize, k: usize, pairs: usize, out: &mut [f32]) {
+    pub(super) unsafe fn dot_batch(
+        a: &[u32],
+        b: &[u32],
+        m: usize,
+        k: usize,
+        from: usize,
+        pairs: usize,
+        out: &mut [f32],
+    ) {
         debug_assert_eq!(a.len(), m.div_ceil(MR) * MR * pairs);
         debug_assert_eq!(b.len(), k.div_ceil(NR) * pairs * NR);
-        for jb in 0..k.div_ceil(NR) {
+        let stride = k - from;
+        for jb in from / NR..k.div_ceil(NR) {
             let bb = &b[jb * pairs * NR..(jb + 1) * pairs * NR];
             let j0 = jb * NR;
             let w = (k - j0).min(NR);
             for (ib, ablock) in a.chunks_exact(pairs * MR).enumerate() {
                 let i0 = ib * MR;
                 let h = (m - i0).min(MR);
-                let o = &mut out[i0 * k + j0..];
+                let o = &mut out[i0 * stride + j0 - from..];
                 // SAFETY: the caller guarantees the features; blocks are full-size.
                 unsafe {
                     match h {
-                        12 => tile::<12>(ablock, bb, pairs, k, w, o),
-                        11 => tile::<11>(ablock, bb, pairs, k, w, o),
-                        10 => tile::<10>(ablock, bb, pairs, k, w, o),
-                        9 => tile::<9>(ablock, bb, pairs, k, w, o),
-                        8 => tile::<8>(ablock, bb, pairs, k, w, o),
-                        7 => tile::<7>(ablock, bb, pairs, k, w, o),
-                        6 => tile::<6>(ablock, bb, pairs, k, w, o),
-                        5 => tile::<5>(ablock, bb, pairs, k, w, o),
-                        4 => tile::<4>(ablock, bb, pairs, k, w, o),
-                        3 => tile::<3>(ablock, bb, pairs, k, w, o),
-                        2 => tile::<2>(ablock, bb, pairs, k, w, o),
-                        _ => tile::<1>(ablock, bb, pairs, k, w, o),
+                        12 => tile::<12>(ablock, bb, pairs, stride, w, o),
+                        11 => tile::<11>(ablock, bb, pairs, stride, w, o),
+                        10 => tile::<10>(ablock, bb, pairs, stride, w, o),
+                        9 => tile::<9>(ablock, bb, pairs, stride, w, o),
+                        8 => tile::<8>(ablock, bb, pairs, stride, w, o),
+                        7 => tile::<7>(ablock, bb, pairs, stride, w, o),
+                        6 => tile::<6>(ablock, bb, pairs, stride, w, o),
+                        5 => tile::<5>(ablock, bb, pairs, stride, w, o),
+                        4 => tile::<4>(ablock, bb, pairs, stride, w, o),
+                        3 => tile::<3>(ablock, bb, pairs, stride, w, o),
+                        2 => tile::<2>(ablock, bb, pairs, stride, w, o),
+                        _ => tile::<1>(ablock, bb, pairs, stride, w, o),
                     }
                 }
             }
@@ -358,7 +380,7 @@ mod simd {
     pub(super) fn dot_batch_checked(a: &[u32], b: &[u32], m: usize, k: usize, pairs: usize, out: &mut [f32]) {
         assert!(available());
         // SAFETY: features checked just above; the caller packed `a` and `b`.
-        unsafe { dot_batch(a, b, m, k, pairs, out) }
+        unsafe { dot_batch(a, b, m, k, 0, pairs, out) }
     }
 }
 
@@ -481,7 +503,7 @@ mod tests {
             let mut hw = vec![0f32; m * k];
             let mut sw = vec![0f32; m * k];
             simd::dot_batch_checked(&a, &packed.data, m, k, pairs, &mut hw);
-            portable(&a, &packed.data, m, k, pairs, &mut sw);
+            portable(&a, &packed.data, m, k, 0, pairs, &mut sw);
             let hw_bits: Vec<u32> = hw.iter().map(|v| v.to_bits()).collect();
             let sw_bits: Vec<u32> = sw.iter().map(|v| v.to_bits()).collect();
             assert_eq!(hw_bits, sw_bits, "m {m} k {k} dim {dim}");

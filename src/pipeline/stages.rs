@@ -26,8 +26,7 @@ use crate::cluster::{Centroids, Distance};
 use crate::pipeline::spill::SpilledClusters;
 use crate::score::knn::knn_distance;
 use crate::score::semdedup::{
-    ClusterMembers, DedupKeep, DedupScores, EpsPoint, PairwiseCost, SemDedupParams, dedup_cluster, dist_to_centroid,
-    validate_eps,
+    DedupKeep, DedupScores, EpsPoint, PairwiseCost, SemDedupParams, dedup_cluster_at, validate_eps,
 };
 use crate::select::{Keep, floor_fraction, select_top};
 use crate::{Error, Result};
@@ -329,53 +328,87 @@ pub fn quality_drop(values: &[f64], eligible: &[bool], drop_percentile: f64) -> 
     eligible.iter().zip(&kept).map(|(&e, &k)| e && !k).collect()
 }
 
-/// Runs `f(cluster, row_ids, rows)` on every cluster of the spill, with
-/// only its `eligible` rows, sorted by row id (`rows`: their unit
-/// embeddings, `row_ids.len() × dim`). Partitions are read one at a time;
-/// the clusters of a partition run in parallel. Results come back in a
-/// fixed order (partition, then cluster id), whatever the spill order.
+/// Runs `f(cluster, row_ids, values, pos)` on every cluster of the spill,
+/// with only its `eligible` rows, sorted by row id: their unit embeddings
+/// are the rows `pos` of the partition's `values` (`dim` columns), left in
+/// place rather than copied per cluster. The clusters of a partition run in
+/// parallel while the next partition is read (so at most two are in memory).
+/// Results come back in a fixed order (partition, then cluster id),
+/// whatever the spill order.
 pub fn map_spilled_clusters<T: Send>(
     spilled: &SpilledClusters,
     labels: &[u32],
     eligible: &[bool],
-    dim: usize,
-    f: impl Fn(u32, &[u32], &[f32]) -> Result<T> + Sync,
+    f: impl Fn(u32, &[u32], &[f32], &[u32]) -> Result<T> + Sync,
     on_partition: &(dyn Fn(u64) + Sync),
 ) -> Result<Vec<(Vec<u32>, T)>> {
+    let parts = spilled.partitions();
     let mut out = Vec::new();
-    for p in 0..spilled.partitions() {
-        let (ids, values) = spilled.read_partition(p)?;
-        // Positions of eligible rows, grouped by cluster then row id.
-        let mut pos: Vec<u32> = (0..ids.len() as u32)
-            .filter(|&i| eligible[ids[i as usize] as usize])
-            .collect();
-        pos.sort_unstable_by_key(|&i| (labels[ids[i as usize] as usize], ids[i as usize]));
-        let mut groups = Vec::new();
-        let mut start = 0;
-        while start < pos.len() {
-            let c = labels[ids[pos[start] as usize] as usize];
-            let end = start + pos[start..].partition_point(|&i| labels[ids[i as usize] as usize] == c);
-            groups.push((c, &pos[start..end]));
-            start = end;
+    std::thread::scope(|scope| {
+        let read = |p: usize| scope.spawn(move || read_grouped(spilled, p, labels, eligible));
+        let mut next = (parts > 0).then(|| read(0));
+        for p in 0..parts {
+            let part = next
+                .take()
+                .map(|h| h.join())
+                .ok_or_else(|| Error::Internal("spill reader missing".into()))?
+                .map_err(|_| Error::Internal(format!("reading spill partition {p} panicked")))??;
+            next = (p + 1 < parts).then(|| read(p + 1));
+            let Grouped {
+                ids,
+                values,
+                pos,
+                groups,
+            } = &part;
+            let results: Vec<Result<(Vec<u32>, T)>> = groups
+                .par_iter()
+                .map(|&(c, a, b)| {
+                    let members = &pos[a..b];
+                    let row_ids: Vec<u32> = members.iter().map(|&i| ids[i as usize]).collect();
+                    let t = f(c, &row_ids, values, members)?;
+                    Ok((row_ids, t))
+                })
+                .collect();
+            for r in results {
+                out.push(r?);
+            }
+            on_partition(ids.len() as u64);
         }
-        let results: Vec<Result<(Vec<u32>, T)>> = groups
-            .par_iter()
-            .map(|&(c, members)| {
-                let row_ids: Vec<u32> = members.iter().map(|&i| ids[i as usize]).collect();
-                let mut rows = Vec::with_capacity(members.len() * dim);
-                for &i in members {
-                    rows.extend_from_slice(&values[i as usize * dim..(i as usize + 1) * dim]);
-                }
-                let t = f(c, &row_ids, &rows)?;
-                Ok((row_ids, t))
-            })
-            .collect();
-        for r in results {
-            out.push(r?);
-        }
-        on_partition(ids.len() as u64);
-    }
+        Ok::<_, Error>(())
+    })?;
     Ok(out)
+}
+
+/// One spill partition, its eligible rows grouped by cluster.
+struct Grouped {
+    ids: Vec<u32>,
+    values: Vec<f32>,
+    /// Positions of the eligible rows, sorted by (cluster, row id).
+    pos: Vec<u32>,
+    /// (cluster, start, end) of each cluster's run in `pos`.
+    groups: Vec<(u32, usize, usize)>,
+}
+
+fn read_grouped(spilled: &SpilledClusters, p: usize, labels: &[u32], eligible: &[bool]) -> Result<Grouped> {
+    let (ids, values) = spilled.read_partition(p)?;
+    let mut pos: Vec<u32> = (0..ids.len() as u32)
+        .filter(|&i| eligible[ids[i as usize] as usize])
+        .collect();
+    pos.sort_unstable_by_key(|&i| (labels[ids[i as usize] as usize], ids[i as usize]));
+    let mut groups = Vec::new();
+    let mut start = 0;
+    while start < pos.len() {
+        let c = labels[ids[pos[start] as usize] as usize];
+        let end = start + pos[start..].partition_point(|&i| labels[ids[i as usize] as usize] == c);
+        groups.push((c, start, end));
+        start = end;
+    }
+    Ok(Grouped {
+        ids,
+        values,
+        pos,
+        groups,
+    })
 }
 
 /// SemDeDup over spilled clusters: M and `dup_of` of every `eligible` row
@@ -394,12 +427,7 @@ pub fn semdedup_spilled(
         spilled,
         labels,
         eligible,
-        d,
-        |c, row_ids, rows| {
-            let dist = dist_to_centroid(rows, centroids.row(c as usize));
-            let m = ClusterMembers::try_new(rows, d, row_ids, &dist)?;
-            dedup_cluster(&m, params)
-        },
+        |c, row_ids, values, pos| dedup_cluster_at(values, d, pos, row_ids, centroids.row(c as usize), params),
         on_partition,
     )?;
     let mut out = DedupScores {
@@ -432,8 +460,13 @@ pub fn knn_spilled(
         spilled,
         labels,
         eligible,
-        dim,
-        |_, _, rows| Ok(knn_distance(rows, dim, k)),
+        |_, _, values, pos| {
+            let mut rows = Vec::with_capacity(pos.len() * dim);
+            for &i in pos {
+                rows.extend_from_slice(&values[i as usize * dim..(i as usize + 1) * dim]);
+            }
+            Ok(knn_distance(&rows, dim, k))
+        },
         on_partition,
     )?;
     let mut out = vec![f32::NAN; labels.len()];

@@ -10,8 +10,10 @@
 //! * Similarities are computed in square tiles of [`DEFAULT_BLOCK_ROWS`]
 //!   rows as matrix products ([`crate::distance::dot_batch`]); a cluster of
 //!   n rows never needs more than a tile of scratch per thread, not n².
-//!   Diagonal tiles compute only their upper triangle, in bands of rows; the
-//!   results are bit-identical to one full f32 product.
+//!   Diagonal tiles compute only their upper triangle, in bands of rows; with
+//!   AVX-512 BF16, every tile runs in bf16 with f32 only for the pairs that
+//!   can still be a maximum (`certified`). The results are bit-identical to
+//!   one full f32 product.
 //! * [`ExactDuplicates`] finds rows with bit-identical embeddings (or keys)
 //!   by a 128-bit hash, first row wins: the cheap pass to run first.
 //!
@@ -33,14 +35,17 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::OnceLock;
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::distance::{PackedRows, certified_bf16_pays, dot_batch, dot_batch_packed, dot_batch_packed_cols};
+#[cfg(doc)]
+use crate::distance::dot_batch;
+use crate::distance::{PackedRows, certified_bf16_pays, dot_batch_packed, dot_batch_packed_cols, kernel_pair_dots};
 use crate::rng::mix64;
 use crate::{Error, Result};
-use certified::{Bf16Block, CertScratch, absorb_certified};
+use certified::{Bf16Block, CertScratch, absorb_certified, diagonal_certified};
 
 /// Rows per tile of the within-cluster similarity product: a tile of
 /// scratch is `DEFAULT_BLOCK_ROWS²` floats (4 MiB) plus two row blocks.
@@ -328,10 +333,19 @@ pub fn dist_to_centroid(rows: &[f32], centroid: &[f32]) -> Vec<f32> {
         dim > 0 && rows.len().is_multiple_of(dim),
         "dist_to_centroid: rows not n x dim"
     );
+    let pos: Vec<u32> = (0..(rows.len() / dim) as u32).collect();
+    dist_at(rows, &pos, centroid)
+}
+
+/// [`dist_to_centroid`] of the rows `pos` of `rows` (`centroid.len()` columns), in that
+/// order: the kernel's own chain per row ([`kernel_pair_dots`]), the same bits as a
+/// [`dot_batch`] of the rows, without packing them.
+fn dist_at(rows: &[f32], pos: &[u32], centroid: &[f32]) -> Vec<f32> {
     let mut c = centroid.to_vec();
     crate::distance::normalize(&mut c);
-    let mut out = vec![0f32; rows.len() / dim];
-    dot_batch(rows, &c, dim, &mut out);
+    let pairs: Vec<(u32, u32)> = pos.iter().map(|&p| (p, 0)).collect();
+    let mut out = vec![0f32; pos.len()];
+    kernel_pair_dots(rows, &c, c.len(), &pairs, &mut out);
     out.iter_mut().for_each(|d| *d = 1.0 - *d);
     out
 }
@@ -368,10 +382,54 @@ pub fn rank_members(row_ids: &[u32], dist: &[f32], keep: DedupKeep) -> Vec<u32> 
 /// `dup_of` for each (see [`ClusterDedup`]). Parallel over column blocks
 /// for clusters larger than a block.
 pub fn dedup_cluster(members: &ClusterMembers, params: &SemDedupParams) -> Result<ClusterDedup> {
+    let pos: Vec<u32> = (0..members.len() as u32).collect();
+    dedup_ranked(members.rows, members.dim, &pos, members.row_ids, members.dist, params)
+}
+
+/// [`dedup_cluster`] of one cluster whose rows are the rows `pos` of a larger buffer `rows`
+/// (`dim` columns; `row_ids` and their cosine distance to the cluster's centroid in the
+/// same order), without copying them out: what the spilled pass runs on each partition.
+///
+/// # Errors
+/// A shape error when `pos`, `row_ids` and `centroid` do not fit `rows`.
+pub fn dedup_cluster_at(
+    rows: &[f32],
+    dim: usize,
+    pos: &[u32],
+    row_ids: &[u32],
+    centroid: &[f32],
+    params: &SemDedupParams,
+) -> Result<ClusterDedup> {
+    let n = rows.len() / dim.max(1);
+    if dim == 0
+        || rows.len() != n * dim
+        || centroid.len() != dim
+        || row_ids.len() != pos.len()
+        || pos.iter().any(|&p| p as usize >= n)
+    {
+        return Err(Error::Shape {
+            op: "cluster members",
+            expected: format!("{} positions into {n} x {dim} rows, a {dim}-d centroid", row_ids.len()),
+            got: format!("{} positions, a {}-d centroid", pos.len(), centroid.len()),
+        });
+    }
+    let dist = dist_at(rows, pos, centroid);
+    dedup_ranked(rows, dim, pos, row_ids, &dist, params)
+}
+
+fn dedup_ranked(
+    rows: &[f32],
+    dim: usize,
+    pos: &[u32],
+    row_ids: &[u32],
+    dist: &[f32],
+    params: &SemDedupParams,
+) -> Result<ClusterDedup> {
     params.validate()?;
-    let n = members.len();
-    let order = rank_members(members.row_ids, members.dist, params.keep);
-    let (best, arg) = max_sim_ranked(members.rows, members.dim, &order, params.block_rows);
+    let n = pos.len();
+    let order = rank_members(row_ids, dist, params.keep);
+    let ranked: Vec<u32> = order.iter().map(|&p| pos[p as usize]).collect();
+    let (best, arg) = max_sim_ranked(rows, dim, &ranked, params.block_rows);
     let mut out = ClusterDedup {
         max_sim: vec![0.0; n],
         dup_of: vec![None; n],
@@ -381,7 +439,7 @@ pub fn dedup_cluster(members: &ClusterMembers, params: &SemDedupParams) -> Resul
         let p = p as usize;
         let (m, d) = finish(best[r], arg[r]);
         out.max_sim[p] = m;
-        out.dup_of[p] = d.map(|q| members.row_ids[order[q as usize] as usize]);
+        out.dup_of[p] = d.map(|q| row_ids[order[q as usize] as usize]);
         out.rank[p] = r as u32;
     }
     Ok(out)
@@ -466,10 +524,12 @@ const DIAGONAL_BAND_ROWS: usize = 96;
 /// computed it, so the values are bit-identical to one full `X·Xᵀ`.
 ///
 /// Where the AVX-512 BF16 kernel runs ([`certified_bf16_pays`]), the
-/// diagonal tile is computed first and the off-diagonal tiles go through
-/// [`certified::absorb_certified`]: bf16 products, then f32 only for the
-/// pairs that can still reach a column's maximum — which is at least the
-/// diagonal tile's, so that is their floor. Same results.
+/// diagonal tile goes through [`certified::diagonal_certified`] and the
+/// off-diagonal tiles through [`certified::absorb_certified`]: bf16
+/// products, then f32 only for the pairs that can still reach a column's
+/// maximum — which is at least the diagonal tile's, so that is the
+/// off-diagonal tiles' floor. The f32 rows are packed only for a tile left
+/// to the f32 path. Same results.
 fn max_sim_ranked(rows: &[f32], dim: usize, order: &[u32], block: usize) -> (Vec<f32>, Vec<u32>) {
     max_sim_ranked_with(rows, dim, order, block, certified_bf16_pays())
 }
@@ -487,10 +547,25 @@ fn max_sim_ranked_with(rows: &[f32], dim: usize, order: &[u32], block: usize, bf
             let tc = b - a;
             let mut cols = Vec::new();
             gather(rows, dim, &order[a..b], &mut cols);
-            let packed = PackedRows::new(&cols, dim);
-            let half = (bf16 && bi > 0).then(|| Bf16Block::new(&cols, dim));
+            // The f32 packing only where a tile goes the f32 way.
+            let packed = OnceLock::new();
+            let packed = || packed.get_or_init(|| PackedRows::new(&cols, dim));
+            let half = bf16.then(|| Bf16Block::new(&cols, dim));
             let mut diag = TileMax::empty(tc);
-            diagonal_tile(&cols, &packed, a, &mut Scratch::default().out, &mut diag);
+            let certified = half.as_ref().is_some_and(|h| {
+                diagonal_certified(
+                    h,
+                    &cols,
+                    dim,
+                    a,
+                    DIAGONAL_BAND_ROWS,
+                    &mut diag,
+                    &mut CertScratch::default(),
+                )
+            });
+            if !certified {
+                diagonal_tile(&cols, packed(), a, &mut Scratch::default().out, &mut diag);
+            }
             // The diagonal ranks last: merged after the earlier tiles, it keeps their
             // arg-max on ties.
             let earlier = (0..bi)
@@ -507,7 +582,7 @@ fn max_sim_ranked_with(rows: &[f32], dim: usize, order: &[u32], block: usize, bf
                         return t;
                     }
                     s.out.resize(tr * tc, 0.0);
-                    dot_batch_packed(&s.rows, &packed, &mut s.out);
+                    dot_batch_packed(&s.rows, packed(), &mut s.out);
                     // every row of an earlier tile ranks before every column
                     for (ii, line) in s.out.chunks_exact(tc).enumerate() {
                         t.absorb(line, 0, (r0 + ii) as u32);

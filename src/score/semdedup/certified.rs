@@ -1,9 +1,7 @@
-//! Certified bf16 tiles for SemDeDup's within-cluster maxima: an
-//! off-diagonal tile's products in bfloat16 (`vdpbf16ps`, about twice the f32
-//! rate), then only the pairs that could still be a column's maximum
-//! recomputed in f32 by the kernel's own fused chain ([`kernel_pair_dots`]) —
-//! so M and `dup_of` are bit-identical to [`super::max_sim_ranked`]'s f32
-//! tiles.
+//! Certified bf16 tiles for SemDeDup's within-cluster maxima: a tile's
+//! products in bfloat16 (`vdpbf16ps`, about twice the f32 rate), then only
+//! the pairs that could still be a column's maximum recomputed in f32 — so M
+//! and `dup_of` are bit-identical to [`super::max_sim_ranked`]'s f32 tiles.
 //!
 //! For row i and column j, the f32 product f_ij lies within e_i of the bf16
 //! product b_ij ([`Bf16Bound`], the rounding actually made plus both
@@ -11,14 +9,26 @@
 //! diagonal tile's maximum, computed first) and at least
 //! L_j = max_i (b_ij − e_i); a row with b_ij + e_i below either can neither
 //! reach nor tie that maximum, so it cannot be the (earliest) arg-max. The
-//! others get their f32 product, taken in rank order with the f32 tiles'
-//! strict `>`. The two scans run in f32 with e_i padded by far more than
-//! their rounding. A tile whose bound is not finite, or whose candidates
-//! would cost more than half the f32 tile (e.g. many identical rows), is left
-//! to the f32 path. The diagonal tile stays in f32: with its triangle in
-//! narrow bands, the candidates of every band would cost what bf16 saves.
+//! two scans run in f32 with e_i padded by far more than their rounding.
+//!
+//! The candidates left (about one pair in a hundred on the 1M benchmark) get
+//! vectorized f32 dots ([`fast_pair_dots`]) first; those within twice the f32
+//! error of their column's best ([`contender_cut`]) then get the kernel's
+//! own fused chain ([`kernel_pair_dots`], about one pair a column), taken in
+//! rank order with the f32 tiles' strict `>`. A tile whose bound is not
+//! finite, or whose candidates would cost more than half the f32 tile (many
+//! identical rows, or a tiny cluster), is left to the f32 path.
+//!
+//! The diagonal tile ([`diagonal_certified`]) runs the same test without a
+//! floor: its upper triangle in bf16, band by band, then L_j over the whole
+//! column before any candidate is taken (per band, every band would keep a
+//! few candidates per column). Without the narrowing, the candidates' f32
+//! chains cost what the bf16 triangle saved (tried 2026-12-06).
 
-use crate::distance::{Bf16Bound, Bf16Norms, PackedBf16, dot_batch_bf16, kernel_pair_dots};
+use crate::distance::{
+    Bf16Bound, Bf16Norms, PackedBf16, contender_cut, dot_batch_bf16, dot_batch_bf16_cols, f32_error_per_norm,
+    fast_pair_dots, kernel_pair_dots, norm_upper_bound,
+};
 
 use super::TileMax;
 
@@ -26,6 +36,8 @@ use super::TileMax;
 pub(super) struct Bf16Block {
     packed: PackedBf16,
     bound: Bf16Bound,
+    /// An upper bound on each column's norm.
+    norms: Vec<f64>,
 }
 
 impl Bf16Block {
@@ -36,13 +48,14 @@ impl Bf16Block {
         Bf16Block {
             packed: PackedBf16::new(cols, dim, &idx, &vec![1.0; tc]),
             bound: Bf16Bound::new(cols, dim),
+            norms: cols.chunks_exact(dim).map(norm_upper_bound).collect(),
         }
     }
 }
 
-/// A candidate's f32 product (one scalar fused chain, eight interleaved) costs about
-/// this many products of the tile's f32 kernel; tiles whose candidates would cost half
-/// the f32 tile go to it.
+/// A candidate (a vectorized f32 dot, and for the few near their column's best a scalar
+/// fused chain) costs at most about this many products of the tile's f32 kernel; tiles
+/// whose candidates would cost half the f32 tile go to it.
 const PAIR_COST: usize = 8;
 
 /// Per-thread buffers.
@@ -55,7 +68,98 @@ pub(super) struct CertScratch {
     lo: Vec<f32>,
     found: Vec<(u32, u32)>,
     pairs: Vec<(u32, u32)>,
+    fast: Vec<f32>,
     exact: Vec<f32>,
+    /// The largest norm bound of the rows last padded.
+    max_norm: f64,
+}
+
+/// The row paddings e_i (see [`absorb_certified`]) of the rows `x` against `block`;
+/// `false` where one is not finite.
+fn paddings(block: &Bf16Block, x: &[f32], dim: usize, s: &mut CertScratch) -> bool {
+    let pad = &mut s.pad;
+    pad.clear();
+    s.max_norm = 0.0;
+    for xi in x.chunks_exact(dim) {
+        let n = Bf16Norms::of(xi);
+        s.max_norm = s.max_norm.max(n.norm);
+        let e = block.bound.error(&n);
+        let mag = block.bound.magnitude(&n) + e;
+        let padded = ((e + mag * f64::from(2f32.powi(-20))) as f32).next_up();
+        if !padded.is_finite() {
+            return false;
+        }
+        pad.push(padded);
+    }
+    true
+}
+
+/// The diagonal tile of a column block (its columns `cols` against themselves, row i
+/// before column j only where i < j) into `t`, exactly as the f32 bands would: the
+/// triangle's bf16 products in bands of `band` rows (a multiple of 32) against the
+/// columns from the band on, L_j = max over i < j of b_ij − e_i, then the f32 products of
+/// the pairs with b_ij + e_i ≥ L_j, in rank order per column. `false` (and `t` untouched)
+/// where the f32 bands should run instead. `a` is the block's first rank.
+pub(super) fn diagonal_certified(
+    block: &Bf16Block,
+    cols: &[f32],
+    dim: usize,
+    a: usize,
+    band: usize,
+    t: &mut TileMax,
+    s: &mut CertScratch,
+) -> bool {
+    let tc = block.packed.k();
+    debug_assert!(band > 0 && band.is_multiple_of(32));
+    if !paddings(block, cols, dim, s) {
+        return false;
+    }
+    // The triangle's bands, stored one after another: band s0 is (s1 − s0) × (tc − s0).
+    s.b.clear();
+    let mut cost = 0;
+    for s0 in (0..tc).step_by(band) {
+        let s1 = (s0 + band).min(tc);
+        s.idx.clear();
+        s.idx.extend(s0..s1);
+        s.ones.resize(s1 - s0, 1.0);
+        let at = s.b.len();
+        s.b.resize(at + (s1 - s0) * (tc - s0), 0.0);
+        dot_batch_bf16_cols(cols, &s.idx, &s.ones, &block.packed, s0, &mut s.b[at..]);
+        cost += (s1 - s0) * (tc - s0);
+    }
+    s.lo.clear();
+    s.lo.resize(tc, f32::NEG_INFINITY);
+    let mut at = 0;
+    for s0 in (0..tc).step_by(band) {
+        let (s1, w) = ((s0 + band).min(tc), tc - s0);
+        for (ii, line) in s.b[at..at + (s1 - s0) * w].chunks_exact(w).enumerate() {
+            let (i, e) = (s0 + ii, s.pad[s0 + ii]);
+            // Columns after row i: from i + 1 on.
+            for (l, &v) in s.lo[i + 1..].iter_mut().zip(&line[ii + 1..]) {
+                *l = l.max(v - e);
+            }
+        }
+        at += (s1 - s0) * w;
+    }
+    s.found.clear();
+    let mut at = 0;
+    for s0 in (0..tc).step_by(band) {
+        let (s1, w) = ((s0 + band).min(tc), tc - s0);
+        for (ii, line) in s.b[at..at + (s1 - s0) * w].chunks_exact(w).enumerate() {
+            let (i, e) = (s0 + ii, s.pad[s0 + ii]);
+            for (q, (&v, &l)) in line[ii + 1..].iter().zip(&s.lo[i + 1..]).enumerate() {
+                if v + e >= l {
+                    s.found.push(((i + 1 + q) as u32, i as u32));
+                }
+            }
+            if 2 * s.found.len() * PAIR_COST > cost {
+                return false;
+            }
+        }
+        at += (s1 - s0) * w;
+    }
+    absorb_pairs(block, cols, cols, dim, a as u32, t, s);
+    true
 }
 
 /// Absorbs the products of the rows `x` (rank positions `first_rank..`, all
@@ -78,16 +182,8 @@ pub(super) fn absorb_certified(
     let (tr, w) = (x.len() / dim, block.packed.k());
     // e_i, padded by 2⁻²⁰ of the largest magnitude met: the f32 sums b ± e below round
     // by at most 2⁻²⁴ of that each, so the padded scans stay on the safe side.
-    s.pad.clear();
-    for xi in x.chunks_exact(dim) {
-        let n = Bf16Norms::of(xi);
-        let e = block.bound.error(&n);
-        let mag = block.bound.magnitude(&n) + e;
-        let padded = ((e + mag * f64::from(2f32.powi(-20))) as f32).next_up();
-        if !padded.is_finite() {
-            return false;
-        }
-        s.pad.push(padded);
+    if !paddings(block, x, dim, s) {
+        return false;
     }
     s.idx.clear();
     s.idx.extend(0..tr);
@@ -117,19 +213,60 @@ pub(super) fn absorb_certified(
             return false;
         }
     }
-    // f32 products of the candidates, column by column and in rank order within one, so
-    // strict `>` keeps the earliest row on ties.
+    absorb_pairs(block, x, cols, dim, first_rank, t, s);
+    true
+}
+
+/// The kernel's f32 products of the candidates `s.found` ((column, row) pairs) of the
+/// rows `x` (rank positions `first_rank..`) with the block's columns `cols`, absorbed into
+/// `t` column by column and in rank order within one, so strict `>` keeps the earliest
+/// row on ties. Narrowed first, as `cluster::certified` narrows its rechecks: vectorized
+/// f32 dots ([`fast_pair_dots`]) of a column's candidates, then the kernel's scalar chain
+/// only for those within twice the f32 error of the best ([`contender_cut`]); the rest
+/// can neither reach nor tie that best's kernel value.
+fn absorb_pairs(
+    block: &Bf16Block,
+    x: &[f32],
+    cols: &[f32],
+    dim: usize,
+    first_rank: u32,
+    t: &mut TileMax,
+    s: &mut CertScratch,
+) {
     s.found.sort_unstable();
     s.pairs.clear();
-    s.pairs.extend(s.found.iter().map(|&(j, ii)| (ii, j)));
+    s.pairs.extend(s.found.iter().map(|&(j, i)| (i, j)));
+    s.fast.resize(s.pairs.len(), 0.0);
+    fast_pair_dots(x, cols, dim, &s.pairs, &mut s.fast);
+    let row_err = f32_error_per_norm(dim) * s.max_norm;
+    let (mut w, mut a) = (0, 0);
+    while a < s.pairs.len() {
+        let j = s.pairs[a].1;
+        let b = a + s.pairs[a..].iter().take_while(|p| p.1 == j).count();
+        match contender_cut(&s.fast[a..b], row_err * block.norms[j as usize]) {
+            Some(cut) if b - a > 1 => {
+                for q in a..b {
+                    if s.fast[q] as f64 >= cut {
+                        s.pairs[w] = s.pairs[q];
+                        w += 1;
+                    }
+                }
+            }
+            _ => {
+                s.pairs.copy_within(a..b, w);
+                w += b - a;
+            }
+        }
+        a = b;
+    }
+    s.pairs.truncate(w);
     s.exact.resize(s.pairs.len(), 0.0);
     kernel_pair_dots(x, cols, dim, &s.pairs, &mut s.exact);
-    for (&(ii, j), &v) in s.pairs.iter().zip(&s.exact) {
+    for (&(i, j), &v) in s.pairs.iter().zip(&s.exact) {
         let j = j as usize;
         if v > t.best[j] {
             t.best[j] = v;
-            t.arg[j] = first_rank + ii;
+            t.arg[j] = first_rank + i;
         }
     }
-    true
 }

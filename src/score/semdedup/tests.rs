@@ -452,3 +452,98 @@ fn random_rows_take_the_bf16_path_and_copies_fall_back_untouched() {
     assert!(!absorb_certified(&block, &copies, &same, dim, 0, &none, &mut t, &mut s));
     assert!(t.best.iter().all(|&b| b == f32::NEG_INFINITY));
 }
+
+/// Rows whose products with a later row tie to within far less than the f32 error: a
+/// base row, copies nudged by one ulp-sized step in one coordinate, and a near copy
+/// ranked after them. The vectorized dots cannot order such rows, the kernel's chains can.
+fn near_tie_rows(groups: usize, copies: usize, dim: usize, seed: u64) -> Vec<f32> {
+    let mut r = Rng::new(seed);
+    let mut rows = Vec::new();
+    for _ in 0..groups {
+        let base = random_unit_rows(1, dim, r.below(1 << 30));
+        for c in 0..copies {
+            let mut v = base.clone();
+            let t = r.below(dim as u64) as usize;
+            v[t] += (c as f32) * 3e-7 * if r.below(2) == 0 { 1.0 } else { -1.0 };
+            rows.extend(v);
+        }
+        let mut near = base.clone();
+        for x in near.iter_mut() {
+            *x += (r.normal() * 0.01) as f32;
+        }
+        unit(&mut near);
+        rows.extend(near);
+    }
+    rows
+}
+
+#[test]
+fn the_bf16_diagonal_is_certified_and_keeps_the_kernels_choice_of_near_ties() {
+    let dim = 96;
+    for (n, seed) in [(200usize, 1u64), (500, 2), (97, 3)] {
+        // Random rows: the bf16 triangle runs (no fallback) and gives the f32 bands' bits.
+        let cols = random_unit_rows(n, dim, seed);
+        let block = Bf16Block::new(&cols, dim);
+        let mut t = TileMax::empty(n);
+        assert!(diagonal_certified(
+            &block,
+            &cols,
+            dim,
+            0,
+            DIAGONAL_BAND_ROWS,
+            &mut t,
+            &mut CertScratch::default()
+        ));
+        let (want_best, want_arg) = full_matrix_max(&cols, dim);
+        assert_eq!(
+            t.best.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            want_best.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+        assert_eq!(t.arg, want_arg);
+    }
+    // Near ties, on the diagonal and across blocks: M and the arg-max stay the kernel's.
+    for seed in 0..6 {
+        let rows = near_tie_rows(40, 5, 384, seed);
+        let m = rows.len() / 384;
+        let order: Vec<u32> = (0..m as u32).collect();
+        let (want_best, want_arg) = full_matrix_max(&rows, 384);
+        for block in [64usize, 1024] {
+            let (best, arg) = max_sim_ranked_with(&rows, 384, &order, block, true);
+            assert_eq!(
+                best.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                want_best.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "seed {seed} block {block}"
+            );
+            assert_eq!(arg, want_arg, "seed {seed} block {block}");
+        }
+    }
+}
+
+#[test]
+fn a_cluster_in_place_matches_its_copy_and_checks_its_positions() {
+    let dim = 48;
+    let all = random_unit_rows(300, dim, 11);
+    let pos: Vec<u32> = (0..300u32).filter(|p| p % 3 != 1).rev().collect();
+    let ids: Vec<u32> = pos.iter().map(|&p| 1000 + p).collect();
+    let mut copy = Vec::new();
+    for &p in &pos {
+        copy.extend_from_slice(&all[p as usize * dim..(p as usize + 1) * dim]);
+    }
+    let centroid: Vec<f32> = (0..dim).map(|t| 1.0 + t as f32 * 0.01).collect();
+    let dist = dist_to_centroid(&copy, &centroid);
+    // The distances are the kernel's bits: 1 − one full product with the unit centroid.
+    let mut unit_c = centroid.clone();
+    unit(&mut unit_c);
+    let mut dots = vec![0f32; pos.len()];
+    crate::distance::dot_batch(&copy, &unit_c, dim, &mut dots);
+    assert!(dist.iter().zip(&dots).all(|(d, x)| d.to_bits() == (1.0 - x).to_bits()));
+    let params = SemDedupParams::default().with_block_rows(64);
+    let want = dedup_cluster(&ClusterMembers::try_new(&copy, dim, &ids, &dist).unwrap(), &params).unwrap();
+    let got = dedup_cluster_at(&all, dim, &pos, &ids, &centroid, &params).unwrap();
+    assert_eq!(got, want);
+    let bad = [0u32, 300];
+    let e = dedup_cluster_at(&all, dim, &bad, &ids[..2], &centroid, &params).unwrap_err();
+    assert!(e.to_string().contains("positions"), "{e}");
+    assert!(dedup_cluster_at(&all, dim, &pos, &ids[..3], &centroid, &params).is_err());
+    assert!(dedup_cluster_at(&all, dim, &pos, &ids, &centroid[..5], &params).is_err());
+}
