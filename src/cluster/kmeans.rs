@@ -235,6 +235,7 @@ impl KMeans {
             (Some(t), Distance::Cosine) => Some(DriftBounds::new(data, dim, t)),
             _ => None,
         };
+        let mut means = MeanCache::default();
         let mut history = Vec::new();
         let mut searched_history = Vec::new();
         let mut converged = false;
@@ -274,7 +275,7 @@ impl KMeans {
             if it + 1 == params.max_iters {
                 break; // keep the centroids the final labels were computed with
             }
-            let (next, filled) = update(data, dim, k, &labels, &centroids, params)?;
+            let (next, filled) = update(data, dim, k, &labels, &centroids, params, &mut means)?;
             reseeded += filled;
             if let Some(b) = drift.as_mut() {
                 b.moved(&centroids, &next);
@@ -343,6 +344,16 @@ pub(crate) fn rows_by_cluster(labels: &[u32], k: usize) -> (Vec<usize>, Vec<u32>
 /// New centroids from labels: per-cluster sums over rows in ascending
 /// order (f64 accumulators), then mean (L2) or normalised mean (cosine);
 /// empty clusters are filled by splitting the largest.
+/// The means the last update computed and the labels it computed them
+/// from: a cluster none of whose rows came or went since has the same
+/// members in the same order, so the same mean bit for bit, and is not summed
+/// again (once the clusters settle, most of them).
+#[derive(Default)]
+struct MeanCache {
+    labels: Vec<u32>,
+    means: Vec<f32>,
+}
+
 fn update(
     data: &[f32],
     dim: usize,
@@ -350,14 +361,28 @@ fn update(
     labels: &[u32],
     old: &Centroids,
     params: &KMeansParams,
+    cache: &mut MeanCache,
 ) -> Result<(Centroids, usize)> {
     let (starts, order) = rows_by_cluster(labels, k);
     let counts: Vec<usize> = starts.windows(2).map(|w| w[1] - w[0]).collect();
+    let mut changed = vec![cache.labels.len() != labels.len(); k];
+    if cache.labels.len() == labels.len() {
+        for (&a, &b) in cache.labels.iter().zip(labels) {
+            if a != b {
+                changed[a as usize] = true;
+                changed[b as usize] = true;
+            }
+        }
+    }
     let mut next = vec![0f32; k * dim];
     next.par_chunks_mut(dim).enumerate().for_each(|(j, c)| {
         let members = &order[starts[j]..starts[j + 1]];
         if members.is_empty() {
             c.copy_from_slice(old.row(j));
+            return;
+        }
+        if !changed[j] {
+            c.copy_from_slice(&cache.means[j * dim..(j + 1) * dim]);
             return;
         }
         let mut acc = vec![0f64; dim];
@@ -367,6 +392,9 @@ fn update(
             *o = (a * inv) as f32;
         }
     });
+    cache.labels.clear();
+    cache.labels.extend_from_slice(labels);
+    cache.means.clone_from(&next);
     // Empty clusters: split the currently largest one (ties: lowest index).
     let mut filled = 0;
     let mut sizes = counts.clone();
@@ -479,6 +507,45 @@ fn kmeans_pp(data: &[f32], dim: usize, k: usize, seed: u64) -> Vec<f32> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn updates_reuse_only_the_means_of_clusters_whose_rows_stayed() {
+        // Warm updates (means of untouched clusters reused) give the bits of a cold one:
+        // after a few rows move, after two rows swap clusters, and after a cluster empties
+        // (split from the largest) and refills.
+        let (k, dim) = (12, 16);
+        let (data, truth) = blobs(k, 30, dim, 0.3, 4);
+        let n = truth.len();
+        for distance in [Distance::Cosine, Distance::L2] {
+            let params = KMeansParams {
+                distance,
+                ..KMeansParams::default()
+            };
+            let init: Vec<f32> = (0..k)
+                .flat_map(|j| data[j * 30 * dim..(j * 30 + 1) * dim].to_vec())
+                .collect();
+            let mut c = Centroids::try_new(init, dim, distance).unwrap();
+            let mut labels = truth.clone();
+            let mut warm = MeanCache::default();
+            for t in 0..5 {
+                let (cold, cold_filled) =
+                    update(&data, dim, k, &labels, &c, &params, &mut MeanCache::default()).unwrap();
+                let (hot, hot_filled) = update(&data, dim, k, &labels, &c, &params, &mut warm).unwrap();
+                let bits = |x: &Centroids| x.as_slice().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&hot), bits(&cold), "{distance:?} step {t}");
+                assert_eq!(hot_filled, cold_filled);
+                c = hot;
+                match t {
+                    0 => labels[3] = 5,
+                    1 => labels.swap(0, 40),
+                    2 => labels.iter_mut().filter(|v| **v == 7).for_each(|v| *v = 8),
+                    3 => labels[2] = 7,
+                    _ => {}
+                }
+                assert_eq!(labels.len(), n);
+            }
+        }
+    }
 
     /// `k` well-separated unit-norm blobs of `per` rows in `dim` dims.
     pub(crate) fn blobs(k: usize, per: usize, dim: usize, spread: f32, seed: u64) -> (Vec<f32>, Vec<u32>) {
