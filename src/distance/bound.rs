@@ -131,12 +131,22 @@ impl Bf16Bound {
     /// If `dim` is 0.
     pub fn new(c: &[f32], dim: usize) -> Self {
         assert!(dim > 0, "Bf16Bound: dim is 0");
+        Self::from_norms(c.chunks(dim).map(Bf16Norms::of), dim)
+    }
+
+    /// The bound against any of a set of `dim`-d rows given by their norms
+    /// ([`Bf16Norms::of`] of each).
+    ///
+    /// # Panics
+    /// If `dim` is 0.
+    pub fn from_norms(norms: impl IntoIterator<Item = Bf16Norms>, dim: usize) -> Self {
+        assert!(dim > 0, "Bf16Bound: dim is 0");
         let zero = Bf16Norms {
             norm: 0.0,
             rounded: 0.0,
             residual: 0.0,
         };
-        let right = c.chunks(dim).map(Bf16Norms::of).fold(zero, Bf16Norms::max);
+        let right = norms.into_iter().fold(zero, Bf16Norms::max);
         let d = dim as f64;
         Bf16Bound {
             right,

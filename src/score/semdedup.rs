@@ -45,7 +45,7 @@ use crate::distance::dot_batch;
 use crate::distance::{PackedRows, certified_bf16_pays, dot_batch_packed, dot_batch_packed_cols, kernel_pair_dots};
 use crate::rng::mix64;
 use crate::{Error, Result};
-use certified::{Bf16Block, CertScratch, absorb_certified, diagonal_certified};
+use certified::{Bf16Block, CertScratch, RowSet, absorb_certified, diagonal_certified};
 
 /// Rows per tile of the within-cluster similarity product: a tile of
 /// scratch is `DEFAULT_BLOCK_ROWS²` floats (4 MiB) plus two row blocks.
@@ -545,26 +545,30 @@ fn max_sim_ranked_with(rows: &[f32], dim: usize, order: &[u32], block: usize, bf
             let a = bi * block;
             let b = (a + block).min(m);
             let tc = b - a;
-            let mut cols = Vec::new();
-            gather(rows, dim, &order[a..b], &mut cols);
-            // The f32 packing only where a tile goes the f32 way.
-            let packed = OnceLock::new();
-            let packed = || packed.get_or_init(|| PackedRows::new(&cols, dim));
-            let half = bf16.then(|| Bf16Block::new(&cols, dim));
+            let positions = |r: std::ops::Range<usize>| order[r].iter().map(|&p| p as usize).collect::<Vec<usize>>();
+            let col_idx = positions(a..b);
+            let cols = RowSet {
+                data: rows,
+                idx: &col_idx,
+                dim,
+            };
+            // The f32 rows, gathered and packed, only where a tile goes the f32 way.
+            let (gathered, packed) = (OnceLock::new(), OnceLock::new());
+            let gathered = || {
+                gathered.get_or_init(|| {
+                    let mut v = Vec::new();
+                    gather(rows, dim, &order[a..b], &mut v);
+                    v
+                })
+            };
+            let packed = || packed.get_or_init(|| PackedRows::new(gathered(), dim));
+            let half = bf16.then(|| Bf16Block::new(cols));
             let mut diag = TileMax::empty(tc);
             let certified = half.as_ref().is_some_and(|h| {
-                diagonal_certified(
-                    h,
-                    &cols,
-                    dim,
-                    a,
-                    DIAGONAL_BAND_ROWS,
-                    &mut diag,
-                    &mut CertScratch::default(),
-                )
+                diagonal_certified(h, cols, a, DIAGONAL_BAND_ROWS, &mut diag, &mut CertScratch::default())
             });
             if !certified {
-                diagonal_tile(&cols, packed(), a, &mut Scratch::default().out, &mut diag);
+                diagonal_tile(gathered(), packed(), a, &mut Scratch::default().out, &mut diag);
             }
             // The diagonal ranks last: merged after the earlier tiles, it keeps their
             // arg-max on ties.
@@ -575,12 +579,18 @@ fn max_sim_ranked_with(rows: &[f32], dim: usize, order: &[u32], block: usize, bf
                     let r0 = ri * block;
                     let r1 = (r0 + block).min(b);
                     let tr = r1 - r0;
-                    gather(rows, dim, &order[r0..r1], &mut s.rows);
-                    if let Some(h) = &half
-                        && absorb_certified(h, &cols, &s.rows, dim, r0 as u32, &diag.best, &mut t, &mut s.cert)
-                    {
-                        return t;
+                    if let Some(h) = &half {
+                        let row_idx = positions(r0..r1);
+                        let x = RowSet {
+                            data: rows,
+                            idx: &row_idx,
+                            dim,
+                        };
+                        if absorb_certified(h, cols, x, r0 as u32, &diag.best, &mut t, &mut s.cert) {
+                            return t;
+                        }
                     }
+                    gather(rows, dim, &order[r0..r1], &mut s.rows);
                     s.out.resize(tr * tc, 0.0);
                     dot_batch_packed(&s.rows, packed(), &mut s.out);
                     // every row of an earlier tile ranks before every column

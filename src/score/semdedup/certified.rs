@@ -27,28 +27,47 @@
 
 use crate::distance::{
     Bf16Bound, Bf16Norms, PackedBf16, contender_cut, dot_batch_bf16, dot_batch_bf16_cols, f32_error_per_norm,
-    fast_pair_dots, kernel_pair_dots, norm_upper_bound,
+    fast_pair_dots, kernel_pair_dots,
 };
 
 use super::TileMax;
+
+/// Rows `idx` of the row-major `data` (`dim` columns), in that order: a
+/// tile's rows read where they are, not gathered.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RowSet<'a> {
+    pub(super) data: &'a [f32],
+    pub(super) idx: &'a [usize],
+    pub(super) dim: usize,
+}
+
+impl<'a> RowSet<'a> {
+    fn len(&self) -> usize {
+        self.idx.len()
+    }
+
+    fn row(&self, i: usize) -> &'a [f32] {
+        let g = self.idx[i];
+        &self.data[g * self.dim..(g + 1) * self.dim]
+    }
+}
 
 /// A column block rounded to bf16, with the error bound of rows against it.
 pub(super) struct Bf16Block {
     packed: PackedBf16,
     bound: Bf16Bound,
-    /// An upper bound on each column's norm.
-    norms: Vec<f64>,
+    /// Each column's norms (for its rows' paddings on the diagonal and the f32 error).
+    norms: Vec<Bf16Norms>,
 }
 
 impl Bf16Block {
-    /// Packs the `tc × dim` columns `cols`.
-    pub(super) fn new(cols: &[f32], dim: usize) -> Self {
-        let tc = cols.len() / dim;
-        let idx: Vec<usize> = (0..tc).collect();
+    /// Packs the columns `cols`.
+    pub(super) fn new(cols: RowSet) -> Self {
+        let norms: Vec<Bf16Norms> = (0..cols.len()).map(|i| Bf16Norms::of(cols.row(i))).collect();
         Bf16Block {
-            packed: PackedBf16::new(cols, dim, &idx, &vec![1.0; tc]),
-            bound: Bf16Bound::new(cols, dim),
-            norms: cols.chunks_exact(dim).map(norm_upper_bound).collect(),
+            packed: PackedBf16::new(cols.data, cols.dim, cols.idx, &vec![1.0; cols.len()]),
+            bound: Bf16Bound::from_norms(norms.iter().copied(), cols.dim),
+            norms,
         }
     }
 }
@@ -61,27 +80,26 @@ const PAIR_COST: usize = 8;
 /// Per-thread buffers.
 #[derive(Default)]
 pub(super) struct CertScratch {
-    idx: Vec<usize>,
     ones: Vec<f32>,
     b: Vec<f32>,
     pad: Vec<f32>,
     lo: Vec<f32>,
     found: Vec<(u32, u32)>,
     pairs: Vec<(u32, u32)>,
+    at: Vec<(u32, u32)>,
     fast: Vec<f32>,
     exact: Vec<f32>,
     /// The largest norm bound of the rows last padded.
     max_norm: f64,
 }
 
-/// The row paddings e_i (see [`absorb_certified`]) of the rows `x` against `block`;
-/// `false` where one is not finite.
-fn paddings(block: &Bf16Block, x: &[f32], dim: usize, s: &mut CertScratch) -> bool {
+/// The row paddings e_i (see [`absorb_certified`]) of rows with the `norms` given
+/// against `block`; `false` where one is not finite.
+fn paddings(block: &Bf16Block, norms: impl Iterator<Item = Bf16Norms>, s: &mut CertScratch) -> bool {
     let pad = &mut s.pad;
     pad.clear();
     s.max_norm = 0.0;
-    for xi in x.chunks_exact(dim) {
-        let n = Bf16Norms::of(xi);
+    for n in norms {
         s.max_norm = s.max_norm.max(n.norm);
         let e = block.bound.error(&n);
         let mag = block.bound.magnitude(&n) + e;
@@ -102,8 +120,7 @@ fn paddings(block: &Bf16Block, x: &[f32], dim: usize, s: &mut CertScratch) -> bo
 /// where the f32 bands should run instead. `a` is the block's first rank.
 pub(super) fn diagonal_certified(
     block: &Bf16Block,
-    cols: &[f32],
-    dim: usize,
+    cols: RowSet,
     a: usize,
     band: usize,
     t: &mut TileMax,
@@ -111,7 +128,7 @@ pub(super) fn diagonal_certified(
 ) -> bool {
     let tc = block.packed.k();
     debug_assert!(band > 0 && band.is_multiple_of(32));
-    if !paddings(block, cols, dim, s) {
+    if !paddings(block, block.norms.iter().copied(), s) {
         return false;
     }
     // The triangle's bands, stored one after another: band s0 is (s1 − s0) × (tc − s0).
@@ -119,12 +136,10 @@ pub(super) fn diagonal_certified(
     let mut cost = 0;
     for s0 in (0..tc).step_by(band) {
         let s1 = (s0 + band).min(tc);
-        s.idx.clear();
-        s.idx.extend(s0..s1);
         s.ones.resize(s1 - s0, 1.0);
         let at = s.b.len();
         s.b.resize(at + (s1 - s0) * (tc - s0), 0.0);
-        dot_batch_bf16_cols(cols, &s.idx, &s.ones, &block.packed, s0, &mut s.b[at..]);
+        dot_batch_bf16_cols(cols.data, &cols.idx[s0..s1], &s.ones, &block.packed, s0, &mut s.b[at..]);
         cost += (s1 - s0) * (tc - s0);
     }
     s.lo.clear();
@@ -158,7 +173,7 @@ pub(super) fn diagonal_certified(
         }
         at += (s1 - s0) * w;
     }
-    absorb_pairs(block, cols, cols, dim, a as u32, t, s);
+    absorb_pairs(block, cols, cols, a as u32, t, s);
     true
 }
 
@@ -171,25 +186,22 @@ pub(super) fn diagonal_certified(
 #[allow(clippy::too_many_arguments)]
 pub(super) fn absorb_certified(
     block: &Bf16Block,
-    cols: &[f32],
-    x: &[f32],
-    dim: usize,
+    cols: RowSet,
+    x: RowSet,
     first_rank: u32,
     floor: &[f32],
     t: &mut TileMax,
     s: &mut CertScratch,
 ) -> bool {
-    let (tr, w) = (x.len() / dim, block.packed.k());
+    let (tr, w) = (x.len(), block.packed.k());
     // e_i, padded by 2⁻²⁰ of the largest magnitude met: the f32 sums b ± e below round
     // by at most 2⁻²⁴ of that each, so the padded scans stay on the safe side.
-    if !paddings(block, x, dim, s) {
+    if !paddings(block, (0..tr).map(|i| Bf16Norms::of(x.row(i))), s) {
         return false;
     }
-    s.idx.clear();
-    s.idx.extend(0..tr);
     s.ones.resize(tr, 1.0);
     s.b.resize(tr * w, 0.0);
-    dot_batch_bf16(x, &s.idx, &s.ones, &block.packed, &mut s.b);
+    dot_batch_bf16(x.data, x.idx, &s.ones, &block.packed, &mut s.b);
     // L_j (at least the floor), then the rows that can reach it.
     s.lo.clear();
     s.lo.extend_from_slice(floor);
@@ -213,7 +225,7 @@ pub(super) fn absorb_certified(
             return false;
         }
     }
-    absorb_pairs(block, x, cols, dim, first_rank, t, s);
+    absorb_pairs(block, x, cols, first_rank, t, s);
     true
 }
 
@@ -224,44 +236,47 @@ pub(super) fn absorb_certified(
 /// f32 dots ([`fast_pair_dots`]) of a column's candidates, then the kernel's scalar chain
 /// only for those within twice the f32 error of the best ([`contender_cut`]); the rest
 /// can neither reach nor tie that best's kernel value.
-fn absorb_pairs(
-    block: &Bf16Block,
-    x: &[f32],
-    cols: &[f32],
-    dim: usize,
-    first_rank: u32,
-    t: &mut TileMax,
-    s: &mut CertScratch,
-) {
+fn absorb_pairs(block: &Bf16Block, x: RowSet, cols: RowSet, first_rank: u32, t: &mut TileMax, s: &mut CertScratch) {
+    let dim = x.dim;
     s.found.sort_unstable();
     s.pairs.clear();
     s.pairs.extend(s.found.iter().map(|&(j, i)| (i, j)));
+    // The same pairs as positions in the rows' buffers, for the dot products.
+    s.at.clear();
+    s.at.extend(
+        s.pairs
+            .iter()
+            .map(|&(i, j)| (x.idx[i as usize] as u32, cols.idx[j as usize] as u32)),
+    );
     s.fast.resize(s.pairs.len(), 0.0);
-    fast_pair_dots(x, cols, dim, &s.pairs, &mut s.fast);
+    fast_pair_dots(x.data, cols.data, dim, &s.at, &mut s.fast);
     let row_err = f32_error_per_norm(dim) * s.max_norm;
     let (mut w, mut a) = (0, 0);
     while a < s.pairs.len() {
         let j = s.pairs[a].1;
         let b = a + s.pairs[a..].iter().take_while(|p| p.1 == j).count();
-        match contender_cut(&s.fast[a..b], row_err * block.norms[j as usize]) {
+        match contender_cut(&s.fast[a..b], row_err * block.norms[j as usize].norm) {
             Some(cut) if b - a > 1 => {
                 for q in a..b {
                     if s.fast[q] as f64 >= cut {
                         s.pairs[w] = s.pairs[q];
+                        s.at[w] = s.at[q];
                         w += 1;
                     }
                 }
             }
             _ => {
                 s.pairs.copy_within(a..b, w);
+                s.at.copy_within(a..b, w);
                 w += b - a;
             }
         }
         a = b;
     }
     s.pairs.truncate(w);
+    s.at.truncate(w);
     s.exact.resize(s.pairs.len(), 0.0);
-    kernel_pair_dots(x, cols, dim, &s.pairs, &mut s.exact);
+    kernel_pair_dots(x.data, cols.data, dim, &s.at, &mut s.exact);
     for (&(i, j), &v) in s.pairs.iter().zip(&s.exact) {
         let j = j as usize;
         if v > t.best[j] {

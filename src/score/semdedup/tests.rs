@@ -21,6 +21,15 @@ fn reference(rows: &[f32], dim: usize) -> Vec<f64> {
     out
 }
 
+/// Every row of `data`, in order, as a [`RowSet`] (with its index buffer).
+fn all_rows(data: &[f32], dim: usize) -> Vec<usize> {
+    (0..data.len() / dim).collect()
+}
+
+fn view<'a>(data: &'a [f32], idx: &'a [usize], dim: usize) -> RowSet<'a> {
+    RowSet { data, idx, dim }
+}
+
 fn random_unit_rows(n: usize, dim: usize, seed: u64) -> Vec<f32> {
     let mut r = Rng::new(seed);
     let mut v: Vec<f32> = (0..n * dim).map(|_| r.normal() as f32).collect();
@@ -427,14 +436,24 @@ proptest! {
 fn random_rows_take_the_bf16_path_and_copies_fall_back_untouched() {
     let dim = 64;
     let cols = random_unit_rows(200, dim, 1);
-    let block = Bf16Block::new(&cols, dim);
+    let ci = all_rows(&cols, dim);
+    let block = Bf16Block::new(view(&cols, &ci, dim));
     let packed = crate::distance::PackedRows::new(&cols, dim);
     let mut s = CertScratch::default();
     // An off-diagonal tile of random rows: certified, and the maxima are the f32 ones.
     let x = random_unit_rows(50, dim, 2);
     let mut t = TileMax::empty(200);
     let none = vec![f32::NEG_INFINITY; 200];
-    assert!(absorb_certified(&block, &cols, &x, dim, 0, &none, &mut t, &mut s));
+    let xi = all_rows(&x, dim);
+    assert!(absorb_certified(
+        &block,
+        view(&cols, &ci, dim),
+        view(&x, &xi, dim),
+        0,
+        &none,
+        &mut t,
+        &mut s
+    ));
     let mut f = vec![0f32; 50 * 200];
     crate::distance::dot_batch_packed(&x, &packed, &mut f);
     let mut want = TileMax::empty(200);
@@ -447,9 +466,18 @@ fn random_rows_take_the_bf16_path_and_copies_fall_back_untouched() {
     // than the f32 tile, so it says so and leaves `t` alone.
     let same: Vec<f32> = (0..50).flat_map(|_| cols[..dim].iter().copied()).collect();
     let copies: Vec<f32> = (0..200).flat_map(|_| cols[..dim].iter().copied()).collect();
-    let block = Bf16Block::new(&copies, dim);
+    let block = Bf16Block::new(view(&copies, &ci, dim));
     let mut t = TileMax::empty(200);
-    assert!(!absorb_certified(&block, &copies, &same, dim, 0, &none, &mut t, &mut s));
+    let si = all_rows(&same, dim);
+    assert!(!absorb_certified(
+        &block,
+        view(&copies, &ci, dim),
+        view(&same, &si, dim),
+        0,
+        &none,
+        &mut t,
+        &mut s
+    ));
     assert!(t.best.iter().all(|&b| b == f32::NEG_INFINITY));
 }
 
@@ -483,12 +511,12 @@ fn the_bf16_diagonal_is_certified_and_keeps_the_kernels_choice_of_near_ties() {
     for (n, seed) in [(200usize, 1u64), (500, 2), (97, 3)] {
         // Random rows: the bf16 triangle runs (no fallback) and gives the f32 bands' bits.
         let cols = random_unit_rows(n, dim, seed);
-        let block = Bf16Block::new(&cols, dim);
+        let ci = all_rows(&cols, dim);
+        let block = Bf16Block::new(view(&cols, &ci, dim));
         let mut t = TileMax::empty(n);
         assert!(diagonal_certified(
             &block,
-            &cols,
-            dim,
+            view(&cols, &ci, dim),
             0,
             DIAGONAL_BAND_ROWS,
             &mut t,
@@ -502,11 +530,22 @@ fn the_bf16_diagonal_is_certified_and_keeps_the_kernels_choice_of_near_ties() {
         assert_eq!(t.arg, want_arg);
     }
     // Near ties, on the diagonal and across blocks: M and the arg-max stay the kernel's.
+    // The ranked rows lie scattered in a larger buffer (rank r at position perm[r]), as
+    // the rows of a spill partition do.
     for seed in 0..6 {
-        let rows = near_tie_rows(40, 5, 384, seed);
-        let m = rows.len() / 384;
-        let order: Vec<u32> = (0..m as u32).collect();
-        let (want_best, want_arg) = full_matrix_max(&rows, 384);
+        let ranked = near_tie_rows(40, 5, 384, seed);
+        let m = ranked.len() / 384;
+        let mut perm: Vec<u32> = (0..2 * m as u32).collect();
+        let mut r = Rng::new(seed + 100);
+        for i in (1..perm.len()).rev() {
+            perm.swap(i, r.below(i as u64 + 1) as usize);
+        }
+        let order = perm[..m].to_vec();
+        let mut rows = random_unit_rows(2 * m, 384, seed + 200);
+        for (rank, &p) in order.iter().enumerate() {
+            rows[p as usize * 384..(p as usize + 1) * 384].copy_from_slice(&ranked[rank * 384..(rank + 1) * 384]);
+        }
+        let (want_best, want_arg) = full_matrix_max(&ranked, 384);
         for block in [64usize, 1024] {
             let (best, arg) = max_sim_ranked_with(&rows, 384, &order, block, true);
             assert_eq!(
