@@ -7,6 +7,7 @@ pub mod config;
 pub mod filter;
 pub mod passes;
 pub mod plot;
+pub mod prefetch;
 pub mod progress;
 pub mod report;
 pub mod spill;

@@ -11,6 +11,10 @@ mod filter;
 // Every bad input `dprune filter` promises a clear error for.
 mod filter_errors;
 
+// The kept-row prefetch: the score pass's copies of the embedding column write
+// the same pruned shards.
+mod prefetch;
+
 // Encoders: ONNX text models against reference embeddings, `dprune embed`,
 // `filter --model/--text-col`, and their bad inputs.
 mod embed;

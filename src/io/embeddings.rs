@@ -86,6 +86,11 @@ pub trait EmbeddingSource: Send + Sync {
     /// The embeddings of `shard`, in row order, in blocks of at most
     /// `batch_rows` rows.
     fn blocks<'a>(&'a self, shard: &'a Shard, batch_rows: usize) -> Result<BlockIter<'a>>;
+    /// The shards' column the embeddings are read from, if any (not a
+    /// sidecar, not an encoder's output).
+    fn column(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// Embeddings stored in a column of the shards: `FixedSizeList` or
@@ -299,6 +304,10 @@ pub(crate) fn column_reader(
 impl EmbeddingSource for ColumnSource {
     fn describe(&self) -> String {
         format!("column `{}`", self.name)
+    }
+
+    fn column(&self) -> Option<&str> {
+        Some(&self.name)
     }
 
     fn dim(&self) -> usize {

@@ -9,12 +9,15 @@
 //! where it applies (`input`).
 
 use std::fs::File;
+use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, BooleanArray, Float32Array, Int32Array, Int64Array, RecordBatch, StringArray};
+use arrow::array::{
+    ArrayRef, BooleanArray, FixedSizeListArray, Float32Array, Int32Array, Int64Array, RecordBatch, StringArray,
+};
 use arrow::compute::filter_record_batch;
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Type as PhysicalType, ZstdLevel};
 use parquet::file::properties::WriterProperties;
@@ -114,6 +117,59 @@ impl ExtraColumn<'_> {
     }
 }
 
+/// The values of one `FixedSizeList<Float32>` column for some rows of a shard,
+/// kept elsewhere: `filter` copies the rows it may keep while it scores them, so
+/// that writing the pruned shard need not decompress that column (most of its
+/// bytes) a second time ([`write_filtered_with`]).
+pub struct Prefetched<'a> {
+    /// The column's name in the shard.
+    pub column: &'a str,
+    /// The shard rows whose values the stream holds, ascending. Every kept row must
+    /// be one of them (others are skipped).
+    pub rows: &'a [u32],
+    /// Opens the stream: for each of `rows` in order, its `dim` values as
+    /// little-endian f32 (the column's values bit for bit).
+    pub open: &'a (dyn Fn() -> Result<Box<dyn Read>> + Sync),
+}
+
+/// The prefetched column of a copy: its index in the shard, item field, size, values.
+type PrefetchedColumn<'p, 'a> = (usize, FieldRef, i32, &'p Prefetched<'a>);
+
+/// Reads the values of the kept `rows` (ascending shard rows) from the prefetched
+/// stream, skipping the rows it holds that are not kept; `next` is the index in
+/// `p.rows` of the stream's next row.
+fn read_prefetched(
+    p: &Prefetched<'_>,
+    dim: usize,
+    rows: &[usize],
+    stream: &mut dyn Read,
+    next: &mut usize,
+    shard: &Path,
+) -> Result<Vec<f32>> {
+    let width = dim * 4;
+    let mut bytes = vec![0u8; rows.len() * width];
+    let mut skip = vec![0u8; width];
+    let err = |e| Error::io("reading the prefetched rows of", shard, e);
+    for (out, &r) in bytes.chunks_exact_mut(width).zip(rows) {
+        while p.rows.get(*next).is_some_and(|&q| (q as usize) < r) {
+            stream.read_exact(&mut skip).map_err(err)?;
+            *next += 1;
+        }
+        if p.rows.get(*next).is_none_or(|&q| q as usize != r) {
+            return Err(Error::Internal(format!(
+                "{}: kept row {r} was not prefetched",
+                shard.display()
+            )));
+        }
+        stream.read_exact(out).map_err(err)?;
+        *next += 1;
+    }
+    Ok(bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect())
+}
+
 /// Copies the rows of `shard` flagged in `keep` (one flag per row) to
 /// `dest`, appending `extra` columns; calls `on_rows` with the number of
 /// input rows processed after every batch. Returns the rows written.
@@ -124,13 +180,46 @@ pub fn write_filtered(
     dest: &Path,
     on_rows: &(dyn Fn(u64) + Sync),
 ) -> Result<u64> {
+    write_filtered_with(shard, keep, extra, dest, on_rows, None)
+}
+
+/// [`write_filtered`], with the values of one column taken from `prefetched`
+/// instead of the shard (the same output).
+pub fn write_filtered_with(
+    shard: &Shard,
+    keep: &[bool],
+    extra: &[ExtraColumn<'_>],
+    dest: &Path,
+    on_rows: &(dyn Fn(u64) + Sync),
+    prefetched: Option<&Prefetched<'_>>,
+) -> Result<u64> {
     use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    let pre: Option<PrefetchedColumn> = match prefetched {
+        None => None,
+        Some(p) => {
+            let c = shard.schema.index_of(p.column).ok();
+            match c.map(|c| (c, shard.schema.field(c).data_type())) {
+                // An extra column of that name replaces it: nothing of it is written.
+                Some(_) if extra.iter().any(|e| e.name == p.column) => None,
+                Some((c, DataType::FixedSizeList(item, d))) if item.data_type() == &DataType::Float32 => {
+                    Some((c, item.clone(), *d, p))
+                }
+                _ => {
+                    return Err(Error::Internal(format!(
+                        "{}: `{}` is not a FixedSizeList<Float32> column to prefetch",
+                        shard.path.display(),
+                        p.column
+                    )));
+                }
+            }
+        }
+    };
     let seen = AtomicU64::new(0);
     let counted = |n: u64| {
         seen.fetch_add(n, Relaxed);
         on_rows(n);
     };
-    match copy_rows(shard, keep, extra, dest, &counted, true)? {
+    match copy_rows(shard, keep, extra, dest, &counted, true, pre.clone())? {
         Some(n) => Ok(n),
         // A null in a list column: copy again with Arrow's reader alone (same output). The
         // first attempt already reported `seen` rows, so the retry reports only the rest.
@@ -144,7 +233,7 @@ pub fn write_filtered(
                     on_rows(n - t);
                 }
             };
-            copy_rows(shard, keep, extra, dest, &rest, false)?
+            copy_rows(shard, keep, extra, dest, &rest, false, pre)?
                 .ok_or_else(|| Error::Internal("Arrow's reader fell back".into()))
         }
     }
@@ -159,6 +248,7 @@ fn copy_rows(
     dest: &Path,
     on_rows: &(dyn Fn(u64) + Sync),
     fast: bool,
+    pre: Option<PrefetchedColumn>,
 ) -> Result<Option<u64>> {
     if keep.len() as u64 != shard.num_rows {
         return Err(Error::Internal(format!(
@@ -182,7 +272,17 @@ fn copy_rows(
     fields.extend(extra.iter().map(|e| Arc::new(Field::new(e.name, e.data_type(), true))));
     let out_schema: SchemaRef = Arc::new(Schema::new_with_metadata(fields, in_schema.metadata().clone()));
 
-    let mut input = input::Input::open(shard, fast)?;
+    // The batches lack the prefetched column: shard column f is batch column `at(f)`.
+    let skip = pre.as_ref().map(|p| p.0);
+    let at = |f: usize| f - usize::from(skip.is_some_and(|s| s < f));
+    let batch_fields: Vec<usize> = kept_fields
+        .iter()
+        .filter(|&&f| Some(f) != skip)
+        .map(|&f| at(f))
+        .collect();
+    let mut stream = pre.as_ref().map(|p| (p.3.open)()).transpose()?;
+    let mut next_prefetched = 0usize;
+    let mut input = input::Input::open(shard, fast, skip)?;
     let atomic = AtomicFile::new(dest)?;
     let file = File::create(atomic.tmp_path()).map_err(|e| Error::io("creating", atomic.tmp_path(), e))?;
     let wrap = |source| Error::Parquet {
@@ -199,7 +299,7 @@ fn copy_rows(
         let rows: Vec<usize> = (row..row + n).filter(|&i| keep[i]).collect();
         if !rows.is_empty() {
             let mask = BooleanArray::from(flags.to_vec());
-            let proj = batch.project(&kept_fields).map_err(|source| Error::Arrow {
+            let proj = batch.project(&batch_fields).map_err(|source| Error::Arrow {
                 path: shard.path.clone(),
                 source,
             })?;
@@ -208,6 +308,19 @@ fn copy_rows(
                 source,
             })?;
             let mut cols: Vec<ArrayRef> = filtered.columns().to_vec();
+            if let (Some((c, item, d, p)), Some(s)) = (&pre, stream.as_mut()) {
+                let values = read_prefetched(p, *d as usize, &rows, s.as_mut(), &mut next_prefetched, &shard.path)?;
+                let a = FixedSizeListArray::try_new(item.clone(), *d, Arc::new(Float32Array::from(values)), None)
+                    .map_err(|source| Error::Arrow {
+                        path: shard.path.clone(),
+                        source,
+                    })?;
+                let pos = kept_fields
+                    .iter()
+                    .position(|f| f == c)
+                    .expect("the prefetched column is kept");
+                cols.insert(pos, Arc::new(a));
+            }
             cols.extend(extra.iter().map(|e| e.gather(&rows)));
             let out = RecordBatch::try_new(out_schema.clone(), cols).map_err(|source| Error::Arrow {
                 path: dest.to_path_buf(),

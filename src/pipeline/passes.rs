@@ -17,6 +17,7 @@ use crate::distance::normalize;
 use crate::io::embeddings::{EmbeddingBlock, EmbeddingSource, unusable};
 use crate::io::{Dataset, Shard};
 use crate::pipeline::filter::FilterParams;
+use crate::pipeline::prefetch::KeptPrefetch;
 use crate::pipeline::progress::Progress;
 use crate::pipeline::report::InvalidReport;
 use crate::pipeline::spill::ClusterSpill;
@@ -305,6 +306,9 @@ pub struct Spills<'a> {
     /// Every usable row under its second-nearest centroid (cosine only;
     /// fills `rows.second`).
     pub guests: Option<&'a ClusterSpill>,
+    /// The raw embeddings of the rows whose score it wants (the plain
+    /// nearest-centroid search only), for the write pass.
+    pub kept: Option<&'a KeptPrefetch>,
 }
 
 /// Score pass: nearest centroid and prototypicality of every row; also
@@ -363,6 +367,10 @@ pub fn score_rows(
             let mut inv = InvalidReport::default();
             let mut buffer = spills.owners.map(|s| s.buffer());
             let mut guest_buffer = spills.guests.map(|s| s.buffer());
+            let mut prefetch = spills.kept.map(|k| k.writer(shard.index)).transpose()?;
+            // The raw values of the current block, which the prefetch copies (rows are
+            // normalised in place).
+            let mut raw: Vec<f32> = Vec::new();
             let first_id = data.offset(shard.index);
             stream_shard(shard, source, p.batch_rows, |mut b| {
                 let base = b.first_row as usize;
@@ -378,21 +386,35 @@ pub fn score_rows(
                     hashes[base..base + m].copy_from_slice(&hs);
                 }
                 // Validate and (for cosine) normalise; zero out bad rows.
-                let bad: Vec<Option<&'static str>> = b
+                let check = |x: &mut [f32], null: bool, kept: bool| {
+                    let why = if kept { unusable(x, null) } else { Some(EXCLUDED) };
+                    if why.is_some() {
+                        x.iter_mut().for_each(|v| *v = 0.0);
+                    } else if c.distance() == Distance::Cosine {
+                        normalize(x);
+                    }
+                    why
+                };
+                if prefetch.is_some() {
+                    raw.resize(b.values.len(), 0.0);
+                }
+                let rows_in = b
                     .values
                     .par_chunks_mut(d)
                     .zip(b.null.par_iter())
-                    .zip(valid[base..base + m].par_iter())
-                    .map(|((x, &null), &kept)| {
-                        let why = if kept { unusable(x, null) } else { Some(EXCLUDED) };
-                        if why.is_some() {
-                            x.iter_mut().for_each(|v| *v = 0.0);
-                        } else if c.distance() == Distance::Cosine {
-                            normalize(x);
-                        }
-                        why
-                    })
-                    .collect();
+                    .zip(valid[base..base + m].par_iter());
+                let bad: Vec<Option<&'static str>> = if prefetch.is_some() {
+                    // Each row copied just before it changes, while it is in cache.
+                    rows_in
+                        .zip(raw.par_chunks_mut(d))
+                        .map(|(((x, &null), &kept), r)| {
+                            r.copy_from_slice(x);
+                            check(x, null, kept)
+                        })
+                        .collect()
+                } else {
+                    rows_in.map(|((x, &null), &kept)| check(x, null, kept)).collect()
+                };
                 for (i, why) in bad.iter().enumerate() {
                     if let Some(what) = why.filter(|&w| w != EXCLUDED) {
                         reject(p, &mut inv, &shard.path, b.first_row + i as u64, what)?;
@@ -458,6 +480,13 @@ pub fn score_rows(
                         }
                     }
                 }
+                if let (Some(w), Some(kp)) = (prefetch.as_mut(), spills.kept) {
+                    for (i, why) in bad.iter().enumerate() {
+                        if why.is_none() && kp.wants(sc[i]) {
+                            w.push((base + i) as u32, &raw[i * d..(i + 1) * d])?;
+                        }
+                    }
+                }
                 if let Some(buf) = buffer.as_mut() {
                     for (i, why) in bad.iter().enumerate() {
                         if why.is_none() {
@@ -482,6 +511,9 @@ pub fn score_rows(
             }
             if let Some(buf) = guest_buffer.as_mut() {
                 buf.flush()?;
+            }
+            if let Some(w) = prefetch {
+                w.finish()?;
             }
             Ok(((), inv))
         })

@@ -130,6 +130,15 @@ pub struct WhereReport {
     pub row_groups_skipped: u64,
 }
 
+/// The kept-row prefetch of a run ([`crate::pipeline::prefetch`]).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PrefetchReport {
+    /// Rows whose embeddings the score pass copied.
+    pub rows: u64,
+    /// Whether they held every kept row, so the write pass used them.
+    pub used: bool,
+}
+
 /// Counts of unusable embeddings by kind.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct InvalidReport {
@@ -191,6 +200,9 @@ pub struct Report {
     /// The SemDeDup pass, when it ran.
     #[serde(default)]
     pub semdedup: Option<SemDedupReport>,
+    /// The kept-row prefetch, when the run made one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefetch: Option<PrefetchReport>,
     /// Output folder and files (empty for a dry run).
     pub outputs: Vec<String>,
     /// Seconds per pass and in total.

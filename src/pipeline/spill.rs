@@ -56,7 +56,27 @@ pub struct SpilledClusters {
 }
 
 /// A temporary folder removed on drop.
-struct SpillDir(PathBuf);
+pub(crate) struct SpillDir(PathBuf);
+
+impl SpillDir {
+    /// A new folder `dprune-{what}-{pid}-{nanos}` in `parent` (default: the
+    /// system temporary folder).
+    pub(crate) fn create(parent: Option<&Path>, what: &str) -> Result<Self> {
+        let parent = parent.map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let path = parent.join(format!("dprune-{what}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&path).map_err(|e| Error::io("creating", &path, e))?;
+        Ok(SpillDir(path))
+    }
+
+    /// The folder.
+    pub(crate) fn path(&self) -> &Path {
+        &self.0
+    }
+}
 
 impl Drop for SpillDir {
     fn drop(&mut self) {
@@ -75,14 +95,7 @@ impl ClusterSpill {
     /// Creates `partitions` empty files in a new folder under `parent`
     /// (the system temporary folder when `None`).
     pub fn create(parent: Option<&Path>, dim: usize, partitions: usize) -> Result<Self> {
-        let parent = parent.map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let path = parent.join(format!("dprune-spill-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&path).map_err(|e| Error::io("creating", &path, e))?;
-        let dir = SpillDir(path);
+        let dir = SpillDir::create(parent, "spill")?;
         let schema = Arc::new(Schema::new(vec![
             Field::new("row", DataType::UInt32, false),
             Field::new(

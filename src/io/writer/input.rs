@@ -5,12 +5,13 @@
 //! columns by Arrow's reader. That reader keeps only a per-row null flag, so
 //! when a list column turns out to hold a null (list or element) the batches
 //! stop and `Input::fell_back` tells the caller to copy the shard with Arrow's
-//! reader alone — the output is the same either way.
+//! reader alone — the output is the same either way. One column can be left out
+//! (`skip`): its values come from elsewhere ([`super::Prefetched`]).
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, FixedSizeListArray, Float32Array, RecordBatch};
-use arrow::datatypes::{DataType, FieldRef};
+use arrow::array::{ArrayRef, FixedSizeListArray, Float32Array, RecordBatch, RecordBatchOptions};
+use arrow::datatypes::{DataType, FieldRef, SchemaRef};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReader;
 
@@ -30,11 +31,18 @@ pub(super) struct Input<'a> {
     /// The list columns read page by page: shard column, item field, size, blocks.
     lists: Vec<(usize, FieldRef, i32, FslBlocks<'a>)>,
     fell_back: bool,
+    /// The shard column left out, if any.
+    skip: Option<usize>,
+    /// The schema of the batches: the shard's, less the skipped column.
+    schema: SchemaRef,
+    /// Rows not yet handed out, for a shard whose only column is skipped.
+    bare_rows: Option<u64>,
 }
 
 impl<'a> Input<'a> {
     /// Opens `shard`; `fast` = false reads everything with Arrow's reader.
-    pub(super) fn open(shard: &'a Shard, fast: bool) -> Result<Self> {
+    /// Column `skip`, if any, is not read: the batches hold the other columns.
+    pub(super) fn open(shard: &'a Shard, fast: bool, skip: Option<usize>) -> Result<Self> {
         let perr = |source| Error::Parquet {
             path: shard.path.clone(),
             source,
@@ -42,7 +50,8 @@ impl<'a> Input<'a> {
         let mut lists = Vec::new();
         if fast {
             for (i, f) in shard.schema.fields().iter().enumerate() {
-                if let DataType::FixedSizeList(item, d) = f.data_type()
+                if Some(i) != skip
+                    && let DataType::FixedSizeList(item, d) = f.data_type()
                     && item.data_type() == &DataType::Float32
                     && let Some(b) = FslBlocks::open(shard, f.name(), *d as usize, COPY_BATCH_ROWS)?
                 {
@@ -51,8 +60,18 @@ impl<'a> Input<'a> {
             }
         }
         let n = shard.schema.fields().len();
-        let arrow_cols: Vec<usize> = (0..n).filter(|i| !lists.iter().any(|l| l.0 == *i)).collect();
-        let arrow = if lists.is_empty() {
+        let arrow_cols: Vec<usize> = (0..n)
+            .filter(|i| Some(*i) != skip && !lists.iter().any(|l| l.0 == *i))
+            .collect();
+        let read: Vec<usize> = (0..n).filter(|&i| Some(i) != skip).collect();
+        let schema = match skip {
+            Some(_) => Arc::new(shard.schema.project(&read).map_err(|source| Error::Arrow {
+                path: shard.path.clone(),
+                source,
+            })?),
+            None => shard.schema.clone(),
+        };
+        let arrow = if lists.is_empty() && skip.is_none() {
             Some(
                 builder(&shard.path)?
                     .with_batch_size(COPY_BATCH_ROWS)
@@ -77,6 +96,9 @@ impl<'a> Input<'a> {
             arrow_cols,
             lists,
             fell_back: false,
+            skip,
+            schema,
+            bare_rows: read.is_empty().then_some(shard.num_rows),
         })
     }
 
@@ -97,32 +119,69 @@ impl<'a> Input<'a> {
             Some(None) => None,
             None => None,
         };
+        if let Some(left) = self.bare_rows.as_mut() {
+            // Nothing to read but the row count.
+            let n = (*left).min(super::COPY_BATCH_ROWS as u64) as usize;
+            *left -= n as u64;
+            let opts = RecordBatchOptions::new().with_row_count(Some(n));
+            return match n {
+                0 => Ok(None),
+                _ => RecordBatch::try_new_with_options(self.schema.clone(), vec![], &opts)
+                    .map(Some)
+                    .map_err(aerr),
+            };
+        }
         if self.lists.is_empty() {
             return Ok(other);
         }
-        let n = shard.schema.fields().len();
-        let mut cols: Vec<Option<ArrayRef>> = vec![None; n];
+        // Column c of the shard is column `at(c)` of the batch (the skipped one left out).
+        let skip = self.skip;
+        let at = move |c: usize| c - usize::from(skip.is_some_and(|s| s < c));
+        let mut cols: Vec<Option<ArrayRef>> = vec![None; self.schema.fields().len()];
         let mut rows = other.as_ref().map(RecordBatch::num_rows);
         if let Some(o) = &other {
             for (c, a) in self.arrow_cols.iter().zip(o.columns()) {
-                cols[*c] = Some(a.clone());
+                cols[at(*c)] = Some(a.clone());
             }
         }
-        for (c, item, d, blocks) in &mut self.lists {
+        let mut lists = std::mem::take(&mut self.lists);
+        let done = self.read_lists(&mut lists, &mut cols, &mut rows, &at);
+        self.lists = lists;
+        if !done? {
+            return Ok(None);
+        }
+        let cols: Vec<ArrayRef> = cols.into_iter().map(|c| c.expect("every column read")).collect();
+        RecordBatch::try_new(self.schema.clone(), cols).map(Some).map_err(aerr)
+    }
+
+    /// Reads the next block of every list column into `cols`; false when the batches
+    /// stop (end of the shard, or a fallback).
+    fn read_lists(
+        &mut self,
+        lists: &mut [(usize, FieldRef, i32, FslBlocks<'a>)],
+        cols: &mut [Option<ArrayRef>],
+        rows: &mut Option<usize>,
+        at: &dyn Fn(usize) -> usize,
+    ) -> Result<bool> {
+        let shard = self.shard;
+        let aerr = |source| Error::Arrow {
+            path: shard.path.clone(),
+            source,
+        };
+        for (c, item, d, blocks) in lists.iter_mut() {
             let Some(b) = blocks.next().transpose()? else {
                 self.fell_back = rows.is_some_and(|r| r > 0);
-                return Ok(None);
+                return Ok(false);
             };
             if b.null.iter().any(|&x| x) || *rows.get_or_insert(b.rows()) != b.rows() {
                 self.fell_back = true;
-                return Ok(None);
+                return Ok(false);
             }
             let values = Arc::new(Float32Array::from(b.values));
             let a = FixedSizeListArray::try_new(item.clone(), *d, values, None).map_err(aerr)?;
-            cols[*c] = Some(Arc::new(a));
+            cols[at(*c)] = Some(Arc::new(a));
         }
-        let cols: Vec<ArrayRef> = cols.into_iter().map(|c| c.expect("every column read")).collect();
-        RecordBatch::try_new(shard.schema.clone(), cols).map(Some).map_err(aerr)
+        Ok(true)
     }
 }
 
@@ -166,8 +225,8 @@ mod tests {
             let n = COPY_BATCH_ROWS * 2 + 17;
             write(&path, n, null_row);
             let shard = Shard::open(0, &path).unwrap();
-            let slow: Vec<RecordBatch> = Input::open(&shard, false).unwrap().map(|b| b.unwrap()).collect();
-            let mut fast_in = Input::open(&shard, true).unwrap();
+            let slow: Vec<RecordBatch> = Input::open(&shard, false, None).unwrap().map(|b| b.unwrap()).collect();
+            let mut fast_in = Input::open(&shard, true, None).unwrap();
             assert_eq!(fast_in.lists.len(), 1);
             let fast: Vec<RecordBatch> = (&mut fast_in).map(|b| b.unwrap()).collect();
             if null_row.is_some() {
@@ -188,11 +247,139 @@ mod tests {
             // Progress counts every input row once, also when the fast reader fell back.
             assert_eq!(reported.into_inner(), n as u64, "{name}");
             let out = Shard::open(0, &dest).unwrap();
-            let got: Vec<RecordBatch> = Input::open(&out, false).unwrap().map(|b| b.unwrap()).collect();
+            let got: Vec<RecordBatch> = Input::open(&out, false, None).unwrap().map(|b| b.unwrap()).collect();
             let all = arrow::compute::concat_batches(&shard.schema, &slow).unwrap();
             let mask = arrow::array::BooleanArray::from(keep);
             let want = arrow::compute::filter_record_batch(&all, &mask).unwrap();
             assert_eq!(arrow::compute::concat_batches(&out.schema, &got).unwrap(), want);
+        }
+    }
+
+    /// A shard `text, emb, aux, id` (`emb` and `aux` 3-float lists; `aux` null at
+    /// `aux_null`), or `emb` alone.
+    fn write_wide(path: &std::path::Path, n: usize, aux_null: Option<usize>, emb_only: bool) {
+        use arrow::array::Int64Array;
+        let item = Arc::new(Field::new("item", DataType::Float32, true));
+        let list = |scale: f32, null: Option<usize>| {
+            let vals = Float32Array::from_iter_values((0..n * 3).map(|v| (v as f32 * scale).sin()));
+            let valid = null.map(|r| NullBuffer::from((0..n).map(|i| i != r).collect::<Vec<_>>()));
+            Arc::new(FixedSizeListArray::try_new(item.clone(), 3, Arc::new(vals), valid).unwrap()) as ArrayRef
+        };
+        let emb_field = Field::new("emb", DataType::FixedSizeList(item.clone(), 3), true);
+        let (fields, cols) = if emb_only {
+            (vec![emb_field], vec![list(0.37, None)])
+        } else {
+            (
+                vec![
+                    Field::new("text", DataType::Utf8, true),
+                    emb_field,
+                    Field::new("aux", DataType::FixedSizeList(item.clone(), 3), true),
+                    Field::new("id", DataType::Int64, false),
+                ],
+                vec![
+                    Arc::new(StringArray::from_iter_values((0..n).map(|i| format!("row {i}")))) as ArrayRef,
+                    list(0.37, None),
+                    list(1.1, aux_null),
+                    Arc::new(Int64Array::from_iter_values((0..n as i64).map(|i| i * 7))) as ArrayRef,
+                ],
+            )
+        };
+        let schema = Arc::new(Schema::new(fields));
+        let mut w = ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema.clone(), None).unwrap();
+        w.write(&RecordBatch::try_new(schema, cols).unwrap()).unwrap();
+        w.close().unwrap();
+    }
+
+    fn read_all(path: &std::path::Path) -> RecordBatch {
+        let shard = Shard::open(0, path).unwrap();
+        let got: Vec<RecordBatch> = Input::open(&shard, false, None).unwrap().map(|b| b.unwrap()).collect();
+        arrow::compute::concat_batches(&shard.schema, &got).unwrap()
+    }
+
+    #[test]
+    fn a_prefetched_column_writes_the_same_shard() {
+        use crate::io::writer::{ExtraColumn, ExtraValues, Prefetched, write_filtered, write_filtered_with};
+        let dir = tempfile::tempdir().unwrap();
+        let n = COPY_BATCH_ROWS * 2 + 17;
+        let keep: Vec<bool> = (0..n).map(|i| i % 3 == 1 || i == n - 1).collect();
+        let score: Vec<f32> = (0..n).map(|i| i as f32 * 0.5).collect();
+        let extra = [ExtraColumn {
+            name: "dprune_score",
+            values: ExtraValues::F32(&score),
+            valid: None,
+        }];
+        // Clean shards (fast path), one whose other list column holds a null (the copy
+        // falls back to Arrow's reader and reopens the stream), and one of `emb` alone.
+        for (name, aux_null, emb_only) in [
+            ("clean", None, false),
+            ("aux_null", Some(COPY_BATCH_ROWS + 3), false),
+            ("emb_only", None, true),
+        ] {
+            let path = dir.path().join(format!("{name}.parquet"));
+            write_wide(&path, n, aux_null, emb_only);
+            let shard = Shard::open(0, &path).unwrap();
+            // The copies hold every kept row and some others (every 5th), as the score
+            // pass's would; the values are the column's, as little-endian bytes.
+            let all = read_all(&path);
+            let emb = all.column_by_name("emb").unwrap();
+            let emb = emb.as_any().downcast_ref::<FixedSizeListArray>().unwrap();
+            let vals = emb.values().as_any().downcast_ref::<Float32Array>().unwrap();
+            let rows: Vec<u32> = (0..n as u32).filter(|&i| keep[i as usize] || i % 5 == 0).collect();
+            let bytes: Vec<u8> = rows
+                .iter()
+                .flat_map(|&r| vals.values()[r as usize * 3..r as usize * 3 + 3].to_vec())
+                .flat_map(f32::to_le_bytes)
+                .collect();
+            let opened = std::sync::atomic::AtomicU64::new(0);
+            let open = || -> Result<Box<dyn std::io::Read>> {
+                opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok(Box::new(std::io::Cursor::new(bytes.clone())))
+            };
+            let pre = Prefetched {
+                column: "emb",
+                rows: &rows,
+                open: &open,
+            };
+            let want_path = dir.path().join(format!("{name}.want.parquet"));
+            let got_path = dir.path().join(format!("{name}.got.parquet"));
+            let a = write_filtered(&shard, &keep, &extra, &want_path, &|_| {}).unwrap();
+            let b = write_filtered_with(&shard, &keep, &extra, &got_path, &|_| {}, Some(&pre)).unwrap();
+            assert_eq!(a, b);
+            assert_eq!(read_all(&got_path), read_all(&want_path), "{name}");
+            // The fallback copy reads the stream again from its start.
+            let want_opens = if aux_null.is_some() { 2 } else { 1 };
+            assert_eq!(opened.into_inner(), want_opens, "{name}");
+
+            // A kept row missing from the copies is an error, and no file is left.
+            let short: Vec<u32> = rows.iter().copied().filter(|&r| r != 4).collect();
+            let bytes_short: Vec<u8> = short
+                .iter()
+                .flat_map(|&r| vals.values()[r as usize * 3..r as usize * 3 + 3].to_vec())
+                .flat_map(f32::to_le_bytes)
+                .collect();
+            let open_short =
+                || -> Result<Box<dyn std::io::Read>> { Ok(Box::new(std::io::Cursor::new(bytes_short.clone()))) };
+            let pre = Prefetched {
+                column: "emb",
+                rows: &short,
+                open: &open_short,
+            };
+            let bad = dir.path().join(format!("{name}.bad.parquet"));
+            let err = write_filtered_with(&shard, &keep, &extra, &bad, &|_| {}, Some(&pre)).unwrap_err();
+            assert!(err.to_string().contains("kept row 4 was not prefetched"), "{err}");
+            assert!(!bad.exists());
+            // A truncated stream is an error naming the shard.
+            let open_cut = || -> Result<Box<dyn std::io::Read>> {
+                Ok(Box::new(std::io::Cursor::new(bytes[..bytes.len() / 2].to_vec())))
+            };
+            let pre = Prefetched {
+                column: "emb",
+                rows: &rows,
+                open: &open_cut,
+            };
+            let err = write_filtered_with(&shard, &keep, &extra, &bad, &|_| {}, Some(&pre)).unwrap_err();
+            assert!(err.to_string().contains(&format!("{name}.parquet")), "{err}");
+            assert!(!bad.exists());
         }
     }
 }

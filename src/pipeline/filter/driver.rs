@@ -11,21 +11,23 @@ use super::checks::check_output;
 use super::dedup::run_semdedup;
 use super::sources::{load_centroids, open_source};
 use super::summary::build_report;
-use super::{FilterConfig, FilterParams, OutputSpec, prefilter, write};
+use super::{Balance, FilterConfig, FilterParams, OutputSpec, prefilter, write};
 use crate::cluster::{Centroids, Distance, KMeans, KMeansParams};
 use crate::io::embeddings::EmbeddingSource;
 use crate::io::{Dataset, columns, expand_inputs};
 use crate::pipeline::budget::{Ranking, choose};
 use crate::pipeline::passes::{Rows, Spills, TrainedRows, read_sample, score_rows};
 use crate::pipeline::plot;
+use crate::pipeline::prefetch::{KeptPrefetch, prefetch_threshold};
 use crate::pipeline::progress::{Pass, Progress};
-use crate::pipeline::report::{InvalidReport, KMeansReport, REPORT_JSON, REPORT_PNG, Report};
+use crate::pipeline::report::{InvalidReport, KMeansReport, PrefetchReport, REPORT_JSON, REPORT_PNG, Report};
 use crate::pipeline::spill::{ClusterSpill, partitions_for};
 use crate::pipeline::stages::{GlobalPass, KeepOf, StageReport, exact_dedup, knn_spilled, quality_drop, remove};
 use crate::rng::Rng;
 use crate::score::semdedup::hash_bytes;
 use crate::score::{Metric, random_score};
 use crate::{Error, Result};
+use arrow::datatypes::DataType;
 
 /// Wall-clock timer per pass.
 pub(super) struct Timings {
@@ -124,6 +126,7 @@ pub fn run_filter(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Report>
 
     let mut spilled = None;
     let mut guest_spill = None;
+    let mut prefetch = None;
     if p.needs_clusters() {
         let source = open_source(&data, &cfg.embeddings)?;
         let d = source.dim();
@@ -149,6 +152,7 @@ pub fn run_filter(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Report>
         } else {
             None
         };
+        prefetch = plan_prefetch(cfg, &data, source.as_ref(), trained.as_ref(), n_pass)?;
         progress.begin(Pass::Score, n);
         score_rows(
             &data,
@@ -159,6 +163,7 @@ pub fn run_filter(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Report>
             Spills {
                 owners: spill.as_ref(),
                 guests: guests.as_ref(),
+                kept: prefetch.as_ref(),
             },
             trained.as_ref(),
             &mut invalid,
@@ -360,6 +365,20 @@ pub fn run_filter(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Report>
         ));
     }
 
+    // The prefetched copies serve the write only if they hold every kept row.
+    let prefetch = prefetch.filter(|kp| {
+        let by_shard: Vec<&[bool]> = data
+            .shards
+            .iter()
+            .map(|s| &kept[data.offset(s.index) as usize..data.offset(s.index + 1) as usize])
+            .collect();
+        let used = kp.covers(&by_shard);
+        report.prefetch = Some(PrefetchReport {
+            rows: kp.copied(),
+            used,
+        });
+        used
+    });
     if !out.dry_run {
         write::write_outputs(
             &data,
@@ -370,6 +389,7 @@ pub fn run_filter(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Report>
                 centroids: centroids_kept.as_ref(),
                 max_sim: max_sim.as_deref(),
                 dup_of: &dup_of,
+                prefetch: prefetch.as_ref(),
             },
             &mut report,
             progress,
@@ -380,6 +400,57 @@ pub fn run_filter(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Report>
     report.timings_s = t.finish();
     write_report_files(out, &mut report)?;
     Ok(report)
+}
+
+/// The kept-row prefetch of this run ([`crate::pipeline::prefetch`]), if it
+/// applies: a plain global prototypicality ranking (no removal stage, no
+/// per-cluster budget, no given assignment) of a `FixedSizeList<Float32>`
+/// column, with pruned shards to write and a k-means sample whose scores place
+/// the threshold. `DPRUNE_PREFETCH=0` turns it off.
+fn plan_prefetch(
+    cfg: &FilterConfig,
+    data: &Dataset,
+    source: &dyn EmbeddingSource,
+    trained: Option<&TrainedRows>,
+    n_pass: u64,
+) -> Result<Option<KeptPrefetch>> {
+    let (p, out) = (&cfg.params, &cfg.output);
+    let plain = p.metric == Metric::Proto
+        && p.balance == Balance::None
+        && !p.exact_dedup
+        && p.dedup.eps.is_none()
+        && p.quality.is_none()
+        && p.score_col.is_none()
+        && p.assignments.is_none();
+    let off = std::env::var("DPRUNE_PREFETCH").is_ok_and(|v| v == "0");
+    if off || !plain || out.dry_run || out.scores_only {
+        return Ok(None);
+    }
+    let (Some(trained), Some(col)) = (trained, source.column()) else {
+        return Ok(None);
+    };
+    let f32_lists = data.shards.iter().all(|s| {
+        matches!(s.schema.field_with_name(col).map(|f| f.data_type()),
+            Ok(DataType::FixedSizeList(item, _)) if item.data_type() == &DataType::Float32)
+    });
+    let Ok(budget) = p.keep.resolve(n_pass) else {
+        return Ok(None);
+    };
+    // The scores the score pass gives the training rows (1 − the dot, in f32).
+    let sample: Vec<f32> = trained.dots.iter().map(|&d| 1.0 - d).collect();
+    let threshold = prefetch_threshold(&sample, budget as f64 / n_pass as f64, p.prefer);
+    match threshold {
+        Some(t) if f32_lists => KeptPrefetch::create(
+            p.spill_dir.as_deref(),
+            col,
+            source.dim(),
+            t,
+            p.prefer,
+            data.shards.len(),
+        )
+        .map(Some),
+        _ => Ok(None),
+    }
 }
 
 /// Writes the report's PNG (unless `no_plot`) and JSON into the output

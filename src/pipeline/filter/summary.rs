@@ -84,6 +84,7 @@ pub(super) fn build_report(
         scores: Some(scores),
         stages: vec![],
         semdedup: None,
+        prefetch: None,
         outputs: vec![],
         timings_s: BTreeMap::new(),
         warnings: vec![],

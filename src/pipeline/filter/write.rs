@@ -9,10 +9,13 @@ use std::path::PathBuf;
 use rayon::prelude::*;
 
 use crate::cluster::Centroids;
-use crate::io::writer::{ExtraColumn, ExtraValues, ScoreColumns, write_filtered, write_scores_table};
+use crate::io::writer::{
+    ExtraColumn, ExtraValues, Prefetched, ScoreColumns, write_filtered, write_filtered_with, write_scores_table,
+};
 use crate::io::{Dataset, npy};
 use crate::pipeline::filter::{CLUSTER_COLUMN, DUP_OF_COLUMN, MAX_SIM_COLUMN, OutputSpec, SCORE_COLUMN, SCORES_TABLE};
 use crate::pipeline::passes::Rows;
+use crate::pipeline::prefetch::KeptPrefetch;
 use crate::pipeline::progress::{Pass, Progress};
 use crate::pipeline::report::Report;
 use crate::{Error, Result};
@@ -29,6 +32,9 @@ pub(super) struct Selection<'a> {
     pub max_sim: Option<&'a [f32]>,
     /// The row each duplicate duplicates (empty when no dedup stage ran).
     pub dup_of: &'a [Option<u32>],
+    /// Copies of the embedding column holding every kept row, if the score
+    /// pass made them ([`crate::pipeline::prefetch`]).
+    pub prefetch: Option<&'a KeptPrefetch>,
 }
 
 /// Writes the outputs of `sel` into `out.dir` and records their paths (and
@@ -46,6 +52,7 @@ pub(super) fn write_outputs(
         centroids,
         max_sim,
         dup_of,
+        prefetch,
     } = *sel;
     let n = data.num_rows();
     std::fs::create_dir_all(&out.dir).map_err(|e| Error::io("creating", &out.dir, e))?;
@@ -116,7 +123,22 @@ pub(super) fn write_outputs(
                     }
                 }
                 let dest = out.dir.join(s.path.file_name().expect("input files have names"));
-                write_filtered(s, &kept[r], &extra, &dest, &|m| progress.advance(m))?;
+                let on_rows = |m| progress.advance(m);
+                match prefetch {
+                    Some(kp) => {
+                        let rows = kp
+                            .rows(s.index)
+                            .ok_or_else(|| Error::Internal(format!("no prefetched rows for {}", s.path.display())))?;
+                        let open = || kp.open(s.index);
+                        let pre = Prefetched {
+                            column: kp.column(),
+                            rows: &rows,
+                            open: &open,
+                        };
+                        write_filtered_with(s, &kept[r], &extra, &dest, &on_rows, Some(&pre))?
+                    }
+                    None => write_filtered(s, &kept[r], &extra, &dest, &on_rows)?,
+                };
                 Ok((s.index, dest))
             })
             .collect();

@@ -242,6 +242,7 @@ pub(super) fn ranked_report(
         scores: None,
         stages: vec![],
         semdedup: None,
+        prefetch: None,
         outputs: vec![],
         timings_s: BTreeMap::new(),
         warnings: vec![],
