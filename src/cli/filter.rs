@@ -185,7 +185,8 @@ pub struct FilterArgs {
     #[arg(long, default_value = "softmax", value_name = "RULE")]
     shares: String,
 
-    /// Folder for SemDeDup's temporary per-cluster files [default: the system temp folder].
+    /// Folder for temporary files (SemDeDup's per-cluster spill, the kept-row
+    /// prefetch) [default: the system temp folder].
     #[arg(long, value_name = "DIR")]
     spill_dir: Option<PathBuf>,
 

@@ -182,8 +182,8 @@ pub struct FilterParams {
     /// External per-cluster weights for DBP's allocation instead of the
     /// complexity (PASER-style): a `.npy` vector of k values.
     pub cluster_weights: Option<PathBuf>,
-    /// Folder for the temporary per-cluster files of SemDeDup and kNN
-    /// [default: the system temporary folder].
+    /// Folder for the temporary per-cluster files of SemDeDup and kNN and
+    /// the kept-row prefetch [default: the system temporary folder].
     pub spill_dir: Option<PathBuf>,
     /// Pre-filter (`--where`, `where` in pipeline files): a SQL predicate
     /// over the inputs' columns; rows for which it is not true are removed
