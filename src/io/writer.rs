@@ -193,6 +193,38 @@ pub fn write_filtered_with(
     on_rows: &(dyn Fn(u64) + Sync),
     prefetched: Option<&Prefetched<'_>>,
 ) -> Result<u64> {
+    let (n, file) = write_filtered_unsynced(shard, keep, extra, dest, on_rows, prefetched)?;
+    file.commit()?;
+    Ok(n)
+}
+
+/// A written file not yet on disk for sure, under its temporary name:
+/// [`Unsynced::commit`] syncs it and renames it to its destination; dropped
+/// instead, it is deleted. Lets a caller overlap the sync's wait with more work.
+pub struct Unsynced {
+    file: File,
+    atomic: AtomicFile,
+}
+
+impl Unsynced {
+    /// Waits until the file is on disk, then gives it its final name.
+    pub fn commit(self) -> Result<()> {
+        let Unsynced { file, atomic } = self;
+        file.sync_all().map_err(|e| Error::io("writing", atomic.dest(), e))?;
+        drop(file);
+        atomic.commit()
+    }
+}
+
+/// [`write_filtered_with`], leaving the sync and rename to the caller.
+pub fn write_filtered_unsynced(
+    shard: &Shard,
+    keep: &[bool],
+    extra: &[ExtraColumn<'_>],
+    dest: &Path,
+    on_rows: &(dyn Fn(u64) + Sync),
+    prefetched: Option<&Prefetched<'_>>,
+) -> Result<(u64, Unsynced)> {
     use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
     let pre: Option<PrefetchedColumn> = match prefetched {
         None => None,
@@ -220,7 +252,7 @@ pub fn write_filtered_with(
         on_rows(n);
     };
     match copy_rows(shard, keep, extra, dest, &counted, true, pre.clone())? {
-        Some(n) => Ok(n),
+        Some(done) => Ok(done),
         // A null in a list column: copy again with Arrow's reader alone (same output). The
         // first attempt already reported `seen` rows, so the retry reports only the rest.
         None => {
@@ -239,8 +271,8 @@ pub fn write_filtered_with(
     }
 }
 
-/// [`write_filtered`] reading with [`input::Input`]; `None` when its fast
-/// reader fell back (nothing written then).
+/// [`write_filtered_unsynced`] reading with [`input::Input`]; `None` when its
+/// fast reader fell back (nothing written then).
 fn copy_rows(
     shard: &Shard,
     keep: &[bool],
@@ -249,7 +281,7 @@ fn copy_rows(
     on_rows: &(dyn Fn(u64) + Sync),
     fast: bool,
     pre: Option<PrefetchedColumn>,
-) -> Result<Option<u64>> {
+) -> Result<Option<(u64, Unsynced)>> {
     if keep.len() as u64 != shard.num_rows {
         return Err(Error::Internal(format!(
             "keep mask has {} flags for {} rows",
@@ -343,10 +375,7 @@ fn copy_rows(
         )));
     }
     let file = w.into_inner().map_err(wrap)?;
-    file.sync_all().map_err(|e| Error::io("writing", dest, e))?;
-    drop(file);
-    atomic.commit()?;
-    Ok(Some(written))
+    Ok(Some((written, Unsynced { file, atomic })))
 }
 
 /// Per-row results for a scores table, indexed by global row.

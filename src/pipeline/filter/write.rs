@@ -10,7 +10,7 @@ use rayon::prelude::*;
 
 use crate::cluster::Centroids;
 use crate::io::writer::{
-    ExtraColumn, ExtraValues, Prefetched, ScoreColumns, write_filtered, write_filtered_with, write_scores_table,
+    ExtraColumn, ExtraValues, Prefetched, ScoreColumns, write_filtered_unsynced, write_scores_table,
 };
 use crate::io::{Dataset, npy};
 use crate::pipeline::filter::{CLUSTER_COLUMN, DUP_OF_COLUMN, MAX_SIM_COLUMN, OutputSpec, SCORE_COLUMN, SCORES_TABLE};
@@ -19,6 +19,9 @@ use crate::pipeline::prefetch::KeptPrefetch;
 use crate::pipeline::progress::{Pass, Progress};
 use crate::pipeline::report::Report;
 use crate::{Error, Result};
+
+/// A shard's sync and rename, running on a thread of its own.
+type SyncHandle<'scope> = std::thread::ScopedJoinHandle<'scope, Result<()>>;
 
 /// What the write step needs of a finished selection.
 pub(super) struct Selection<'a> {
@@ -88,65 +91,81 @@ pub(super) fn write_outputs(
         let sim_valid: Option<Vec<bool>> = max_sim
             .as_ref()
             .map(|m| m.iter().zip(&rows.valid).map(|(v, &ok)| ok && !v.is_nan()).collect());
-        let written: Vec<Result<(usize, PathBuf)>> = data
-            .shards
-            .par_iter()
-            .map(|s| {
-                let r = data.offset(s.index) as usize..data.offset(s.index + 1) as usize;
-                let mut extra = Vec::new();
-                if out.with_scores {
-                    if let Some(l) = &labels_i32 {
+        // Each shard's sync (tens of milliseconds, more on slow disks) waits on a thread of
+        // its own while the pool writes the next shard.
+        std::thread::scope(|syncs| {
+            let written: Vec<Result<(usize, PathBuf, SyncHandle<'_>)>> = data
+                .shards
+                .par_iter()
+                .map(|s| {
+                    let r = data.offset(s.index) as usize..data.offset(s.index + 1) as usize;
+                    let mut extra = Vec::new();
+                    if out.with_scores {
+                        if let Some(l) = &labels_i32 {
+                            extra.push(ExtraColumn {
+                                name: CLUSTER_COLUMN,
+                                values: ExtraValues::I32(&l[r.clone()]),
+                                valid: Some(&rows.valid[r.clone()]),
+                            });
+                        }
                         extra.push(ExtraColumn {
-                            name: CLUSTER_COLUMN,
-                            values: ExtraValues::I32(&l[r.clone()]),
+                            name: SCORE_COLUMN,
+                            values: ExtraValues::F32(&rows.scores[r.clone()]),
                             valid: Some(&rows.valid[r.clone()]),
                         });
+                        if let (Some(m), Some(v)) = (&max_sim, &sim_valid) {
+                            extra.push(ExtraColumn {
+                                name: MAX_SIM_COLUMN,
+                                values: ExtraValues::F32(&m[r.clone()]),
+                                valid: Some(&v[r.clone()]),
+                            });
+                        }
+                        if let Some((d, v)) = &dup_i64 {
+                            extra.push(ExtraColumn {
+                                name: DUP_OF_COLUMN,
+                                values: ExtraValues::I64(&d[r.clone()]),
+                                valid: Some(&v[r.clone()]),
+                            });
+                        }
                     }
-                    extra.push(ExtraColumn {
-                        name: SCORE_COLUMN,
-                        values: ExtraValues::F32(&rows.scores[r.clone()]),
-                        valid: Some(&rows.valid[r.clone()]),
-                    });
-                    if let (Some(m), Some(v)) = (&max_sim, &sim_valid) {
-                        extra.push(ExtraColumn {
-                            name: MAX_SIM_COLUMN,
-                            values: ExtraValues::F32(&m[r.clone()]),
-                            valid: Some(&v[r.clone()]),
-                        });
+                    let dest = out.dir.join(s.path.file_name().expect("input files have names"));
+                    let on_rows = |m| progress.advance(m);
+                    let (_, file) = match prefetch {
+                        Some(kp) => {
+                            let rows = kp.rows(s.index).ok_or_else(|| {
+                                Error::Internal(format!("no prefetched rows for {}", s.path.display()))
+                            })?;
+                            let open = || kp.open(s.index);
+                            let pre = Prefetched {
+                                column: kp.column(),
+                                rows: &rows,
+                                open: &open,
+                            };
+                            write_filtered_unsynced(s, &kept[r], &extra, &dest, &on_rows, Some(&pre))?
+                        }
+                        None => write_filtered_unsynced(s, &kept[r], &extra, &dest, &on_rows, None)?,
+                    };
+                    Ok((s.index, dest, syncs.spawn(move || file.commit())))
+                })
+                .collect();
+            // Every sync is joined (the scope would anyway) before the first error is returned.
+            let mut first_err = None;
+            for w in written {
+                match w.and_then(|(i, dest, h)| {
+                    h.join().map_err(|_| Error::Internal("sync thread panicked".into()))??;
+                    Ok((i, dest))
+                }) {
+                    Ok((i, dest)) => {
+                        report.inputs[i].output = Some(dest.display().to_string());
+                        report.outputs.push(dest.display().to_string());
                     }
-                    if let Some((d, v)) = &dup_i64 {
-                        extra.push(ExtraColumn {
-                            name: DUP_OF_COLUMN,
-                            values: ExtraValues::I64(&d[r.clone()]),
-                            valid: Some(&v[r.clone()]),
-                        });
+                    Err(e) => {
+                        first_err.get_or_insert(e);
                     }
                 }
-                let dest = out.dir.join(s.path.file_name().expect("input files have names"));
-                let on_rows = |m| progress.advance(m);
-                match prefetch {
-                    Some(kp) => {
-                        let rows = kp
-                            .rows(s.index)
-                            .ok_or_else(|| Error::Internal(format!("no prefetched rows for {}", s.path.display())))?;
-                        let open = || kp.open(s.index);
-                        let pre = Prefetched {
-                            column: kp.column(),
-                            rows: &rows,
-                            open: &open,
-                        };
-                        write_filtered_with(s, &kept[r], &extra, &dest, &on_rows, Some(&pre))?
-                    }
-                    None => write_filtered(s, &kept[r], &extra, &dest, &on_rows)?,
-                };
-                Ok((s.index, dest))
-            })
-            .collect();
-        for w in written {
-            let (i, dest) = w?;
-            report.inputs[i].output = Some(dest.display().to_string());
-            report.outputs.push(dest.display().to_string());
-        }
+            }
+            first_err.map_or(Ok(()), Err)
+        })?;
     }
     progress.end();
     if let (Some(path), Some(c)) = (&out.save_centroids, &centroids) {
