@@ -37,7 +37,7 @@ fn prefetched_rows_write_the_same_shards() {
     for (i, extra) in [
         &["--keep", "0.3"][..],
         &["--keep-n", "123", "--with-scores"][..],
-        &["--keep", "0.2", "--keep-easy", "--threads", "1"][..],
+        &["--keep", "0.2", "--threads", "1", "--batch-rows", "100"][..],
     ]
     .iter()
     .enumerate()
@@ -76,8 +76,9 @@ fn prefetched_rows_write_the_same_shards() {
 
 #[test]
 fn no_prefetch_where_it_cannot_serve() {
-    // A per-cluster budget, a scores table and keeping more than half the
-    // rows have no single threshold to copy by, or nothing to write.
+    // A per-cluster budget, a scores table, keeping more than half the rows and
+    // keeping the easiest (the training rows' scores run low, the wrong side for
+    // the smallest scores) get no copies.
     let tmp = tempfile::tempdir().unwrap();
     let spill = tmp.path().join("spill");
     std::fs::create_dir(&spill).unwrap();
@@ -85,6 +86,7 @@ fn no_prefetch_where_it_cannot_serve() {
         &["--keep", "0.3", "--balance", "clusters"][..],
         &["--keep", "0.3", "--scores-only"][..],
         &["--keep", "0.6"][..],
+        &["--keep", "0.2", "--keep-easy"][..],
     ]
     .iter()
     .enumerate()
@@ -92,5 +94,30 @@ fn no_prefetch_where_it_cannot_serve() {
         let out = tmp.path().join(format!("o{i}"));
         let r = run(&out, &spill, extra, true);
         assert!(r.get("prefetch").is_none(), "{extra:?}");
+    }
+}
+
+#[test]
+fn a_prefetch_that_cannot_write_warns_and_changes_nothing() {
+    // The temporary folder cannot be made (its parent is a file): the run warns, reads
+    // the shards again to write them, and writes what it writes without the prefetch.
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("not-a-folder");
+    std::fs::write(&file, b"x").unwrap();
+    let bad = file.join("spill");
+    let good = tmp.path().join("spill");
+    std::fs::create_dir(&good).unwrap();
+    let on = tmp.path().join("on");
+    let off = tmp.path().join("off");
+    let r = run(&on, &bad, &["--keep", "0.3"], true);
+    run(&off, &good, &["--keep", "0.3"], false);
+    assert!(r.get("prefetch").is_none());
+    let warned = r["warnings"].as_array().unwrap();
+    assert!(
+        warned.iter().any(|w| w.as_str().unwrap().contains("kept-row prefetch off")),
+        "{warned:?}"
+    );
+    for s in SHARDS {
+        assert_eq!(read(&on.join(s)), read(&off.join(s)), "{s}");
     }
 }

@@ -367,7 +367,10 @@ pub fn score_rows(
             let mut inv = InvalidReport::default();
             let mut buffer = spills.owners.map(|s| s.buffer());
             let mut guest_buffer = spills.guests.map(|s| s.buffer());
-            let mut prefetch = spills.kept.map(|k| k.writer(shard.index)).transpose()?;
+            // Copying is an optimisation: a failure (full disk) turns it off, not the run.
+            let mut prefetch = spills
+                .kept
+                .and_then(|k| k.writer(shard.index).map_err(|e| k.fail(e)).ok());
             // The raw values of the current block, which the prefetch copies (rows are
             // normalised in place).
             let mut raw: Vec<f32> = Vec::new();
@@ -481,10 +484,14 @@ pub fn score_rows(
                     }
                 }
                 if let (Some(w), Some(kp)) = (prefetch.as_mut(), spills.kept) {
-                    for (i, why) in bad.iter().enumerate() {
-                        if why.is_none() && kp.wants(sc[i]) {
-                            w.push((base + i) as u32, &raw[i * d..(i + 1) * d])?;
-                        }
+                    let copied = bad
+                        .iter()
+                        .enumerate()
+                        .filter(|&(i, why)| why.is_none() && kp.wants(sc[i]))
+                        .try_for_each(|(i, _)| w.push((base + i) as u32, &raw[i * d..(i + 1) * d]));
+                    if let Err(e) = copied {
+                        kp.fail(e);
+                        prefetch = None;
                     }
                 }
                 if let Some(buf) = buffer.as_mut() {
@@ -512,8 +519,10 @@ pub fn score_rows(
             if let Some(buf) = guest_buffer.as_mut() {
                 buf.flush()?;
             }
-            if let Some(w) = prefetch {
-                w.finish()?;
+            if let (Some(w), Some(kp)) = (prefetch, spills.kept)
+                && let Err(e) = w.finish()
+            {
+                kp.fail(e);
             }
             Ok(((), inv))
         })

@@ -12,7 +12,10 @@
 //! it; Easy: at or below). That is checked, not assumed: the writer uses the
 //! copies only when every kept row is among them ([`KeptPrefetch::covers`])
 //! and otherwise reads the shards as before, so the output never depends on
-//! the estimate. The copies are the column's values bit for bit (before
+//! the estimate. `filter` prefetches only when keeping the largest scores: the
+//! training rows pulled their centroids, so their scores run low, which errs
+//! towards more copies there and towards misses for the smallest scores. A
+//! failure to write the copies (a full disk) turns the prefetch off, not the run. The copies are the column's values bit for bit (before
 //! normalisation), in row order, one file per shard in a temporary folder
 //! (`--spill-dir`), removed when the run ends.
 
@@ -34,6 +37,9 @@ pub const MARGIN_SIGMAS: f64 = 6.0;
 pub const MAX_PREFETCH_FRACTION: f64 = 0.5;
 /// Smallest training sample the estimate is made from.
 pub const MIN_SAMPLE: usize = 1000;
+/// Fewest kept rows expected in the sample: below it the normal approximation of
+/// the margin understates the chance of a miss.
+pub const MIN_KEPT_IN_SAMPLE: f64 = 100.0;
 /// Buffer of the copy files' writers and readers.
 const IO_BUFFER_BYTES: usize = 1 << 20;
 
@@ -44,7 +50,7 @@ const IO_BUFFER_BYTES: usize = 1 << 20;
 pub fn prefetch_threshold(sample: &[f32], fraction: f64, keep: Keep) -> Option<f32> {
     let mut s: Vec<f32> = sample.iter().copied().filter(|v| v.is_finite()).collect();
     let n = s.len();
-    if n < MIN_SAMPLE || !(fraction > 0.0 && fraction <= 1.0) {
+    if n < MIN_SAMPLE || !(fraction > 0.0 && fraction <= 1.0) || fraction * (n as f64) < MIN_KEPT_IN_SAMPLE {
         return None;
     }
     let q = fraction;
@@ -70,6 +76,8 @@ pub struct KeptPrefetch {
     keep: Keep,
     /// Per shard: the rows copied (ascending), once its writer finished.
     rows: Vec<Mutex<Option<Vec<u32>>>>,
+    /// The first error a writer met (the copies then serve no shard).
+    failure: Mutex<Option<String>>,
 }
 
 impl KeptPrefetch {
@@ -91,7 +99,22 @@ impl KeptPrefetch {
             threshold,
             keep,
             rows: (0..shards).map(|_| Mutex::new(None)).collect(),
+            failure: Mutex::new(None),
         })
+    }
+
+    /// Records that copying failed (a full disk, say): the copies are then not
+    /// used, and the run goes on reading the shards as without them.
+    pub fn fail(&self, e: Error) {
+        self.failure
+            .lock()
+            .expect("no panic holds it")
+            .get_or_insert(e.to_string());
+    }
+
+    /// The first failure recorded, if any.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().expect("no panic holds it").clone()
     }
 
     /// The column copied.
@@ -140,6 +163,9 @@ impl KeptPrefetch {
     /// Whether every row flagged in `kept` (one flag per row of shard `s`,
     /// for each shard in order) was copied.
     pub fn covers(&self, kept_by_shard: &[&[bool]]) -> bool {
+        if self.failure().is_some() {
+            return false;
+        }
         kept_by_shard.iter().enumerate().all(|(s, kept)| {
             let guard = self.rows.get(s).map(|m| m.lock().expect("no panic holds it"));
             let Some(Some(rows)) = guard.as_deref() else {
@@ -234,6 +260,9 @@ mod tests {
         assert_eq!(prefetch_threshold(&s, 0.49, Keep::Hard), None);
         assert_eq!(prefetch_threshold(&s, 0.0, Keep::Hard), None);
         assert_eq!(prefetch_threshold(&s, f64::NAN, Keep::Hard), None);
+        // Too few kept rows in the sample for the margin's normal approximation.
+        assert_eq!(prefetch_threshold(&s, 0.0099, Keep::Hard), None);
+        assert!(prefetch_threshold(&s, 0.01, Keep::Hard).is_some());
     }
 
     #[test]
@@ -241,7 +270,7 @@ mod tests {
         // Many seeds, each a uniform sample of 2000 from 40000 skewed scores: the rows
         // at or beyond the threshold always include the population's kept rows.
         let pop: Vec<f32> = (0..40_000u32).map(|i| ((i as f32) * 0.618).fract().powi(3)).collect();
-        for (q, keep) in [(0.3, Keep::Hard), (0.1, Keep::Easy), (0.01, Keep::Hard)] {
+        for (q, keep) in [(0.3, Keep::Hard), (0.1, Keep::Easy), (0.05, Keep::Hard)] {
             let m = (q * pop.len() as f64) as usize;
             let mut sorted = pop.clone();
             sorted.sort_by(|a, b| match keep {

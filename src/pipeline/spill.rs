@@ -62,14 +62,23 @@ impl SpillDir {
     /// A new folder `dprune-{what}-{pid}-{nanos}` in `parent` (default: the
     /// system temporary folder).
     pub(crate) fn create(parent: Option<&Path>, what: &str) -> Result<Self> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
         let parent = parent.map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let path = parent.join(format!("dprune-{what}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&path).map_err(|e| Error::io("creating", &path, e))?;
-        Ok(SpillDir(path))
+        std::fs::create_dir_all(&parent).map_err(|e| Error::io("creating", &parent, e))?;
+        loop {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            let path = parent.join(format!("dprune-{what}-{}-{nanos}-{n}", std::process::id()));
+            // `create_dir`, not `create_dir_all`: a folder that exists is someone else's.
+            match std::fs::create_dir(&path) {
+                Ok(()) => return Ok(SpillDir(path)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(Error::io("creating", &path, e)),
+            }
+        }
     }
 
     /// The folder.

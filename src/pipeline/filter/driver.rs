@@ -26,6 +26,7 @@ use crate::pipeline::stages::{GlobalPass, KeepOf, StageReport, exact_dedup, knn_
 use crate::rng::Rng;
 use crate::score::semdedup::hash_bytes;
 use crate::score::{Metric, random_score};
+use crate::select::Keep;
 use crate::{Error, Result};
 use arrow::datatypes::DataType;
 
@@ -137,6 +138,8 @@ pub fn run_filter(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Report>
         if let Some(path) = &p.assignments {
             rows.labels = load_assignments(path, n, centroids.k())?;
         }
+        // The sample pass checked every row: the usable ones are known.
+        let n_usable = n_pass - invalid.total();
         invalid = InvalidReport::default(); // the score pass recounts every row
         if p.exact_dedup && p.exact_key.is_none() {
             rows.hashes = vec![None; n as usize];
@@ -152,7 +155,14 @@ pub fn run_filter(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Report>
         } else {
             None
         };
-        prefetch = plan_prefetch(cfg, &data, source.as_ref(), trained.as_ref(), n_pass)?;
+        prefetch = match plan_prefetch(cfg, &data, source.as_ref(), trained.as_ref(), n_usable) {
+            Ok(kp) => kp,
+            // Only a speed-up: without its folder the shards are read again to write them.
+            Err(e) => {
+                warn(format!("kept-row prefetch off: {e}"));
+                None
+            }
+        };
         progress.begin(Pass::Score, n);
         score_rows(
             &data,
@@ -365,6 +375,9 @@ pub fn run_filter(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Report>
         ));
     }
 
+    if let Some(e) = prefetch.as_ref().and_then(KeptPrefetch::failure) {
+        warn(format!("kept-row prefetch off: {e}"));
+    }
     // The prefetched copies serve the write only if they hold every kept row.
     let prefetch = prefetch.filter(|kp| {
         let by_shard: Vec<&[bool]> = data
@@ -412,10 +425,14 @@ fn plan_prefetch(
     data: &Dataset,
     source: &dyn EmbeddingSource,
     trained: Option<&TrainedRows>,
-    n_pass: u64,
+    n_usable: u64,
 ) -> Result<Option<KeptPrefetch>> {
     let (p, out) = (&cfg.params, &cfg.output);
+    // Keeping the hardest only: the training rows pulled their centroids, so their scores
+    // run low, which moves the threshold to the safe side (more copies) for the largest
+    // scores and to the unsafe side for the smallest.
     let plain = p.metric == Metric::Proto
+        && p.prefer == Keep::Hard
         && p.balance == Balance::None
         && !p.exact_dedup
         && p.dedup.eps.is_none()
@@ -433,12 +450,12 @@ fn plan_prefetch(
         matches!(s.schema.field_with_name(col).map(|f| f.data_type()),
             Ok(DataType::FixedSizeList(item, _)) if item.data_type() == &DataType::Float32)
     });
-    let Ok(budget) = p.keep.resolve(n_pass) else {
+    let Ok(budget) = p.keep.resolve(n_usable) else {
         return Ok(None);
     };
     // The scores the score pass gives the training rows (1 − the dot, in f32).
     let sample: Vec<f32> = trained.dots.iter().map(|&d| 1.0 - d).collect();
-    let threshold = prefetch_threshold(&sample, budget as f64 / n_pass as f64, p.prefer);
+    let threshold = prefetch_threshold(&sample, budget as f64 / n_usable as f64, p.prefer);
     match threshold {
         Some(t) if f32_lists => KeptPrefetch::create(
             p.spill_dir.as_deref(),
