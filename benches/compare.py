@@ -11,6 +11,12 @@ selections as set overlap. Every process's wall time and peak RSS are measured h
     python benches/compare.py --data /tmp/dpb            # all cases
     python benches/compare.py --data /tmp/dpb --cases kmeans
 
+The reference gets its best BLAS kernel: the JSON's machine.reference_blas names the kernel
+each OpenBLAS in its process picked. faiss-cpu bundles OpenBLAS 0.3.15, which does not know
+CPUs newer than it (e.g. Xeon Emerald Rapids) and falls back to its generic "Prescott"
+kernel, 3-4x slower; the script warns, and OPENBLAS_CORETYPE=SkylakeX (AVX-512) or Haswell
+(AVX2) fixes it.
+
 Data (made with ../shared/bench/gen_data.py if missing):
   200k: --n 200000 --dim 384 --concepts 1000 --shards 4   (k-means fit)
   1m:   --n 1000000 --dim 384 --concepts 1000 --shards 4  (end-to-end filter --keep 0.3)
@@ -25,6 +31,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -44,18 +51,39 @@ def run(cmd, env=None):
     return out, wall
 
 
+# Forks and waits for the measured command from a fresh, small interpreter. Linux carries a
+# process's peak RSS over from the memory image it was forked from (ru_maxrss survives
+# execve), so a command forked straight from this script, which holds hundreds of MB after
+# the SemDeDup metrics, would report this script's peak instead of its own.
+RSS_WRAPPER = """
+import json, os, sys
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status, ru = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    json.dump([ru.ru_maxrss, ru.ru_utime + ru.ru_stime], f)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def run_rss(cmd, env=None):
-    """Like run() but also returns the child's own peak RSS in MiB and its CPU seconds
-    (user + system, os.wait4). CPU seconds compare fairly when the machine is shared:
-    wall time then depends on what else runs."""
-    t = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
-    out = p.stdout.read()
-    _, status, ru = os.wait4(p.pid, 0)
-    wall = time.perf_counter() - t
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"command failed: {' '.join(cmd)}")
-    return out, wall, ru.ru_maxrss / 1024.0, ru.ru_utime + ru.ru_stime
+    """Like run() but also returns the command's own peak RSS in MiB and its CPU seconds
+    (user + system, os.wait4 in RSS_WRAPPER). CPU seconds compare fairly when the machine
+    is shared: wall time then depends on what else runs."""
+    with tempfile.TemporaryDirectory() as tmp:
+        stats = os.path.join(tmp, "rusage.json")
+        t = time.perf_counter()
+        p = subprocess.Popen([sys.executable, "-c", RSS_WRAPPER, stats] + cmd, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, env=env, text=True)
+        out = p.stdout.read()
+        p.wait()
+        wall = time.perf_counter() - t
+        if p.returncode != 0:
+            sys.exit(f"command failed: {' '.join(cmd)}")
+        with open(stats) as f:
+            maxrss_kib, cpu = json.load(f)
+    return out, wall, maxrss_kib / 1024.0, cpu
 
 
 def last_json(text):
@@ -419,6 +447,22 @@ def case_cluster(args, res):
     }
 
 
+def blas_kernels(threads):
+    """The kernel every BLAS in the reference's process picked (threadpoolctl), e.g.
+    {"libopenblaso...so": "SkylakeX"}. An OpenBLAS older than the CPU (faiss-cpu bundles
+    0.3.15) falls back to the generic "Prescott" kernel, several times slower; the
+    reference then runs far below its best and every ratio flatters dprune. The fix is
+    OPENBLAS_CORETYPE (e.g. SkylakeX or Haswell) in the environment of this script."""
+    code = ("import json, numpy, faiss\nfrom threadpoolctl import threadpool_info\n"
+            "print(json.dumps({i['filepath'].rsplit('/', 1)[-1]: i.get('architecture')"
+            " for i in threadpool_info() if i.get('user_api') == 'blas'}))")
+    try:
+        out, _ = run([sys.executable, "-c", code], env=env_threads(threads))
+        return json.loads(out)
+    except (SystemExit, ValueError):
+        return {}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="/tmp/dpb", help="folder for the generated datasets")
@@ -431,7 +475,14 @@ def main():
     ap.add_argument("--out", help="write the results JSON here")
     args = ap.parse_args()
     os.makedirs(args.work, exist_ok=True)
-    res = {"machine": {"cpus": os.cpu_count(), "loadavg_start": os.getloadavg()[0]}}
+    res = {"machine": {"cpus": os.cpu_count(), "loadavg_start": os.getloadavg()[0],
+                       "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
+                       "reference_blas": blas_kernels(args.threads)}}
+    generic = [k for k, v in res["machine"]["reference_blas"].items() if v == "Prescott"]
+    if generic:
+        print(f"warning: {', '.join(generic)} runs its generic Prescott kernel on this CPU, so the "
+              "reference is far slower than it can be; set OPENBLAS_CORETYPE=SkylakeX (AVX-512) or "
+              "Haswell (AVX2) and run again", file=sys.stderr)
     for c in args.cases.split(","):
         {"kmeans": case_kmeans, "e2e": case_e2e, "memory": case_memory, "semdedup": case_semdedup,
          "dbp": case_dbp, "sql": case_sql, "cluster": case_cluster}[c](args, res)

@@ -114,7 +114,9 @@ fn a_prefetch_that_cannot_write_warns_and_changes_nothing() {
     assert!(r.get("prefetch").is_none());
     let warned = r["warnings"].as_array().unwrap();
     assert!(
-        warned.iter().any(|w| w.as_str().unwrap().contains("kept-row prefetch off")),
+        warned
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("kept-row prefetch off")),
         "{warned:?}"
     );
     for s in SHARDS {

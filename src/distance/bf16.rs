@@ -71,9 +71,60 @@ pub fn bf16_kernel() -> Bf16Kernel {
 
 /// Whether certified bf16 filtering (bf16 products first, f32 only where the error bound
 /// leaves a doubt) pays here: the AVX-512 BF16 kernel runs (elsewhere the bf16 products
-/// are slower than the f32 ones), unless `DPRUNE_CERTIFIED=0` turns it off.
+/// are slower than the f32 ones) and outpaces the f32 kernel on this CPU
+/// ([`bf16_outpaces_f32`]). `DPRUNE_CERTIFIED=0` turns it off; `DPRUNE_CERTIFIED=bf16`
+/// turns it on wherever the kernel runs, without the probe. Either way the outputs are
+/// the same bits: only the speed depends on this answer.
 pub fn certified_bf16_pays() -> bool {
-    bf16_kernel() == Bf16Kernel::Avx512Bf16 && std::env::var("DPRUNE_CERTIFIED").map_or(true, |v| v != "0")
+    if bf16_kernel() != Bf16Kernel::Avx512Bf16 {
+        return false;
+    }
+    match std::env::var("DPRUNE_CERTIFIED").as_deref() {
+        Ok("0") => false,
+        Ok("bf16") => true,
+        _ => bf16_outpaces_f32(),
+    }
+}
+
+/// How many times the f32 kernel's rate the bf16 products must reach for the certified
+/// paths to pay: they add rounding, packing and f32 rechecks of the doubtful pairs. Zen 4
+/// runs `vdpbf16ps` at about twice the rate of its f32 FMAs (three times on one core, see
+/// the module doc); Intel's Sapphire and Emerald Rapids at about the same rate (one port
+/// against two), where SemDeDup's certified pairwise pass took 7.2 s against 4.2 s in f32.
+const MIN_BF16_SPEEDUP: f64 = 1.4;
+
+/// A one-time probe, about a millisecond: the same 192 × 512 product (384 dims) through
+/// the bf16 kernel and the packed f32 kernel, each the best of four, both including their
+/// per-call packing of the left rows as the real tiles do. True when bf16 is at least
+/// [`MIN_BF16_SPEEDUP`] times faster. Measured rather than looked up by CPU model so a
+/// new CPU gets the right answer; a noisy machine can only cost speed, never change a bit.
+pub fn bf16_outpaces_f32() -> bool {
+    static PAYS: OnceLock<bool> = OnceLock::new();
+    *PAYS.get_or_init(|| {
+        let (m, k, dim) = (192, 512, 384);
+        let fill =
+            |n: usize, mul: usize| -> Vec<f32> { (0..n).map(|i| (i * mul % 1999) as f32 / 1999.0 - 0.5).collect() };
+        let (x, c) = (fill(m * dim, 7919), fill(k * dim, 104_729));
+        let rows: Vec<usize> = (0..m).collect();
+        let all: Vec<usize> = (0..k).collect();
+        let bf = PackedBf16::new(&c, dim, &all, &vec![1.0; k]);
+        let f32s = super::PackedRows::new(&c, dim);
+        let scale = vec![1.0f32; m];
+        let mut out = vec![0f32; m * k];
+        let (mut t_bf16, mut t_f32) = (f64::INFINITY, f64::INFINITY);
+        for _ in 0..4 {
+            let t = std::time::Instant::now();
+            dot_batch_bf16(&x, &rows, &scale, &bf, &mut out);
+            t_bf16 = t_bf16.min(t.elapsed().as_secs_f64());
+            let t = std::time::Instant::now();
+            super::dot_batch_packed(&x, &f32s, &mut out);
+            t_f32 = t_f32.min(t.elapsed().as_secs_f64());
+        }
+        if std::env::var_os("DPRUNE_PROBE_LOG").is_some() {
+            eprintln!("dprune: bf16 products {:.2}x the f32 kernel's rate", t_f32 / t_bf16);
+        }
+        t_f32 >= MIN_BF16_SPEEDUP * t_bf16
+    })
 }
 
 /// Rows rounded to bf16 and packed once for many [`dot_batch_bf16`] calls.
