@@ -462,7 +462,7 @@ fn write_shard(spec: &WriteSpec, index: usize) -> Result<(u64, u64)> {
     let kept = read_kept(&spec.kept_bitmap, first, shard.num_rows)?;
     let dest = spec.out_dir.join(shard.path.file_name().unwrap_or_default());
     let written = match &spec.kept_scores {
-        None => write_filtered(&shard, &kept, &[], &dest, &|_| {})?,
+        None => write_filtered(&shard, &kept, &[], &dest, &|_| {}, None)?,
         Some(path) => {
             let before = *spec
                 .kept_before
@@ -481,7 +481,7 @@ fn write_shard(spec: &WriteSpec, index: usize) -> Result<(u64, u64)> {
                     valid: Some(&kept),
                 },
             ];
-            write_filtered(&shard, &kept, &extra, &dest, &|_| {})?
+            write_filtered(&shard, &kept, &extra, &dest, &|_| {}, None)?
         }
     };
     Ok((index as u64, written))

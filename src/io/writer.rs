@@ -120,7 +120,7 @@ impl ExtraColumn<'_> {
 /// The values of one `FixedSizeList<Float32>` column for some rows of a shard,
 /// kept elsewhere: `filter` copies the rows it may keep while it scores them, so
 /// that writing the pruned shard need not decompress that column (most of its
-/// bytes) a second time ([`write_filtered_with`]).
+/// bytes) a second time ([`write_filtered`]).
 pub struct Prefetched<'a> {
     /// The column's name in the shard.
     pub column: &'a str,
@@ -172,20 +172,10 @@ fn read_prefetched(
 
 /// Copies the rows of `shard` flagged in `keep` (one flag per row) to
 /// `dest`, appending `extra` columns; calls `on_rows` with the number of
-/// input rows processed after every batch. Returns the rows written.
+/// input rows processed after every batch. The values of one column may come
+/// from `prefetched` instead of the shard (the same output). Returns the rows
+/// written, once the file is on disk under its final name.
 pub fn write_filtered(
-    shard: &Shard,
-    keep: &[bool],
-    extra: &[ExtraColumn<'_>],
-    dest: &Path,
-    on_rows: &(dyn Fn(u64) + Sync),
-) -> Result<u64> {
-    write_filtered_with(shard, keep, extra, dest, on_rows, None)
-}
-
-/// [`write_filtered`], with the values of one column taken from `prefetched`
-/// instead of the shard (the same output).
-pub fn write_filtered_with(
     shard: &Shard,
     keep: &[bool],
     extra: &[ExtraColumn<'_>],
@@ -216,7 +206,7 @@ impl Unsynced {
     }
 }
 
-/// [`write_filtered_with`], leaving the sync and rename to the caller.
+/// [`write_filtered`], leaving the sync and rename to the caller.
 pub fn write_filtered_unsynced(
     shard: &Shard,
     keep: &[bool],

@@ -242,7 +242,7 @@ mod tests {
             let count = |r: u64| {
                 reported.fetch_add(r, std::sync::atomic::Ordering::Relaxed);
             };
-            let written = super::super::write_filtered(&shard, &keep, &[], &dest, &count).unwrap();
+            let written = super::super::write_filtered(&shard, &keep, &[], &dest, &count, None).unwrap();
             assert_eq!(written as usize, keep.iter().filter(|&&k| k).count());
             // Progress counts every input row once, also when the fast reader fell back.
             assert_eq!(reported.into_inner(), n as u64, "{name}");
@@ -298,7 +298,7 @@ mod tests {
 
     #[test]
     fn a_prefetched_column_writes_the_same_shard() {
-        use crate::io::writer::{ExtraColumn, ExtraValues, Prefetched, write_filtered, write_filtered_with};
+        use crate::io::writer::{ExtraColumn, ExtraValues, Prefetched, write_filtered};
         let dir = tempfile::tempdir().unwrap();
         let n = COPY_BATCH_ROWS * 2 + 17;
         let keep: Vec<bool> = (0..n).map(|i| i % 3 == 1 || i == n - 1).collect();
@@ -342,8 +342,8 @@ mod tests {
             };
             let want_path = dir.path().join(format!("{name}.want.parquet"));
             let got_path = dir.path().join(format!("{name}.got.parquet"));
-            let a = write_filtered(&shard, &keep, &extra, &want_path, &|_| {}).unwrap();
-            let b = write_filtered_with(&shard, &keep, &extra, &got_path, &|_| {}, Some(&pre)).unwrap();
+            let a = write_filtered(&shard, &keep, &extra, &want_path, &|_| {}, None).unwrap();
+            let b = write_filtered(&shard, &keep, &extra, &got_path, &|_| {}, Some(&pre)).unwrap();
             assert_eq!(a, b);
             assert_eq!(read_all(&got_path), read_all(&want_path), "{name}");
             // The fallback copy reads the stream again from its start.
@@ -365,7 +365,7 @@ mod tests {
                 open: &open_short,
             };
             let bad = dir.path().join(format!("{name}.bad.parquet"));
-            let err = write_filtered_with(&shard, &keep, &extra, &bad, &|_| {}, Some(&pre)).unwrap_err();
+            let err = write_filtered(&shard, &keep, &extra, &bad, &|_| {}, Some(&pre)).unwrap_err();
             assert!(err.to_string().contains("kept row 4 was not prefetched"), "{err}");
             assert!(!bad.exists());
             // A truncated stream is an error naming the shard.
@@ -377,7 +377,7 @@ mod tests {
                 rows: &rows,
                 open: &open_cut,
             };
-            let err = write_filtered_with(&shard, &keep, &extra, &bad, &|_| {}, Some(&pre)).unwrap_err();
+            let err = write_filtered(&shard, &keep, &extra, &bad, &|_| {}, Some(&pre)).unwrap_err();
             assert!(err.to_string().contains(&format!("{name}.parquet")), "{err}");
             assert!(!bad.exists());
         }

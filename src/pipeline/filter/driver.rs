@@ -453,21 +453,23 @@ fn plan_prefetch(
     let Ok(budget) = p.keep.resolve(n_usable) else {
         return Ok(None);
     };
+    if !f32_lists {
+        return Ok(None);
+    }
     // The scores the score pass gives the training rows (1 − the dot, in f32).
     let sample: Vec<f32> = trained.dots.iter().map(|&d| 1.0 - d).collect();
-    let threshold = prefetch_threshold(&sample, budget as f64 / n_usable as f64, p.prefer);
-    match threshold {
-        Some(t) if f32_lists => KeptPrefetch::create(
-            p.spill_dir.as_deref(),
-            col,
-            source.dim(),
-            t,
-            p.prefer,
-            data.shards.len(),
-        )
-        .map(Some),
-        _ => Ok(None),
-    }
+    let Some(t) = prefetch_threshold(&sample, budget as f64 / n_usable as f64, p.prefer) else {
+        return Ok(None);
+    };
+    KeptPrefetch::create(
+        p.spill_dir.as_deref(),
+        col,
+        source.dim(),
+        t,
+        p.prefer,
+        data.shards.len(),
+    )
+    .map(Some)
 }
 
 /// Writes the report's PNG (unless `no_plot`) and JSON into the output
