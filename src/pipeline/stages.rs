@@ -345,15 +345,19 @@ pub fn map_spilled_clusters<T: Send>(
     let parts = spilled.partitions();
     let mut out = Vec::new();
     std::thread::scope(|scope| {
-        let read = |p: usize| scope.spawn(move || read_grouped(spilled, p, labels, eligible));
-        let mut next = (parts > 0).then(|| read(0));
+        let read = |p: usize, bufs: Option<(Vec<u32>, Vec<f32>)>| {
+            scope.spawn(move || read_grouped(spilled, p, labels, eligible, bufs))
+        };
+        let mut next = (parts > 0).then(|| read(0, None));
+        // The buffers of the partition before last, for the next read (two alternate).
+        let mut spare = None;
         for p in 0..parts {
             let part = next
                 .take()
                 .map(|h| h.join())
                 .ok_or_else(|| Error::Internal("spill reader missing".into()))?
                 .map_err(|_| Error::Internal(format!("reading spill partition {p} panicked")))??;
-            next = (p + 1 < parts).then(|| read(p + 1));
+            next = (p + 1 < parts).then(|| read(p + 1, spare.take()));
             let Grouped {
                 ids,
                 values,
@@ -373,6 +377,7 @@ pub fn map_spilled_clusters<T: Send>(
                 out.push(r?);
             }
             on_partition(ids.len() as u64);
+            spare = Some((part.ids, part.values));
         }
         Ok::<_, Error>(())
     })?;
@@ -389,8 +394,15 @@ struct Grouped {
     groups: Vec<(u32, usize, usize)>,
 }
 
-fn read_grouped(spilled: &SpilledClusters, p: usize, labels: &[u32], eligible: &[bool]) -> Result<Grouped> {
-    let (ids, values) = spilled.read_partition(p)?;
+fn read_grouped(
+    spilled: &SpilledClusters,
+    p: usize,
+    labels: &[u32],
+    eligible: &[bool],
+    bufs: Option<(Vec<u32>, Vec<f32>)>,
+) -> Result<Grouped> {
+    let (mut ids, mut values) = bufs.unwrap_or_default();
+    spilled.read_partition_into(p, &mut ids, &mut values)?;
     let mut pos: Vec<u32> = (0..ids.len() as u32)
         .filter(|&i| eligible[ids[i as usize] as usize])
         .collect();

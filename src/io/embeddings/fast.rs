@@ -31,6 +31,10 @@ use crate::io::inputs::builder;
 use crate::{Error, Result};
 
 /// Blocks of a `FixedSizeList<Float32>` column read page by page (module doc).
+/// Values of slack in a batch buffer beyond a whole batch: one data page of the usual
+/// 1 MiB (larger pages make one more allocation).
+const PAGE_SLACK_VALUES: usize = 1 << 18;
+
 pub(crate) struct FslBlocks<'a> {
     shard: &'a Shard,
     file: Arc<SerializedFileReader<File>>,
@@ -287,7 +291,11 @@ impl Iterator for FslBlocks<'_> {
             return None;
         }
         let first = self.pending.first_row;
-        let values = self.pending.values.split_off(rows * self.dim);
+        // The next batch's buffer holds this batch's size and a page of slack from the start:
+        // grown page by page from the leftover's size, it would be copied by each doubling.
+        let mut values = Vec::with_capacity(rows * self.dim + PAGE_SLACK_VALUES);
+        values.extend_from_slice(&self.pending.values[rows * self.dim..]);
+        self.pending.values.truncate(rows * self.dim);
         let null = self.pending.null.split_off(rows);
         let block = EmbeddingBlock {
             first_row: first,

@@ -77,9 +77,11 @@ pub fn second_cluster_duplicates(
     let thr = similarity_threshold(eps);
     let use_bf16 = certified_bf16_pays();
     let mut best: Vec<(f32, u32)> = vec![(f32::NEG_INFINITY, u32::MAX); labels.len()];
+    // Buffers reused from partition to partition (no fresh pages to fault in and zero).
+    let (mut oids, mut ovals, mut gids, mut gvals) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for p in 0..owners.partitions() {
-        let (oids, ovals) = owners.read_partition(p)?;
-        let (gids, gvals) = guests.read_partition(p)?;
+        owners.read_partition_into(p, &mut oids, &mut ovals)?;
+        guests.read_partition_into(p, &mut gids, &mut gvals)?;
         let og = group_partition(&oids, eligible, labels);
         let gg = group_partition(&gids, eligible, second);
         let pairs: Vec<(&Vec<u32>, &Vec<u32>)> = gg
@@ -231,8 +233,9 @@ pub fn global_duplicates(
     params: &HnswParams,
 ) -> Result<Vec<Option<u32>>> {
     let mut chunks: Vec<(u32, Vec<f32>)> = Vec::new();
+    let (mut ids, mut values) = (Vec::new(), Vec::new());
     for p in 0..spilled.partitions() {
-        let (ids, values) = spilled.read_partition(p)?;
+        spilled.read_partition_into(p, &mut ids, &mut values)?;
         for (i, &id) in ids.iter().enumerate() {
             if eligible[id as usize] {
                 chunks.push((id, values[i * dim..(i + 1) * dim].to_vec()));
