@@ -321,12 +321,17 @@ mod tests {
         let dir = done.dir().to_path_buf();
         assert_eq!((done.rows, done.partitions()), (1000, 4));
         let mut seen = 0;
-        for p in 0..4 {
+        // Reused buffers (holding other values first, and each partition's after it is
+        // read: larger ones before smaller) hold exactly what a fresh read does.
+        let (mut ri, mut rv) = (vec![7u32; 5000], vec![9.0f32; 5000]);
+        for p in (0..4).rev() {
             let (ids, v) = done.read_partition(p).unwrap();
             for (i, &row) in ids.iter().enumerate() {
                 assert_eq!((row % 10) as usize % 4, p);
                 assert_eq!(&v[i * 3..i * 3 + 3], &[row as f32, 1.0, -(row as f32)]);
             }
+            done.read_partition_into(p, &mut ri, &mut rv).unwrap();
+            assert_eq!((&ri, &rv), (&ids, &v));
             seen += ids.len();
         }
         assert_eq!(seen, 1000);

@@ -30,11 +30,11 @@ use crate::io::Shard;
 use crate::io::inputs::builder;
 use crate::{Error, Result};
 
-/// Blocks of a `FixedSizeList<Float32>` column read page by page (module doc).
 /// Values of slack in a batch buffer beyond a whole batch: one data page of the usual
 /// 1 MiB (larger pages make one more allocation).
 const PAGE_SLACK_VALUES: usize = 1 << 18;
 
+/// Blocks of a `FixedSizeList<Float32>` column read page by page (module doc).
 pub(crate) struct FslBlocks<'a> {
     shard: &'a Shard,
     file: Arc<SerializedFileReader<File>>,
