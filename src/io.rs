@@ -5,6 +5,7 @@ pub mod atomic;
 pub mod columns;
 pub mod embeddings;
 pub mod inputs;
+pub mod le;
 pub mod npy;
 pub mod writer;
 

@@ -246,11 +246,7 @@ fn dict_value<'a>(h: &'a str, key: &str) -> Option<&'a str> {
 /// Converts little-endian bytes of `dtype` into f32, appending to `out`.
 pub fn decode_into(dtype: NpyDtype, bytes: &[u8], out: &mut Vec<f32>) {
     match dtype {
-        NpyDtype::F32 => out.extend(
-            bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-        ),
+        NpyDtype::F32 => crate::io::le::extend_f32(out, bytes),
         NpyDtype::F16 => out.extend(
             bytes
                 .chunks_exact(2)

@@ -20,7 +20,7 @@ use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Type as PhysicalType, ZstdLevel};
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
 use crate::io::{AtomicFile, Dataset, Shard};
 use crate::{Error, Result};
@@ -48,6 +48,9 @@ pub const COPY_BATCH_ROWS: usize = 4096;
 /// at [`FLOAT_ZSTD_LEVEL`]. Distinct floats make a dictionary useless: the
 /// writer would hash a megabyte of values per row group before giving up,
 /// and a dictionary page would keep readers off the page-level float path.
+/// Floats inside lists (the elements of embedding vectors) get no min/max
+/// statistics: no query prunes on an element of a vector, and computing them
+/// was a tenth of writing a pruned shard. Top-level floats (scores) keep them.
 pub fn writer_properties(schema: &Schema) -> WriterProperties {
     let mut b = WriterProperties::builder()
         .set_compression(Compression::ZSTD(
@@ -64,6 +67,9 @@ pub fn writer_properties(schema: &Schema) -> WriterProperties {
                 b = b
                     .set_column_dictionary_enabled(col.path().clone(), false)
                     .set_column_compression(col.path().clone(), float_level);
+                if col.max_rep_level() > 0 {
+                    b = b.set_column_statistics_enabled(col.path().clone(), EnabledStatistics::None);
+                }
             }
         }
     }
@@ -147,27 +153,27 @@ fn read_prefetched(
     shard: &Path,
 ) -> Result<Vec<f32>> {
     let width = dim * 4;
-    let mut bytes = vec![0u8; rows.len() * width];
+    let mut values = vec![0f32; rows.len() * dim];
     let mut skip = vec![0u8; width];
     let err = |e| Error::io("reading the prefetched rows of", shard, e);
-    for (out, &r) in bytes.chunks_exact_mut(width).zip(rows) {
-        while p.rows.get(*next).is_some_and(|&q| (q as usize) < r) {
-            stream.read_exact(&mut skip).map_err(err)?;
+    crate::io::le::read_into(&mut values, |bytes| -> Result<()> {
+        for (out, &r) in bytes.chunks_exact_mut(width).zip(rows) {
+            while p.rows.get(*next).is_some_and(|&q| (q as usize) < r) {
+                stream.read_exact(&mut skip).map_err(err)?;
+                *next += 1;
+            }
+            if p.rows.get(*next).is_none_or(|&q| q as usize != r) {
+                return Err(Error::Internal(format!(
+                    "{}: kept row {r} was not prefetched",
+                    shard.display()
+                )));
+            }
+            stream.read_exact(out).map_err(err)?;
             *next += 1;
         }
-        if p.rows.get(*next).is_none_or(|&q| q as usize != r) {
-            return Err(Error::Internal(format!(
-                "{}: kept row {r} was not prefetched",
-                shard.display()
-            )));
-        }
-        stream.read_exact(out).map_err(err)?;
-        *next += 1;
-    }
-    Ok(bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect())
+        Ok(())
+    })?;
+    Ok(values)
 }
 
 /// Copies the rows of `shard` flagged in `keep` (one flag per row) to

@@ -143,7 +143,6 @@ impl KeptPrefetch {
             shard,
             out: BufWriter::with_capacity(IO_BUFFER_BYTES, f),
             rows: Vec::new(),
-            bytes: Vec::with_capacity(self.dim * 4),
         })
     }
 
@@ -198,7 +197,6 @@ pub struct PrefetchWriter<'a> {
     shard: usize,
     out: BufWriter<File>,
     rows: Vec<u32>,
-    bytes: Vec<u8>,
 }
 
 impl PrefetchWriter<'_> {
@@ -207,12 +205,7 @@ impl PrefetchWriter<'_> {
     pub fn push(&mut self, row: u32, x: &[f32]) -> Result<()> {
         debug_assert!(self.rows.last().is_none_or(|&r| r < row));
         debug_assert_eq!(x.len(), self.owner.dim);
-        self.bytes.resize(x.len() * 4, 0);
-        for (b, v) in self.bytes.chunks_exact_mut(4).zip(x) {
-            b.copy_from_slice(&v.to_le_bytes());
-        }
-        self.out
-            .write_all(&self.bytes)
+        crate::io::le::with_bytes(x, |b| self.out.write_all(b))
             .map_err(|e| Error::io("writing", self.owner.path(self.shard), e))?;
         self.rows.push(row);
         Ok(())

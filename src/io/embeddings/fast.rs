@@ -227,11 +227,7 @@ impl<'a> FslBlocks<'a> {
             return false;
         };
         let v = &mut self.pending.values;
-        v.extend(
-            bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-        );
+        crate::io::le::extend_f32(v, bytes);
         self.rg_values += n;
         let whole = v.len() / self.dim;
         let rows = self.pending.null.len();

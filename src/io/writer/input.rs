@@ -382,4 +382,33 @@ mod tests {
             assert!(!bad.exists());
         }
     }
+
+    #[test]
+    fn vector_elements_get_no_statistics_and_top_level_columns_do() {
+        use crate::io::writer::{ExtraColumn, ExtraValues, write_filtered};
+        use parquet::file::reader::{FileReader, SerializedFileReader};
+        let dir = tempfile::tempdir().unwrap();
+        let n = 50;
+        let path = dir.path().join("in.parquet");
+        write_wide(&path, n, None, false);
+        let shard = Shard::open(0, &path).unwrap();
+        let score: Vec<f32> = (0..n).map(|i| i as f32 * 0.5).collect();
+        let extra = [ExtraColumn {
+            name: "dprune_score",
+            values: ExtraValues::F32(&score),
+            valid: None,
+        }];
+        let dest = dir.path().join("out.parquet");
+        write_filtered(&shard, &vec![true; n], &extra, &dest, &|_| {}, None).unwrap();
+        let file = SerializedFileReader::new(std::fs::File::open(&dest).unwrap()).unwrap();
+        let rg = file.metadata().row_group(0);
+        let stats = |name: &str| {
+            let c = (0..rg.num_columns())
+                .find(|&c| rg.column(c).column_path().parts()[0] == name)
+                .unwrap_or_else(|| panic!("no column {name}"));
+            rg.column(c).statistics().is_some()
+        };
+        assert!(!stats("emb") && !stats("aux"));
+        assert!(stats("dprune_score") && stats("id") && stats("text"));
+    }
 }
