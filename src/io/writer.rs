@@ -24,8 +24,10 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
 use crate::io::{AtomicFile, Dataset, Shard};
 use crate::{Error, Result};
+use vectors::VectorShardWriter;
 
 mod input;
+mod vectors;
 
 /// Largest row group, in rows.
 pub const DEFAULT_ROW_GROUP_ROWS: usize = 64 * 1024;
@@ -317,7 +319,20 @@ fn copy_rows(
         path: dest.to_path_buf(),
         source,
     };
-    let mut w = ArrowWriter::try_new(file, out_schema.clone(), Some(writer_properties(&out_schema))).map_err(wrap)?;
+    // The prefetched column's position in the output.
+    let pre_at = pre.as_ref().map(|p| {
+        kept_fields
+            .iter()
+            .position(|&f| f == p.0)
+            .expect("the prefetched column is kept")
+    });
+    let props = writer_properties(&out_schema);
+    let mut w = match pre_at {
+        Some(at) if pre.as_ref().is_some_and(|p| p.2 > 0) => {
+            ShardWriter::Vectors(VectorShardWriter::try_new(file, out_schema.clone(), props, at).map_err(wrap)?)
+        }
+        _ => ShardWriter::Arrow(ArrowWriter::try_new(file, out_schema.clone(), Some(props)).map_err(wrap)?),
+    };
     let mut row = 0usize;
     let mut written = 0u64;
     for batch in &mut input {
@@ -336,18 +351,14 @@ fn copy_rows(
                 source,
             })?;
             let mut cols: Vec<ArrayRef> = filtered.columns().to_vec();
-            if let (Some((c, item, d, p)), Some(s)) = (&pre, stream.as_mut()) {
+            if let (Some((_, item, d, p)), Some(s)) = (&pre, stream.as_mut()) {
                 let values = read_prefetched(p, *d as usize, &rows, s.as_mut(), &mut next_prefetched, &shard.path)?;
                 let a = FixedSizeListArray::try_new(item.clone(), *d, Arc::new(Float32Array::from(values)), None)
                     .map_err(|source| Error::Arrow {
                         path: shard.path.clone(),
                         source,
                     })?;
-                let pos = kept_fields
-                    .iter()
-                    .position(|f| f == c)
-                    .expect("the prefetched column is kept");
-                cols.insert(pos, Arc::new(a));
+                cols.insert(pre_at.expect("set with `pre`"), Arc::new(a));
             }
             cols.extend(extra.iter().map(|e| e.gather(&rows)));
             let out = RecordBatch::try_new(out_schema.clone(), cols).map_err(|source| Error::Arrow {
@@ -372,6 +383,29 @@ fn copy_rows(
     }
     let file = w.into_inner().map_err(wrap)?;
     Ok(Some((written, Unsynced { file, atomic })))
+}
+
+/// The writer of a pruned shard: Arrow's, or [`VectorShardWriter`] when the
+/// embedding column comes prefetched (a `FixedSizeList<Float32>` without nulls).
+enum ShardWriter {
+    Arrow(ArrowWriter<File>),
+    Vectors(VectorShardWriter),
+}
+
+impl ShardWriter {
+    fn write(&mut self, batch: &RecordBatch) -> parquet::errors::Result<()> {
+        match self {
+            ShardWriter::Arrow(w) => w.write(batch),
+            ShardWriter::Vectors(w) => w.write(batch),
+        }
+    }
+
+    fn into_inner(self) -> parquet::errors::Result<File> {
+        match self {
+            ShardWriter::Arrow(w) => w.into_inner(),
+            ShardWriter::Vectors(w) => w.into_inner(),
+        }
+    }
 }
 
 /// Per-row results for a scores table, indexed by global row.

@@ -411,4 +411,63 @@ mod tests {
         assert!(!stats("emb") && !stats("aux"));
         assert!(stats("dprune_score") && stats("id") && stats("text"));
     }
+
+    #[test]
+    fn a_prefetched_shard_has_arrows_row_groups_and_pages_the_fast_reader_takes() {
+        use crate::io::writer::{DEFAULT_ROW_GROUP_ROWS, Prefetched, write_filtered};
+        use arrow::array::AsArray;
+        use parquet::file::reader::{FileReader, SerializedFileReader};
+        let dir = tempfile::tempdir().unwrap();
+        // Two full row groups and a partial third once pruned, batches split across them.
+        let n = DEFAULT_ROW_GROUP_ROWS * 2 + DEFAULT_ROW_GROUP_ROWS / 2 + 7;
+        let path = dir.path().join("in.parquet");
+        write_wide(&path, n, None, false);
+        let shard = Shard::open(0, &path).unwrap();
+        let keep: Vec<bool> = (0..n).map(|i| i % 17 != 3).collect();
+        let all = read_all(&path);
+        let emb = all.column_by_name("emb").unwrap().as_fixed_size_list().clone();
+        let vals = emb
+            .values()
+            .as_primitive::<arrow::datatypes::Float32Type>()
+            .values()
+            .to_vec();
+        let rows: Vec<u32> = (0..n as u32).filter(|&i| keep[i as usize]).collect();
+        let bytes: Vec<u8> = rows
+            .iter()
+            .flat_map(|&r| vals[r as usize * 3..r as usize * 3 + 3].to_vec())
+            .flat_map(f32::to_le_bytes)
+            .collect();
+        let open = || -> Result<Box<dyn std::io::Read>> { Ok(Box::new(std::io::Cursor::new(bytes.clone()))) };
+        let pre = Prefetched {
+            column: "emb",
+            rows: &rows,
+            open: &open,
+        };
+        let (want, got) = (dir.path().join("want.parquet"), dir.path().join("got.parquet"));
+        write_filtered(&shard, &keep, &[], &want, &|_| {}, None).unwrap();
+        write_filtered(&shard, &keep, &[], &got, &|_| {}, Some(&pre)).unwrap();
+        assert_eq!(read_all(&got), read_all(&want));
+        let layout = |p: &std::path::Path| {
+            let f = SerializedFileReader::new(std::fs::File::open(p).unwrap()).unwrap();
+            let m = f.metadata();
+            let kv = m.file_metadata().key_value_metadata().cloned();
+            let groups: Vec<i64> = m.row_groups().iter().map(|g| g.num_rows()).collect();
+            let enc: Vec<_> = m
+                .row_groups()
+                .iter()
+                .map(|g| g.column(1).encodings().collect::<Vec<_>>())
+                .collect();
+            (groups, enc, kv)
+        };
+        let (g_got, enc_got, kv_got) = layout(&got);
+        assert_eq!(g_got.len(), 3);
+        assert_eq!((g_got.clone(), enc_got, kv_got), layout(&want));
+        assert_eq!(g_got.iter().sum::<i64>() as usize, rows.len());
+        // The written vectors take the page-level float path when read back.
+        let out = Shard::open(0, &got).unwrap();
+        let mut fast = Input::open(&out, true, None).unwrap();
+        let n_fast: usize = (&mut fast).map(|b| b.unwrap().num_rows()).sum();
+        assert!(!fast.fell_back());
+        assert_eq!(n_fast, rows.len());
+    }
 }
