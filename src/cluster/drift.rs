@@ -16,7 +16,9 @@ use rayon::prelude::*;
 use crate::cluster::centroids::CHUNK_ROWS;
 use crate::cluster::centroids::{BOUND_CANDIDATES, CANDIDATE_WINDOW, Centroids};
 use crate::cluster::certified::CertifiedSearch;
-use crate::distance::{contender_cut, fast_pair_dots, kernel_pair_dots, norm_upper_bound};
+use crate::distance::{
+    PackedRows, contender_cut, dot_batch_packed, fast_pair_dots, kernel_pair_dots, norm_upper_bound,
+};
 
 /// The nearest centroid of every row (and, with `bounds`, the candidates
 /// and bound of [`Centroids::nearest_bounded`]): bf16 products with an exact
@@ -208,36 +210,50 @@ impl DriftBounds {
                 // Rounded up: a relative slack far above the f64 rounding of the sum.
                 *r = b + b.abs() * 1e-15 + 1e-300;
             });
-        // Every row's dots with its candidates and the movers: vectorized f32 dots first,
-        // then the kernel's own chain only for those within 2E of the row's best (usually
-        // the winner alone). Both values are within E of the exact dot, so a centroid
-        // further below can neither win nor tie (as in `CertifiedSearch`). Row by row, in
-        // place: no copies (row order: a cluster at a time, reading its rows from all
-        // over the sample, was slower). The movers left out are bounded by their fast
-        // dots plus E.
+        // Every row's dots with the movers come from the kernel itself, as one matrix
+        // product per chunk of rows (its own bits: no recheck needed). The dots with its
+        // candidates (all different, row by row) are vectorized f32 dots first, then the
+        // kernel's own chain only for those within 2E of the row's best (usually the
+        // winner alone). Both values are within E of the exact dot, so a centroid further
+        // below can neither win nor tie (as in `CertifiedSearch`). Row by row, in place:
+        // no copies (row order: a cluster at a time, reading its rows from all over the
+        // sample, was slower). The movers left out are bounded by their dots plus E.
         let e_norm = c.f32_error();
         let (cand, explicit, norms) = (&self.cand, &self.explicit[..], &self.norms);
+        let h = explicit.len();
+        let movers = (h > 0).then(|| {
+            let rows: Vec<f32> = explicit
+                .iter()
+                .flat_map(|&j| c.row(j as usize).iter().copied())
+                .collect();
+            PackedRows::new(&rows, dim)
+        });
         let best: Vec<(u32, f32, f32)> = data
             .par_chunks(CHUNK_ROWS * dim)
             .enumerate()
             .flat_map_iter(|(ci, x)| {
                 let rows = x.len() / dim;
-                let (mut pairs, mut mover, mut spans) = (Vec::new(), Vec::new(), vec![0usize]);
+                let mut exact_m = vec![0f32; rows * h];
+                if let Some(m) = &movers {
+                    dot_batch_packed(x, m, &mut exact_m);
+                }
+                // Per row: its candidates that are not movers (pairs), and which movers are
+                // not among its candidates (only those bound the centroids left out).
+                let (mut pairs, mut spans) = (Vec::new(), vec![0usize]);
+                let mut outside = vec![true; rows * h];
                 for r in 0..rows {
                     let i = ci * CHUNK_ROWS + r;
                     // Candidates are ascending, unused slots (u32::MAX) last, and so are the
-                    // movers: one merge walk finds the movers that are not candidates.
-                    let all = &cand[i * BOUND_CANDIDATES..(i + 1) * BOUND_CANDIDATES];
-                    for &j in all.iter().take_while(|&&j| j != u32::MAX) {
-                        pairs.push((r as u32, j));
-                        mover.push(false);
-                    }
-                    let mut a = all.iter().peekable();
-                    for &j in explicit {
-                        while a.next_if(|&&cj| cj < j).is_some() {}
-                        if a.peek() != Some(&&j) {
-                            pairs.push((r as u32, j));
-                            mover.push(true);
+                    // movers: one merge walk.
+                    let mut m = explicit.iter().enumerate().peekable();
+                    for &j in cand[i * BOUND_CANDIDATES..(i + 1) * BOUND_CANDIDATES]
+                        .iter()
+                        .take_while(|&&j| j != u32::MAX)
+                    {
+                        while m.next_if(|&(_, &mj)| mj < j).is_some() {}
+                        match m.peek() {
+                            Some(&(q, &mj)) if mj == j => outside[r * h + q] = false,
+                            _ => pairs.push((r as u32, j)),
                         }
                     }
                     spans.push(pairs.len());
@@ -246,17 +262,28 @@ impl DriftBounds {
                 fast_pair_dots(x, c.as_slice(), dim, &pairs, &mut fast);
                 let mut near = Vec::new();
                 let mut out = vec![(u32::MAX, f32::NEG_INFINITY, f32::NEG_INFINITY); rows];
+                let mut row_vals = Vec::new();
                 for (r, o) in out.iter_mut().enumerate() {
-                    let (f, m) = (&fast[spans[r]..spans[r + 1]], &mover[spans[r]..spans[r + 1]]);
-                    let cut = contender_cut(f, e_norm * norms[ci * CHUNK_ROWS + r]);
+                    let (f, xm) = (&fast[spans[r]..spans[r + 1]], &exact_m[r * h..(r + 1) * h]);
+                    row_vals.clear();
+                    row_vals.extend_from_slice(f);
+                    row_vals.extend_from_slice(xm);
+                    let cut = contender_cut(&row_vals, e_norm * norms[ci * CHUNK_ROWS + r]);
                     for (q, &v) in f.iter().enumerate() {
                         if cut.is_none_or(|cut| v as f64 >= cut) {
                             near.push(pairs[spans[r] + q]);
                         }
                     }
-                    o.2 = f
+                    // The movers' values are the kernel's: they compete as they are.
+                    for (q, &v) in xm.iter().enumerate() {
+                        let j = explicit[q];
+                        if v > o.1 || (v == o.1 && j < o.0) {
+                            (o.0, o.1) = (j, v);
+                        }
+                    }
+                    o.2 = xm
                         .iter()
-                        .zip(m)
+                        .zip(&outside[r * h..(r + 1) * h])
                         .filter(|p| *p.1)
                         .fold(f32::NEG_INFINITY, |a, p| a.max(*p.0));
                 }
