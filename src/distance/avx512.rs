@@ -253,8 +253,93 @@ fn transpose16(r: &mut [__m512; 16]) {
 /// [`pack`] with the same `dim` and `k`; `out.len() == m * k`.
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn dot_batch(x: &[f32], packed: &[f32], k: usize, dim: usize, out: &mut [f32]) {
+    if (1..=NR).contains(&k) {
+        // One right-hand block: each packed left block would serve a single tile, and
+        // packing it costs about as much as the tile (k-means' mover products).
+        // SAFETY: forwarded from the caller.
+        return unsafe { dot_batch_unpacked(x, packed, k, dim, out) };
+    }
     // SAFETY: forwarded from the caller.
     unsafe { dot_batch_rows(Rows::all(x, dim), packed, k, out) }
+}
+
+/// Left-hand rows per tile of [`dot_batch_unpacked`]: their pointers and up to
+/// 16 accumulators fit the registers.
+const DR: usize = 8;
+
+/// [`dot_batch`] for `k <= NR` without packing `x`: each coordinate is broadcast
+/// straight from its row. The same fused chains in ascending `t`, so the same bits.
+///
+/// # Safety
+/// As [`dot_batch`], with `k <= NR`.
+#[target_feature(enable = "avx512f")]
+unsafe fn dot_batch_unpacked(x: &[f32], packed: &[f32], k: usize, dim: usize, out: &mut [f32]) {
+    debug_assert!(k <= NR && packed.len() == dim * NR);
+    let m = x.len() / dim;
+    debug_assert_eq!(out.len(), m * k);
+    let mut i0 = 0;
+    while i0 < m {
+        let h = (m - i0).min(DR);
+        let (a, o) = (&x[i0 * dim..(i0 + h) * dim], &mut out[i0 * k..(i0 + h) * k]);
+        // SAFETY: the caller guarantees AVX-512F; `a` is h whole rows, `o` their outputs.
+        unsafe {
+            match h {
+                8 => unpacked_tile::<8>(a, packed, dim, k, o),
+                7 => unpacked_tile::<7>(a, packed, dim, k, o),
+                6 => unpacked_tile::<6>(a, packed, dim, k, o),
+                5 => unpacked_tile::<5>(a, packed, dim, k, o),
+                4 => unpacked_tile::<4>(a, packed, dim, k, o),
+                3 => unpacked_tile::<3>(a, packed, dim, k, o),
+                2 => unpacked_tile::<2>(a, packed, dim, k, o),
+                _ => unpacked_tile::<1>(a, packed, dim, k, o),
+            }
+        }
+        i0 += h;
+    }
+}
+
+/// `H` row-major rows `a` against the one packed block `b` (`k <= NR` live rows):
+/// `out[r * k + j] = a_r · b_j`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn unpacked_tile<const H: usize>(a: &[f32], b: &[f32], dim: usize, k: usize, out: &mut [f32]) {
+    debug_assert!(a.len() == H * dim && b.len() >= dim * NR && out.len() == H * k);
+    let mut acc = [[_mm512_setzero_ps(); 2]; H];
+    let (ap, bp) = (a.as_ptr(), b.as_ptr());
+    // SAFETY (both loops): t < dim and r < H keep every read inside `a` and `b` (checked above).
+    if k > 16 {
+        for t in 0..dim {
+            unsafe {
+                let b0 = _mm512_loadu_ps(bp.add(t * NR));
+                let b1 = _mm512_loadu_ps(bp.add(t * NR + 16));
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    let xv = _mm512_set1_ps(*ap.add(r * dim + t));
+                    acc_r[0] = _mm512_fmadd_ps(xv, b0, acc_r[0]);
+                    acc_r[1] = _mm512_fmadd_ps(xv, b1, acc_r[1]);
+                }
+            }
+        }
+    } else {
+        for t in 0..dim {
+            unsafe {
+                let b0 = _mm512_loadu_ps(bp.add(t * NR));
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    let xv = _mm512_set1_ps(*ap.add(r * dim + t));
+                    acc_r[0] = _mm512_fmadd_ps(xv, b0, acc_r[0]);
+                }
+            }
+        }
+    }
+    let op = out.as_mut_ptr();
+    for (r, acc_r) in acc.iter().enumerate() {
+        // SAFETY: row r's k outputs lie inside `out`; masked lanes are not touched.
+        unsafe {
+            _mm512_mask_storeu_ps(op.add(r * k), lane_mask(k), acc_r[0]);
+            if k > 16 {
+                _mm512_mask_storeu_ps(op.add(r * k + 16), lane_mask(k - 16), acc_r[1]);
+            }
+        }
+    }
 }
 
 /// [`dot_batch`] for any left-hand [`Rows`]: `out[i * k + j] = row_i · c_j`.
@@ -388,6 +473,35 @@ mod tests {
                     "MR m {m} dim {dim}"
                 );
             }
+        }
+    }
+
+    /// Few right-hand rows (one block) skip the left packing: the same bits as the packed
+    /// tiles, for every row count, width and dimension tail.
+    #[test]
+    fn unpacked_products_equal_the_packed_tiles_bit_for_bit() {
+        if !available() {
+            eprintln!("no AVX-512F: nothing to compare");
+            return;
+        }
+        for (m, k, dim) in [
+            (1, 1, 1),
+            (7, 16, 17),
+            (8, 17, 384),
+            (37, 32, 100),
+            (100, 3, 48),
+            (9, 31, 385),
+        ] {
+            let (x, c) = (data(m * dim, m as u64), data(k * dim, 99 + k as u64));
+            let packed = pack(&c, dim);
+            let (mut direct, mut tiles) = (vec![0f32; m * k], vec![0f32; m * k]);
+            // SAFETY: AVX-512F checked above; `packed` holds the k rows of c.
+            unsafe {
+                dot_batch(&x, &packed, k, dim, &mut direct);
+                dot_batch_rows(Rows::all(&x, dim), &packed, k, &mut tiles);
+            }
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&direct), bits(&tiles), "m {m} k {k} dim {dim}");
         }
     }
 
