@@ -141,6 +141,23 @@ def ids_of(data_glob):
     return {f: pq.read_table(f, columns=["id"]).column("id").to_numpy() for f in sorted(glob.glob(data_glob))}
 
 
+def ab_runs(args, variants):
+    """(label, binary, extra flags) of each variant's runs: this build's, and with --before the
+    other build's right after or right before it, alternating from variant to variant (ABBA).
+    Neither build then always takes the first run after the reference, which on some
+    machines pays for the memory the reference just freed (e.g. a VM whose free memory the
+    host reclaims: the first run's writes to the page cache come out slower)."""
+    runs = []
+    for i, (label, extra) in enumerate(variants):
+        pair = [(label, args.dprune, extra)]
+        if args.before:
+            pair.append((f"before_{label}", args.before, extra))
+            if i % 2:
+                pair.reverse()
+        runs += pair
+    return runs
+
+
 def case_e2e(args, res):
     """filter --keep 0.3 on 1M x 384 in 4 shards vs ref_ssl_proto.py; then the kept sets with shared centroids."""
     import numpy as np
@@ -157,10 +174,7 @@ def case_e2e(args, res):
     # default: dprune's defaults (stops at --tolerance); 20it: exactly 20 iterations like faiss;
     # scores_only: like-for-like output with the reference (ids/scores, no pruned Parquet).
     variants = [("default", []), ("20it", ["--tolerance", "0"]), ("scores_only", ["--scores-only"])]
-    runs = [(label, args.dprune, extra) for label, extra in variants]
-    if args.before:
-        runs += [(f"before_{label}", args.before, extra) for label, extra in variants]
-    for label, binary, extra in runs:
+    for label, binary, extra in ab_runs(args, variants):
         out_dir = os.path.join(args.work, f"e2e_{label}")
         _, wall, rss, cpu = run_rss([binary, "filter", "--keep", "0.3", data, "-o", out_dir, "--overwrite", "--quiet",
                                 "--k", "1000", "--max-iters", "20", "--threads", str(args.threads)] + extra)
@@ -233,10 +247,7 @@ def case_semdedup(args, res):
     dup_of = np.concatenate(list(truth.values()))
     rows = {}
     variants = [("default", []), ("20it", ["--tolerance", "0"]), ("global", ["--dedup-global"])]
-    runs = [(label, args.dprune, extra) for label, extra in variants]
-    if args.before:
-        runs += [(f"before_{label}", args.before, extra) for label, extra in variants]
-    for label, binary, extra in runs:
+    for label, binary, extra in ab_runs(args, variants):
         out_dir = os.path.join(args.work, f"sd_{label}")
         _, wall, rss, cpu = run_rss([binary, "filter", "--dedup", "0.05", data, "-o", out_dir, "--overwrite",
                                 "--quiet", "--k", "1000", "--max-iters", "20", "--scores-only",
