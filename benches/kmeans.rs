@@ -1,13 +1,13 @@
-//! Criterion benches of the hot kernels behind `dprune filter`: nearest-
-//! centroid search (one GEMM per row chunk), a k-means fit, and exact
-//! top-k selection. Names encode the sizes. Side-by-side comparisons with
+//! Criterion benches of the hot kernels behind `dprune filter`: the f32 matrix
+//! product (wide, and narrow as k-means' mover products), nearest-centroid search
+//! (one GEMM per row chunk), a k-means fit, and exact top-k selection. Names encode the sizes. Side-by-side comparisons with
 //! the Python references (faiss, numpy) live in `benches/compare.py`.
 
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use dprune::cluster::{Centroids, Distance, KMeans, KMeansParams};
-use dprune::distance::normalize;
+use dprune::distance::{PackedRows, dot_batch_packed, normalize};
 use dprune::rng::Rng;
 use dprune::select::{Keep, select_top};
 
@@ -30,6 +30,22 @@ fn nearest(c: &mut Criterion) {
         g.throughput(Throughput::Elements(n as u64));
         g.bench_function(BenchmarkId::from_parameter(format!("{n}x{dim}_k{k}")), |b| {
             b.iter(|| cents.nearest(black_box(&rows), &mut labels, &mut dots))
+        });
+    }
+    g.finish();
+}
+
+fn products(c: &mut Criterion) {
+    let mut g = c.benchmark_group("dot_batch_packed");
+    let (m, dim) = (256usize, 384usize);
+    let rows = unit_rows(m, dim, 5);
+    // k <= 32 is one packed block: the left rows are broadcast without packing.
+    for k in [8usize, 32, 1000] {
+        let packed = PackedRows::new(&unit_rows(k, dim, 6), dim);
+        let mut out = vec![0f32; m * k];
+        g.throughput(Throughput::Elements((m * k) as u64));
+        g.bench_function(BenchmarkId::from_parameter(format!("{m}x{dim}_k{k}")), |b| {
+            b.iter(|| dot_batch_packed(black_box(&rows), &packed, &mut out))
         });
     }
     g.finish();
@@ -66,5 +82,5 @@ fn select(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, nearest, fit, select);
+criterion_group!(benches, products, nearest, fit, select);
 criterion_main!(benches);
