@@ -72,9 +72,7 @@ pub fn encode_centroids(c: &Centroids, buf: &mut Vec<u8>) {
     });
     buf.extend_from_slice(&(c.dim() as u32).to_le_bytes());
     buf.extend_from_slice(&(c.k() as u32).to_le_bytes());
-    for v in c.as_slice() {
-        buf.extend_from_slice(&v.to_le_bytes());
-    }
+    crate::io::le::with_bytes(c.as_slice(), |b| buf.extend_from_slice(b));
 }
 
 /// The inverse of [`encode_centroids`].
@@ -95,10 +93,8 @@ pub fn decode_centroids(buf: &[u8]) -> Result<Centroids> {
     if body.len() != k * dim * 4 {
         return Err(bad(&format!("{} bytes for {k} x {dim} values", body.len())));
     }
-    let data = body
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
-        .collect();
+    let mut data = Vec::with_capacity(k * dim);
+    crate::io::le::extend_f32(&mut data, body);
     Centroids::try_new(data, dim, distance)
 }
 

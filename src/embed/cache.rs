@@ -76,14 +76,17 @@ impl NpyWriter {
         }
         let path = self.atomic.dest().to_path_buf();
         let io = |e| Error::io("writing", &path, e);
-        let mut buf = Vec::with_capacity(values.len() * 4);
         match self.dtype {
-            NpyOut::F32 => values.iter().for_each(|v| buf.extend_from_slice(&v.to_le_bytes())),
-            NpyOut::F16 => values
-                .iter()
-                .for_each(|v| buf.extend_from_slice(&half::f16::from_f32(*v).to_le_bytes())),
+            NpyOut::F32 => crate::io::le::with_bytes(values, |b| self.w.write_all(b)),
+            NpyOut::F16 => {
+                let buf: Vec<u8> = values
+                    .iter()
+                    .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                    .collect();
+                self.w.write_all(&buf)
+            }
         }
-        self.w.write_all(&buf).map_err(io)?;
+        .map_err(io)?;
         self.written += (values.len() / self.cols) as u64;
         Ok(())
     }

@@ -325,9 +325,7 @@ pub fn write_matrix(path: &Path, data: &[f32], rows: usize, cols: usize) -> Resu
     w.write_all(&[1, 0]).map_err(io)?;
     w.write_all(&(header.len() as u16).to_le_bytes()).map_err(io)?;
     w.write_all(header.as_bytes()).map_err(io)?;
-    for v in data {
-        w.write_all(&v.to_le_bytes()).map_err(io)?;
-    }
+    super::le::with_bytes(data, |b| w.write_all(b)).map_err(io)?;
     w.into_inner().map_err(|e| Error::io("writing", path, e.into_error()))?;
     atomic.commit()
 }
