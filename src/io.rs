@@ -3,6 +3,7 @@
 
 pub mod atomic;
 pub mod columns;
+pub mod direct;
 pub mod embeddings;
 pub mod inputs;
 pub mod le;

@@ -22,6 +22,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Type as PhysicalType, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
+use crate::io::direct::OutputFile;
 use crate::io::{AtomicFile, Dataset, Shard};
 use crate::{Error, Result};
 use vectors::VectorShardWriter;
@@ -314,7 +315,7 @@ fn copy_rows(
     let mut next_prefetched = 0usize;
     let mut input = input::Input::open(shard, fast, skip)?;
     let atomic = AtomicFile::new(dest)?;
-    let file = File::create(atomic.tmp_path()).map_err(|e| Error::io("creating", atomic.tmp_path(), e))?;
+    let file = OutputFile::create(atomic.tmp_path()).map_err(|e| Error::io("creating", atomic.tmp_path(), e))?;
     let wrap = |source| Error::Parquet {
         path: dest.to_path_buf(),
         source,
@@ -382,13 +383,14 @@ fn copy_rows(
         )));
     }
     let file = w.into_inner().map_err(wrap)?;
+    let file = file.finish().map_err(|e| Error::io("writing", atomic.tmp_path(), e))?;
     Ok(Some((written, Unsynced { file, atomic })))
 }
 
 /// The writer of a pruned shard: Arrow's, or [`VectorShardWriter`] when the
 /// embedding column comes prefetched (a `FixedSizeList<Float32>` without nulls).
 enum ShardWriter {
-    Arrow(ArrowWriter<File>),
+    Arrow(ArrowWriter<OutputFile>),
     Vectors(VectorShardWriter),
 }
 
@@ -400,7 +402,7 @@ impl ShardWriter {
         }
     }
 
-    fn into_inner(self) -> parquet::errors::Result<File> {
+    fn into_inner(self) -> parquet::errors::Result<OutputFile> {
         match self {
             ShardWriter::Arrow(w) => w.into_inner(),
             ShardWriter::Vectors(w) => w.into_inner(),

@@ -14,8 +14,6 @@
 //! Arrow's writer with [`writer_properties`](super::writer_properties). Parquet
 //! levels: <https://parquet.apache.org/docs/file-format/nestedencoding/>.
 
-use std::fs::File;
-
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Float32Type, SchemaRef};
 use parquet::arrow::ArrowWriter;
@@ -26,6 +24,7 @@ use parquet::file::properties::WriterProperties;
 use parquet::file::writer::SerializedFileWriter;
 
 use super::{DEFAULT_ROW_GROUP_BYTES, DEFAULT_ROW_GROUP_ROWS};
+use crate::io::direct::OutputFile;
 
 /// Rows of vector values handed to Parquet's column writer at a time (the
 /// length of the precomputed level buffers).
@@ -33,7 +32,7 @@ const LEVEL_ROWS: usize = 1024;
 
 /// A Parquet writer with one vector column written from its values (module doc).
 pub(super) struct VectorShardWriter {
-    file: SerializedFileWriter<File>,
+    file: SerializedFileWriter<OutputFile>,
     factory: ArrowRowGroupWriterFactory,
     schema: SchemaRef,
     /// The vector column's index in `schema`, and its Parquet leaf.
@@ -54,7 +53,7 @@ pub(super) struct VectorShardWriter {
 impl VectorShardWriter {
     /// A writer of `schema` to `file` whose field `column`, a top-level
     /// `FixedSizeList<Float32>` of size > 0, is written from its values.
-    pub(super) fn try_new(file: File, schema: SchemaRef, props: WriterProperties, column: usize) -> Result<Self> {
+    pub(super) fn try_new(file: OutputFile, schema: SchemaRef, props: WriterProperties, column: usize) -> Result<Self> {
         let dim = match schema.field(column).data_type() {
             DataType::FixedSizeList(item, d) if item.data_type() == &DataType::Float32 && *d > 0 => *d as usize,
             other => return Err(ParquetError::General(format!("not a vector column: {other}"))),
@@ -171,7 +170,7 @@ impl VectorShardWriter {
     }
 
     /// Writes the last row group and the footer; returns the file.
-    pub(super) fn into_inner(mut self) -> Result<File> {
+    pub(super) fn into_inner(mut self) -> Result<OutputFile> {
         self.flush()?;
         self.file.into_inner()
     }
