@@ -40,8 +40,8 @@ use rayon::prelude::*;
 
 use crate::cluster::centroids::{BOUND_CANDIDATES, CHUNK_ROWS, Centroids, Distance, TopScores, argmax_row};
 use crate::distance::{
-    Bf16Bound, LowPrecision, PackedBf16, PackedI8, certified_precision, contender_cut, dot_batch_bf16, dot_batch_i8,
-    fast_pair_dots, kernel_pair_dots, norm_upper_bound,
+    Bf16Bound, I8Rows, LowPrecision, PackedBf16, PackedI8, certified_precision, contender_cut, dot_batch_bf16,
+    dot_batch_i8, fast_pair_dots, kernel_pair_dots, norm_upper_bound,
 };
 
 /// What the search needs besides the centroids, made once per set of
@@ -52,6 +52,24 @@ pub(crate) struct Packing {
     int8: OnceLock<PackedI8>,
     /// [`Centroids::f32_error`].
     pub(super) f32_err: OnceLock<f64>,
+}
+
+/// The int8 left operands of one fixed set of rows, chunk by chunk ([`CHUNK_ROWS`]),
+/// made on the first search that needs them and reused by the next (k-means searches
+/// its sample once per iteration against new centroids; the rows' quantization does not
+/// depend on them). Same bits as quantizing afresh.
+#[derive(Debug, Default)]
+pub(crate) struct RowCache {
+    chunks: Vec<OnceLock<I8Rows>>,
+}
+
+impl RowCache {
+    /// A cache for `rows` rows (searched whole, from the first).
+    pub(crate) fn new(rows: usize) -> Self {
+        RowCache {
+            chunks: (0..rows.div_ceil(CHUNK_ROWS)).map(|_| OnceLock::new()).collect(),
+        }
+    }
 }
 
 /// The centroids in the precision the search runs in, with the bound of B + E.
@@ -108,16 +126,33 @@ impl<'a> CertifiedSearch<'a> {
     /// # Panics
     /// If the lengths disagree.
     pub fn nearest(&self, rows: &[f32], labels: &mut [u32], dots: &mut [f32]) {
+        self.nearest_cached(rows, None, labels, dots);
+    }
+
+    /// [`CertifiedSearch::nearest`], taking the rows' int8 operands from `cache`
+    /// (made for these `rows`) where the search runs in int8.
+    ///
+    /// # Panics
+    /// If the lengths disagree, or the cache is for another number of rows.
+    pub(crate) fn nearest_cached(&self, rows: &[f32], cache: Option<&RowCache>, labels: &mut [u32], dots: &mut [f32]) {
         let dim = self.c.dim();
         let n = labels.len();
         assert!(
             rows.len() == n * dim && dots.len() == n,
             "CertifiedSearch::nearest: lengths"
         );
+        assert!(
+            cache.is_none_or(|c| c.chunks.len() == n.div_ceil(CHUNK_ROWS)),
+            "CertifiedSearch::nearest: cache for other rows"
+        );
         rows.par_chunks(CHUNK_ROWS * dim)
             .zip(labels.par_chunks_mut(CHUNK_ROWS))
             .zip(dots.par_chunks_mut(CHUNK_ROWS))
-            .for_each_init(Scratch::default, |s, ((x, l), d)| self.chunk(x, l, d, None, None, s));
+            .enumerate()
+            .for_each_init(Scratch::default, |s, (ci, ((x, l), d))| {
+                let left = cache.map(|k| &k.chunks[ci]);
+                self.chunk(x, l, d, None, None, left, s)
+            });
     }
 
     /// Exactly [`Centroids::nearest_two`]: [`CertifiedSearch::nearest`] and the
@@ -142,7 +177,7 @@ impl<'a> CertifiedSearch<'a> {
             .zip(dots.par_chunks_mut(CHUNK_ROWS))
             .zip(second.par_chunks_mut(CHUNK_ROWS))
             .for_each_init(Scratch::default, |s, (((x, l), d), s2)| {
-                self.chunk(x, l, d, Some(s2), None, s)
+                self.chunk(x, l, d, Some(s2), None, None, s)
             });
     }
 
@@ -152,9 +187,27 @@ impl<'a> CertifiedSearch<'a> {
     ///
     /// # Panics
     /// If the lengths disagree.
+    #[cfg(test)]
     pub(crate) fn nearest_bounded(
         &self,
         rows: &[f32],
+        labels: &mut [u32],
+        dots: &mut [f32],
+        cand: &mut [u32],
+        rest: &mut [f64],
+    ) {
+        self.nearest_bounded_cached(rows, None, labels, dots, cand, rest);
+    }
+
+    /// [`CertifiedSearch::nearest_bounded`], taking the rows' int8 operands from
+    /// `cache` (made for these `rows`) where the search runs in int8.
+    ///
+    /// # Panics
+    /// If the lengths disagree, or the cache is for another number of rows.
+    pub(crate) fn nearest_bounded_cached(
+        &self,
+        rows: &[f32],
+        cache: Option<&RowCache>,
         labels: &mut [u32],
         dots: &mut [f32],
         cand: &mut [u32],
@@ -166,16 +219,23 @@ impl<'a> CertifiedSearch<'a> {
             rows.len() == n * dim && dots.len() == n && cand.len() == n * BOUND_CANDIDATES && rest.len() == n,
             "CertifiedSearch::nearest_bounded: lengths"
         );
+        assert!(
+            cache.is_none_or(|c| c.chunks.len() == n.div_ceil(CHUNK_ROWS)),
+            "CertifiedSearch::nearest_bounded: cache for other rows"
+        );
         rows.par_chunks(CHUNK_ROWS * dim)
             .zip(labels.par_chunks_mut(CHUNK_ROWS))
             .zip(dots.par_chunks_mut(CHUNK_ROWS))
             .zip(cand.par_chunks_mut(CHUNK_ROWS * BOUND_CANDIDATES))
             .zip(rest.par_chunks_mut(CHUNK_ROWS))
-            .for_each_init(Scratch::default, |s, ((((x, l), d), c), r)| {
-                self.chunk(x, l, d, None, Some((c, r)), s)
+            .enumerate()
+            .for_each_init(Scratch::default, |s, (ci, ((((x, l), d), c), r))| {
+                let left = cache.map(|k| &k.chunks[ci]);
+                self.chunk(x, l, d, None, Some((c, r)), left, s)
             });
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn chunk(
         &self,
         x: &[f32],
@@ -183,6 +243,7 @@ impl<'a> CertifiedSearch<'a> {
         dots: &mut [f32],
         mut second: Option<&mut [u32]>,
         bounds: Option<(&mut [u32], &mut [f64])>,
+        left: Option<&OnceLock<I8Rows>>,
         s: &mut Scratch,
     ) {
         let (k, dim, m) = (self.c.k(), self.c.dim(), labels.len());
@@ -198,7 +259,12 @@ impl<'a> CertifiedSearch<'a> {
                     *e = bound.row_error(row);
                 }
             }
-            Low::Int8(packed) => dot_batch_i8(x, packed, &mut s.scores, &mut s.row_err),
+            Low::Int8(packed) => match left {
+                Some(cell) => cell
+                    .get_or_init(|| I8Rows::new(x, dim))
+                    .dot_batch(packed, &mut s.scores, &mut s.row_err),
+                None => dot_batch_i8(x, packed, &mut s.scores, &mut s.row_err),
+            },
         }
         // Candidates, as (row, centroid) pairs in that order.
         s.pairs.clear();
@@ -470,6 +536,40 @@ mod tests {
                 assert_eq!(s2, s3, "second nearest, n {n} dim {dim} k {k}");
             }
         }
+    }
+
+    /// The int8 operands kept in a [`RowCache`] give what quantizing afresh gives, against
+    /// each of several centroid sets (the first search fills the cache, the others use it),
+    /// with and without bounds; the chunks straddle `CHUNK_ROWS`.
+    #[test]
+    fn cached_rows_give_the_same_bits_for_every_set_of_centroids() {
+        let mut r = Rng::new(23);
+        let (n, dim, k) = (CHUNK_ROWS + 77, 40, 90);
+        let x = unit(n, dim, &mut r);
+        let cache = RowCache::new(n);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for round in 0..3 {
+            let c = Centroids::try_new(unit(k, dim, &mut r), dim, Distance::Cosine).unwrap();
+            let s = CertifiedSearch::build(&c, LowPrecision::Int8);
+            let (mut l, mut d) = (vec![0; n], vec![0.0; n]);
+            s.nearest(&x, &mut l, &mut d);
+            let (mut l1, mut d1) = (vec![0; n], vec![0.0; n]);
+            s.nearest_cached(&x, Some(&cache), &mut l1, &mut d1);
+            assert_eq!((&l, bits(&d)), (&l1, bits(&d1)), "round {round}");
+            let (mut cb, mut rb) = (vec![0; n * BOUND_CANDIDATES], vec![0.0; n]);
+            let (mut l2, mut d2) = (vec![0; n], vec![0.0; n]);
+            s.nearest_bounded(&x, &mut l2, &mut d2, &mut cb, &mut rb);
+            let (mut cc, mut rc) = (vec![0; n * BOUND_CANDIDATES], vec![0.0; n]);
+            let (mut l3, mut d3) = (vec![0; n], vec![0.0; n]);
+            s.nearest_bounded_cached(&x, Some(&cache), &mut l3, &mut d3, &mut cc, &mut rc);
+            assert_eq!((&l2, bits(&d2), &cb), (&l3, bits(&d3), &cc), "bounded, round {round}");
+            assert_eq!(
+                rb.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                rc.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            );
+            assert_eq!(l, l2);
+        }
+        assert!(cache.chunks.iter().all(|c| c.get().is_some()), "every chunk was cached");
     }
 
     #[test]

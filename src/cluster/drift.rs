@@ -15,7 +15,7 @@ use rayon::prelude::*;
 
 use crate::cluster::centroids::CHUNK_ROWS;
 use crate::cluster::centroids::{BOUND_CANDIDATES, CANDIDATE_WINDOW, Centroids};
-use crate::cluster::certified::CertifiedSearch;
+use crate::cluster::certified::{CertifiedSearch, RowCache};
 use crate::distance::{
     PackedRows, contender_cut, dot_batch_packed, fast_pair_dots, kernel_pair_dots, norm_upper_bound,
 };
@@ -31,9 +31,21 @@ pub(crate) fn full_search(
     dots: &mut [f32],
     bounds: Option<(&mut [u32], &mut [f64])>,
 ) {
+    full_search_cached(c, rows, None, labels, dots, bounds)
+}
+
+/// [`full_search`] of rows whose int8 operands `cache` keeps.
+pub(crate) fn full_search_cached(
+    c: &Centroids,
+    rows: &[f32],
+    cache: Option<&RowCache>,
+    labels: &mut [u32],
+    dots: &mut [f32],
+    bounds: Option<(&mut [u32], &mut [f64])>,
+) {
     match (CertifiedSearch::new(c), bounds) {
-        (Some(cs), Some((cand, rest))) => cs.nearest_bounded(rows, labels, dots, cand, rest),
-        (Some(cs), None) => cs.nearest(rows, labels, dots),
+        (Some(cs), Some((cand, rest))) => cs.nearest_bounded_cached(rows, cache, labels, dots, cand, rest),
+        (Some(cs), None) => cs.nearest_cached(rows, cache, labels, dots),
         (None, Some((cand, rest))) => c.nearest_bounded(rows, labels, dots, cand, rest),
         (None, None) => c.nearest(rows, labels, dots),
     }
@@ -92,6 +104,8 @@ pub(crate) struct DriftBounds {
     track_below: f64,
     flags: Vec<bool>,
     batch: Vec<f32>,
+    /// The rows' int8 operands, kept from one full search to the next.
+    left: RowCache,
 }
 
 impl DriftBounds {
@@ -109,6 +123,7 @@ impl DriftBounds {
             track_below,
             flags: vec![false; n],
             batch: Vec::new(),
+            left: RowCache::new(n),
         }
     }
 
@@ -171,11 +186,12 @@ impl DriftBounds {
         if !self.valid {
             // Candidates and bounds cost a little on every full search: keep them only
             // once the centroids move little enough for rows to keep their cluster.
+            let left = Some(&self.left);
             if drift <= self.track_below {
-                full_search(c, data, new_labels, dots, Some((&mut self.cand, &mut self.rest)));
+                full_search_cached(c, data, left, new_labels, dots, Some((&mut self.cand, &mut self.rest)));
                 self.valid = true;
             } else {
-                full_search(c, data, new_labels, dots, None);
+                full_search_cached(c, data, left, new_labels, dots, None);
             }
             return n as u64;
         }

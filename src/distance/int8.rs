@@ -187,39 +187,97 @@ impl PackedI8 {
 /// # Panics
 /// If the lengths do not match.
 pub fn dot_batch_i8(x: &[f32], c: &PackedI8, out: &mut [f32], err: &mut [f64]) {
-    let (dim, k) = (c.dim, c.k);
+    let dim = c.dim;
     assert!(x.len().is_multiple_of(dim), "dot_batch_i8: x is not n x dim");
     let m = x.len() / dim;
-    assert!(out.len() == m * k && err.len() == m, "dot_batch_i8: out is not m x k");
+    assert!(out.len() == m * c.k && err.len() == m, "dot_batch_i8: out is not m x k");
     if m == 0 {
         return;
     }
-    let quads = dim.div_ceil(4);
     thread_local! {
-        static BUF: RefCell<(Vec<u32>, Vec<u32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
+        static BUF: RefCell<(Vec<u32>, I8Rows)> = RefCell::new((Vec::new(), I8Rows::default()));
     }
-    BUF.with_borrow_mut(|(words, a, scale)| {
+    BUF.with_borrow_mut(|(words, rows)| {
+        rows.fill(x, dim, words);
+        rows.dot_batch(c, out, err);
+    });
+}
+
+/// Left-hand rows quantized and packed for [`dot_batch_i8`]'s kernel, kept for
+/// products against several sets of right-hand rows (k-means searches the same
+/// sample once per iteration; quantizing it was a sixth of a search).
+#[derive(Debug, Clone, Default)]
+pub struct I8Rows {
+    /// `⌈m / MR⌉ × quads × MR` words.
+    a: Vec<u32>,
+    /// Each row's scale, padded to whole blocks.
+    scale: Vec<f32>,
+    norms: Vec<I8Norms>,
+    dim: usize,
+}
+
+impl I8Rows {
+    /// Quantizes and packs the rows of the row-major `x` (`dim` columns).
+    ///
+    /// # Panics
+    /// If `x` is not a multiple of `dim`, or `dim` is 0 or above [`MAX_INT8_DIM`].
+    pub fn new(x: &[f32], dim: usize) -> Self {
+        let mut r = I8Rows::default();
+        r.fill(x, dim, &mut Vec::new());
+        r
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.norms.len()
+    }
+
+    fn fill(&mut self, x: &[f32], dim: usize, words: &mut Vec<u32>) {
+        assert!(
+            dim > 0 && dim <= MAX_INT8_DIM && x.len().is_multiple_of(dim),
+            "I8Rows: x is not n x dim"
+        );
+        let m = x.len() / dim;
+        let quads = dim.div_ceil(4);
+        self.dim = dim;
         words.clear();
         words.resize(m * quads, 0);
-        scale.clear();
-        scale.resize(m.div_ceil(MR) * MR, 0.0);
+        self.scale.clear();
+        self.scale.resize(m.div_ceil(MR) * MR, 0.0);
+        self.norms.clear();
         for (i, (row, w)) in x.chunks_exact(dim).zip(words.chunks_exact_mut(quads)).enumerate() {
             let (s, _, norms) = quantize_row(row, w, 128);
-            scale[i] = s;
-            err[i] = c.bound.error(&norms);
+            self.scale[i] = s;
+            self.norms.push(norms);
         }
-        pack_words(words, quads, MR, a);
-        if k == 0 {
+        pack_words(words, quads, MR, &mut self.a);
+    }
+
+    /// [`dot_batch_i8`] of these rows against `c` (same bits as from the f32 rows).
+    ///
+    /// # Panics
+    /// If the dimensions differ or `out` is not rows × k, `err` one per row.
+    pub fn dot_batch(&self, c: &PackedI8, out: &mut [f32], err: &mut [f64]) {
+        let (dim, k, m) = (c.dim, c.k, self.rows());
+        assert!(
+            self.dim == dim && out.len() == m * k && err.len() == m,
+            "I8Rows::dot_batch: shapes"
+        );
+        for (e, n) in err.iter_mut().zip(&self.norms) {
+            *e = c.bound.error(n);
+        }
+        if m == 0 || k == 0 {
             return;
         }
+        let quads = dim.div_ceil(4);
         match int8_kernel() {
             // SAFETY: this kernel is chosen only when the CPU has AVX-512F/BW/VNNI; `a` was
-            // packed above and `c` by `PackedI8::new`, for this dim, m and k.
+            // packed by `fill` and `c` by `PackedI8::new`, for this dim, m and k.
             #[cfg(target_arch = "x86_64")]
-            Int8Kernel::Avx512Vnni => unsafe { simd::dot_batch(a, scale, c, m, quads, out) },
-            _ => portable(a, scale, c, m, quads, out),
+            Int8Kernel::Avx512Vnni => unsafe { simd::dot_batch(&self.a, &self.scale, c, m, quads, out) },
+            _ => portable(&self.a, &self.scale, c, m, quads, out),
         }
-    });
+    }
 }
 
 /// Quantizes `row` into `words` (four values per word, the lowest coordinate in the low
