@@ -137,13 +137,14 @@ pub fn fast_pair_dots(x: &[f32], c: &[f32], dim: usize, pairs: &[(u32, u32)], ou
 }
 
 /// The cut below which a candidate's [`fast_pair_dots`] value cannot win or tie against
-/// the best of `fast` (one row's candidates) in the kernel's values: both are within `e`
-/// (γ_d·‖x‖·max‖c‖) of the exact dot, so f_j < max f − 2e puts the kernel's value of j
-/// below the best's. Rounded down (keeping more is still exact); `None` when every
-/// candidate must be kept (NaN, ∞).
+/// the best of `fast` (one row's candidates) in the kernel's values: a fast value and
+/// the kernel's value of the same pair are each within `e` (γ_d·‖x‖·max‖c‖) of the exact
+/// dot, so within 2e of each other, and f_j < max f − 4e gives k_j < f_j + 2e < max f − 2e
+/// ≤ k_top. (Values in `fast` that are the kernel's own may sit among them.) Rounded
+/// down (keeping more is still exact); `None` when every candidate must be kept (NaN, ∞).
 pub fn contender_cut(fast: &[f32], e: f64) -> Option<f64> {
     let top = fast.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
-    let cut = top as f64 - 2.0 * e;
+    let cut = top as f64 - 4.0 * e;
     let cut = cut - cut.abs() * 1e-12 - 1e-30;
     (cut.is_finite() && fast.iter().all(|v| !v.is_nan())).then_some(cut)
 }
@@ -493,6 +494,21 @@ mod tests {
                 proptest::collection::vec(-10f32..10f32, n),
             )
         })
+    }
+
+    /// A fast value and the kernel's are each within e of the exact dot, so 2e apart at
+    /// most: a candidate 3e below the top fast value may still have the larger kernel
+    /// value (exact dots 2e apart, the top's kernel value e low, the other's e high) and
+    /// must stay; 4e below, it cannot.
+    #[test]
+    fn the_contender_cut_keeps_everything_within_four_errors() {
+        let e = 1e-3;
+        let cut = contender_cut(&[0.5, 0.5 - 3.0 * e as f32, 0.4], e).unwrap();
+        assert!((0.5 - 3.0 * e as f32) as f64 >= cut);
+        assert!(0.4 < cut);
+        assert!(cut <= 0.5 - 4.0 * e && cut > 0.5 - 4.0 * e - 1e-9);
+        assert_eq!(contender_cut(&[0.5, f32::NAN], e), None);
+        assert_eq!(contender_cut(&[f32::INFINITY, 0.5], e), None);
     }
 
     proptest! {

@@ -26,8 +26,9 @@
 //!
 //! Candidates are narrowed before the kernel's chains run: an f32 dot in any
 //! (vectorized) order is within e = γ_d·‖x‖·max‖c‖ of the exact one, as the
-//! kernel's is, so a candidate whose fast dot is below the row's best by more
-//! than 2e cannot win or tie (`CertifiedSearch::narrow`). A row then usually
+//! kernel's is (so the two differ by at most 2e), and a candidate whose fast dot
+//! is below the row's best by more than 4e cannot win or tie
+//! (`CertifiedSearch::narrow`, [`contender_cut`]). A row then usually
 //! runs one chain, its winner's, instead of one per candidate.
 //!
 //! Rows with many candidates (e.g. all-zero rows) fall back to the full f32
@@ -372,8 +373,8 @@ impl<'a> CertifiedSearch<'a> {
 impl CertifiedSearch<'_> {
     /// Drops the candidates of a row that an f32 dot in any order (vectorized, not the
     /// kernel's chain) puts certainly below its best: that dot and the kernel's are each
-    /// within e = γ_d·‖x‖·max‖c‖ of the exact one, so f_j < max f − 2e means the kernel's
-    /// value of j is below the best's, and j can neither win nor tie. The kernel's own
+    /// within e = γ_d·‖x‖·max‖c‖ of the exact one, so f_j < max f − 4e means the kernel's
+    /// value of j is below the best's ([`contender_cut`]), and j can neither win nor tie. The kernel's own
     /// chain, many times slower, then runs for the few left (usually the winner alone).
     /// Not for `nearest_two`, which needs the second's exact dot.
     fn narrow(&self, x: &[f32], s: &mut Scratch) {

@@ -106,6 +106,14 @@ pub(crate) struct DriftBounds {
     batch: Vec<f32>,
     /// The rows' int8 operands, kept from one full search to the next.
     left: RowCache,
+    /// Per candidate slot of each row: an upper bound on its exact dot with that
+    /// candidate (a vectorized dot plus its error, grown by the centroid's drift at
+    /// each update, rounded up to f32); ∞ until a drift step computes one.
+    cand_bound: Vec<f32>,
+    /// Each row's label from the last assignment.
+    last: Vec<u32>,
+    /// Every centroid's drift in the last update (by index).
+    drift_of: Vec<f64>,
 }
 
 impl DriftBounds {
@@ -124,6 +132,9 @@ impl DriftBounds {
             flags: vec![false; n],
             batch: Vec::new(),
             left: RowCache::new(n),
+            cand_bound: vec![f32::INFINITY; n * BOUND_CANDIDATES],
+            last: vec![u32::MAX; n],
+            drift_of: Vec::new(),
         }
     }
 
@@ -149,6 +160,8 @@ impl DriftBounds {
                 (s.sqrt() * (1.0 + 1e-12), j as u32)
             })
             .collect();
+        self.drift_of.clear();
+        self.drift_of.extend(d.iter().map(|p| p.0));
         d.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         let h = EXPLICIT_MOVERS.min(d.len() - 1);
         let h = if d[h].0 <= d[0].0 / 2.0 { h } else { 0 };
@@ -190,9 +203,11 @@ impl DriftBounds {
             if drift <= self.track_below {
                 full_search_cached(c, data, left, new_labels, dots, Some((&mut self.cand, &mut self.rest)));
                 self.valid = true;
+                self.cand_bound.fill(f32::INFINITY);
             } else {
                 full_search_cached(c, data, left, new_labels, dots, None);
             }
+            self.last.copy_from_slice(new_labels);
             return n as u64;
         }
         // Rows that can still keep their cluster by the bound: their last dot, less the most
@@ -229,9 +244,9 @@ impl DriftBounds {
         // Every row's dots with the movers come from the kernel itself, as one matrix
         // product per chunk of rows (its own bits: no recheck needed). The dots with its
         // candidates (all different, row by row) are vectorized f32 dots first, then the
-        // kernel's own chain only for those within 2E of the row's best (usually the
+        // kernel's own chain only for those within 4E of the row's best (usually the
         // winner alone). Both values are within E of the exact dot, so a centroid further
-        // below can neither win nor tie (as in `CertifiedSearch`). Row by row, in place:
+        // below can neither win nor tie ([`contender_cut`]) (as in `CertifiedSearch`). Row by row, in place:
         // no copies (row order: a cluster at a time, reading its rows from all over the
         // sample, was slower). The movers left out are bounded by their dots plus E.
         let e_norm = c.f32_error();

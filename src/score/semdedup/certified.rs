@@ -12,8 +12,8 @@
 //! two scans run in f32 with e_i padded by far more than their rounding.
 //!
 //! The candidates left (about one pair in a hundred on the 1M benchmark) get
-//! vectorized f32 dots ([`fast_pair_dots`]) first; those within twice the f32
-//! error of their column's best ([`contender_cut`]) then get the kernel's
+//! vectorized f32 dots ([`fast_pair_dots`]) first; those within four times the
+//! f32 error of their column's best ([`contender_cut`]) then get the kernel's
 //! own fused chain ([`kernel_pair_dots`], about one pair a column), taken in
 //! rank order with the f32 tiles' strict `>`. A tile whose bound is not
 //! finite, or whose candidates would cost more than half the f32 tile (many
@@ -234,7 +234,7 @@ pub(super) fn absorb_certified(
 /// `t` column by column and in rank order within one, so strict `>` keeps the earliest
 /// row on ties. Narrowed first, as `cluster::certified` narrows its rechecks: vectorized
 /// f32 dots ([`fast_pair_dots`]) of a column's candidates, then the kernel's scalar chain
-/// only for those within twice the f32 error of the best ([`contender_cut`]); the rest
+/// only for those within four times the f32 error of the best ([`contender_cut`]); the rest
 /// can neither reach nor tie that best's kernel value.
 fn absorb_pairs(block: &Bf16Block, x: RowSet, cols: RowSet, first_rank: u32, t: &mut TileMax, s: &mut CertScratch) {
     let dim = x.dim;
