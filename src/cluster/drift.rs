@@ -10,6 +10,11 @@
 //! Schwarz), so the bound grows by ‖x‖·max δ_j; a row whose best candidate
 //! (the f32 kernel's bits) beats the grown bound plus the f32 error E keeps
 //! the full search's answer without it.
+//!
+//! Each candidate also keeps its own bound (a vectorized dot plus its error,
+//! grown by that centroid's drift): a drift step first computes the last
+//! winner's dot alone, and only the candidates whose bound still reaches it
+//! get theirs (Hamerly's per-centre bounds, on the short list).
 
 use rayon::prelude::*;
 
@@ -251,6 +256,7 @@ impl DriftBounds {
         // sample, was slower). The movers left out are bounded by their dots plus E.
         let e_norm = c.f32_error();
         let (cand, explicit, norms) = (&self.cand, &self.explicit[..], &self.norms);
+        let (last, drift_of) = (&self.last[..], &self.drift_of[..]);
         let h = explicit.len();
         let movers = (h > 0).then(|| {
             let rows: Vec<f32> = explicit
@@ -259,64 +265,163 @@ impl DriftBounds {
                 .collect();
             PackedRows::new(&rows, dim)
         });
+        // An upper bound on an exact dot, rounded up to f32.
+        let up = |v: f64| {
+            let f = v as f32;
+            if (f as f64) < v { f.next_up() } else { f }
+        };
         let best: Vec<(u32, f32, f32)> = data
             .par_chunks(CHUNK_ROWS * dim)
+            .zip(self.cand_bound.par_chunks_mut(CHUNK_ROWS * BOUND_CANDIDATES))
             .enumerate()
-            .flat_map_iter(|(ci, x)| {
+            .flat_map_iter(|(ci, (x, ub))| {
                 let rows = x.len() / dim;
                 let mut exact_m = vec![0f32; rows * h];
                 if let Some(m) = &movers {
                     dot_batch_packed(x, m, &mut exact_m);
                 }
-                // Per row: its candidates that are not movers (pairs), and which movers are
-                // not among its candidates (only those bound the centroids left out).
-                let (mut pairs, mut spans) = (Vec::new(), vec![0usize]);
+                // Per row: its candidates that are not movers (pairs, with their slots), and
+                // which movers are not among its candidates (only those bound the centroids
+                // left out); the slot of each mover that is one.
+                let (mut pairs, mut slots, mut spans) = (Vec::new(), Vec::new(), vec![0usize]);
                 let mut outside = vec![true; rows * h];
+                let mut mover_slot = vec![usize::MAX; rows * h];
                 for r in 0..rows {
                     let i = ci * CHUNK_ROWS + r;
                     // Candidates are ascending, unused slots (u32::MAX) last, and so are the
                     // movers: one merge walk.
                     let mut m = explicit.iter().enumerate().peekable();
-                    for &j in cand[i * BOUND_CANDIDATES..(i + 1) * BOUND_CANDIDATES]
+                    for (slot, &j) in cand[i * BOUND_CANDIDATES..(i + 1) * BOUND_CANDIDATES]
                         .iter()
-                        .take_while(|&&j| j != u32::MAX)
+                        .enumerate()
+                        .take_while(|p| *p.1 != u32::MAX)
                     {
                         while m.next_if(|&(_, &mj)| mj < j).is_some() {}
                         match m.peek() {
-                            Some(&(q, &mj)) if mj == j => outside[r * h + q] = false,
-                            _ => pairs.push((r as u32, j)),
+                            Some(&(q, &mj)) if mj == j => {
+                                outside[r * h + q] = false;
+                                mover_slot[r * h + q] = slot;
+                            }
+                            _ => {
+                                pairs.push((r as u32, j));
+                                slots.push(slot);
+                            }
                         }
                     }
                     spans.push(pairs.len());
                 }
-                let mut fast = vec![0f32; pairs.len()];
-                fast_pair_dots(x, c.as_slice(), dim, &pairs, &mut fast);
-                let mut near = Vec::new();
                 let mut out = vec![(u32::MAX, f32::NEG_INFINITY, f32::NEG_INFINITY); rows];
-                let mut row_vals = Vec::new();
                 for (r, o) in out.iter_mut().enumerate() {
-                    let (f, xm) = (&fast[spans[r]..spans[r + 1]], &exact_m[r * h..(r + 1) * h]);
-                    row_vals.clear();
-                    row_vals.extend_from_slice(f);
-                    row_vals.extend_from_slice(xm);
-                    let cut = contender_cut(&row_vals, e_norm * norms[ci * CHUNK_ROWS + r]);
-                    for (q, &v) in f.iter().enumerate() {
-                        if cut.is_none_or(|cut| v as f64 >= cut) {
-                            near.push(pairs[spans[r] + q]);
-                        }
-                    }
-                    // The movers' values are the kernel's: they compete as they are.
-                    for (q, &v) in xm.iter().enumerate() {
-                        let j = explicit[q];
-                        if v > o.1 || (v == o.1 && j < o.0) {
-                            (o.0, o.1) = (j, v);
-                        }
-                    }
-                    o.2 = xm
+                    o.2 = exact_m[r * h..(r + 1) * h]
                         .iter()
                         .zip(&outside[r * h..(r + 1) * h])
                         .filter(|p| *p.1)
                         .fold(f32::NEG_INFINITY, |a, p| a.max(*p.0));
+                }
+                // First, the last winner alone: its kernel value v against the movers' values
+                // and the other candidates' bounds grown by their drift (k_q ≤ exact_q + E ≤
+                // bound + E). A row whose last winner wins again that way needs no other dot;
+                // otherwise only the candidates whose bound reaches v get theirs (all of them
+                // where the last winner is not computed here).
+                let mut grown = vec![f32::INFINITY; pairs.len()];
+                let (mut first, mut first_at) = (Vec::new(), Vec::new());
+                let mut full = vec![true; rows];
+                for r in 0..rows {
+                    let i = ci * CHUNK_ROWS + r;
+                    let (b, norm) = (last[i], norms[i]);
+                    let mut top = f64::NEG_INFINITY;
+                    let mut own = None;
+                    for p in spans[r]..spans[r + 1] {
+                        let j = pairs[p].1;
+                        let g = up(ub[r * BOUND_CANDIDATES + slots[p]] as f64 + norm * drift_of[j as usize]);
+                        grown[p] = g;
+                        if j == b {
+                            own = Some(p);
+                        } else {
+                            top = top.max(g as f64);
+                        }
+                    }
+                    let is_mover = explicit.binary_search(&b).ok();
+                    if own.is_none() && is_mover.is_none() {
+                        continue;
+                    }
+                    match is_mover {
+                        Some(q) => first_at.push((r, top, Some(exact_m[r * h + q]), own)),
+                        None => {
+                            first.push((r as u32, b));
+                            first_at.push((r, top, None, own));
+                        }
+                    }
+                }
+                let mut first_v = vec![0f32; first.len()];
+                kernel_pair_dots(x, c.as_slice(), dim, &first, &mut first_v);
+                // Per row, the candidates whose vectorized dots are needed (positions in
+                // `pairs`), and the last winner's kernel value where it was computed.
+                let (mut sub_pos, mut sub_span) = (Vec::new(), vec![(0usize, 0usize); rows]);
+                let mut own_val: Vec<Option<(u32, f32)>> = vec![None; rows];
+                let mut fv = first_v.iter();
+                let mut tried = vec![false; rows];
+                for &(r, top, mv, own) in &first_at {
+                    tried[r] = true;
+                    let i = ci * CHUNK_ROWS + r;
+                    let b = last[i];
+                    let v = mv.unwrap_or_else(|| *fv.next().expect("one value per chain"));
+                    let e = e_norm * norms[i];
+                    if let Some(p) = own {
+                        grown[p] = up(v as f64 + e);
+                    }
+                    let beats_movers = explicit
+                        .iter()
+                        .zip(&exact_m[r * h..(r + 1) * h])
+                        .all(|(&j, &w)| j == b || w < v || (w == v && b < j));
+                    if (v as f64) > top + e && beats_movers {
+                        full[r] = false;
+                        (out[r].0, out[r].1) = (b, v);
+                        continue;
+                    }
+                    // Only the candidates whose bound lets them reach v can beat it.
+                    let start = sub_pos.len();
+                    sub_pos.extend(
+                        (spans[r]..spans[r + 1]).filter(|&p| Some(p) != own && (grown[p] as f64) + e >= v as f64),
+                    );
+                    sub_span[r] = (start, sub_pos.len());
+                    own_val[r] = Some((b, v));
+                }
+                for r in (0..rows).filter(|&r| full[r] && !tried[r]) {
+                    let start = sub_pos.len();
+                    sub_pos.extend(spans[r]..spans[r + 1]);
+                    sub_span[r] = (start, sub_pos.len());
+                }
+                let sub: Vec<(u32, u32)> = sub_pos.iter().map(|&p| pairs[p]).collect();
+                let mut fast = vec![0f32; sub.len()];
+                fast_pair_dots(x, c.as_slice(), dim, &sub, &mut fast);
+                let mut near = Vec::new();
+                let mut row_vals = Vec::new();
+                for r in (0..rows).filter(|&r| full[r]) {
+                    let (a, z) = sub_span[r];
+                    let (f, xm) = (&fast[a..z], &exact_m[r * h..(r + 1) * h]);
+                    let e = e_norm * norms[ci * CHUNK_ROWS + r];
+                    row_vals.clear();
+                    row_vals.extend_from_slice(f);
+                    row_vals.extend_from_slice(xm);
+                    row_vals.extend(own_val[r].map(|o| o.1));
+                    let cut = contender_cut(&row_vals, e);
+                    for (q, &v) in f.iter().enumerate() {
+                        let p = sub_pos[a + q];
+                        if cut.is_none_or(|cut| v as f64 >= cut) {
+                            near.push(pairs[p]);
+                        }
+                        // The exact dot is within E of the vectorized one.
+                        grown[p] = up(v as f64 + e);
+                    }
+                    // The movers' and the last winner's values are the kernel's: they
+                    // compete as they are.
+                    let o = &mut out[r];
+                    for (j, v) in explicit.iter().copied().zip(xm.iter().copied()).chain(own_val[r]) {
+                        if v > o.1 || (v == o.1 && j < o.0) {
+                            (o.0, o.1) = (j, v);
+                        }
+                    }
                 }
                 let mut exact = vec![0f32; near.len()];
                 kernel_pair_dots(x, c.as_slice(), dim, &near, &mut exact);
@@ -325,6 +430,21 @@ impl DriftBounds {
                     let o = &mut out[r as usize];
                     if v > o.1 || (v == o.1 && j < o.0) {
                         (o.0, o.1) = (j, v);
+                    }
+                }
+                // Bounds for the next step: the candidates' (grown, or fresh), and the movers'
+                // among them from their exact values.
+                for r in 0..rows {
+                    let i = ci * CHUNK_ROWS + r;
+                    let e = e_norm * norms[i];
+                    for p in spans[r]..spans[r + 1] {
+                        ub[r * BOUND_CANDIDATES + slots[p]] = grown[p];
+                    }
+                    for q in 0..h {
+                        let slot = mover_slot[r * h + q];
+                        if slot != usize::MAX {
+                            ub[r * BOUND_CANDIDATES + slot] = up(exact_m[r * h + q] as f64 + e);
+                        }
                     }
                 }
                 out
@@ -358,8 +478,10 @@ impl DriftBounds {
                 (new_labels[i], dots[i], self.rest[i]) = (l[q], d[q], r[q]);
                 self.cand[i * BOUND_CANDIDATES..(i + 1) * BOUND_CANDIDATES]
                     .copy_from_slice(&cand[q * BOUND_CANDIDATES..(q + 1) * BOUND_CANDIDATES]);
+                self.cand_bound[i * BOUND_CANDIDATES..(i + 1) * BOUND_CANDIDATES].fill(f32::INFINITY);
             }
         }
+        self.last.copy_from_slice(new_labels);
         todo.len() as u64
     }
 }
