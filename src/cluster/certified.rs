@@ -156,6 +156,34 @@ impl<'a> CertifiedSearch<'a> {
             });
     }
 
+    /// [`CertifiedSearch::nearest`] of the rows `sel` of the row-major `x` (ascending or
+    /// not): `labels[q]` and `dots[q]` for row `sel[q]`. Each chunk of rows is copied into
+    /// a per-thread buffer by the thread that searches it, instead of the caller gathering
+    /// them all first (same bits: a row's results do not depend on its chunk).
+    ///
+    /// # Panics
+    /// If the lengths disagree or a row is out of range.
+    pub fn nearest_rows(&self, x: &[f32], sel: &[u32], labels: &mut [u32], dots: &mut [f32]) {
+        let dim = self.c.dim();
+        assert!(
+            labels.len() == sel.len() && dots.len() == sel.len(),
+            "CertifiedSearch::nearest_rows: lengths"
+        );
+        sel.par_chunks(CHUNK_ROWS)
+            .zip(labels.par_chunks_mut(CHUNK_ROWS))
+            .zip(dots.par_chunks_mut(CHUNK_ROWS))
+            .for_each_init(
+                || (Scratch::default(), Vec::new()),
+                |(s, rows), ((ids, l), d)| {
+                    rows.clear();
+                    for &i in ids {
+                        rows.extend_from_slice(&x[i as usize * dim..(i as usize + 1) * dim]);
+                    }
+                    self.chunk(rows, l, d, None, None, None, s)
+                },
+            );
+    }
+
     /// Exactly [`Centroids::nearest_two`]: [`CertifiedSearch::nearest`] and the
     /// second-nearest centroid into `second` (ties to the lower index).
     ///
@@ -571,6 +599,30 @@ mod tests {
             assert_eq!(l, l2);
         }
         assert!(cache.chunks.iter().all(|c| c.get().is_some()), "every chunk was cached");
+    }
+
+    /// Rows searched by index give what the same rows gathered first give, for a
+    /// selection out of order and spanning several chunks.
+    #[test]
+    fn rows_by_index_equal_the_gathered_rows() {
+        let mut r = Rng::new(5);
+        let (n, dim, k) = (2 * CHUNK_ROWS + 50, 24, 60);
+        let x = unit(n, dim, &mut r);
+        let c = Centroids::try_new(unit(k, dim, &mut r), dim, Distance::Cosine).unwrap();
+        let sel: Vec<u32> = (0..n as u32).rev().filter(|i| i % 3 != 0).collect();
+        let gathered: Vec<f32> = sel
+            .iter()
+            .flat_map(|&i| x[i as usize * dim..(i as usize + 1) * dim].iter().copied())
+            .collect();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for p in [LowPrecision::Bf16, LowPrecision::Int8] {
+            let s = CertifiedSearch::build(&c, p);
+            let (mut l, mut d) = (vec![0; sel.len()], vec![0.0; sel.len()]);
+            s.nearest_rows(&x, &sel, &mut l, &mut d);
+            let (mut l1, mut d1) = (vec![0; sel.len()], vec![0.0; sel.len()]);
+            s.nearest(&gathered, &mut l1, &mut d1);
+            assert_eq!((l, bits(&d)), (l1, bits(&d1)), "{p:?}");
+        }
     }
 
     #[test]

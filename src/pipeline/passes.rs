@@ -225,16 +225,16 @@ pub fn read_sample(
     Ok((out, ids))
 }
 
-/// A nearest-centroid search: rows, then labels and f32 dots out.
-type Search<'a> = dyn Fn(&[f32], &mut [u32], &mut [f32]) + 'a;
+/// A nearest-centroid search: rows (all, or those selected by index), then labels and
+/// f32 dots out (one per row searched).
+type Search<'a> = dyn Fn(&[f32], Option<&[u32]>, &mut [u32], &mut [f32]) + 'a;
 
-/// The nearest centroid and f32 dot of every row of `x` (the batch from global
-/// row `g0` on): rows k-means trained on take the fit's values (the same bits,
-/// [`TrainedRows`]), the others go through `search`, gathered into one block.
+/// The nearest centroid of every row of `x` (global ids from `g0`): copied from
+/// `trained` for the k-means training rows, searched for the others (only
+/// those rows: the search takes them by index, not gathered first).
 fn nearest_or_trained(
     search: &Search,
     x: &[f32],
-    d: usize,
     g0: u64,
     trained: Option<&TrainedRows>,
     labels: &mut [u32],
@@ -242,14 +242,14 @@ fn nearest_or_trained(
 ) {
     let m = labels.len() as u64;
     let Some(t) = trained else {
-        return search(x, labels, dots);
+        return search(x, None, labels, dots);
     };
     let (lo, hi) = (
         t.ids.partition_point(|&g| g < g0),
         t.ids.partition_point(|&g| g < g0 + m),
     );
     if lo == hi {
-        return search(x, labels, dots);
+        return search(x, None, labels, dots);
     }
     let mut rest = Vec::with_capacity(labels.len() - (hi - lo));
     let mut q = lo;
@@ -258,20 +258,16 @@ fn nearest_or_trained(
             (labels[i], dots[i]) = (t.labels[q], t.dots[q]);
             q += 1;
         } else {
-            rest.push(i);
+            rest.push(i as u32);
         }
     }
     if rest.is_empty() {
         return;
     }
-    let mut xs = Vec::with_capacity(rest.len() * d);
-    for &i in &rest {
-        xs.extend_from_slice(&x[i * d..(i + 1) * d]);
-    }
     let (mut l, mut dd) = (vec![0u32; rest.len()], vec![0f32; rest.len()]);
-    search(&xs, &mut l, &mut dd);
+    search(x, Some(&rest), &mut l, &mut dd);
     for (r, &i) in rest.iter().enumerate() {
-        (labels[i], dots[i]) = (l[r], dd[r]);
+        (labels[i as usize], dots[i as usize]) = (l[r], dd[r]);
     }
 }
 
@@ -465,12 +461,21 @@ pub fn score_rows(
                     sc.iter_mut().for_each(|s| *s = 1.0 - *s);
                 } else if c.distance() == Distance::Cosine {
                     // The score is 1 − the dot, as `prototypicality` computes it.
-                    let search = |x: &[f32], l: &mut [u32], dots: &mut [f32]| match &certified {
-                        Some(cs) => cs.nearest(x, l, dots),
-                        None => c.nearest(x, l, dots),
-                    };
+                    let search =
+                        |x: &[f32], sel: Option<&[u32]>, l: &mut [u32], dots: &mut [f32]| match (&certified, sel) {
+                            (Some(cs), Some(sel)) => cs.nearest_rows(x, sel, l, dots),
+                            (Some(cs), None) => cs.nearest(x, l, dots),
+                            (None, Some(sel)) => {
+                                let mut xs = Vec::with_capacity(sel.len() * d);
+                                for &i in sel {
+                                    xs.extend_from_slice(&x[i as usize * d..(i as usize + 1) * d]);
+                                }
+                                c.nearest(&xs, l, dots)
+                            }
+                            (None, None) => c.nearest(x, l, dots),
+                        };
                     let g0 = first_id + b.first_row;
-                    nearest_or_trained(&search, &b.values, d, g0, trained, &mut labels[base..base + m], sc);
+                    nearest_or_trained(&search, &b.values, g0, trained, &mut labels[base..base + m], sc);
                     sc.iter_mut().for_each(|s| *s = 1.0 - *s);
                 } else {
                     prototypicality(c, &b.values, &mut labels[base..base + m], sc);
