@@ -251,9 +251,10 @@ impl DriftBounds {
         // candidates (all different, row by row) are vectorized f32 dots first, then the
         // kernel's own chain only for those within 4E of the row's best (usually the
         // winner alone). Both values are within E of the exact dot, so a centroid further
-        // below can neither win nor tie ([`contender_cut`]) (as in `CertifiedSearch`). Row by row, in place:
-        // no copies (row order: a cluster at a time, reading its rows from all over the
-        // sample, was slower). The movers left out are bounded by their dots plus E.
+        // below can neither win nor tie (`contender_cut`, as in `CertifiedSearch`). Row by
+        // row, in place: no copies (row order: a cluster at a time, reading its rows from
+        // all over the sample, was slower). The movers left out are bounded by their dots
+        // plus E.
         let e_norm = c.f32_error();
         let (cand, explicit, norms) = (&self.cand, &self.explicit[..], &self.norms);
         let (last, drift_of) = (&self.last[..], &self.drift_of[..]);

@@ -229,9 +229,10 @@ pub fn read_sample(
 /// f32 dots out (one per row searched).
 type Search<'a> = dyn Fn(&[f32], Option<&[u32]>, &mut [u32], &mut [f32]) + 'a;
 
-/// The nearest centroid of every row of `x` (global ids from `g0`): copied from
-/// `trained` for the k-means training rows, searched for the others (only
-/// those rows: the search takes them by index, not gathered first).
+/// The nearest centroid and f32 dot of every row of `x` (the batch from global
+/// row `g0` on): rows k-means trained on take the fit's values (the same bits,
+/// [`TrainedRows`]), the others go through `search`, which takes them by index
+/// (each chunk copied by the thread that searches it, not gathered first).
 fn nearest_or_trained(
     search: &Search,
     x: &[f32],
