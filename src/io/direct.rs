@@ -77,15 +77,11 @@ pub struct OutputFile {
 impl OutputFile {
     /// Creates (truncates) `path` for writing in [`CHUNK_BYTES`] chunks.
     pub fn create(path: &Path) -> io::Result<Self> {
-        Self::with_chunk(path, CHUNK_BYTES)
+        Self::open_with(path, CHUNK_BYTES, direct_wanted())
     }
 
-    /// [`OutputFile::create`] with chunks of `bytes` (rounded up to [`ALIGN`]):
-    /// smaller for many files open at once.
-    pub fn with_chunk(path: &Path, bytes: usize) -> io::Result<Self> {
-        Self::open_with(path, bytes, direct_wanted())
-    }
-
+    /// Chunks of `bytes`, rounded up to [`ALIGN`]; direct where `direct` and the
+    /// filesystem allow it.
     fn open_with(path: &Path, bytes: usize, direct: bool) -> io::Result<Self> {
         let size = bytes.max(1).div_ceil(ALIGN) * ALIGN;
         let file = Arc::new(open(path, direct)?);
@@ -298,7 +294,7 @@ mod tests {
         for len in [3 * CHUNK_BYTES / 2 + 3, ALIGN * 5, 10_000, ALIGN, 1, 0] {
             let path = dir.path().join(format!("s{len}"));
             let data: Vec<u8> = (0..len).map(|i| (i * 7 % 253) as u8).collect();
-            let mut w = OutputFile::with_chunk(&path, 5000).unwrap();
+            let mut w = OutputFile::open_with(&path, 5000, true).unwrap();
             w.write_all(&data).unwrap();
             drop(w.finish().unwrap());
             assert_eq!(std::fs::read(&path).unwrap(), data, "length {len}");
