@@ -1,13 +1,15 @@
 //! Criterion benches of the hot kernels behind `dprune filter`: the f32 matrix
 //! product (wide, and narrow as k-means' mover products), nearest-centroid search
-//! (one GEMM per row chunk), a k-means fit, and exact top-k selection. Names encode the sizes. Side-by-side comparisons with
+//! (one GEMM per row chunk), the exact dots of chosen (row, centroid) pairs (rows in cache,
+//! and rows read for the first time, as k-means' drift steps read them), a k-means fit, and
+//! exact top-k selection. Names encode the sizes. Side-by-side comparisons with
 //! the Python references (faiss, numpy) live in `benches/compare.py`.
 
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use dprune::cluster::{Centroids, Distance, KMeans, KMeansParams};
-use dprune::distance::{PackedRows, dot_batch_packed, normalize};
+use dprune::distance::{PackedRows, dot_batch_packed, fast_pair_dots, kernel_pair_dots, normalize};
 use dprune::rng::Rng;
 use dprune::select::{Keep, select_top};
 
@@ -30,6 +32,29 @@ fn nearest(c: &mut Criterion) {
         g.throughput(Throughput::Elements(n as u64));
         g.bench_function(BenchmarkId::from_parameter(format!("{n}x{dim}_k{k}")), |b| {
             b.iter(|| cents.nearest(black_box(&rows), &mut labels, &mut dots))
+        });
+    }
+    g.finish();
+}
+
+/// The kernel's bits and the vectorized dot, one pair per row against a random centroid: 256 rows stay in cache, 262144 rows
+/// (384 MiB) come from memory on every pass.
+fn pair_dots(c: &mut Criterion) {
+    let mut g = c.benchmark_group("pair_dots");
+    g.sample_size(10);
+    let (dim, k) = (384usize, 1000usize);
+    let cents = unit_rows(k, dim, 2);
+    for &m in &[256usize, 262_144] {
+        let rows = unit_rows(m, dim, 1);
+        let mut r = Rng::new(3);
+        let pairs: Vec<(u32, u32)> = (0..m).map(|i| (i as u32, r.below(k as u64) as u32)).collect();
+        let mut out = vec![0f32; m];
+        g.throughput(Throughput::Elements(m as u64));
+        g.bench_function(BenchmarkId::new("kernel", format!("{m}x{dim}_k{k}")), |b| {
+            b.iter(|| kernel_pair_dots(black_box(&rows), &cents, dim, &pairs, &mut out))
+        });
+        g.bench_function(BenchmarkId::new("fast", format!("{m}x{dim}_k{k}")), |b| {
+            b.iter(|| fast_pair_dots(black_box(&rows), &cents, dim, &pairs, &mut out))
         });
     }
     g.finish();
@@ -82,5 +107,5 @@ fn select(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, products, nearest, fit, select);
+criterion_group!(benches, products, nearest, pair_dots, fit, select);
 criterion_main!(benches);

@@ -9,7 +9,7 @@ use super::{Kernel, LANES, dot_batch, kernel};
 /// `out[p] = x_i · c_j` for each pair `(i, j)` of `pairs` (rows of the row-major `x` and
 /// `c`, `dim` columns), bit-identical to the same entries of [`dot_batch`]: with the
 /// AVX-512 kernel, whose every product is one fused multiply-add chain in ascending
-/// coordinate order, the same chains run as scalar FMAs, eight pairs interleaved; with the
+/// coordinate order, the same chains run sixteen pairs at a time, one per vector lane; with the
 /// portable kernel, each pair is a 1 × 1 [`dot_batch`] (its values do not depend on the
 /// shape either). For the few pairs a certified bf16 search leaves to f32.
 ///
@@ -24,16 +24,26 @@ pub fn kernel_pair_dots(x: &[f32], c: &[f32], dim: usize, pairs: &[(u32, u32)], 
     };
     #[cfg(target_arch = "x86_64")]
     if kernel() == Kernel::Avx512 {
-        for (ps, os) in pairs.chunks(8).zip(out.chunks_mut(8)) {
-            let mut xs = [&x[..0]; 8];
-            let mut cs = [&c[..0]; 8];
-            for (q, &(i, j)) in ps.iter().enumerate() {
-                xs[q] = &x[row(x, i)];
-                cs[q] = &c[row(c, j)];
+        let ptrs = |ps: &[(u32, u32)]| {
+            // A short last group repeats its first pair in the lanes left over.
+            let mut xs = [std::ptr::null(); CHAINS];
+            let mut cs = [std::ptr::null(); CHAINS];
+            for q in 0..CHAINS {
+                let (i, j) = ps[if q < ps.len() { q } else { 0 }];
+                xs[q] = x[row(x, i)].as_ptr();
+                cs[q] = c[row(c, j)].as_ptr();
             }
-            // SAFETY: the AVX-512 kernel is chosen only when the CPU has AVX-512F; each
-            // of the first ps.len() slices is a whole row of dim values.
-            let v = unsafe { fma_chains8(&xs, &cs, ps.len(), dim) };
+            (xs, cs)
+        };
+        let mut groups = pairs.chunks(CHAINS).zip(out.chunks_mut(CHAINS)).peekable();
+        while let Some((ps, os)) = groups.next() {
+            let (xs, cs) = ptrs(ps);
+            // The next group's rows are fetched while this one runs: its first use of
+            // them would otherwise wait on memory (they are often read for the first time).
+            let next = groups.peek().map(|(n, _)| ptrs(n));
+            // SAFETY: the AVX-512 kernel is chosen only when the CPU has AVX-512F; every
+            // pointer starts a whole row of dim values (checked by `row`).
+            let v = unsafe { fma_chains16(&xs, &cs, next.as_ref(), dim) };
             os.copy_from_slice(&v[..ps.len()]);
         }
         return;
@@ -85,9 +95,19 @@ unsafe fn fast_pair_dots_avx512(x: &[f32], c: &[f32], dim: usize, pairs: &[(u32,
 fn fast_pair_dots_body(x: &[f32], c: &[f32], dim: usize, pairs: &[(u32, u32)], out: &mut [f32]) {
     // Four registers of independent sums: the adds overlap instead of waiting on one chain.
     const W: usize = 4 * LANES;
-    for (&(i, j), o) in pairs.iter().zip(out.iter_mut()) {
+    // Pairs ahead whose rows are fetched: a pair's dot takes less than a memory access.
+    const LOOKAHEAD: usize = 4;
+    for (p, (&(i, j), o)) in pairs.iter().zip(out.iter_mut()).enumerate() {
         let a = &x[i as usize * dim..(i as usize + 1) * dim];
         let b = &c[j as usize * dim..(j as usize + 1) * dim];
+        // A later pair's rows are fetched while this one runs (its row is often read for
+        // the first time); a row shared with the pair before it is fetched already.
+        if let Some(&(ni, nj)) = pairs.get(p + LOOKAHEAD) {
+            if ni != pairs[p + LOOKAHEAD - 1].0 {
+                prefetch_row(x, ni as usize * dim, dim);
+            }
+            prefetch_row(c, nj as usize * dim, dim);
+        }
         let mut acc = [0f32; W];
         let (ca, cb) = (a.chunks_exact(W), b.chunks_exact(W));
         let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(p, q)| p * q).sum();
@@ -109,32 +129,134 @@ fn fast_pair_dots_body(x: &[f32], c: &[f32], dim: usize, pairs: &[(u32, u32)], o
     }
 }
 
-/// `acc_q = fma(x_q[t], c_q[t], acc_q)` for t ascending, for the first `n` of eight pairs
-/// (eight independent chains hide the FMA latency).
-///
-/// # Safety
-/// The CPU has AVX-512F; the first `n` slices of `xs` and `cs` hold at least `dim` values.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn fma_chains8(xs: &[&[f32]; 8], cs: &[&[f32]; 8], n: usize, dim: usize) -> [f32; 8] {
-    let mut acc = [0f32; 8];
-    if n == 8 {
-        let xp: [*const f32; 8] = std::array::from_fn(|q| xs[q].as_ptr());
-        let cp: [*const f32; 8] = std::array::from_fn(|q| cs[q].as_ptr());
-        for t in 0..dim {
-            for q in 0..8 {
-                // SAFETY: t < dim ≤ the length of every slice (caller).
-                unsafe { acc[q] = (*xp[q].add(t)).mul_add(*cp[q].add(t), acc[q]) };
-            }
-        }
-    } else {
-        for q in 0..n {
-            for (a, b) in xs[q][..dim].iter().zip(&cs[q][..dim]) {
-                acc[q] = a.mul_add(*b, acc[q]);
-            }
+/// Asks for `m[at..at + len]` (any range: prefetches never fault, and one past the
+/// end is not read) to be brought into cache, a line at a time.
+#[inline(always)]
+fn prefetch_row(m: &[f32], at: usize, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let end = (at + len).min(m.len());
+        let mut t = at;
+        while t < end {
+            // SAFETY: t < m.len(); a prefetch has no effect on memory and never faults.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(m.as_ptr().add(t).cast()) };
+            t += 16;
         }
     }
-    acc
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (m, at, len);
+}
+
+/// Pairs per [`fma_chains16`] call: one per lane of a 512-bit register.
+#[cfg(target_arch = "x86_64")]
+const CHAINS: usize = 16;
+
+/// `acc_q = fma(x_q[t], c_q[t], acc_q)` for t ascending, from `acc_q = 0`, for sixteen
+/// pairs at once, one per lane: each lane runs the kernel's own chain, so its bits.
+/// Sixteen coordinates of the sixteen rows of each side are loaded and transposed in
+/// registers (lane q then holds pair q's coordinate t), which costs far less than
+/// sixteen scalar chains' loads.
+///
+/// `next` (the following group's rows) is only prefetched, block by block.
+///
+/// # Safety
+/// The CPU has AVX-512F; every pointer of `xs`, `cs` and `next` starts `dim` readable
+/// values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn fma_chains16(
+    xs: &[*const f32; CHAINS],
+    cs: &[*const f32; CHAINS],
+    next: Option<&([*const f32; CHAINS], [*const f32; CHAINS])>,
+    dim: usize,
+) -> [f32; CHAINS] {
+    use std::arch::x86_64::*;
+    let mut acc = _mm512_setzero_ps();
+    let (full, rest) = (dim / CHAINS, dim % CHAINS);
+    let tail: __mmask16 = ((1u32 << rest) - 1) as u16;
+    let mut xt = [_mm512_setzero_ps(); CHAINS];
+    let mut ct = [_mm512_setzero_ps(); CHAINS];
+    for b in 0..full + usize::from(rest > 0) {
+        let t0 = b * CHAINS;
+        if let Some((nx, nc)) = next {
+            for p in nx.iter().chain(nc) {
+                // SAFETY: a prefetch never faults, and t0 < dim stays inside the row.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(p.add(t0).cast()) };
+            }
+        }
+        for q in 0..CHAINS {
+            // SAFETY: t0 + 16 ≤ dim for a full block; the last one reads its `rest`
+            // live values through the mask.
+            unsafe {
+                if b < full {
+                    xt[q] = _mm512_loadu_ps(xs[q].add(t0));
+                    ct[q] = _mm512_loadu_ps(cs[q].add(t0));
+                } else {
+                    xt[q] = _mm512_maskz_loadu_ps(tail, xs[q].add(t0));
+                    ct[q] = _mm512_maskz_loadu_ps(tail, cs[q].add(t0));
+                }
+            }
+        }
+        transpose16(&mut xt);
+        transpose16(&mut ct);
+        // Only the live coordinates: an extra fma(0, 0, acc) would turn −0 into +0.
+        let live = if b < full { CHAINS } else { rest };
+        for t in 0..live {
+            acc = _mm512_fmadd_ps(xt[t], ct[t], acc);
+        }
+    }
+    // SAFETY: a 512-bit register is sixteen f32 lanes.
+    unsafe { std::mem::transmute::<__m512, [f32; CHAINS]>(acc) }
+}
+
+/// Transposes the 16 × 16 matrix whose row r is `m[r]` (lane t of `m[r]` becomes lane r
+/// of `m[t]`): the usual four rounds of in-lane and cross-lane shuffles.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn transpose16(m: &mut [std::arch::x86_64::__m512; 16]) {
+    use std::arch::x86_64::*;
+    let r = *m;
+    // Pairs of rows interleaved (32-bit elements).
+    let t: [__m512; 16] = std::array::from_fn(|i| {
+        let (a, b) = (r[i & !1], r[i | 1]);
+        if i % 2 == 0 {
+            _mm512_unpacklo_ps(a, b)
+        } else {
+            _mm512_unpackhi_ps(a, b)
+        }
+    });
+    // Quads (64-bit pairs within each 128-bit lane).
+    let u: [__m512; 16] = std::array::from_fn(|i| {
+        let g = i & !3;
+        let (a, b) = if i % 4 < 2 {
+            (t[g], t[g + 2])
+        } else {
+            (t[g + 1], t[g + 3])
+        };
+        if i % 2 == 0 {
+            _mm512_shuffle_ps::<0x44>(a, b)
+        } else {
+            _mm512_shuffle_ps::<0xEE>(a, b)
+        }
+    });
+    // 128-bit lanes, then 256-bit halves.
+    let v: [__m512; 16] = std::array::from_fn(|i| {
+        let g = (i / 8) * 8 + i % 4;
+        if (i / 4) % 2 == 0 {
+            _mm512_shuffle_f32x4::<0x88>(u[g], u[g + 4])
+        } else {
+            _mm512_shuffle_f32x4::<0xDD>(u[g], u[g + 4])
+        }
+    });
+    *m = std::array::from_fn(|i| {
+        let g = i % 8;
+        if i < 8 {
+            _mm512_shuffle_f32x4::<0x88>(v[g], v[g + 8])
+        } else {
+            _mm512_shuffle_f32x4::<0xDD>(v[g], v[g + 8])
+        }
+    });
 }
 
 #[cfg(test)]
@@ -156,6 +278,27 @@ mod tests {
         assert!(cut <= 0.5 - 4.0 * e && cut > 0.5 - 4.0 * e - 1e-9);
         assert_eq!(contender_cut(&[0.5, f32::NAN], e), None);
         assert_eq!(contender_cut(&[f32::INFINITY, 0.5], e), None);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn transpose16_moves_lane_t_of_row_r_to_lane_r_of_row_t() {
+        if !is_x86_feature_detected!("avx512f") {
+            return;
+        }
+        use std::arch::x86_64::__m512;
+        let rows: [[f32; 16]; 16] = std::array::from_fn(|r| std::array::from_fn(|t| (r * 16 + t) as f32));
+        // SAFETY: AVX-512F is present (checked above); [f32; 16] and __m512 have the same size.
+        let got: [[f32; 16]; 16] = unsafe {
+            let mut m: [__m512; 16] = std::mem::transmute(rows);
+            transpose16(&mut m);
+            std::mem::transmute(m)
+        };
+        for (t, row) in got.iter().enumerate() {
+            for (r, &v) in row.iter().enumerate() {
+                assert_eq!(v, rows[r][t], "row {t}, lane {r}");
+            }
+        }
     }
 
     proptest! {
