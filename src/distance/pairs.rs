@@ -129,8 +129,8 @@ fn fast_pair_dots_body(x: &[f32], c: &[f32], dim: usize, pairs: &[(u32, u32)], o
     }
 }
 
-/// Asks for `m[at..at + len]` (any range: prefetches never fault, and one past the
-/// end is not read) to be brought into cache, a line at a time.
+/// Asks for `m[at..at + len]` (clamped to `m`) to be brought into cache, a line at a
+/// time.
 #[inline(always)]
 fn prefetch_row(m: &[f32], at: usize, len: usize) {
     #[cfg(target_arch = "x86_64")]
@@ -284,6 +284,7 @@ mod tests {
     #[test]
     fn transpose16_moves_lane_t_of_row_r_to_lane_r_of_row_t() {
         if !is_x86_feature_detected!("avx512f") {
+            eprintln!("no AVX-512F here: the sixteen-lane chains are not exercised");
             return;
         }
         use std::arch::x86_64::__m512;
