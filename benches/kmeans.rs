@@ -37,8 +37,9 @@ fn nearest(c: &mut Criterion) {
     g.finish();
 }
 
-/// The kernel's bits and the vectorized dot, one pair per row against a random centroid: 256 rows stay in cache, 262144 rows
-/// (384 MiB) come from memory on every pass.
+/// The kernel's bits and the vectorized dot, one pair per row against a random
+/// centroid: 256 rows stay in cache, 262144 rows (384 MiB) come from memory on
+/// every pass.
 fn pair_dots(c: &mut Criterion) {
     let mut g = c.benchmark_group("pair_dots");
     g.sample_size(10);

@@ -36,8 +36,8 @@ pub fn kernel_pair_dots(x: &[f32], c: &[f32], dim: usize, pairs: &[(u32, u32)], 
             (xs, cs)
         };
         let mut groups = pairs.chunks(CHAINS).zip(out.chunks_mut(CHAINS)).peekable();
-        while let Some((ps, os)) = groups.next() {
-            let (xs, cs) = ptrs(ps);
+        let mut cur = groups.peek().map(|(ps, _)| ptrs(ps));
+        while let (Some((ps, os)), Some((xs, cs))) = (groups.next(), cur.take()) {
             // The next group's rows are fetched while this one runs: its first use of
             // them would otherwise wait on memory (they are often read for the first time).
             let next = groups.peek().map(|(n, _)| ptrs(n));
@@ -45,6 +45,7 @@ pub fn kernel_pair_dots(x: &[f32], c: &[f32], dim: usize, pairs: &[(u32, u32)], 
             // pointer starts a whole row of dim values (checked by `row`).
             let v = unsafe { fma_chains16(&xs, &cs, next.as_ref(), dim) };
             os.copy_from_slice(&v[..ps.len()]);
+            cur = next;
         }
         return;
     }
