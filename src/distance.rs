@@ -119,6 +119,24 @@ pub fn normalize(a: &mut [f32]) -> f32 {
     n
 }
 
+/// [`normalize`] from `x` into `y` (same length), leaving `x` as it is: the
+/// same operations, so `y` holds the same bits `normalize` would leave in `x`.
+/// A zero or non-finite norm copies `x` unchanged.
+///
+/// # Panics
+/// If the lengths differ.
+pub fn normalize_into(x: &[f32], y: &mut [f32]) -> f32 {
+    assert_eq!(x.len(), y.len(), "normalize_into: lengths");
+    let n = norm2(x).sqrt();
+    if n > 0.0 && n.is_finite() {
+        let inv = 1.0 / n;
+        y.iter_mut().zip(x).for_each(|(o, &v)| *o = v * inv);
+    } else {
+        y.copy_from_slice(x);
+    }
+    n
+}
+
 /// Dot product in f64, the slow oracle for tests and benches.
 pub fn dot_reference(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
@@ -513,5 +531,28 @@ mod tests {
         let mut z = vec![0.0; 3];
         assert_eq!(normalize(&mut z), 0.0);
         assert_eq!(z, vec![0.0; 3]);
+    }
+
+    #[test]
+    fn normalize_into_matches_normalize_bit_for_bit() {
+        let mut rng = crate::rng::Rng::new(7);
+        for len in [1usize, 3, 16, 383, 384] {
+            let x: Vec<f32> = (0..len).map(|_| (rng.next_f64() * 2.0 - 1.0) as f32).collect();
+            let mut a = x.clone();
+            let mut y = vec![f32::NAN; len];
+            assert_eq!(normalize(&mut a).to_bits(), normalize_into(&x, &mut y).to_bits());
+            assert_eq!(
+                a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                y.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            );
+        }
+        for bad in [vec![0.0f32; 4], vec![1.0, f32::NAN, 0.0], vec![f32::INFINITY, 1.0]] {
+            let mut y = vec![5.0f32; bad.len()];
+            normalize_into(&bad, &mut y);
+            assert_eq!(
+                bad.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                y.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            );
+        }
     }
 }

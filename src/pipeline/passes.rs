@@ -13,7 +13,7 @@ use std::sync::mpsc::sync_channel;
 use rayon::prelude::*;
 
 use crate::cluster::{Centroids, CertifiedSearch, Distance};
-use crate::distance::normalize;
+use crate::distance::{normalize, normalize_into};
 use crate::io::embeddings::{EmbeddingBlock, EmbeddingSource, unusable};
 use crate::io::{Dataset, Shard};
 use crate::pipeline::filter::FilterParams;
@@ -368,9 +368,10 @@ pub fn score_rows(
             let mut prefetch = spills
                 .kept
                 .and_then(|k| k.writer(shard.index).map_err(|e| k.fail(e)).ok());
-            // The raw values of the current block, which the prefetch copies (rows are
-            // normalised in place).
-            let mut raw: Vec<f32> = Vec::new();
+            // With a prefetch (which copies raw rows), the rows are normalised into this
+            // buffer and `b.values` stays raw: one pass over the block instead of a copy of
+            // every row and an in-place pass.
+            let mut normed: Vec<f32> = Vec::new();
             let first_id = data.offset(shard.index);
             stream_shard(shard, source, p.batch_rows, |mut b| {
                 let base = b.first_row as usize;
@@ -385,35 +386,49 @@ pub fn score_rows(
                         .collect();
                     hashes[base..base + m].copy_from_slice(&hs);
                 }
-                // Validate and (for cosine) normalise; zero out bad rows.
-                let check = |x: &mut [f32], null: bool, kept: bool| {
-                    let why = if kept { unusable(x, null) } else { Some(EXCLUDED) };
-                    if why.is_some() {
-                        x.iter_mut().for_each(|v| *v = 0.0);
-                    } else if c.distance() == Distance::Cosine {
-                        normalize(x);
-                    }
-                    why
-                };
-                if prefetch.is_some() {
-                    raw.resize(b.values.len(), 0.0);
-                }
-                let rows_in = b
-                    .values
-                    .par_chunks_mut(d)
-                    .zip(b.null.par_iter())
-                    .zip(valid[base..base + m].par_iter());
-                let bad: Vec<Option<&'static str>> = if prefetch.is_some() {
-                    // Each row copied just before it changes, while it is in cache.
-                    rows_in
-                        .zip(raw.par_chunks_mut(d))
-                        .map(|(((x, &null), &kept), r)| {
-                            r.copy_from_slice(x);
-                            check(x, null, kept)
+                // Validate and (for cosine) normalise; bad rows become zeros.
+                let cosine = c.distance() == Distance::Cosine;
+                let verdict = |x: &[f32], null: bool, kept: bool| if kept { unusable(x, null) } else { Some(EXCLUDED) };
+                let out_of_place = prefetch.is_some();
+                let bad: Vec<Option<&'static str>> = if out_of_place {
+                    normed.resize(b.values.len(), 0.0);
+                    b.values
+                        .par_chunks(d)
+                        .zip(normed.par_chunks_mut(d))
+                        .zip(b.null.par_iter().zip(valid[base..base + m].par_iter()))
+                        .map(|((x, y), (&null, &kept))| {
+                            let why = verdict(x, null, kept);
+                            if why.is_some() {
+                                y.fill(0.0);
+                            } else if cosine {
+                                normalize_into(x, y);
+                            } else {
+                                y.copy_from_slice(x);
+                            }
+                            why
                         })
                         .collect()
                 } else {
-                    rows_in.map(|((x, &null), &kept)| check(x, null, kept)).collect()
+                    b.values
+                        .par_chunks_mut(d)
+                        .zip(b.null.par_iter().zip(valid[base..base + m].par_iter()))
+                        .map(|(x, (&null, &kept))| {
+                            let why = verdict(x, null, kept);
+                            if why.is_some() {
+                                x.fill(0.0);
+                            } else if cosine {
+                                normalize(x);
+                            }
+                            why
+                        })
+                        .collect()
+                };
+                // The rows to score and spill, and the raw rows the prefetch copies.
+                let b = b;
+                let (xs, raw): (&[f32], &[f32]) = if out_of_place {
+                    (&normed, &b.values)
+                } else {
+                    (&b.values, &[])
                 };
                 for (i, why) in bad.iter().enumerate() {
                     if let Some(what) = why.filter(|&w| w != EXCLUDED) {
@@ -425,10 +440,10 @@ pub fn score_rows(
                 if fixed {
                     // Given clusters: score against them; the second cluster (cross pass) is
                     // the nearest other one.
-                    prototypicality_given(c, &b.values, &labels[base..base + m], sc);
+                    prototypicality_given(c, xs, &labels[base..base + m], sc);
                     if guest_buffer.is_some() {
                         let (mut near, mut dots) = (vec![0u32; m], vec![0f32; m]);
-                        c.nearest_two(&b.values, &mut near, &mut dots, &mut second[base..base + m]);
+                        c.nearest_two(xs, &mut near, &mut dots, &mut second[base..base + m]);
                         for ((s2, &nl), &l) in second[base..base + m]
                             .iter_mut()
                             .zip(&near)
@@ -442,16 +457,13 @@ pub fn score_rows(
                 } else if guest_buffer.is_some() {
                     // Cosine (checked above): the score is 1 − the dot with the nearest centroid.
                     match &certified {
-                        Some(cs) => {
-                            cs.nearest_two(&b.values, &mut labels[base..base + m], sc, &mut second[base..base + m])
-                        }
-                        None => c.nearest_two(&b.values, &mut labels[base..base + m], sc, &mut second[base..base + m]),
+                        Some(cs) => cs.nearest_two(xs, &mut labels[base..base + m], sc, &mut second[base..base + m]),
+                        None => c.nearest_two(xs, &mut labels[base..base + m], sc, &mut second[base..base + m]),
                     }
                     // Only rows near the boundary to their second cluster can have a
                     // duplicate there (exact test, see `near_boundary`): the rest stay home.
                     let eps = p.dedup.eps.unwrap_or(0.0);
-                    b.values
-                        .par_chunks(d)
+                    xs.par_chunks(d)
                         .zip(second[base..base + m].par_iter_mut())
                         .zip(labels[base..base + m].par_iter().zip(sc.par_iter()))
                         .for_each(|((x, s2), (&l, &d1))| {
@@ -476,10 +488,10 @@ pub fn score_rows(
                             (None, None) => c.nearest(x, l, dots),
                         };
                     let g0 = first_id + b.first_row;
-                    nearest_or_trained(&search, &b.values, g0, trained, &mut labels[base..base + m], sc);
+                    nearest_or_trained(&search, xs, g0, trained, &mut labels[base..base + m], sc);
                     sc.iter_mut().for_each(|s| *s = 1.0 - *s);
                 } else {
-                    prototypicality(c, &b.values, &mut labels[base..base + m], sc);
+                    prototypicality(c, xs, &mut labels[base..base + m], sc);
                 }
                 for (i, why) in bad.iter().enumerate() {
                     if why.is_some() {
@@ -504,7 +516,7 @@ pub fn score_rows(
                     for (i, why) in bad.iter().enumerate() {
                         if why.is_none() {
                             let id = (first_id + b.first_row) as u32 + i as u32;
-                            buf.push(labels[base + i], id, &b.values[i * d..(i + 1) * d])?;
+                            buf.push(labels[base + i], id, &xs[i * d..(i + 1) * d])?;
                         }
                     }
                 }
@@ -512,7 +524,7 @@ pub fn score_rows(
                     for (i, why) in bad.iter().enumerate() {
                         if why.is_none() && second[base + i] != u32::MAX {
                             let id = (first_id + b.first_row) as u32 + i as u32;
-                            buf.push(second[base + i], id, &b.values[i * d..(i + 1) * d])?;
+                            buf.push(second[base + i], id, &xs[i * d..(i + 1) * d])?;
                         }
                     }
                 }
