@@ -14,6 +14,9 @@
 //!   ([`crate::distance::dot_batch`]); work is split into fixed-size row
 //!   chunks and every reduction is summed in chunk order, so results do not
 //!   depend on the number of threads.
+//! * The update keeps every cluster's sum exact, in fixed point
+//!   ([`sums`]), so it only adds and subtracts the rows that changed
+//!   cluster; a mean depends on its cluster's members, not on their order.
 //! * Empty clusters are re-seeded by splitting the largest cluster (faiss's
 //!   rule: the two halves move apart by a relative 1/1024 per coordinate).
 
@@ -23,9 +26,12 @@ use serde::{Deserialize, Serialize};
 use crate::cluster::centroids::CHUNK_ROWS;
 pub use crate::cluster::centroids::{Centroids, Distance};
 use crate::cluster::drift::{DriftBounds, TRACK_BELOW_DRIFT, full_search};
-use crate::distance::{I8Sketch, add_rows_f64, norm2, normalize};
+use crate::distance::{I8Sketch, norm2, normalize};
 use crate::rng::Rng;
 use crate::{Error, Result};
+use sums::ExactSums;
+
+mod sums;
 
 /// Lloyd iterations at most, unless converged earlier.
 pub const DEFAULT_MAX_ITERS: usize = 25;
@@ -235,7 +241,7 @@ impl KMeans {
             (Some(t), Distance::Cosine) => Some(DriftBounds::new(data, dim, t)),
             _ => None,
         };
-        let mut means = MeanCache::default();
+        let mut sums = None;
         let mut history = Vec::new();
         let mut searched_history = Vec::new();
         let mut converged = false;
@@ -275,7 +281,7 @@ impl KMeans {
             if it + 1 == params.max_iters {
                 break; // keep the centroids the final labels were computed with
             }
-            let (next, filled) = update(data, dim, k, &labels, &centroids, params, &mut means)?;
+            let (next, filled) = update(data, dim, k, &labels, &centroids, params, &mut sums)?;
             reseeded += filled;
             if let Some(b) = drift.as_mut() {
                 b.moved(&centroids, &next);
@@ -341,19 +347,9 @@ pub(crate) fn rows_by_cluster(labels: &[u32], k: usize) -> (Vec<usize>, Vec<u32>
     (starts, order)
 }
 
-/// New centroids from labels: per-cluster sums over rows in ascending
-/// order (f64 accumulators), then mean (L2) or normalised mean (cosine);
-/// empty clusters are filled by splitting the largest.
-/// The means the last update computed and the labels it computed them
-/// from: a cluster none of whose rows came or went since has the same
-/// members in the same order, so the same mean bit for bit, and is not summed
-/// again (once the clusters settle, most of them).
-#[derive(Default)]
-struct MeanCache {
-    labels: Vec<u32>,
-    means: Vec<f32>,
-}
-
+/// New centroids from labels: each cluster's exact sum ([`ExactSums`], brought
+/// to `labels` by the rows that moved), divided by its count, then normalised
+/// (cosine); empty clusters keep their centroid until split from the largest.
 fn update(
     data: &[f32],
     dim: usize,
@@ -361,40 +357,22 @@ fn update(
     labels: &[u32],
     old: &Centroids,
     params: &KMeansParams,
-    cache: &mut MeanCache,
+    sums: &mut Option<ExactSums>,
 ) -> Result<(Centroids, usize)> {
-    let (starts, order) = rows_by_cluster(labels, k);
-    let counts: Vec<usize> = starts.windows(2).map(|w| w[1] - w[0]).collect();
-    let mut changed = vec![cache.labels.len() != labels.len(); k];
-    if cache.labels.len() == labels.len() {
-        for (&a, &b) in cache.labels.iter().zip(labels) {
-            if a != b {
-                changed[a as usize] = true;
-                changed[b as usize] = true;
-            }
-        }
-    }
+    let sums = match sums {
+        Some(s) => s,
+        None => sums.insert(ExactSums::new(data, dim, k)?),
+    };
+    sums.update_to(data, labels);
+    let counts: Vec<usize> = (0..k).map(|j| sums.count(j)).collect();
     let mut next = vec![0f32; k * dim];
     next.par_chunks_mut(dim).enumerate().for_each(|(j, c)| {
-        let members = &order[starts[j]..starts[j + 1]];
-        if members.is_empty() {
+        if counts[j] == 0 {
             c.copy_from_slice(old.row(j));
-            return;
-        }
-        if !changed[j] {
-            c.copy_from_slice(&cache.means[j * dim..(j + 1) * dim]);
-            return;
-        }
-        let mut acc = vec![0f64; dim];
-        add_rows_f64(&mut acc, data, members);
-        let inv = 1.0 / members.len() as f64;
-        for (o, a) in c.iter_mut().zip(&acc) {
-            *o = (a * inv) as f32;
+        } else {
+            sums.mean_into(j, c);
         }
     });
-    cache.labels.clear();
-    cache.labels.extend_from_slice(labels);
-    cache.means.clone_from(&next);
     // Empty clusters: split the currently largest one (ties: lowest index).
     let mut filled = 0;
     let mut sizes = counts.clone();

@@ -33,27 +33,33 @@ fn min_l2_update_body(pts: &[f32], dim: usize, c: &[f32], d2: &mut [f32]) {
     }
 }
 
-/// `acc += rows[i]` (widened to f64) for each `i` of `members` in order, the
-/// k-means update's sums; compiled for the widest vectors this CPU has, with
-/// the same per-element order (and so the same bits) on every path.
-pub(crate) fn add_rows_f64(acc: &mut [f64], data: &[f32], members: &[u32]) {
+/// `acc[d] ± trunc(row[d] · scale[d])` (minus with `subtract`) for each row `i` of
+/// `members`: the k-means update's exact sums, in fixed point (integer adds, so
+/// the sums do not depend on the order of the rows); compiled for the widest
+/// vectors this CPU has (`vcvttps2qq`), the same integers on every path.
+///
+/// The caller guarantees every `|row[d] · scale[d]|` < 2⁶³ and that the sums
+/// cannot overflow (`cluster::kmeans`'s `ExactSums` chooses `scale` so).
+pub(crate) fn add_rows_fixed(acc: &mut [i64], data: &[f32], members: &[u32], scale: &[f32], subtract: bool) {
+    assert_eq!(acc.len(), scale.len(), "add_rows_fixed: lengths");
     #[cfg(target_arch = "x86_64")]
-    if kernel() == Kernel::Avx512 {
-        // SAFETY: the AVX-512 kernel is chosen only when the CPU has AVX-512F.
-        return unsafe { add_rows_f64_avx512(acc, data, members) };
+    if kernel() == Kernel::Avx512 && std::arch::is_x86_feature_detected!("avx512dq") {
+        // SAFETY: the CPU has AVX-512F and AVX-512DQ (checked above).
+        return unsafe { add_rows_fixed_avx512(acc, data, members, scale, subtract) };
     }
-    add_rows_f64_body(acc, data, members)
+    add_rows_fixed_body(acc, data, members, scale, subtract)
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn add_rows_f64_avx512(acc: &mut [f64], data: &[f32], members: &[u32]) {
-    add_rows_f64_body(acc, data, members)
+#[target_feature(enable = "avx512f,avx512dq")]
+unsafe fn add_rows_fixed_avx512(acc: &mut [i64], data: &[f32], members: &[u32], scale: &[f32], subtract: bool) {
+    add_rows_fixed_body(acc, data, members, scale, subtract)
 }
 
 #[inline(always)]
-fn add_rows_f64_body(acc: &mut [f64], data: &[f32], members: &[u32]) {
+fn add_rows_fixed_body(acc: &mut [i64], data: &[f32], members: &[u32], scale: &[f32], subtract: bool) {
     let dim = acc.len();
+    let sign: i64 = if subtract { -1 } else { 1 };
     for (q, &i) in members.iter().enumerate() {
         // Members are scattered over the sample: fetch a row ahead, since the
         // adds themselves wait on memory, not on arithmetic.
@@ -61,13 +67,18 @@ fn add_rows_f64_body(acc: &mut [f64], data: &[f32], members: &[u32]) {
             prefetch_row(&data[ahead as usize * dim..(ahead as usize + 1) * dim]);
         }
         let x = &data[i as usize * dim..(i as usize + 1) * dim];
-        for (a, &v) in acc.iter_mut().zip(x) {
-            *a += v as f64;
+        for (a, (&v, &s)) in acc.iter_mut().zip(x.iter().zip(scale)) {
+            let t = v * s;
+            // The caller's range guarantee (doc); the check keeps a broken one from being UB.
+            debug_assert!(t.abs() < 9.2e18, "add_rows_fixed: {t} out of range");
+            // SAFETY: `t` is finite and |t| < 2^63 (the caller's guarantee above), so the
+            // truncation is defined and equals `t as i64`.
+            *a += sign * unsafe { t.to_int_unchecked::<i64>() };
         }
     }
 }
 
-/// How far ahead [`add_rows_f64`] prefetches its rows.
+/// How far ahead [`add_rows_fixed`] prefetches its rows.
 const PREFETCH_ROWS_AHEAD: usize = 2;
 
 /// Asks for every cache line of `row` (a hint; no effect on results).
@@ -153,17 +164,21 @@ mod tests {
                 .map(|(&v, x)| v.min(l2_squared(x, &c)))
                 .collect();
             prop_assert_eq!(got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
-            // add_rows_f64 = the rows added one by one, in the order given.
+            // add_rows_fixed = each value scaled and truncated, added (or subtracted) one by one.
             let members: Vec<u32> = (0..n as u32).rev().chain(0..n as u32 / 2).collect();
-            let mut acc = vec![0.5f64; dim];
-            add_rows_f64(&mut acc, &pts, &members);
-            let mut slow = vec![0.5f64; dim];
-            for &i in &members {
-                for (a, &v) in slow.iter_mut().zip(&pts[i as usize * dim..(i as usize + 1) * dim]) {
-                    *a += v as f64;
+            let scale: Vec<f32> = (0..dim).map(|d| (2.0f32).powi(40 + (d % 7) as i32)).collect();
+            for subtract in [false, true] {
+                let mut acc: Vec<i64> = (0..dim as i64).map(|d| d * 3 - 5).collect();
+                let mut slow = acc.clone();
+                add_rows_fixed(&mut acc, &pts, &members, &scale, subtract);
+                for &i in &members {
+                    for ((a, &v), &s) in slow.iter_mut().zip(&pts[i as usize * dim..(i as usize + 1) * dim]).zip(&scale) {
+                        let q = (v * s) as i64;
+                        *a += if subtract { -q } else { q };
+                    }
                 }
+                prop_assert_eq!(acc, slow);
             }
-            prop_assert_eq!(acc, slow);
         }
     }
 }

@@ -2,10 +2,10 @@
 use super::*;
 
 #[test]
-fn updates_reuse_only_the_means_of_clusters_whose_rows_stayed() {
-    // Warm updates (means of untouched clusters reused) give the bits of a cold one:
-    // after a few rows move, after two rows swap clusters, and after a cluster empties
-    // (split from the largest) and refills.
+fn incremental_updates_give_the_bits_of_a_fresh_one() {
+    // Warm updates (sums brought along by the rows that moved) give the bits of a cold
+    // one: after a few rows move, after two rows swap clusters, and after a cluster
+    // empties (split from the largest) and refills.
     let (k, dim) = (12, 16);
     let (data, truth) = blobs(k, 30, dim, 0.3, 4);
     let n = truth.len();
@@ -19,9 +19,9 @@ fn updates_reuse_only_the_means_of_clusters_whose_rows_stayed() {
             .collect();
         let mut c = Centroids::try_new(init, dim, distance).unwrap();
         let mut labels = truth.clone();
-        let mut warm = MeanCache::default();
+        let mut warm = None;
         for t in 0..5 {
-            let (cold, cold_filled) = update(&data, dim, k, &labels, &c, &params, &mut MeanCache::default()).unwrap();
+            let (cold, cold_filled) = update(&data, dim, k, &labels, &c, &params, &mut None).unwrap();
             let (hot, hot_filled) = update(&data, dim, k, &labels, &c, &params, &mut warm).unwrap();
             let bits = |x: &Centroids| x.as_slice().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&hot), bits(&cold), "{distance:?} step {t}");
