@@ -131,6 +131,19 @@ fn merge<T>(parts: Vec<Result<(T, InvalidReport)>>, invalid: &mut InvalidReport)
     Ok(out)
 }
 
+/// [`unusable`], given the row's norm when it was computed anyway (cosine rows are
+/// normalised): a finite, positive norm means every value is finite (a NaN or an
+/// inf makes the sum of squares NaN or inf) and not all are zero, so only rows with
+/// another norm get the full check, which says why (or finds a usable row whose
+/// squares overflow or underflow). Same answer as `unusable(x, null)`.
+fn unusable_given_norm(x: &[f32], null: bool, norm: Option<f32>) -> Option<&'static str> {
+    if !null && norm.is_some_and(|n| n > 0.0 && n.is_finite()) {
+        None
+    } else {
+        unusable(x, null)
+    }
+}
+
 /// Sample pass: validates every row (of `only`, when given: the rows left
 /// by `--where`, by global id) and collects the embeddings (unit vectors
 /// for cosine) of the rows in `sample_ids` (sorted global ids), and the global
@@ -388,7 +401,6 @@ pub fn score_rows(
                 }
                 // Validate and (for cosine) normalise; bad rows become zeros.
                 let cosine = c.distance() == Distance::Cosine;
-                let verdict = |x: &[f32], null: bool, kept: bool| if kept { unusable(x, null) } else { Some(EXCLUDED) };
                 let out_of_place = prefetch.is_some();
                 let bad: Vec<Option<&'static str>> = if out_of_place {
                     normed.resize(b.values.len(), 0.0);
@@ -397,13 +409,19 @@ pub fn score_rows(
                         .zip(normed.par_chunks_mut(d))
                         .zip(b.null.par_iter().zip(valid[base..base + m].par_iter()))
                         .map(|((x, y), (&null, &kept))| {
-                            let why = verdict(x, null, kept);
-                            if why.is_some() {
+                            if !kept {
                                 y.fill(0.0);
-                            } else if cosine {
-                                normalize_into(x, y);
+                                return Some(EXCLUDED);
+                            }
+                            let norm = if cosine {
+                                Some(normalize_into(x, y))
                             } else {
                                 y.copy_from_slice(x);
+                                None
+                            };
+                            let why = unusable_given_norm(x, null, norm);
+                            if why.is_some() {
+                                y.fill(0.0);
                             }
                             why
                         })
@@ -413,11 +431,16 @@ pub fn score_rows(
                         .par_chunks_mut(d)
                         .zip(b.null.par_iter().zip(valid[base..base + m].par_iter()))
                         .map(|(x, (&null, &kept))| {
-                            let why = verdict(x, null, kept);
+                            if !kept {
+                                x.fill(0.0);
+                                return Some(EXCLUDED);
+                            }
+                            // `normalize` leaves a row whose norm is not finite and positive as
+                            // it is, so the full check sees the input values.
+                            let norm = cosine.then(|| normalize(x));
+                            let why = unusable_given_norm(x, null, norm);
                             if why.is_some() {
                                 x.fill(0.0);
-                            } else if cosine {
-                                normalize(x);
                             }
                             why
                         })
@@ -546,4 +569,40 @@ pub fn score_rows(
         })
         .collect();
     merge(parts, invalid).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_norm_shortcut_gives_the_full_checks_answer() {
+        let rows: [(&[f32], bool); 10] = [
+            (&[0.6, 0.8], false),
+            (&[0.6, 0.8], true),
+            (&[0.0, -0.0], false),
+            (&[1.0, f32::NAN], false),
+            (&[f32::INFINITY, 1.0], false),
+            (&[f32::NEG_INFINITY, f32::INFINITY], false),
+            // Finite values whose squares overflow (norm inf) or underflow (norm 0): usable.
+            (&[1e30, 1e30], false),
+            (&[1e-30, 0.0], false),
+            (&[f32::MIN_POSITIVE / 4.0, 0.0], false),
+            (&[3.0, 4.0], false),
+        ];
+        for (x, null) in rows {
+            let mut y = x.to_vec();
+            let norm = normalize(&mut y);
+            assert_eq!(
+                unusable_given_norm(x, null, Some(norm)),
+                unusable(x, null),
+                "{x:?} null {null}"
+            );
+            assert_eq!(
+                unusable_given_norm(x, null, None),
+                unusable(x, null),
+                "{x:?} null {null}"
+            );
+        }
+    }
 }
