@@ -93,6 +93,31 @@ impl Drop for SpillDir {
     }
 }
 
+/// Drops a value (spilled partitions) on a thread of its own, and waits for that
+/// when dropped itself. Removing a gigabyte of spill files frees their page-cache
+/// pages, a tenth of a second the run can spend selecting and writing instead; the
+/// files are still gone when the run returns (or fails).
+pub(crate) struct DropBehind(Option<std::thread::JoinHandle<()>>);
+
+impl DropBehind {
+    /// Starts dropping `value`; if no thread can be started, `spawn` drops the
+    /// closure, and `value` with it, right here.
+    pub(crate) fn new<T: Send + 'static>(value: T) -> Self {
+        let spawned = std::thread::Builder::new()
+            .name("dprune-drop".into())
+            .spawn(move || drop(value));
+        DropBehind(spawned.ok())
+    }
+}
+
+impl Drop for DropBehind {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            let _ = h.join();
+        }
+    }
+}
+
 /// The number of partitions for `rows` rows of `dim` floats in `k` clusters.
 pub fn partitions_for(rows: u64, dim: usize, k: usize) -> usize {
     let bytes = rows * (dim as u64 * 4 + 4);
@@ -301,6 +326,26 @@ impl SpilledClusters {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spill_dropped_behind_is_gone_once_the_guard_is() {
+        let parent = tempfile::tempdir().unwrap();
+        let spill = ClusterSpill::create(Some(parent.path()), 3, 2).unwrap();
+        {
+            let mut b = spill.buffer();
+            b.push(1, 7, &[1.0, 2.0, 3.0]).unwrap();
+            b.flush().unwrap();
+        }
+        let done = spill.finish().unwrap();
+        assert_eq!(std::fs::read_dir(parent.path()).unwrap().count(), 1);
+        let guard = DropBehind::new(done);
+        drop(guard);
+        assert_eq!(
+            std::fs::read_dir(parent.path()).unwrap().count(),
+            0,
+            "spill folder left behind"
+        );
+    }
 
     #[test]
     fn rows_come_back_in_their_cluster_partition_and_the_folder_is_removed() {

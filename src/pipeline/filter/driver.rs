@@ -21,7 +21,7 @@ use crate::pipeline::plot;
 use crate::pipeline::prefetch::{KeptPrefetch, prefetch_threshold};
 use crate::pipeline::progress::{Pass, Progress};
 use crate::pipeline::report::{InvalidReport, KMeansReport, PrefetchReport, REPORT_JSON, REPORT_PNG, Report};
-use crate::pipeline::spill::{ClusterSpill, partitions_for};
+use crate::pipeline::spill::{ClusterSpill, DropBehind, partitions_for};
 use crate::pipeline::stages::{GlobalPass, KeepOf, StageReport, exact_dedup, knn_spilled, quality_drop, remove};
 use crate::rng::Rng;
 use crate::score::semdedup::hash_bytes;
@@ -278,8 +278,8 @@ pub fn run_filter(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Report>
         progress.end();
         t.mark("knn");
     }
-    drop(spilled);
-    drop(guest_spill);
+    // Removed on a thread of their own while the run goes on (gone when it returns).
+    let _spills_removed = DropBehind::new((spilled, guest_spill));
     if let Some(q) = &p.quality {
         let values = columns::read_f64_column(&data, &q.column)?;
         let nan = values.iter().zip(&eligible).filter(|(v, e)| **e && v.is_nan()).count();
