@@ -2,8 +2,9 @@
 //! put in different clusters, which SemDeDup's within-cluster search (Abbas et al. 2023)
 //! cannot see. The second-cluster pass compares rows near a cluster boundary with the
 //! rows of their second-nearest cluster (exact geometric test, [`near_boundary`]), with
-//! bf16 products as a certified filter where the CPU has AVX-512 BF16 (only pairs that
-//! could pass the threshold get their f32 product); the HNSW pass searches all rows left.
+//! bf16 or int8 products as a certified filter where the CPU runs them faster than f32
+//! (only pairs that could pass the threshold get their f32 product); the HNSW pass
+//! searches all rows left.
 
 use std::cell::OnceCell;
 
@@ -12,8 +13,8 @@ use rayon::prelude::*;
 use crate::Result;
 use crate::cluster::hnsw::{Hnsw, HnswParams};
 use crate::distance::{
-    Bf16Bound, PackedBf16, PackedRows, certified_bf16_pays, dot_batch, dot_batch_bf16, dot_batch_packed,
-    kernel_pair_dots,
+    Bf16Bound, Int8Kernel, MAX_INT8_DIM, PackedBf16, PackedI8, PackedRows, certified_bf16_pays, dot_batch,
+    dot_batch_bf16, dot_batch_i8, dot_batch_packed, int8_kernel, kernel_pair_dots,
 };
 use crate::pipeline::spill::SpilledClusters;
 use crate::score::semdedup::similarity_threshold;
@@ -75,7 +76,14 @@ pub fn second_cluster_duplicates(
 ) -> Result<Vec<Option<u32>>> {
     const TILE: usize = 1024;
     let thr = similarity_threshold(eps);
-    let use_bf16 = certified_bf16_pays();
+    // bf16 where it outpaces f32, else int8 where `vpdpbusd` runs, else f32 (same hits).
+    let low = if certified_bf16_pays() {
+        Some(LowFilter::bf16 as fn(&[f32], usize, f32) -> LowFilter)
+    } else if int8_filter_pays(dim) {
+        Some(LowFilter::int8 as fn(&[f32], usize, f32) -> LowFilter)
+    } else {
+        None
+    };
     let mut best: Vec<(f32, u32)> = vec![(f32::NEG_INFINITY, u32::MAX); labels.len()];
     // Buffers reused from partition to partition (no fresh pages to fault in and zero).
     let (mut oids, mut ovals, mut gids, mut gvals) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -112,7 +120,7 @@ pub fn second_cluster_duplicates(
                 for b in (0..oi.len()).step_by(TILE) {
                     let b1 = (b + TILE).min(oi.len());
                     let owners = &or[b * dim..b1 * dim];
-                    let filter = use_bf16.then(|| Bf16Filter::new(owners, dim, thr));
+                    let filter = low.map(|make| make(owners, dim, thr));
                     for a in (0..gi.len()).step_by(TILE) {
                         let a1 = (a + TILE).min(gi.len());
                         s.resize((a1 - a) * (b1 - b), 0.0);
@@ -143,33 +151,62 @@ pub fn second_cluster_duplicates(
     Ok(best.into_iter().map(|(_, o)| (o != u32::MAX).then_some(o)).collect())
 }
 
-/// A tile of owners rounded to bf16 for the second-cluster pass, which only wants the
-/// pairs above a threshold: a pair whose bf16 product is below the threshold minus the
-/// bound of [`Bf16Bound`] (B + E ≥ |bf16 − f32|) cannot have an f32 product above it, so only
-/// the few pairs left are recomputed with the f32 kernel. The hits, and their values,
-/// are exactly those of the f32 products.
-struct Bf16Filter {
-    packed: PackedBf16,
+/// Whether the second-cluster pass filters with int8 products: where `vpdpbusd` runs
+/// (the portable int8 kernel is slower than f32) and the dimension fits its i32 sums,
+/// unless `DPRUNE_CERTIFIED=0` asks for f32 products everywhere.
+fn int8_filter_pays(dim: usize) -> bool {
+    int8_kernel() == Int8Kernel::Avx512Vnni
+        && dim <= MAX_INT8_DIM
+        && std::env::var("DPRUNE_CERTIFIED").as_deref() != Ok("0")
+}
+
+/// The owners of a tile in low precision, with the bound of their products.
+enum LowPrecision {
+    /// bf16 ([`Bf16Bound`]: B + E of a guest row).
+    Bf16(PackedBf16, Bf16Bound),
+    /// int8 ([`dot_batch_i8`] gives B + E of each guest row).
+    Int8(PackedI8),
+}
+
+/// A tile of owners in low precision (bf16 or int8) for the second-cluster pass,
+/// which only wants the pairs above a threshold: a pair whose low-precision product
+/// is below the threshold minus its bound (B + E ≥ |low − f32|) cannot have an f32
+/// product above it, so only the few pairs left are recomputed with the f32 kernel.
+/// The hits, and their values, are exactly those of the f32 products. The threshold
+/// (0.95 at the default eps) is far above most pairs, so int8's wider bound (about
+/// 0.018 against bf16's 0.0035 at d = 384) leaves hardly more candidates, at twice
+/// the rate of f32 products where `vpdpbusd` runs.
+struct LowFilter {
+    low: LowPrecision,
     /// The owners packed for the f32 kernel, made on the first guest line with too many
     /// candidates (copies of copies), so those lines do not repack the owners each.
     packed_f32: OnceCell<PackedRows>,
-    /// B + E of a guest against the owners.
-    bound: Bf16Bound,
     thr: f32,
     dim: usize,
 }
 
-impl Bf16Filter {
+impl LowFilter {
     /// Guests with more candidates than this in one tile get their whole line in f32.
     const MAX_CANDIDATES: usize = 32;
 
-    fn new(owners: &[f32], dim: usize, thr: f32) -> Self {
+    fn bf16(owners: &[f32], dim: usize, thr: f32) -> Self {
         let k = owners.len() / dim;
         let idx: Vec<usize> = (0..k).collect();
-        Bf16Filter {
-            packed: PackedBf16::new(owners, dim, &idx, &vec![1.0; k]),
+        let low = LowPrecision::Bf16(
+            PackedBf16::new(owners, dim, &idx, &vec![1.0; k]),
+            Bf16Bound::new(owners, dim),
+        );
+        LowFilter::with(low, dim, thr)
+    }
+
+    fn int8(owners: &[f32], dim: usize, thr: f32) -> Self {
+        LowFilter::with(LowPrecision::Int8(PackedI8::new(owners, dim)), dim, thr)
+    }
+
+    fn with(low: LowPrecision, dim: usize, thr: f32) -> Self {
+        LowFilter {
+            low,
             packed_f32: OnceCell::new(),
-            bound: Bf16Bound::new(owners, dim),
             thr,
             dim,
         }
@@ -186,26 +223,39 @@ impl Bf16Filter {
         s: &mut [f32],
         mut hit: impl FnMut(usize, usize, f32),
     ) {
-        let (dim, w) = (self.dim, self.packed.k());
-        let idx: Vec<usize> = rows.clone().collect();
-        dot_batch_bf16(guests, &idx, &vec![1.0; idx.len()], &self.packed, s);
+        let dim = self.dim;
+        let w = owners.len() / dim;
+        let mut err = vec![0f64; rows.len()];
+        match &self.low {
+            LowPrecision::Bf16(packed, bound) => {
+                let idx: Vec<usize> = rows.clone().collect();
+                dot_batch_bf16(guests, &idx, &vec![1.0; idx.len()], packed, s);
+                for (e, x) in err.iter_mut().zip(rows.clone()) {
+                    *e = bound.row_error(&guests[x * dim..(x + 1) * dim]);
+                }
+            }
+            LowPrecision::Int8(packed) => {
+                dot_batch_i8(&guests[rows.start * dim..rows.end * dim], packed, s, &mut err);
+            }
+        }
         let mut pairs: Vec<(u32, u32)> = Vec::new();
-        for (line, x) in s.chunks_exact_mut(w).zip(rows) {
-            let g = &guests[x * dim..(x + 1) * dim];
-            let cut = self.thr as f64 - self.bound.row_error(g);
-            // Rounded down: a larger candidate set is still exact.
-            let cut = (cut as f32).next_down();
+        for ((line, x), &e) in s.chunks_exact_mut(w).zip(rows).zip(&err) {
+            // Rounded down: a larger candidate set is still exact. A bound that is not a
+            // number (a row that cannot be rounded) sends the line to f32.
+            let cut = ((self.thr as f64 - e) as f32).next_down();
             let start = pairs.len();
-            pairs.extend(
-                line.iter()
-                    .enumerate()
-                    .filter(|&(_, &v)| v >= cut)
-                    .map(|(y, _)| (x as u32, y as u32)),
-            );
-            if pairs.len() - start > Self::MAX_CANDIDATES {
+            if !cut.is_nan() {
+                pairs.extend(
+                    line.iter()
+                        .enumerate()
+                        .filter(|&(_, &v)| v >= cut)
+                        .map(|(y, _)| (x as u32, y as u32)),
+                );
+            }
+            if cut.is_nan() || pairs.len() - start > Self::MAX_CANDIDATES {
                 pairs.truncate(start);
                 let packed = self.packed_f32.get_or_init(|| PackedRows::new(owners, dim));
-                dot_batch_packed(g, packed, line);
+                dot_batch_packed(&guests[x * dim..(x + 1) * dim], packed, line);
                 for (y, &v) in line.iter().enumerate() {
                     hit(x, y, v);
                 }
@@ -289,11 +339,11 @@ mod tests {
     }
 
     #[test]
-    fn bf16_filter_finds_exactly_the_f32_hits() {
+    fn low_precision_filters_find_exactly_the_f32_hits() {
         // Guests that are noisy copies of owners at similarities spread around the
         // threshold (the band where bf16 rounding could flip a pair), plus unrelated rows
-        // and a guest equal to many owners (the whole-line fallback). Runs on whichever
-        // bf16 kernel the CPU has: both give the same bits.
+        // and a guest equal to many owners (the whole-line fallback). Both filters, on
+        // whichever bf16 and int8 kernels the CPU has: each kernel gives the same bits.
         let mut rng = crate::rng::Rng::new(21);
         for (dim, eps) in [(384usize, 0.05f64), (37, 0.01), (8, 0.2)] {
             let thr = similarity_threshold(eps);
@@ -323,18 +373,22 @@ mod tests {
             }
             let want = f32_hits(&g, &o, dim, thr);
             assert!(want.len() > 40, "dim {dim}: only {} hits drawn", want.len());
-            let f = Bf16Filter::new(&o, dim, thr);
-            let mut got = Vec::new();
-            for (a, a1) in [(0usize, 77usize), (77, m)] {
-                let mut s = vec![0f32; (a1 - a) * k];
-                f.scan(&g, a..a1, &o, &mut s, |x, y, v| {
-                    if v > thr {
-                        got.push((x, y, v.to_bits()));
-                    }
-                });
+            for (name, f) in [
+                ("bf16", LowFilter::bf16(&o, dim, thr)),
+                ("int8", LowFilter::int8(&o, dim, thr)),
+            ] {
+                let mut got = Vec::new();
+                for (a, a1) in [(0usize, 77usize), (77, m)] {
+                    let mut s = vec![0f32; (a1 - a) * k];
+                    f.scan(&g, a..a1, &o, &mut s, |x, y, v| {
+                        if v > thr {
+                            got.push((x, y, v.to_bits()));
+                        }
+                    });
+                }
+                got.sort_unstable();
+                assert_eq!(got, want, "{name}, dim {dim}");
             }
-            got.sort_unstable();
-            assert_eq!(got, want, "dim {dim}");
         }
     }
 
