@@ -447,7 +447,6 @@ pub fn score_rows(
                         .collect()
                 };
                 // The rows to score and spill, and the raw rows the prefetch copies.
-                let b = b;
                 let (xs, raw): (&[f32], &[f32]) = if out_of_place {
                     (&normed, &b.values)
                 } else {

@@ -79,9 +79,11 @@ impl ExactSums {
             );
         let max: Vec<f32> = bits.into_iter().map(f32::from_bits).collect();
         if let Some(d) = max.iter().position(|m| !m.is_finite()) {
+            // Only on this error path: the first such row, to name it.
+            let row = data.chunks_exact(dim).position(|r| !r[d].is_finite()).unwrap_or(0);
             return Err(Error::param(
                 "k-means rows",
-                format!("dimension {d} holds a value that is not finite (NaN or inf)"),
+                format!("row {row}, dimension {d}: {} is not finite", data[row * dim + d]),
             ));
         }
         let s: Vec<i32> = max.iter().map(|&m| scale_exponent(m, n)).collect();
@@ -249,9 +251,9 @@ mod tests {
 
     #[test]
     fn non_finite_rows_are_refused() {
-        let data = [1.0f32, f32::NAN, 0.5, 0.5];
+        let data = [1.0f32, 0.5, 0.5, f32::NAN];
         let e = ExactSums::new(&data, 2, 1).err().expect("NaN refused").to_string();
-        assert!(e.contains("dimension 1"), "{e}");
+        assert!(e.contains("row 1, dimension 1: NaN"), "{e}");
         assert!(ExactSums::new(&[f32::INFINITY, 0.0], 2, 1).is_err());
     }
 }
