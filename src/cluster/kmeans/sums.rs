@@ -103,14 +103,15 @@ impl ExactSums {
     /// the same integers.
     pub(super) fn update_to(&mut self, data: &[f32], labels: &[u32]) {
         let (dim, k) = (self.dim, self.counts.len());
-        let movers: Vec<u32> = if self.labels.len() == labels.len() {
+        let first = self.labels.len() != labels.len();
+        let movers: Vec<u32> = if first {
+            Vec::new()
+        } else {
             (0..labels.len() as u32)
                 .filter(|&i| self.labels[i as usize] != labels[i as usize])
                 .collect()
-        } else {
-            (0..labels.len() as u32).collect()
         };
-        if self.labels.len() != labels.len() || 2 * movers.len() >= labels.len() {
+        if first || 2 * movers.len() >= labels.len() {
             let (starts, order) = rows_by_cluster(labels, k);
             let scale = &self.scale;
             self.sums.par_chunks_mut(dim).enumerate().for_each(|(j, acc)| {
