@@ -10,7 +10,6 @@ use std::cell::OnceCell;
 
 use rayon::prelude::*;
 
-use crate::Result;
 use crate::cluster::hnsw::{Hnsw, HnswParams};
 use crate::distance::{
     Bf16Bound, Int8Kernel, MAX_INT8_DIM, PackedBf16, PackedI8, PackedRows, certified_bf16_pays, dot_batch,
@@ -18,6 +17,7 @@ use crate::distance::{
 };
 use crate::pipeline::spill::SpilledClusters;
 use crate::score::semdedup::similarity_threshold;
+use crate::{Error, Result};
 
 /// Groups the eligible rows of one spill partition by `cluster_of` (then
 /// row id): (cluster, positions into the partition).
@@ -74,7 +74,6 @@ pub fn second_cluster_duplicates(
     eps: f64,
     on_partition: &(dyn Fn(u64) + Sync),
 ) -> Result<Vec<Option<u32>>> {
-    const TILE: usize = 1024;
     let thr = similarity_threshold(eps);
     // bf16 where it outpaces f32, else int8 where `vpdpbusd` runs, else f32 (same hits).
     let low = if certified_bf16_pays() {
@@ -85,70 +84,112 @@ pub fn second_cluster_duplicates(
         None
     };
     let mut best: Vec<(f32, u32)> = vec![(f32::NEG_INFINITY, u32::MAX); labels.len()];
-    // Buffers reused from partition to partition (no fresh pages to fault in and zero).
-    let (mut oids, mut ovals, mut gids, mut gvals) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for p in 0..owners.partitions() {
-        owners.read_partition_into(p, &mut oids, &mut ovals)?;
-        guests.read_partition_into(p, &mut gids, &mut gvals)?;
-        let og = group_partition(&oids, eligible, labels);
-        let gg = group_partition(&gids, eligible, second);
-        let pairs: Vec<(&Vec<u32>, &Vec<u32>)> = gg
-            .iter()
-            .filter_map(|(c, g)| og.binary_search_by_key(c, |(oc, _)| *oc).ok().map(|k| (g, &og[k].1)))
-            .collect();
-        let found: Vec<Vec<(u32, f32, u32)>> = pairs
-            .par_iter()
-            .map(|&(g, o)| {
-                let gather = |ids: &[u32], vals: &[f32], pos: &[u32]| {
-                    let mut r = Vec::with_capacity(pos.len() * dim);
-                    for &i in pos {
-                        r.extend_from_slice(&vals[i as usize * dim..(i as usize + 1) * dim]);
-                    }
-                    let id: Vec<u32> = pos.iter().map(|&i| ids[i as usize]).collect();
-                    (id, r)
-                };
-                let (gi, gr) = gather(&gids, &gvals, g);
-                let (oi, or) = gather(&oids, &ovals, o);
-                let mut hits = Vec::new();
-                let mut push = |x: usize, y: usize, v: f32| {
-                    if v > thr {
-                        let (u, w) = (gi[x], oi[y]);
-                        hits.push((u.max(w), v, u.min(w)));
-                    }
-                };
-                let mut s = Vec::new();
-                for b in (0..oi.len()).step_by(TILE) {
-                    let b1 = (b + TILE).min(oi.len());
-                    let owners = &or[b * dim..b1 * dim];
-                    let filter = low.map(|make| make(owners, dim, thr));
-                    for a in (0..gi.len()).step_by(TILE) {
-                        let a1 = (a + TILE).min(gi.len());
-                        s.resize((a1 - a) * (b1 - b), 0.0);
-                        match &filter {
-                            Some(f) => f.scan(&gr, a..a1, owners, &mut s, |x, y, v| push(x, b + y, v)),
-                            None => {
-                                dot_batch(&gr[a * dim..a1 * dim], owners, dim, &mut s);
-                                for (x, line) in s.chunks_exact(b1 - b).enumerate() {
-                                    for (y, &v) in line.iter().enumerate() {
-                                        push(a + x, b + y, v);
-                                    }
+    let parts = owners.partitions();
+    std::thread::scope(|scope| -> Result<()> {
+        // Partition p + 1 is read (and grouped) while p is compared, into the buffers
+        // of p − 1 (no fresh pages to fault in and zero).
+        let read = |p: usize, mut b: Buffers| {
+            scope.spawn(move || -> Result<(Buffers, Groups, Groups)> {
+                owners.read_partition_into(p, &mut b.0, &mut b.1)?;
+                guests.read_partition_into(p, &mut b.2, &mut b.3)?;
+                let og = group_partition(&b.0, eligible, labels);
+                let gg = group_partition(&b.2, eligible, second);
+                Ok((b, og, gg))
+            })
+        };
+        let mut next = (parts > 0).then(|| read(0, Buffers::default()));
+        let mut spare = None;
+        for p in 0..parts {
+            let (bufs, og, gg) = next
+                .take()
+                .ok_or_else(|| Error::Internal("spill reader missing".into()))?
+                .join()
+                .map_err(|_| Error::Internal(format!("reading spill partition {p} panicked")))??;
+            next = (p + 1 < parts).then(|| read(p + 1, spare.take().unwrap_or_default()));
+            let (oids, ovals, gids, gvals) = (&bufs.0, &bufs.1, &bufs.2, &bufs.3);
+            second_cluster_partition(oids, ovals, gids, gvals, &og, &gg, dim, thr, low, &mut best);
+            on_partition(oids.len() as u64);
+            spare = Some(bufs);
+        }
+        Ok(())
+    })?;
+    Ok(best.into_iter().map(|(_, o)| (o != u32::MAX).then_some(o)).collect())
+}
+
+/// Owner ids and rows, guest ids and rows of one spill partition.
+type Buffers = (Vec<u32>, Vec<f32>, Vec<u32>, Vec<f32>);
+/// Rows of a partition by cluster ([`group_partition`]).
+type Groups = Vec<(u32, Vec<u32>)>;
+
+/// [`second_cluster_duplicates`] on one partition, into `best`.
+#[allow(clippy::too_many_arguments)]
+fn second_cluster_partition(
+    oids: &[u32],
+    ovals: &[f32],
+    gids: &[u32],
+    gvals: &[f32],
+    og: &Groups,
+    gg: &Groups,
+    dim: usize,
+    thr: f32,
+    low: Option<fn(&[f32], usize, f32) -> LowFilter>,
+    best: &mut [(f32, u32)],
+) {
+    const TILE: usize = 1024;
+    let pairs: Vec<(&Vec<u32>, &Vec<u32>)> = gg
+        .iter()
+        .filter_map(|(c, g)| og.binary_search_by_key(c, |(oc, _)| *oc).ok().map(|k| (g, &og[k].1)))
+        .collect();
+    let found: Vec<Vec<(u32, f32, u32)>> = pairs
+        .par_iter()
+        .map(|&(g, o)| {
+            let gather = |ids: &[u32], vals: &[f32], pos: &[u32]| {
+                let mut r = Vec::with_capacity(pos.len() * dim);
+                for &i in pos {
+                    r.extend_from_slice(&vals[i as usize * dim..(i as usize + 1) * dim]);
+                }
+                let id: Vec<u32> = pos.iter().map(|&i| ids[i as usize]).collect();
+                (id, r)
+            };
+            let (gi, gr) = gather(gids, gvals, g);
+            let (oi, or) = gather(oids, ovals, o);
+            let mut hits = Vec::new();
+            let mut push = |x: usize, y: usize, v: f32| {
+                if v > thr {
+                    let (u, w) = (gi[x], oi[y]);
+                    hits.push((u.max(w), v, u.min(w)));
+                }
+            };
+            let mut s = Vec::new();
+            for b in (0..oi.len()).step_by(TILE) {
+                let b1 = (b + TILE).min(oi.len());
+                let owners = &or[b * dim..b1 * dim];
+                let filter = low.map(|make| make(owners, dim, thr));
+                for a in (0..gi.len()).step_by(TILE) {
+                    let a1 = (a + TILE).min(gi.len());
+                    s.resize((a1 - a) * (b1 - b), 0.0);
+                    match &filter {
+                        Some(f) => f.scan(&gr, a..a1, owners, &mut s, |x, y, v| push(x, b + y, v)),
+                        None => {
+                            dot_batch(&gr[a * dim..a1 * dim], owners, dim, &mut s);
+                            for (x, line) in s.chunks_exact(b1 - b).enumerate() {
+                                for (y, &v) in line.iter().enumerate() {
+                                    push(a + x, b + y, v);
                                 }
                             }
                         }
                     }
                 }
-                hits
-            })
-            .collect();
-        for (row, v, other) in found.into_iter().flatten() {
-            let b = &mut best[row as usize];
-            if v > b.0 || (v == b.0 && other < b.1) {
-                *b = (v, other);
             }
+            hits
+        })
+        .collect();
+    for (row, v, other) in found.into_iter().flatten() {
+        let b = &mut best[row as usize];
+        if v > b.0 || (v == b.0 && other < b.1) {
+            *b = (v, other);
         }
-        on_partition(oids.len() as u64);
     }
-    Ok(best.into_iter().map(|(_, o)| (o != u32::MAX).then_some(o)).collect())
 }
 
 /// Whether the second-cluster pass filters with int8 products: where `vpdpbusd` runs
