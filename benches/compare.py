@@ -10,6 +10,7 @@ selections as set overlap. Every process's wall time and peak RSS are measured h
     cargo build --release
     python benches/compare.py --data /tmp/dpb            # all cases
     python benches/compare.py --data /tmp/dpb --cases kmeans
+    python benches/compare.py --data /tmp/dpb --cases e2e,semdedup --repeats 3   # medians of 3 rounds
 
 The reference gets its best BLAS kernel: the JSON's machine.reference_blas names the kernel
 each OpenBLAS in its process picked. faiss-cpu bundles OpenBLAS 0.3.15, which does not know
@@ -84,6 +85,38 @@ def run_rss(cmd, env=None):
         with open(stats) as f:
             maxrss_kib, cpu = json.load(f)
     return out, wall, maxrss_kib / 1024.0, cpu
+
+
+def median(xs):
+    s = sorted(xs)
+    n = len(s)
+    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+
+
+def timed_rounds(args, ref_cmd, ref_env, variants, run_variant):
+    """--repeats rounds of: the reference once, then every dprune variant (ABBA, ab_runs).
+    Interleaving the rounds lets a drift in the machine's speed (this week's VM moved the
+    reference by 10% from one run to the next) touch both sides alike. Returns the
+    reference's (stdout of the last run, median wall, peak RSS, median CPU, all walls) and
+    per label the list of run_variant(label, binary, extra) results, each (wall, cpu, rss, x)."""
+    ref_walls, ref_cpus, ref_rss, ref_out = [], [], 0.0, ""
+    runs = {}
+    for _ in range(args.repeats):
+        ref_out, w, rss, cpu = run_rss(ref_cmd, ref_env)
+        ref_walls.append(w)
+        ref_cpus.append(cpu)
+        ref_rss = max(ref_rss, rss)
+        for label, binary, extra in ab_runs(args, variants):
+            runs.setdefault(label, []).append(run_variant(label, binary, extra))
+    return (ref_out, median(ref_walls), ref_rss, median(ref_cpus), ref_walls), runs
+
+
+def summary(rs, ref_wall, ref_cpu):
+    """Median wall and CPU of a variant's runs, every wall, and the ratios of the medians."""
+    wall, cpu = median([r[0] for r in rs]), median([r[1] for r in rs])
+    return {"wall_s": round(wall, 2), "walls_s": [round(r[0], 2) for r in rs], "cpu_s": round(cpu, 2),
+            "peak_rss_mb": round(max(r[2] for r in rs)), "ratio_ref_over_dprune": round(ref_wall / wall, 2),
+            "cpu_ratio_ref_over_dprune": round(ref_cpu / cpu, 2)}
 
 
 def last_json(text):
@@ -167,23 +200,24 @@ def case_e2e(args, res):
     env = env_threads(args.threads)
     cents = os.path.join(args.work, "ref_centroids.npy")
     ref_kept = os.path.join(args.work, "ref_kept.txt")
-    _, ref_wall, ref_rss, ref_cpu = run_rss([sys.executable, os.path.join(args.shared, "ref_ssl_proto.py"), data, "--k", "1000",
-                                    "--niter", "20", "--keep", "0.3", "--threads", str(args.threads),
-                                    "--save-centroids", cents, "--out", ref_kept], env)
-    rows = {}
+    ref_cmd = [sys.executable, os.path.join(args.shared, "ref_ssl_proto.py"), data, "--k", "1000", "--niter", "20",
+               "--keep", "0.3", "--threads", str(args.threads), "--save-centroids", cents, "--out", ref_kept]
     # default: dprune's defaults (stops at --tolerance); 20it: exactly 20 iterations like faiss;
     # scores_only: like-for-like output with the reference (ids/scores, no pruned Parquet).
     variants = [("default", []), ("20it", ["--tolerance", "0"]), ("scores_only", ["--scores-only"])]
-    for label, binary, extra in ab_runs(args, variants):
+
+    def one(label, binary, extra):
         out_dir = os.path.join(args.work, f"e2e_{label}")
         _, wall, rss, cpu = run_rss([binary, "filter", "--keep", "0.3", data, "-o", out_dir, "--overwrite", "--quiet",
-                                "--k", "1000", "--max-iters", "20", "--threads", str(args.threads)] + extra)
-        rep = json.load(open(os.path.join(out_dir, "_dprune_report.json")))
-        rows[label] = {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "peak_rss_mb": round(rss),
-                       "kmeans_iterations": rep["kmeans"]["iterations"],
-                       "n_kept": rep["n_kept"], "ratio_ref_over_dprune": round(ref_wall / wall, 2),
-                       "cpu_ratio_ref_over_dprune": round(ref_cpu / cpu, 2),
-                       "timings_s": rep["timings_s"]}
+                                     "--k", "1000", "--max-iters", "20", "--threads", str(args.threads)] + extra)
+        return wall, cpu, rss, json.load(open(os.path.join(out_dir, "_dprune_report.json")))
+
+    (_, ref_wall, ref_rss, ref_cpu, ref_walls), runs = timed_rounds(args, ref_cmd, env, variants, one)
+    rows = {}
+    for label, rs in runs.items():
+        rep = rs[-1][3]
+        rows[label] = {**summary(rs, ref_wall, ref_cpu), "kmeans_iterations": rep["kmeans"]["iterations"],
+                       "n_kept": rep["n_kept"], "timings_s": rep["timings_s"]}
     if args.before:
         # Before and after must agree bit for bit: same clusters, scores and kept rows.
         a = pq.read_table(os.path.join(args.work, "e2e_scores_only", "scores.parquet"))
@@ -205,8 +239,8 @@ def case_e2e(args, res):
     ref = set(np.loadtxt(ref_kept, dtype=np.int64).tolist())
     inter = len(dp & ref)
     res["e2e_1m_keep0.3_k1000"] = {
-        "ref_wall_s": round(ref_wall, 2), "ref_cpu_s": round(ref_cpu, 2), "ref_peak_rss_mb": round(ref_rss),
-        "dprune": rows,
+        "ref_wall_s": round(ref_wall, 2), "ref_walls_s": [round(w, 2) for w in ref_walls],
+        "ref_cpu_s": round(ref_cpu, 2), "ref_peak_rss_mb": round(ref_rss), "dprune": rows,
         "same_centroids": {"dprune_wall_s": round(wall_c, 2), "kept_ref": len(ref), "kept_dprune": len(dp),
                            "overlap": inter, "jaccard": round(inter / len(dp | ref), 6), "identical": dp == ref},
     }
@@ -238,26 +272,28 @@ def case_semdedup(args, res):
     env = env_threads(args.threads)
     cents = os.path.join(args.work, "sd_ref_centroids.npy")
     ref_kept = os.path.join(args.work, "sd_ref_kept.txt")
-    ref_out, ref_wall, ref_rss, ref_cpu = run_rss([sys.executable, os.path.join(args.shared, "ref_semdedup.py"), data,
-                                          "--k", "1000", "--niter", "20", "--eps", "0.05",
-                                          "--threads", str(args.threads), "--save-centroids", cents,
-                                          "--out", ref_kept], env)
+    ref_cmd = [sys.executable, os.path.join(args.shared, "ref_semdedup.py"), data, "--k", "1000", "--niter", "20",
+               "--eps", "0.05", "--threads", str(args.threads), "--save-centroids", cents, "--out", ref_kept]
+    variants = [("default", []), ("20it", ["--tolerance", "0"]), ("global", ["--dedup-global"])]
+
+    def one(label, binary, extra):
+        out_dir = os.path.join(args.work, f"sd_{label}")
+        _, wall, rss, cpu = run_rss([binary, "filter", "--dedup", "0.05", data, "-o", out_dir, "--overwrite",
+                                     "--quiet", "--k", "1000", "--max-iters", "20", "--scores-only",
+                                     "--threads", str(args.threads)] + extra)
+        return wall, cpu, rss, json.load(open(os.path.join(out_dir, "_dprune_report.json")))
+
+    (ref_out, ref_wall, ref_rss, ref_cpu, ref_walls), runs = timed_rounds(args, ref_cmd, env, variants, one)
     ref = last_json(ref_out)
     truth = {f: pq.read_table(f, columns=["dup_of"]).column("dup_of").to_numpy() for f in sorted(glob.glob(data))}
     dup_of = np.concatenate(list(truth.values()))
     rows = {}
-    variants = [("default", []), ("20it", ["--tolerance", "0"]), ("global", ["--dedup-global"])]
-    for label, binary, extra in ab_runs(args, variants):
-        out_dir = os.path.join(args.work, f"sd_{label}")
-        _, wall, rss, cpu = run_rss([binary, "filter", "--dedup", "0.05", data, "-o", out_dir, "--overwrite",
-                                "--quiet", "--k", "1000", "--max-iters", "20", "--scores-only",
-                                "--threads", str(args.threads)] + extra)
-        rep = json.load(open(os.path.join(out_dir, "_dprune_report.json")))
-        ids, kept = dprune_kept_ids(out_dir, data)
+    for label, rs in runs.items():
+        rep = rs[-1][3]
+        # Outputs are deterministic: the last run's stand for every run's.
+        ids, kept = dprune_kept_ids(os.path.join(args.work, f"sd_{label}"), data)
         m = dedup_metrics(ids, dup_of, ~kept)
-        rows[label] = {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "peak_rss_mb": round(rss),
-                       "n_kept": rep["n_kept"], "ratio_ref_over_dprune": round(ref_wall / wall, 2),
-                       "cpu_ratio_ref_over_dprune": round(ref_cpu / cpu, 2), "precision": m["precision"],
+        rows[label] = {**summary(rs, ref_wall, ref_cpu), "n_kept": rep["n_kept"], "precision": m["precision"],
                        "recall": m["recall"], "timings_s": rep["timings_s"],
                        "spill_partitions": rep["semdedup"]["partitions"]}
     if args.before:
@@ -289,7 +325,8 @@ def case_semdedup(args, res):
     dp2 = set(ids2[kept2].tolist())
     refset2 = set(np.loadtxt(ref_kept2, dtype=np.int64).tolist())
     res["semdedup_1m_eps0.05_k1000"] = {
-        "ref_wall_s": round(ref_wall, 2), "ref_cpu_s": round(ref_cpu, 2), "ref_peak_rss_mb": round(ref_rss),
+        "ref_wall_s": round(ref_wall, 2), "ref_walls_s": [round(w, 2) for w in ref_walls],
+        "ref_cpu_s": round(ref_cpu, 2), "ref_peak_rss_mb": round(ref_rss),
         "ref_precision": ref["per_eps"][0].get("precision"), "ref_recall": ref["per_eps"][0].get("recall"),
         "ref_phases_s": ref.get("phases_s"), "dprune": rows,
         "same_centroids": {"dprune_wall_s": round(wall_c, 2), "kept_ref": len(refset), "kept_dprune": len(dp),
@@ -483,6 +520,8 @@ def main():
     ap.add_argument("--before", help="a second dprune binary (e.g. main's) timed in the same run, rows prefixed before_")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cases", default="kmeans,e2e,memory")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="rounds of the e2e and semdedup cases (reference, then each variant); medians reported")
     ap.add_argument("--out", help="write the results JSON here")
     args = ap.parse_args()
     os.makedirs(args.work, exist_ok=True)
