@@ -77,9 +77,9 @@ pub fn second_cluster_duplicates(
     let thr = similarity_threshold(eps);
     // bf16 where it outpaces f32, else int8 where `vpdpbusd` runs, else f32 (same hits).
     let low = if certified_bf16_pays() {
-        Some(LowFilter::bf16 as fn(&[f32], usize, f32) -> LowFilter)
+        Some(LowFilter::bf16 as MakeFilter)
     } else if int8_filter_pays(dim) {
-        Some(LowFilter::int8 as fn(&[f32], usize, f32) -> LowFilter)
+        Some(LowFilter::int8 as MakeFilter)
     } else {
         None
     };
@@ -120,6 +120,9 @@ pub fn second_cluster_duplicates(
 type Buffers = (Vec<u32>, Vec<f32>, Vec<u32>, Vec<f32>);
 /// Rows of a partition by cluster ([`group_partition`]).
 type Groups = Vec<(u32, Vec<u32>)>;
+/// Packs a tile of owners for the low-precision filter ([`LowFilter::bf16`] or
+/// [`LowFilter::int8`]).
+type MakeFilter = fn(&[f32], usize, f32) -> LowFilter;
 
 /// [`second_cluster_duplicates`] on one partition, into `best`.
 #[allow(clippy::too_many_arguments)]
@@ -132,7 +135,7 @@ fn second_cluster_partition(
     gg: &Groups,
     dim: usize,
     thr: f32,
-    low: Option<fn(&[f32], usize, f32) -> LowFilter>,
+    low: Option<MakeFilter>,
     best: &mut [(f32, u32)],
 ) {
     const TILE: usize = 1024;
