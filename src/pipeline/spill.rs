@@ -118,6 +118,35 @@ impl Drop for DropBehind {
     }
 }
 
+/// Runs `work(p, &part)` on partitions `p = 0..parts` in order, while partition
+/// p + 1 is `read` on a thread of its own (so at most two are in memory). `read`
+/// gets the part of p − 1 back, once `work` is done with it, to reuse its buffers:
+/// a partition is tens of MB, and fresh memory costs a page fault and a zeroed
+/// page every 4 KiB. The first error, of a read or of `work`, ends the run.
+pub(crate) fn for_each_prefetched<P: Send>(
+    parts: usize,
+    read: impl Fn(usize, Option<P>) -> Result<P> + Sync,
+    mut work: impl FnMut(usize, &P) -> Result<()>,
+) -> Result<()> {
+    std::thread::scope(|scope| {
+        let read = &read;
+        let start = |p: usize, spare: Option<P>| scope.spawn(move || read(p, spare));
+        let mut next = (parts > 0).then(|| start(0, None));
+        let mut spare = None;
+        for p in 0..parts {
+            let part = next
+                .take()
+                .ok_or_else(|| Error::Internal("spill reader missing".into()))?
+                .join()
+                .map_err(|_| Error::Internal(format!("reading spill partition {p} panicked")))??;
+            next = (p + 1 < parts).then(|| start(p + 1, spare.take()));
+            work(p, &part)?;
+            spare = Some(part);
+        }
+        Ok(())
+    })
+}
+
 /// The number of partitions for `rows` rows of `dim` floats in `k` clusters.
 pub fn partitions_for(rows: u64, dim: usize, k: usize) -> usize {
     let bytes = rows * (dim as u64 * 4 + 4);
@@ -383,6 +412,78 @@ mod tests {
         assert!(dir.exists());
         drop(done);
         assert!(!dir.exists());
+    }
+
+    #[test]
+    fn prefetched_partitions_come_in_order_with_the_spare_buffers() {
+        // Each part records its partition and the partition whose buffer it reused.
+        let reads = Mutex::new(Vec::new());
+        let mut seen = Vec::new();
+        for_each_prefetched(
+            5,
+            |p, spare: Option<(usize, Vec<usize>)>| {
+                reads.lock().unwrap().push((p, spare.as_ref().map(|s| s.0)));
+                let mut buf = spare.map(|s| s.1).unwrap_or_default();
+                buf.push(p);
+                Ok((p, buf))
+            },
+            |p, part| {
+                seen.push((p, part.0, part.1.clone()));
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            seen.iter().map(|s| (s.0, s.1)).collect::<Vec<_>>(),
+            (0..5).map(|p| (p, p)).collect::<Vec<_>>()
+        );
+        // Partition p ≥ 2 is read into the buffer of p − 2 (the part `work` is done with).
+        assert_eq!(seen[4].2, vec![0, 2, 4]);
+        assert_eq!(seen[3].2, vec![1, 3]);
+        let mut r = reads.into_inner().unwrap();
+        r.sort();
+        assert_eq!(r, vec![(0, None), (1, None), (2, Some(0)), (3, Some(1)), (4, Some(2))]);
+        for_each_prefetched(
+            0,
+            |_, _: Option<()>| panic!("nothing to read"),
+            |_, _| panic!("nothing to do"),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_failed_read_or_step_ends_the_prefetched_run() {
+        let mut done = Vec::new();
+        let e = for_each_prefetched(
+            4,
+            |p, _: Option<()>| {
+                if p == 2 {
+                    Err(Error::Internal("cannot read 2".into()))
+                } else {
+                    Ok(())
+                }
+            },
+            |p, _| {
+                done.push(p);
+                Ok(())
+            },
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("cannot read 2"), "{e}");
+        assert_eq!(done, vec![0, 1]);
+        let e = for_each_prefetched(
+            4,
+            |_, _: Option<()>| Ok(()),
+            |p, _| {
+                if p == 1 {
+                    Err(Error::Internal("step 1 failed".into()))
+                } else {
+                    Ok(())
+                }
+            },
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("step 1 failed"), "{e}");
     }
 
     #[test]

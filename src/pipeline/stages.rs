@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::hnsw::HnswParams;
 use crate::cluster::{Centroids, Distance};
-use crate::pipeline::spill::SpilledClusters;
+use crate::pipeline::spill::{SpilledClusters, for_each_prefetched};
 use crate::score::knn::knn_distance;
 use crate::score::semdedup::{
     DedupKeep, DedupScores, EpsPoint, PairwiseCost, SemDedupParams, dedup_cluster_at, validate_eps,
@@ -342,28 +342,17 @@ pub fn map_spilled_clusters<T: Send>(
     f: impl Fn(u32, &[u32], &[f32], &[u32]) -> Result<T> + Sync,
     on_partition: &(dyn Fn(u64) + Sync),
 ) -> Result<Vec<(Vec<u32>, T)>> {
-    let parts = spilled.partitions();
     let mut out = Vec::new();
-    std::thread::scope(|scope| {
-        let read = |p: usize, bufs: Option<(Vec<u32>, Vec<f32>)>| {
-            scope.spawn(move || read_grouped(spilled, p, labels, eligible, bufs))
-        };
-        let mut next = (parts > 0).then(|| read(0, None));
-        // The buffers of the partition before last, for the next read (two alternate).
-        let mut spare = None;
-        for p in 0..parts {
-            let part = next
-                .take()
-                .map(|h| h.join())
-                .ok_or_else(|| Error::Internal("spill reader missing".into()))?
-                .map_err(|_| Error::Internal(format!("reading spill partition {p} panicked")))??;
-            next = (p + 1 < parts).then(|| read(p + 1, spare.take()));
+    for_each_prefetched(
+        spilled.partitions(),
+        |p, spare: Option<Grouped>| read_grouped(spilled, p, labels, eligible, spare.map(|g| (g.ids, g.values))),
+        |_, part| {
             let Grouped {
                 ids,
                 values,
                 pos,
                 groups,
-            } = &part;
+            } = part;
             let results: Vec<Result<(Vec<u32>, T)>> = groups
                 .par_iter()
                 .map(|&(c, a, b)| {
@@ -377,10 +366,9 @@ pub fn map_spilled_clusters<T: Send>(
                 out.push(r?);
             }
             on_partition(ids.len() as u64);
-            spare = Some((part.ids, part.values));
-        }
-        Ok::<_, Error>(())
-    })?;
+            Ok(())
+        },
+    )?;
     Ok(out)
 }
 

@@ -10,14 +10,14 @@ use std::cell::OnceCell;
 
 use rayon::prelude::*;
 
+use crate::Result;
 use crate::cluster::hnsw::{Hnsw, HnswParams};
 use crate::distance::{
     Bf16Bound, Int8Kernel, MAX_INT8_DIM, PackedBf16, PackedI8, PackedRows, certified_bf16_pays, dot_batch,
     dot_batch_bf16, dot_batch_i8, dot_batch_packed, int8_kernel, kernel_pair_dots,
 };
-use crate::pipeline::spill::SpilledClusters;
+use crate::pipeline::spill::{SpilledClusters, for_each_prefetched};
 use crate::score::semdedup::similarity_threshold;
-use crate::{Error, Result};
 
 /// Groups the eligible rows of one spill partition by `cluster_of` (then
 /// row id): (cluster, positions into the partition).
@@ -84,35 +84,23 @@ pub fn second_cluster_duplicates(
         None
     };
     let mut best: Vec<(f32, u32)> = vec![(f32::NEG_INFINITY, u32::MAX); labels.len()];
-    let parts = owners.partitions();
-    std::thread::scope(|scope| -> Result<()> {
-        // Partition p + 1 is read (and grouped) while p is compared, into the buffers
-        // of p − 1 (no fresh pages to fault in and zero).
-        let read = |p: usize, mut b: Buffers| {
-            scope.spawn(move || -> Result<(Buffers, Groups, Groups)> {
-                owners.read_partition_into(p, &mut b.0, &mut b.1)?;
-                guests.read_partition_into(p, &mut b.2, &mut b.3)?;
-                let og = group_partition(&b.0, eligible, labels);
-                let gg = group_partition(&b.2, eligible, second);
-                Ok((b, og, gg))
-            })
-        };
-        let mut next = (parts > 0).then(|| read(0, Buffers::default()));
-        let mut spare = None;
-        for p in 0..parts {
-            let (bufs, og, gg) = next
-                .take()
-                .ok_or_else(|| Error::Internal("spill reader missing".into()))?
-                .join()
-                .map_err(|_| Error::Internal(format!("reading spill partition {p} panicked")))??;
-            next = (p + 1 < parts).then(|| read(p + 1, spare.take().unwrap_or_default()));
-            let (oids, ovals, gids, gvals) = (&bufs.0, &bufs.1, &bufs.2, &bufs.3);
-            second_cluster_partition(oids, ovals, gids, gvals, &og, &gg, dim, thr, low, &mut best);
-            on_partition(oids.len() as u64);
-            spare = Some(bufs);
-        }
-        Ok(())
-    })?;
+    // Partition p + 1 is read (and grouped) while p is compared.
+    for_each_prefetched(
+        owners.partitions(),
+        |p, spare: Option<(Buffers, Groups, Groups)>| {
+            let mut b = spare.map(|s| s.0).unwrap_or_default();
+            owners.read_partition_into(p, &mut b.0, &mut b.1)?;
+            guests.read_partition_into(p, &mut b.2, &mut b.3)?;
+            let og = group_partition(&b.0, eligible, labels);
+            let gg = group_partition(&b.2, eligible, second);
+            Ok((b, og, gg))
+        },
+        |_, (b, og, gg)| {
+            second_cluster_partition(&b.0, &b.1, &b.2, &b.3, og, gg, dim, thr, low, &mut best);
+            on_partition(b.0.len() as u64);
+            Ok(())
+        },
+    )?;
     Ok(best.into_iter().map(|(_, o)| (o != u32::MAX).then_some(o)).collect())
 }
 
