@@ -29,7 +29,9 @@
 //! kernel's is (so the two differ by at most 2e), and a candidate whose fast dot
 //! is below the row's best by more than 4e cannot win or tie
 //! (`CertifiedSearch::narrow`, [`contender_cut`]). A row then usually
-//! runs one chain, its winner's, instead of one per candidate.
+//! runs one chain, its winner's, instead of one per candidate. For the two
+//! nearest the cut hangs from the second largest fast dot instead
+//! ([`contender_cut_second`]): usually two chains.
 //!
 //! Rows with many candidates (e.g. all-zero rows) fall back to the full f32
 //! search. Everything is per row, in fixed chunks: results do not depend on
@@ -41,8 +43,8 @@ use rayon::prelude::*;
 
 use crate::cluster::centroids::{BOUND_CANDIDATES, CHUNK_ROWS, Centroids, Distance, TopScores, argmax_row};
 use crate::distance::{
-    Bf16Bound, I8Rows, LowPrecision, PackedBf16, PackedI8, certified_precision, contender_cut, dot_batch_bf16,
-    dot_batch_i8, fast_pair_dots, kernel_pair_dots, norm_upper_bound,
+    Bf16Bound, I8Rows, LowPrecision, PackedBf16, PackedI8, certified_precision, contender_cut, contender_cut_second,
+    dot_batch_bf16, dot_batch_i8, fast_pair_dots, kernel_pair_dots, norm_upper_bound,
 };
 
 /// What the search needs besides the centroids, made once per set of
@@ -332,9 +334,7 @@ impl<'a> CertifiedSearch<'a> {
             s.second.clear();
             s.second.resize(m, f32::NEG_INFINITY);
         }
-        if second.is_none() {
-            self.narrow(x, s);
-        }
+        self.narrow(x, s, second.is_some());
         s.exact.resize(s.pairs.len(), 0.0);
         kernel_pair_dots(x, self.c.as_slice(), dim, &s.pairs, &mut s.exact);
         // Pairs arrive row by row, centroids ascending: the first largest wins, and the
@@ -404,18 +404,26 @@ impl CertifiedSearch<'_> {
     /// within e = γ_d·‖x‖·max‖c‖ of the exact one, so f_j < max f − 4e means the kernel's
     /// value of j is below the best's ([`contender_cut`]), and j can neither win nor tie. The kernel's own
     /// chain, many times slower, then runs for the few left (usually the winner alone).
-    /// Not for `nearest_two`, which needs the second's exact dot.
-    fn narrow(&self, x: &[f32], s: &mut Scratch) {
+    /// With `two`, for `nearest_two`, the candidates that can be neither first nor
+    /// second are dropped instead ([`contender_cut_second`]).
+    fn narrow(&self, x: &[f32], s: &mut Scratch, two: bool) {
         let dim = self.c.dim();
+        let places = if two { 2 } else { 1 };
         let (mut w, mut a) = (0, 0);
         while a < s.pairs.len() {
             let i = s.pairs[a].0;
             let b = a + s.pairs[a..].iter().take_while(|p| p.0 == i).count();
-            let keep_all = b - a == 1 || {
+            let keep_all = b - a <= places || {
                 s.fast.resize(b - a, 0.0);
                 fast_pair_dots(x, self.c.as_slice(), dim, &s.pairs[a..b], &mut s.fast);
                 let row = &x[i as usize * dim..(i as usize + 1) * dim];
-                if let Some(cut) = contender_cut(&s.fast, self.f32_err * norm_upper_bound(row)) {
+                let e = self.f32_err * norm_upper_bound(row);
+                let cut = if two {
+                    contender_cut_second(&s.fast, e)
+                } else {
+                    contender_cut(&s.fast, e)
+                };
+                if let Some(cut) = cut {
                     for q in a..b {
                         if s.fast[q - a] as f64 >= cut {
                             s.pairs[w] = s.pairs[q];
@@ -657,11 +665,66 @@ mod tests {
             pairs: (0..22).map(|j| (0u32, j)).collect(),
             ..Default::default()
         };
-        search.narrow(&x, &mut s);
+        search.narrow(&x, &mut s, false);
         assert_eq!(s.pairs, vec![(0, 0), (0, 21)]);
-        // A row alone with one candidate is left as it is.
+        // For the two nearest, the second place is the near tie 21 too: nothing else stays.
+        s.pairs = (0..22).map(|j| (0u32, j)).collect();
+        search.narrow(&x, &mut s, true);
+        assert_eq!(s.pairs, vec![(0, 0), (0, 21)]);
+        // Without 21, the second place is contested by 1 (0.995) alone; 2 (0.994) is
+        // 0.001 below it, far outside 4e, and goes.
+        s.pairs = (0..21).map(|j| (0u32, j)).collect();
+        search.narrow(&x, &mut s, true);
+        assert_eq!(s.pairs, vec![(0, 0), (0, 1)]);
+        // A row alone with one candidate is left as it is, and with two for two places.
         s.pairs = vec![(0, 7)];
-        search.narrow(&x, &mut s);
+        search.narrow(&x, &mut s, false);
         assert_eq!(s.pairs, vec![(0, 7)]);
+        s.pairs = vec![(0, 7), (0, 9)];
+        search.narrow(&x, &mut s, true);
+        assert_eq!(s.pairs, vec![(0, 7), (0, 9)]);
+    }
+
+    /// Rows whose second place is a near tie between two centroids (which the fast dots
+    /// cannot order) keep both contenders, and `nearest_two` matches the f32 search bit
+    /// for bit on them.
+    #[test]
+    fn second_place_near_ties_are_settled_by_the_kernel() {
+        let dim = 48;
+        let mut r = Rng::new(41);
+        let base = unit(6, dim, &mut r);
+        let mut cents = base[..dim].to_vec(); // 0: the rows' centre
+        for j in 1..6 {
+            // 1..5: at cosine about 0.6 from centre 0, 2 a hair's breadth from 1.
+            let src = if j == 2 { 1 } else { j };
+            let mut v: Vec<f32> = (0..dim)
+                .map(|t| 0.6 * base[t] + 0.8 * base[src * dim + t] + if j == 2 { 1e-6 } else { 0.0 })
+                .collect();
+            normalize(&mut v);
+            cents.extend(v);
+        }
+        let c = Centroids::try_new(cents, dim, Distance::Cosine).unwrap();
+        let n = 300;
+        let mut x = Vec::with_capacity(n * dim);
+        for i in 0..n {
+            let mut v: Vec<f32> = (0..dim)
+                .map(|t| base[t] + 0.3 * c.row(1)[t] + 1e-3 * (((i * 31 + t * 7) % 13) as f32 - 6.0))
+                .collect();
+            normalize(&mut v);
+            x.extend(v);
+        }
+        for p in [LowPrecision::Bf16, LowPrecision::Int8] {
+            let s = CertifiedSearch::build(&c, p);
+            let (mut l, mut d, mut s2) = (vec![0; n], vec![0.0; n], vec![0; n]);
+            s.nearest_two(&x, &mut l, &mut d, &mut s2);
+            let (mut l1, mut d1, mut s1) = (vec![0; n], vec![0.0; n], vec![0; n]);
+            c.nearest_two(&x, &mut l1, &mut d1, &mut s1);
+            assert_eq!((&l, &s2), (&l1, &s1), "{p:?}");
+            assert_eq!(
+                d.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                d1.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            );
+            assert!(s1.iter().all(|&j| j == 1 || j == 2), "the second place is 1 or 2");
+        }
     }
 }

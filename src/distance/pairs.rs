@@ -81,7 +81,30 @@ pub fn fast_pair_dots(x: &[f32], c: &[f32], dim: usize, pairs: &[(u32, u32)], ou
 /// down (keeping more is still exact); `None` when every candidate must be kept (NaN, ∞).
 pub fn contender_cut(fast: &[f32], e: f64) -> Option<f64> {
     let top = fast.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
-    let cut = top as f64 - 4.0 * e;
+    cut_below(top, fast, e)
+}
+
+/// [`contender_cut`] for the first *two* places: the cut below which a candidate's fast
+/// value can be neither first nor second in the kernel's values, nor tie the second.
+/// It hangs from the second largest of `fast` (the largest when that occurs twice), s:
+/// at least two candidates have fast values ≥ s, so kernel values > s − 2e, and the
+/// kernel's second is above s − 2e too; f_j < s − 4e gives k_j < s − 2e. `None` as there.
+pub fn contender_cut_second(fast: &[f32], e: f64) -> Option<f64> {
+    let (mut top, mut second) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
+    for &v in fast {
+        if v > top {
+            second = top;
+            top = v;
+        } else if v > second {
+            second = v;
+        }
+    }
+    cut_below(second, fast, e)
+}
+
+/// `from` less 4e, rounded down; `None` when it is not finite or `fast` holds a NaN.
+fn cut_below(from: f32, fast: &[f32], e: f64) -> Option<f64> {
+    let cut = from as f64 - 4.0 * e;
     let cut = cut - cut.abs() * 1e-12 - 1e-30;
     (cut.is_finite() && fast.iter().all(|v| !v.is_nan())).then_some(cut)
 }
@@ -279,6 +302,21 @@ mod tests {
         assert!(cut <= 0.5 - 4.0 * e && cut > 0.5 - 4.0 * e - 1e-9);
         assert_eq!(contender_cut(&[0.5, f32::NAN], e), None);
         assert_eq!(contender_cut(&[f32::INFINITY, 0.5], e), None);
+    }
+
+    /// For the second place the cut hangs 4e below the second largest value, counting a
+    /// repeated largest as second.
+    #[test]
+    fn the_second_place_cut_hangs_from_the_second_largest() {
+        let e = 1e-3;
+        let cut = contender_cut_second(&[0.9, 0.5, 0.5 - 3.0 * e as f32, 0.3], e).unwrap();
+        assert!(cut <= 0.5 - 4.0 * e && cut > 0.5 - 4.0 * e - 1e-9, "{cut}");
+        assert!((0.5 - 3.0 * e as f32) as f64 >= cut && 0.3 < cut);
+        let tied = contender_cut_second(&[0.7, 0.9, 0.9], e).unwrap();
+        assert!(tied <= 0.9 - 4.0 * e && tied > 0.9 - 4.0 * e - 1e-9, "{tied}");
+        // One candidate has no second: nothing to cut against.
+        assert_eq!(contender_cut_second(&[0.9], e), None);
+        assert_eq!(contender_cut_second(&[0.9, f32::NAN, 0.1], e), None);
     }
 
     #[cfg(target_arch = "x86_64")]
