@@ -313,7 +313,8 @@ mod tests {
         assert!(cut <= 0.5 - 4.0 * e && cut > 0.5 - 4.0 * e - 1e-9, "{cut}");
         assert!((0.5 - 3.0 * e as f32) as f64 >= cut && 0.3 < cut);
         let tied = contender_cut_second(&[0.7, 0.9, 0.9], e).unwrap();
-        assert!(tied <= 0.9 - 4.0 * e && tied > 0.9 - 4.0 * e - 1e-9, "{tied}");
+        let top = f64::from(0.9f32);
+        assert!(tied <= top - 4.0 * e && tied > top - 4.0 * e - 1e-9, "{tied}");
         // One candidate has no second: nothing to cut against.
         assert_eq!(contender_cut_second(&[0.9], e), None);
         assert_eq!(contender_cut_second(&[0.9, f32::NAN, 0.1], e), None);
