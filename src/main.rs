@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 /// glibc's malloc serves blocks above a moving threshold (128 KiB, raised up to
 /// 32 MiB as such blocks are freed) with fresh `mmap`s and hands freed heap tops back
-/// to the kernel beyond 128 KiB, so every embedding batch (8192 × 384 f32 = 12 MiB)
+/// to the kernel beyond 128 KiB, so every embedding batch (2048 × 384 f32 = 3 MiB)
 /// and parquet page buffer costs page faults on first touch: a third of the
 /// read passes' system time. Fixing the threshold at its ceiling and keeping up
 /// to 1 GiB of freed heap lets those buffers be reused (about 4% less CPU for

@@ -49,8 +49,13 @@ pub use driver::run_filter;
 #[cfg(feature = "datafusion")]
 pub use sql::run_filter_sql;
 
-/// Rows per embedding batch in the sample and score passes.
-pub const DEFAULT_BATCH_ROWS: usize = 8192;
+/// Rows per embedding batch in the sample and score passes. A batch of 384-float
+/// rows is then 3 MiB, which, split between the cores, mostly stays in their L2 caches
+/// (2 MiB each on the benchmarks' Xeon) from decoding to checking, normalising and
+/// searching it; at 8192 rows (12 MiB) every step read it back from L3. On the 1M × 384
+/// filter: sample pass 1.29 → 1.20 s, the run 0.18 s faster (six alternating pairs),
+/// peak RSS 764 → 710 MB for SemDeDup.
+pub const DEFAULT_BATCH_ROWS: usize = 2048;
 /// Name of the scores table written by `scores_only`.
 pub const SCORES_TABLE: &str = "scores.parquet";
 pub use crate::io::writer::{CLUSTER_COLUMN, SCORE_COLUMN};
