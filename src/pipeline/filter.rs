@@ -54,7 +54,7 @@ pub use sql::run_filter_sql;
 /// (2 MiB each on the benchmarks' Xeon) from decoding to checking, normalising and
 /// searching it; at 8192 rows (12 MiB) every step read it back from L3. On the 1M × 384
 /// filter: sample pass 1.29 → 1.20 s, the run 0.18 s faster (six alternating pairs),
-/// peak RSS 764 → 710 MB for SemDeDup.
+/// peak RSS about 50 MB lower.
 pub const DEFAULT_BATCH_ROWS: usize = 2048;
 /// Name of the scores table written by `scores_only`.
 pub const SCORES_TABLE: &str = "scores.parquet";
