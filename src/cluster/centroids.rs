@@ -402,17 +402,8 @@ impl TopScores {
             self.cut = cut;
             self.found.retain(|p| p.0 >= cut);
         }
-        let cut = self.cut;
-        for (c, ch) in scores.chunks(16).enumerate() {
-            // Most blocks hold no candidate: one vector compare.
-            if ch.iter().fold(false, |a, &v| a | (v >= cut)) {
-                for (l, &v) in ch.iter().enumerate() {
-                    if v >= cut {
-                        self.found.push((v, (offset + c * 16 + l) as u32));
-                    }
-                }
-            }
-        }
+        let found = &mut self.found;
+        scan_at_least(scores, self.cut, |j, v| found.push((v, offset as u32 + j)));
         self.offered += scores.len();
     }
 
@@ -461,6 +452,62 @@ impl TopScores {
     }
 }
 
+/// Calls `f(j, b[j])` for every `j` with `b[j] >= cut`, ascending; compiled
+/// for AVX-512 where the f32 kernel is (same calls on every path).
+#[inline]
+pub(crate) fn scan_at_least(b: &[f32], cut: f32, f: impl FnMut(u32, f32)) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::distance::kernel() == crate::distance::Kernel::Avx512 {
+        // SAFETY: the AVX-512 kernel is chosen only when the CPU has AVX-512F.
+        return unsafe { scan_at_least_avx512(b, cut, f) };
+    }
+    scan_at_least_body(b, cut, f)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn scan_at_least_avx512(b: &[f32], cut: f32, mut f: impl FnMut(u32, f32)) {
+    use std::arch::x86_64::*;
+    // One mask compare per sixteen scores; most masks are empty, and the set bits of
+    // the others come out in ascending order. `_CMP_GE_OQ` is false for NaN, like
+    // `v >= cut`.
+    let (n, p) = (b.len(), b.as_ptr());
+    let c = _mm512_set1_ps(cut);
+    let mut j = 0;
+    while j < n {
+        let live: __mmask16 = if n - j >= 16 { !0 } else { (1u16 << (n - j)) - 1 };
+        // SAFETY: `live` covers only indices below `n`.
+        let v = unsafe { _mm512_maskz_loadu_ps(live, p.add(j)) };
+        let mut m = _mm512_mask_cmp_ps_mask::<_CMP_GE_OQ>(live, v, c);
+        while m != 0 {
+            let l = m.trailing_zeros() as usize;
+            f((j + l) as u32, b[j + l]);
+            m &= m - 1;
+        }
+        j += 16;
+    }
+}
+
+#[inline(always)]
+fn scan_at_least_body(b: &[f32], cut: f32, mut f: impl FnMut(u32, f32)) {
+    // Most 16-blocks hold no candidate: test them with one vector compare first.
+    for (c, ch) in b.chunks(16).enumerate() {
+        if ch.iter().fold(false, |a, &v| a | (v >= cut)) {
+            for (l, &v) in ch.iter().enumerate() {
+                if v >= cut {
+                    f((c * 16 + l) as u32, v);
+                }
+            }
+        }
+    }
+}
+
+/// The portable [`scan_at_least`], for tests of the vector one.
+#[cfg(test)]
+pub(crate) fn scan_at_least_plain(b: &[f32], cut: f32, f: impl FnMut(u32, f32)) {
+    scan_at_least_body(b, cut, f)
+}
+
 /// [`argmax`] of a tile row (`2·v − bias[j]` with a bias), compiled for the
 /// widest vectors this CPU has: every path returns the same result (only
 /// comparisons and selects), the AVX-512 one four times the lanes of the
@@ -496,11 +543,13 @@ const ARGMAX_LANES: usize = 16;
 /// (`(0, -inf)` when none is larger than -inf; NaN never wins). Lane-wise
 /// running maxima with strict `>` keep each lane's first index; the lanes are
 /// then merged by value and lowest index, which is the first occurrence
-/// overall. Written so LLVM vectorises it (compare + blend per lane).
+/// overall. Written so LLVM vectorises it (compare + blend per lane); a lane
+/// keeps the 32-bit number of its best block, not a 64-bit index, so its
+/// indices fill one vector.
 #[inline(always)]
 fn argmax(row: &[f32], f: impl Fn(usize, f32) -> f32) -> (usize, f32) {
     let mut bv = [f32::NEG_INFINITY; ARGMAX_LANES];
-    let mut bi = [0usize; ARGMAX_LANES];
+    let mut bc = [0u32; ARGMAX_LANES];
     let chunks = row.chunks_exact(ARGMAX_LANES);
     let rest = chunks.remainder();
     for (c, ch) in chunks.enumerate() {
@@ -509,13 +558,14 @@ fn argmax(row: &[f32], f: impl Fn(usize, f32) -> f32) -> (usize, f32) {
             let v = f(base + l, ch[l]);
             let better = v > bv[l];
             bv[l] = if better { v } else { bv[l] };
-            bi[l] = if better { base + l } else { bi[l] };
+            bc[l] = if better { c as u32 } else { bc[l] };
         }
     }
     let (mut j, mut best) = (0usize, f32::NEG_INFINITY);
     for l in 0..ARGMAX_LANES {
-        if bv[l] > best || (bv[l] == best && bv[l] > f32::NEG_INFINITY && bi[l] < j) {
-            (j, best) = (bi[l], bv[l]);
+        let i = bc[l] as usize * ARGMAX_LANES + l;
+        if bv[l] > best || (bv[l] == best && bv[l] > f32::NEG_INFINITY && i < j) {
+            (j, best) = (i, bv[l]);
         }
     }
     let base = row.len() - rest.len();

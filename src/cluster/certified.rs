@@ -48,7 +48,7 @@ use crate::distance::{
 };
 
 mod candidates;
-use candidates::{candidates, second_largest};
+use candidates::{candidates, max_score, second_largest};
 
 /// What the search needs besides the centroids, made once per set of
 /// centroids and precision (cached in [`Centroids`]).
@@ -306,9 +306,15 @@ impl<'a> CertifiedSearch<'a> {
         for i in 0..m {
             let b = &s.scores[i * k..(i + 1) * k];
             let err = s.row_err[i];
-            let (jt, top) = argmax_row(b, None);
-            // With a second nearest wanted, the cut hangs from the second largest score.
-            let base = if second.is_some() { second_largest(b, jt) } else { top };
+            // With a second nearest wanted, the cut hangs from the second largest score;
+            // otherwise only the largest's value is needed (the candidates name it).
+            let (top, base) = if second.is_some() {
+                let (jt, top) = argmax_row(b, None);
+                (top, second_largest(b, jt))
+            } else {
+                let top = max_score(b);
+                (top, top)
+            };
             if bounds.is_some() {
                 s.tops.resize_with(i + 1, TopScores::default);
                 s.tops[i].reset();

@@ -5,6 +5,7 @@
 //! that can still win or tie ([`CertifiedSearch::narrow`], [`contender_cut`]).
 
 use super::{CertifiedSearch, Scratch};
+use crate::cluster::centroids::scan_at_least;
 use crate::distance::{contender_cut, contender_cut_second, fast_pair_dots, norm_upper_bound};
 
 impl CertifiedSearch<'_> {
@@ -62,34 +63,67 @@ pub(super) fn second_largest(b: &[f32], jt: usize) -> f32 {
     lo.iter().chain(hi).fold(f32::NEG_INFINITY, |a, &v| a.max(v))
 }
 
-/// Appends to `out` the indices `j` with `b[j] >= cut`, ascending; compiled
-/// for AVX-512 where the f32 kernel is (same result on every path).
+/// Appends to `out` the indices `j` with `b[j] >= cut`, ascending
+/// ([`scan_at_least`]: one vector compare per sixteen scores).
 #[inline]
 pub(super) fn candidates(b: &[f32], cut: f32, out: &mut Vec<u32>) {
+    scan_at_least(b, cut, |j, _| out.push(j));
+}
+
+/// The largest score of `b` that is above −∞ (−∞ when there is none; NaN never
+/// counts): the value of `argmax_row(b, None)` without its index, for the rows
+/// whose candidates ([`candidates`]) name the winner anyway. Four running maxima,
+/// merged at the end: max is exact, so the order does not change the value.
+#[inline]
+pub(super) fn max_score(b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if crate::distance::kernel() == crate::distance::Kernel::Avx512 {
         // SAFETY: the AVX-512 kernel is chosen only when the CPU has AVX-512F.
-        return unsafe { candidates_avx512(b, cut, out) };
+        return unsafe { max_score_avx512(b) };
     }
-    candidates_body(b, cut, out)
+    max_score_body(b)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn candidates_avx512(b: &[f32], cut: f32, out: &mut Vec<u32>) {
-    candidates_body(b, cut, out)
+unsafe fn max_score_avx512(b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let (n, p) = (b.len(), b.as_ptr());
+    let lo = _mm512_set1_ps(f32::NEG_INFINITY);
+    let mut acc = [lo; 4];
+    let mut j = 0;
+    while j + 64 <= n {
+        for (q, a) in acc.iter_mut().enumerate() {
+            // SAFETY: j + 64 <= n. `max(v, a)` returns `a` when `v` is NaN.
+            *a = _mm512_max_ps(unsafe { _mm512_loadu_ps(p.add(j + 16 * q)) }, *a);
+        }
+        j += 64;
+    }
+    while j < n {
+        let live: __mmask16 = if n - j >= 16 { !0 } else { (1u16 << (n - j)) - 1 };
+        // SAFETY: `live` covers only indices below `n`; the others load as −∞.
+        let v = unsafe { _mm512_mask_loadu_ps(lo, live, p.add(j)) };
+        acc[0] = _mm512_max_ps(v, acc[0]);
+        j += 16;
+    }
+    let m = _mm512_max_ps(_mm512_max_ps(acc[0], acc[1]), _mm512_max_ps(acc[2], acc[3]));
+    // NaN never reaches the accumulators, so the lane reduction is a plain max.
+    _mm512_reduce_max_ps(m)
 }
 
 #[inline(always)]
-fn candidates_body(b: &[f32], cut: f32, out: &mut Vec<u32>) {
-    // Most 16-blocks hold no candidate: test them with one vector compare first.
-    for (c, ch) in b.chunks(16).enumerate() {
-        if ch.iter().fold(false, |a, &v| a | (v >= cut)) {
-            for (l, &v) in ch.iter().enumerate() {
-                if v >= cut {
-                    out.push((c * 16 + l) as u32);
-                }
-            }
-        }
-    }
+fn max_score_body(b: &[f32]) -> f32 {
+    b.iter().fold(f32::NEG_INFINITY, |a, &v| if v > a { v } else { a })
+}
+
+/// The portable [`max_score`], for tests of the vector one.
+#[cfg(test)]
+pub(super) fn max_score_plain(b: &[f32]) -> f32 {
+    max_score_body(b)
+}
+
+/// The portable [`candidates`], for tests of the vector one.
+#[cfg(test)]
+pub(super) fn candidates_plain(b: &[f32], cut: f32, out: &mut Vec<u32>) {
+    crate::cluster::centroids::scan_at_least_plain(b, cut, |j, _| out.push(j));
 }

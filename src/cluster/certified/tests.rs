@@ -217,3 +217,68 @@ fn second_place_near_ties_are_settled_by_the_kernel() {
         assert!(s1.iter().all(|&j| j == 1 || j == 2), "the second place is 1 or 2");
     }
 }
+
+/// Score rows with ties, NaN, ±∞, signed zeros and every tail length.
+fn awkward_rows(r: &mut Rng) -> Vec<Vec<f32>> {
+    let mut rows = Vec::new();
+    for n in [0, 1, 5, 15, 16, 17, 63, 64, 65, 100, 1000, 1001] {
+        for kind in 0..6 {
+            let row: Vec<f32> = (0..n)
+                .map(|_| match (kind, r.below(12)) {
+                    (1, 0) => f32::NAN,
+                    (2, _) => f32::NAN,
+                    (3, 0) => f32::NEG_INFINITY,
+                    (3, _) => f32::NAN,
+                    (4, 0) => 0.0,
+                    (4, 1) => -0.0,
+                    (5, 0) => f32::INFINITY,
+                    // Few distinct values: many exact ties.
+                    (_, _) if kind == 0 => (r.below(5) as f32) * 0.25,
+                    _ => r.normal() as f32,
+                })
+                .collect();
+            rows.push(row);
+        }
+    }
+    rows
+}
+
+#[test]
+fn max_score_is_the_value_of_argmax_row() {
+    let mut r = Rng::new(11);
+    for row in awkward_rows(&mut r) {
+        let want = argmax_row(&row, None).1;
+        for got in [max_score(&row), candidates::max_score_plain(&row)] {
+            // The same value; ±0 are the same candidates' cut.
+            assert!(
+                got == want || (got.is_nan() && want.is_nan()),
+                "{got} vs {want} for {row:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn candidate_scans_agree_with_the_plain_loop() {
+    let mut r = Rng::new(12);
+    for row in awkward_rows(&mut r) {
+        for cut in [
+            f32::NEG_INFINITY,
+            -1.0,
+            -0.0,
+            0.0,
+            0.25,
+            0.5,
+            1.0,
+            f32::INFINITY,
+            f32::NAN,
+        ] {
+            let want: Vec<u32> = (0..row.len() as u32).filter(|&j| row[j as usize] >= cut).collect();
+            let (mut fast, mut plain) = (Vec::new(), Vec::new());
+            candidates(&row, cut, &mut fast);
+            candidates::candidates_plain(&row, cut, &mut plain);
+            assert_eq!(fast, want, "cut {cut}, row {row:?}");
+            assert_eq!(plain, want, "cut {cut}, row {row:?}");
+        }
+    }
+}
