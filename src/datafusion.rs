@@ -139,7 +139,7 @@ pub fn functions(opts: &FunctionOptions) -> Vec<ScalarUDF> {
     ]
 }
 
-/// Registers [`functions`] in `ctx`, for SQL and the DataFrame API.
+/// Registers [`functions()`] in `ctx`, for SQL and the DataFrame API.
 pub fn register(ctx: &SessionContext, opts: &FunctionOptions) {
     for f in functions(opts) {
         ctx.register_udf(f);

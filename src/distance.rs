@@ -148,7 +148,7 @@ pub fn dot_reference(a: &[f32], b: &[f32]) -> f64 {
 /// `DPRUNE_KERNEL=portable` forces the portable kernel (for comparisons).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernel {
-    /// Register-tiled AVX-512 kernel ([`avx512`]).
+    /// Register-tiled AVX-512 kernel (the private `avx512` module).
     Avx512,
     /// ndarray's `general_mat_mul` (matrixmultiply).
     Portable,

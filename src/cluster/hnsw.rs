@@ -2,7 +2,7 @@
 //! nearest neighbours, and the cross-cluster near-duplicate pass that
 //! per-cluster SemDeDup cannot see.
 //!
-//! Our own implementation of hnswlib's algorithm ([`graph`]): levels from
+//! Our own implementation of hnswlib's algorithm (the private `graph` module): levels from
 //! a seeded stream, heuristic neighbour selection, M links per upper layer
 //! and 2·M on layer 0. Similarity is the dot product, so rows must be
 //! L2-normalised. Results are approximate (recall grows with `ef_search`);

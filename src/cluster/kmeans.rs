@@ -15,7 +15,7 @@
 //!   chunks and every reduction is summed in chunk order, so results do not
 //!   depend on the number of threads.
 //! * The update keeps every cluster's sum exact, in fixed point
-//!   ([`sums`]), so it only adds and subtracts the rows that changed
+//!   (the private `sums` module), so it only adds and subtracts the rows that changed
 //!   cluster; a mean depends on its cluster's members, not on their order.
 //! * Empty clusters are re-seeded by splitting the largest cluster (faiss's
 //!   rule: the two halves move apart by a relative 1/1024 per coordinate).

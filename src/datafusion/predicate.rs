@@ -3,7 +3,7 @@
 //! Row identity in dprune is (file, row in file) and outputs keep every
 //! input's row order and schema, so the predicate is not run as a query:
 //! per file it is parsed against the file's Arrow schema into a DataFusion
-//! physical expression, a [`PruningPredicate`] over the Parquet row-group
+//! physical expression, a [`PruningPredicate`](datafusion::physical_optimizer::pruning::PruningPredicate) over the Parquet row-group
 //! statistics (min, max, null count) skips the row groups that cannot hold
 //! a match, and the expression is evaluated on the remaining row groups,
 //! reading only the columns it names, to one flag per row (NULL counts as

@@ -72,7 +72,7 @@ pub fn bf16_kernel() -> Bf16Kernel {
 /// Whether certified bf16 filtering (bf16 products first, f32 only where the error bound
 /// leaves a doubt) pays here: the AVX-512 BF16 kernel runs (elsewhere the bf16 products
 /// are slower than the f32 ones) and outpaces the f32 kernel on this CPU
-/// ([`bf16_outpaces_f32`]). `DPRUNE_CERTIFIED=0` turns it off; `DPRUNE_CERTIFIED=bf16`
+/// (`bf16_outpaces_f32`, a timed probe). `DPRUNE_CERTIFIED=0` turns it off; `DPRUNE_CERTIFIED=bf16`
 /// turns it on wherever the kernel runs, without the probe. Either way the outputs are
 /// the same bits: only the speed depends on this answer.
 pub fn certified_bf16_pays() -> bool {

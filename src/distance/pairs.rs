@@ -58,7 +58,7 @@ pub fn kernel_pair_dots(x: &[f32], c: &[f32], dim: usize, pairs: &[(u32, u32)], 
 
 /// `out[p] = x_i · c_j` for each pair `(i, j)` of `pairs` (as [`kernel_pair_dots`]), summed
 /// in whatever order vectorizes best: within γ_d·‖x_i‖·‖c_j‖ of the exact dot
-/// ([`f32_error_per_norm`], which holds for any order), as the kernel's value is, but
+/// ([`f32_error_per_norm`](crate::distance::f32_error_per_norm), which holds for any order), as the kernel's value is, but
 /// not its bits. For certified searches that only rule candidates out.
 ///
 /// # Panics

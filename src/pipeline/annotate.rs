@@ -2,7 +2,7 @@
 //! demonstrations for queries from the annotated rows only.
 //!
 //! [`run_annotate`] reads the pool's embeddings (a Parquet column, or a
-//! text/image column embedded on the fly with `encoder`, see [`source`]), centres
+//! text/image column embedded on the fly with `encoder`, see the private `source` module), centres
 //! them on the pool mean (optional, on by default as in both reference
 //! repositories) and normalises them, selects rows
 //! ([`crate::select::annotate`]), and writes the selected rows, all columns,

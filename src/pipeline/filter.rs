@@ -324,7 +324,7 @@ impl FilterParams {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum EmbeddingSpec {
-    /// Detect the column (see [`ColumnSource::detect`]).
+    /// Detect the column (see [`ColumnSource::detect`](crate::io::embeddings::ColumnSource::detect)).
     #[default]
     Auto,
     /// This column.

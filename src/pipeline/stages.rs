@@ -168,7 +168,7 @@ pub enum GlobalPass {
     /// split; bounded memory, deterministic, about the cost of the
     /// within-cluster pass.
     SecondCluster,
-    /// An HNSW index ([`Hnsw`]) over all rows left: finds pairs anywhere,
+    /// An HNSW index ([`Hnsw`](crate::cluster::hnsw::Hnsw)) over all rows left: finds pairs anywhere,
     /// but holds the rows in memory (approximate; the build is parallel and
     /// deterministic).
     Hnsw,

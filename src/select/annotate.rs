@@ -12,7 +12,7 @@
 //!   per confidence stratum ([`two_stage`]; [`select_with`]).
 //! * [`Method::Ideal`]: IDEAL (Zhang et al. 2024), influence under the
 //!   independent cascade over a fixed set of live-edge realisations, CELF
-//!   lazy greedy ([`ideal`]).
+//!   lazy greedy ([`ideal()`](ideal::ideal)).
 //! * [`Method::Facility`]: facility location (MFL), lazy greedy ([`facility`]).
 //! * [`Method::KCenter`]: k-center greedy (max-min cosine distance).
 //! * [`Method::KMeans`]: the row closest to each k-means centroid (not nested).
