@@ -55,12 +55,15 @@ impl CertifiedSearch<'_> {
     }
 }
 
-/// The largest score other than `b[jt]` (−∞ when there is none): the second
-/// largest, counting a tie with the largest.
+/// The largest score other than `b[jt]` (−∞ when there is none; NaN never counts):
+/// the second largest, counting a tie with the largest. Two [`max_score`] reductions,
+/// either side of `jt` (a scalar fold over a chained iterator was most of
+/// `nearest_two`'s scan time).
 #[inline]
 pub(super) fn second_largest(b: &[f32], jt: usize) -> f32 {
-    let (lo, hi) = (&b[..jt], &b[(jt + 1).min(b.len())..]);
-    lo.iter().chain(hi).fold(f32::NEG_INFINITY, |a, &v| a.max(v))
+    let (lo, hi) = (&b[..jt.min(b.len())], &b[(jt + 1).min(b.len())..]);
+    let (l, h) = (max_score(lo), max_score(hi));
+    if h > l { h } else { l }
 }
 
 /// Appends to `out` the indices `j` with `b[j] >= cut`, ascending

@@ -259,6 +259,24 @@ fn max_score_is_the_value_of_argmax_row() {
 }
 
 #[test]
+fn second_largest_is_the_largest_of_the_others() {
+    let mut r = Rng::new(13);
+    for row in awkward_rows(&mut r) {
+        let (jt, _) = argmax_row(&row, None);
+        let want = row
+            .iter()
+            .enumerate()
+            .filter(|&(j, _)| j != jt)
+            .fold(f32::NEG_INFINITY, |a, (_, &v)| a.max(v));
+        let got = candidates::second_largest(&row, jt);
+        assert!(
+            got == want || (got.is_nan() && want.is_nan()),
+            "{got} vs {want} for {row:?}"
+        );
+    }
+}
+
+#[test]
 fn candidate_scans_agree_with_the_plain_loop() {
     let mut r = Rng::new(12);
     for row in awkward_rows(&mut r) {
