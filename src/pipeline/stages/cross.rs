@@ -11,10 +11,11 @@ use std::cell::OnceCell;
 use rayon::prelude::*;
 
 use crate::Result;
+use crate::cluster::centroids::scan_at_least;
 use crate::cluster::hnsw::{Hnsw, HnswParams};
 use crate::distance::{
-    Bf16Bound, Int8Kernel, MAX_INT8_DIM, PackedBf16, PackedI8, PackedRows, certified_bf16_pays, dot_batch,
-    dot_batch_bf16, dot_batch_i8, dot_batch_packed, int8_kernel, kernel_pair_dots,
+    Bf16Bound, I8Rows, Int8Kernel, MAX_INT8_DIM, PackedBf16, PackedI8, PackedRows, certified_bf16_pays, dot_batch,
+    dot_batch_bf16, dot_batch_packed, int8_kernel, kernel_pair_dots,
 };
 use crate::pipeline::spill::{SpilledClusters, for_each_prefetched};
 use crate::score::semdedup::similarity_threshold;
@@ -186,6 +187,9 @@ fn second_cluster_partition(
                 }
             };
             let mut s = Vec::new();
+            // Each guest tile's int8 operands, quantized on its first owner tile and
+            // reused by the others (the same bits as quantizing afresh).
+            let quantized: Vec<OnceCell<I8Rows>> = (0..gi.len().div_ceil(TILE)).map(|_| OnceCell::new()).collect();
             for b in (0..oi.len()).step_by(TILE) {
                 let b1 = (b + TILE).min(oi.len());
                 let owners = &or[b * dim..b1 * dim];
@@ -194,7 +198,9 @@ fn second_cluster_partition(
                     let a1 = (a + TILE).min(gi.len());
                     s.resize((a1 - a) * (b1 - b), 0.0);
                     match &filter {
-                        Some(f) => f.scan(&gr, a..a1, owners, &mut s, |x, y, v| push(x, b + y, v)),
+                        Some(f) => f.scan(&gr, a..a1, &quantized[a / TILE], owners, &mut s, |x, y, v| {
+                            push(x, b + y, v)
+                        }),
                         None => {
                             dot_batch(&gr[a * dim..a1 * dim], owners, dim, &mut s);
                             for (x, line) in s.chunks_exact(b1 - b).enumerate() {
@@ -230,7 +236,7 @@ fn int8_filter_pays(dim: usize) -> bool {
 enum LowPrecision {
     /// bf16 ([`Bf16Bound`]: B + E of a guest row).
     Bf16(PackedBf16, Bf16Bound),
-    /// int8 ([`dot_batch_i8`] gives B + E of each guest row).
+    /// int8 ([`I8Rows::dot_batch`] gives B + E of each guest row).
     Int8(PackedI8),
 }
 
@@ -280,11 +286,14 @@ impl LowFilter {
 
     /// Calls `hit(x, y, v)` with the exact f32 product `v` of guest row `x` (of `guests`,
     /// rows `rows`) and owner `y` for every pair that can exceed the threshold (and a few
-    /// that do not); `s` is scratch of `rows.len() × owners` values.
+    /// that do not); `s` is scratch of `rows.len() × owners` values. `quantized` keeps
+    /// those guest rows' int8 operands for the next tile of owners.
+    #[allow(clippy::too_many_arguments)]
     fn scan(
         &self,
         guests: &[f32],
         rows: std::ops::Range<usize>,
+        quantized: &OnceCell<I8Rows>,
         owners: &[f32],
         s: &mut [f32],
         mut hit: impl FnMut(usize, usize, f32),
@@ -300,9 +309,9 @@ impl LowFilter {
                     *e = bound.row_error(&guests[x * dim..(x + 1) * dim]);
                 }
             }
-            LowPrecision::Int8(packed) => {
-                dot_batch_i8(&guests[rows.start * dim..rows.end * dim], packed, s, &mut err);
-            }
+            LowPrecision::Int8(packed) => quantized
+                .get_or_init(|| I8Rows::new(&guests[rows.start * dim..rows.end * dim], dim))
+                .dot_batch(packed, s, &mut err),
         }
         let mut pairs: Vec<(u32, u32)> = Vec::new();
         for ((line, x), &e) in s.chunks_exact_mut(w).zip(rows).zip(&err) {
@@ -311,12 +320,7 @@ impl LowFilter {
             let cut = ((self.thr as f64 - e) as f32).next_down();
             let start = pairs.len();
             if !cut.is_nan() {
-                pairs.extend(
-                    line.iter()
-                        .enumerate()
-                        .filter(|&(_, &v)| v >= cut)
-                        .map(|(y, _)| (x as u32, y as u32)),
-                );
+                scan_at_least(line, cut, |y, _| pairs.push((x as u32, y)));
             }
             if cut.is_nan() || pairs.len() - start > Self::MAX_CANDIDATES {
                 pairs.truncate(start);
@@ -443,17 +447,23 @@ mod tests {
                 ("bf16", LowFilter::bf16(&o, dim, thr)),
                 ("int8", LowFilter::int8(&o, dim, thr)),
             ] {
-                let mut got = Vec::new();
+                // Each tile twice: quantized afresh, then from the kept int8 operands.
+                let (mut got, mut again) = (Vec::new(), Vec::new());
                 for (a, a1) in [(0usize, 77usize), (77, m)] {
                     let mut s = vec![0f32; (a1 - a) * k];
-                    f.scan(&g, a..a1, &o, &mut s, |x, y, v| {
-                        if v > thr {
-                            got.push((x, y, v.to_bits()));
-                        }
-                    });
+                    let quantized = OnceCell::new();
+                    for out in [&mut got, &mut again] {
+                        f.scan(&g, a..a1, &quantized, &o, &mut s, |x, y, v| {
+                            if v > thr {
+                                out.push((x, y, v.to_bits()));
+                            }
+                        });
+                    }
                 }
                 got.sort_unstable();
+                again.sort_unstable();
                 assert_eq!(got, want, "{name}, dim {dim}");
+                assert_eq!(again, want, "{name}, dim {dim}, kept operands");
             }
         }
     }
