@@ -93,7 +93,8 @@ fn near_boundary_body(x: &[f32], d1: f32, c1: &[f32], c2: &[f32], eps: f64) -> b
     f64::from(d1) - d2 <= (2.0 * eps.max(0.0) + SLACK).sqrt() * gap2.sqrt() + SLACK
 }
 
-/// The second-cluster cross pass ([`GlobalPass::SecondCluster`](crate::pipeline::stages::GlobalPass::SecondCluster)): for every
+/// The second-cluster cross pass
+/// ([`GlobalPass::SecondCluster`](crate::pipeline::stages::GlobalPass::SecondCluster)): for every
 /// cluster, the rows whose second-nearest centroid it is (`guests`) against
 /// its own rows (`owners`), in tiles of matrix products. Returns, per row,
 /// the most similar lower-id row of another cluster above 1 − eps (lower
