@@ -243,17 +243,21 @@ fn awkward_rows(r: &mut Rng) -> Vec<Vec<f32>> {
     rows
 }
 
+/// The same score value (±0 count as one: they give the same cut), or both NaN.
+fn assert_same_score(got: f32, want: f32, row: &[f32]) {
+    assert!(
+        got == want || (got.is_nan() && want.is_nan()),
+        "{got} vs {want} for {row:?}"
+    );
+}
+
 #[test]
 fn max_score_is_the_value_of_argmax_row() {
     let mut r = Rng::new(11);
     for row in awkward_rows(&mut r) {
         let want = argmax_row(&row, None).1;
         for got in [max_score(&row), candidates::max_score_plain(&row)] {
-            // The same value; ±0 are the same candidates' cut.
-            assert!(
-                got == want || (got.is_nan() && want.is_nan()),
-                "{got} vs {want} for {row:?}"
-            );
+            assert_same_score(got, want, &row);
         }
     }
 }
@@ -268,11 +272,7 @@ fn second_largest_is_the_largest_of_the_others() {
             .enumerate()
             .filter(|&(j, _)| j != jt)
             .fold(f32::NEG_INFINITY, |a, (_, &v)| a.max(v));
-        let got = candidates::second_largest(&row, jt);
-        assert!(
-            got == want || (got.is_nan() && want.is_nan()),
-            "{got} vs {want} for {row:?}"
-        );
+        assert_same_score(candidates::second_largest(&row, jt), want, &row);
     }
 }
 
