@@ -313,8 +313,9 @@ impl TrainedRows {
 pub struct Spills<'a> {
     /// Every usable row under its nearest centroid.
     pub owners: Option<&'a ClusterSpill>,
-    /// Every usable row under its second-nearest centroid (cosine only;
-    /// fills `rows.second`).
+    /// Every usable row near the boundary to its second-nearest centroid
+    /// (cosine only; fills `rows.second`), under that centroid, unless the
+    /// owner spill puts both clusters in one partition.
     pub guests: Option<&'a ClusterSpill>,
     /// The raw embeddings of the rows whose score it wants (the plain
     /// nearest-centroid search only), for the write pass.
@@ -544,9 +545,18 @@ pub fn score_rows(
                 }
                 if let Some(buf) = guest_buffer.as_mut() {
                     for (i, why) in bad.iter().enumerate() {
-                        if why.is_none() && second[base + i] != u32::MAX {
+                        let s2 = second[base + i];
+                        // A row whose two clusters share a partition is already in the
+                        // owner spill there (the cross pass takes it from that).
+                        if why.is_some() || s2 == u32::MAX {
+                            continue;
+                        }
+                        let internal = spills
+                            .owners
+                            .is_some_and(|o| o.partition_of(labels[base + i]) == o.partition_of(s2));
+                        if !internal {
                             let id = (first_id + b.first_row) as u32 + i as u32;
-                            buf.push(second[base + i], id, &xs[i * d..(i + 1) * d])?;
+                            buf.push(s2, id, &xs[i * d..(i + 1) * d])?;
                         }
                     }
                 }

@@ -23,6 +23,9 @@ use arrow::record_batch::RecordBatch;
 
 use crate::{Error, Result};
 
+mod layout;
+pub use layout::{CAP_SLACK, MAX_GRAPH_CLUSTERS, NEIGHBORS, cluster_layout};
+
 /// Bytes of embeddings per partition file aimed at (and so the memory of
 /// processing one partition).
 pub const TARGET_PARTITION_BYTES: u64 = 64 << 20;
@@ -41,7 +44,25 @@ pub struct ClusterSpill {
     dim: usize,
     schema: SchemaRef,
     writers: Vec<Mutex<StreamWriter<BufWriter<File>>>>,
+    layout: Layout,
     rows: AtomicU64,
+}
+
+/// Partition of each cluster: `cluster mod partitions`, or a table
+/// ([`cluster_layout`]).
+#[derive(Debug, Clone)]
+enum Layout {
+    Modulo(usize),
+    Table(Arc<[u32]>),
+}
+
+impl Layout {
+    fn of(&self, cluster: u32) -> usize {
+        match self {
+            Layout::Modulo(p) => cluster as usize % p,
+            Layout::Table(t) => t[cluster as usize] as usize,
+        }
+    }
 }
 
 /// Partition files once written, read back one at a time.
@@ -49,6 +70,7 @@ pub struct SpilledClusters {
     dir: SpillDir,
     dim: usize,
     paths: Vec<PathBuf>,
+    layout: Layout,
     /// Rows spilled.
     pub rows: u64,
     /// Bytes on disk.
@@ -158,6 +180,29 @@ impl ClusterSpill {
     /// Creates `partitions` empty files in a new folder under `parent`
     /// (the system temporary folder when `None`).
     pub fn create(parent: Option<&Path>, dim: usize, partitions: usize) -> Result<Self> {
+        Self::create_in(parent, dim, partitions, Layout::Modulo(partitions.max(1)))
+    }
+
+    /// Like [`ClusterSpill::create`], cluster `c` going to partition `layout[c]`
+    /// (from [`cluster_layout`]; every entry below `partitions`).
+    ///
+    /// # Errors
+    /// An internal error when an entry is out of range.
+    pub fn create_with_layout(
+        parent: Option<&Path>,
+        dim: usize,
+        partitions: usize,
+        layout: Arc<[u32]>,
+    ) -> Result<Self> {
+        if let Some(&bad) = layout.iter().find(|&&p| p as usize >= partitions.max(1)) {
+            return Err(Error::Internal(format!(
+                "spill layout names partition {bad} of {partitions}"
+            )));
+        }
+        Self::create_in(parent, dim, partitions, Layout::Table(layout))
+    }
+
+    fn create_in(parent: Option<&Path>, dim: usize, partitions: usize, layout: Layout) -> Result<Self> {
         let dir = SpillDir::create(parent, "spill")?;
         let schema = Arc::new(Schema::new(vec![
             Field::new("row", DataType::UInt32, false),
@@ -180,6 +225,7 @@ impl ClusterSpill {
             dim,
             schema,
             writers,
+            layout,
             rows: AtomicU64::new(0),
         })
     }
@@ -191,7 +237,7 @@ impl ClusterSpill {
 
     /// The partition holding `cluster`.
     pub fn partition_of(&self, cluster: u32) -> usize {
-        cluster as usize % self.writers.len()
+        self.layout.of(cluster)
     }
 
     /// A per-task buffer; rows pushed to it reach the files on
@@ -250,6 +296,7 @@ impl ClusterSpill {
             dir: self.dir,
             dim: self.dim,
             paths,
+            layout: self.layout,
             rows: self.rows.into_inner(),
             bytes,
         })
@@ -298,6 +345,11 @@ impl SpilledClusters {
     /// Number of partitions.
     pub fn partitions(&self) -> usize {
         self.paths.len()
+    }
+
+    /// The partition holding `cluster` (as when written).
+    pub fn partition_of(&self, cluster: u32) -> usize {
+        self.layout.of(cluster)
     }
 
     /// The folder holding the files (removed on drop).

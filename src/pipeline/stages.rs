@@ -26,13 +26,13 @@ use crate::cluster::{Centroids, Distance};
 use crate::pipeline::spill::{SpilledClusters, for_each_prefetched};
 use crate::score::knn::knn_distance;
 use crate::score::semdedup::{
-    DedupKeep, DedupScores, EpsPoint, PairwiseCost, SemDedupParams, dedup_cluster_at, validate_eps,
+    ClusterDedup, DedupKeep, DedupScores, EpsPoint, PairwiseCost, SemDedupParams, dedup_cluster_at, validate_eps,
 };
 use crate::select::{Keep, floor_fraction, select_top};
 use crate::{Error, Result};
 
 mod cross;
-pub use cross::{global_duplicates, near_boundary, second_cluster_duplicates};
+pub use cross::{global_duplicates, near_boundary, second_cluster_duplicates, semdedup_second_cluster};
 
 /// The eps values of the report's EPS → kept curve.
 pub const EPS_CURVE: [f64; 10] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3];
@@ -347,29 +347,29 @@ pub fn map_spilled_clusters<T: Send>(
         spilled.partitions(),
         |p, spare: Option<Grouped>| read_grouped(spilled, p, labels, eligible, spare.map(|g| (g.ids, g.values))),
         |_, part| {
-            let Grouped {
-                ids,
-                values,
-                pos,
-                groups,
-            } = part;
-            let results: Vec<Result<(Vec<u32>, T)>> = groups
-                .par_iter()
-                .map(|&(c, a, b)| {
-                    let members = &pos[a..b];
-                    let row_ids: Vec<u32> = members.iter().map(|&i| ids[i as usize]).collect();
-                    let t = f(c, &row_ids, values, members)?;
-                    Ok((row_ids, t))
-                })
-                .collect();
-            for r in results {
-                out.push(r?);
-            }
-            on_partition(ids.len() as u64);
+            out.extend(map_grouped(part, &f)?);
+            on_partition(part.ids.len() as u64);
             Ok(())
         },
     )?;
     Ok(out)
+}
+
+/// `f` on every cluster of one partition (see [`map_spilled_clusters`]), in
+/// parallel, the results in cluster order.
+fn map_grouped<T: Send>(
+    part: &Grouped,
+    f: &(impl Fn(u32, &[u32], &[f32], &[u32]) -> Result<T> + Sync),
+) -> Result<Vec<(Vec<u32>, T)>> {
+    part.groups
+        .par_iter()
+        .map(|&(c, a, b)| {
+            let members = &part.pos[a..b];
+            let row_ids: Vec<u32> = members.iter().map(|&i| part.ids[i as usize]).collect();
+            let t = f(c, &row_ids, &part.values, members)?;
+            Ok((row_ids, t))
+        })
+        .collect()
 }
 
 /// One spill partition, its eligible rows grouped by cluster.
@@ -435,15 +435,26 @@ pub fn semdedup_spilled(
         dup_of: vec![None; n],
     };
     for (row_ids, r) in per_cluster {
-        for ((&id, &m), dup) in row_ids.iter().zip(&r.max_sim).zip(r.dup_of) {
-            out.max_sim[id as usize] = m;
-            out.dup_of[id as usize] = dup;
-        }
+        scatter(&mut out, &row_ids, r);
     }
-    if let Some(i) = (0..n).find(|&i| eligible[i] && out.max_sim[i].is_nan()) {
-        return Err(Error::Internal(format!("row {i} was not spilled")));
-    }
+    check_spilled(&out, eligible)?;
     Ok(out)
+}
+
+/// Puts one cluster's M and `dup_of` at its rows' ids.
+fn scatter(out: &mut DedupScores, row_ids: &[u32], r: ClusterDedup) {
+    for ((&id, &m), dup) in row_ids.iter().zip(&r.max_sim).zip(r.dup_of) {
+        out.max_sim[id as usize] = m;
+        out.dup_of[id as usize] = dup;
+    }
+}
+
+/// Every eligible row must have come back from the spill with its M.
+fn check_spilled(out: &DedupScores, eligible: &[bool]) -> Result<()> {
+    match (0..eligible.len()).find(|&i| eligible[i] && out.max_sim[i].is_nan()) {
+        Some(i) => Err(Error::Internal(format!("row {i} was not spilled"))),
+        None => Ok(()),
+    }
 }
 
 /// kNN density of every `eligible` row within its cluster

@@ -8,7 +8,7 @@ use crate::pipeline::passes::Rows;
 use crate::pipeline::progress::{Pass, Progress};
 use crate::pipeline::spill::SpilledClusters;
 use crate::pipeline::stages::{
-    EPS_CURVE, GlobalPass, SemDedupReport, global_duplicates, pairwise_warning, remove, second_cluster_duplicates,
+    EPS_CURVE, GlobalPass, SemDedupReport, global_duplicates, pairwise_warning, remove, semdedup_second_cluster,
     semdedup_spilled,
 };
 use crate::score::semdedup::{SemDedupParams, eps_curve, is_duplicate, quantiles};
@@ -46,7 +46,28 @@ pub(super) fn run_semdedup(
         warn(w);
     }
     progress.begin(Pass::Dedup, sp.rows);
-    let mut sc = semdedup_spilled(sp, &rows.labels, eligible, c, &params, &|m| progress.advance(m))?;
+    let on_partition = |m| progress.advance(m);
+    // With an eps and the second-cluster pass, both passes share one read of the spill.
+    let (mut sc, cross) = match (p.dedup.eps, p.dedup.global, guests) {
+        (Some(eps), GlobalPass::SecondCluster, Some(gs)) => {
+            let (sc, g) = semdedup_second_cluster(
+                sp,
+                gs,
+                &rows.labels,
+                &rows.second,
+                eligible,
+                c,
+                &params,
+                eps,
+                &on_partition,
+            )?;
+            (sc, Some(g))
+        }
+        _ => (
+            semdedup_spilled(sp, &rows.labels, eligible, c, &params, &on_partition)?,
+            None,
+        ),
+    };
     progress.end();
     let mut curve_eps: Vec<f64> = EPS_CURVE.to_vec();
     if let Some(e) = p.dedup.eps
@@ -67,24 +88,23 @@ pub(super) fn run_semdedup(
         eps_curve: eps_curve(&sc.max_sim, eligible, &curve_eps)?,
         removed_within: 0,
         removed_global: 0,
-        global_candidates: guests.map_or(0, |g| g.rows),
+        // Every row near its boundary, spilled again or (its two clusters in one
+        // partition) found in the owner spill.
+        global_candidates: guests.map_or(0, |_| {
+            rows.second
+                .iter()
+                .zip(&rows.valid)
+                .filter(|&(&s, &v)| v && s != u32::MAX)
+                .count() as u64
+        }),
     };
     if let Some(eps) = p.dedup.eps {
         let m = &sc.max_sim;
         report.removed_within = remove(eligible, |i| is_duplicate(m[i], eps));
         stage("semdedup", eligible, report.removed_within);
-        let g = match (p.dedup.global, guests) {
-            (GlobalPass::SecondCluster, Some(gs)) => Some(second_cluster_duplicates(
-                sp,
-                gs,
-                &rows.labels,
-                &rows.second,
-                eligible,
-                c.dim(),
-                eps,
-                &|_| {},
-            )?),
-            (GlobalPass::Hnsw, _) => Some(global_duplicates(
+        let g = match p.dedup.global {
+            GlobalPass::SecondCluster => cross,
+            GlobalPass::Hnsw => Some(global_duplicates(
                 sp,
                 &rows.labels,
                 eligible,
@@ -92,7 +112,7 @@ pub(super) fn run_semdedup(
                 eps,
                 &p.dedup.hnsw,
             )?),
-            _ => None,
+            GlobalPass::Off => None,
         };
         if let Some(g) = g {
             report.removed_global = remove(eligible, |i| g[i].is_some());

@@ -3,6 +3,7 @@
 //! See the parent module for what every pass does.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -21,7 +22,7 @@ use crate::pipeline::plot;
 use crate::pipeline::prefetch::{KeptPrefetch, prefetch_threshold};
 use crate::pipeline::progress::{Pass, Progress};
 use crate::pipeline::report::{InvalidReport, KMeansReport, PrefetchReport, REPORT_JSON, REPORT_PNG, Report};
-use crate::pipeline::spill::{ClusterSpill, DropBehind, partitions_for};
+use crate::pipeline::spill::{ClusterSpill, DropBehind, cluster_layout, partitions_for};
 use crate::pipeline::stages::{GlobalPass, KeepOf, StageReport, exact_dedup, knn_spilled, quality_drop, remove};
 use crate::rng::Rng;
 use crate::score::semdedup::hash_bytes;
@@ -145,13 +146,28 @@ pub fn run_filter(cfg: &FilterConfig, progress: &dyn Progress) -> Result<Report>
             rows.hashes = vec![None; n as usize];
         }
         let parts = partitions_for(n, d, centroids.k());
+        let cross = p.dedup.eps.is_some() && p.dedup.global == GlobalPass::SecondCluster;
+        // Neighbouring clusters share a partition, so the cross pass finds most rows of
+        // a cluster's boundary already there (sizes from the k-means sample's labels).
+        let layout: Option<Arc<[u32]>> = (p.needs_spill() && cross).then(|| {
+            let sizes = trained.as_ref().map(|t| {
+                let mut s = vec![0u64; centroids.k()];
+                t.labels.iter().for_each(|&l| s[l as usize] += 1);
+                s
+            });
+            cluster_layout(&centroids, sizes.as_deref(), parts).into()
+        });
+        let create = |dir| match &layout {
+            Some(l) => ClusterSpill::create_with_layout(dir, d, parts, l.clone()),
+            None => ClusterSpill::create(dir, d, parts),
+        };
         let spill = if p.needs_spill() {
-            Some(ClusterSpill::create(p.spill_dir.as_deref(), d, parts)?)
+            Some(create(p.spill_dir.as_deref())?)
         } else {
             None
         };
-        let guests = if p.dedup.eps.is_some() && p.dedup.global == GlobalPass::SecondCluster {
-            Some(ClusterSpill::create(p.spill_dir.as_deref(), d, parts)?)
+        let guests = if cross {
+            Some(create(p.spill_dir.as_deref())?)
         } else {
             None
         };

@@ -11,6 +11,7 @@ use std::cell::OnceCell;
 use rayon::prelude::*;
 
 use crate::Result;
+use crate::cluster::Centroids;
 use crate::cluster::centroids::scan_at_least;
 use crate::cluster::hnsw::{Hnsw, HnswParams};
 use crate::distance::{
@@ -18,21 +19,56 @@ use crate::distance::{
     dot_batch_bf16, dot_batch_packed, int8_kernel, kernel_pair_dots,
 };
 use crate::pipeline::spill::{SpilledClusters, for_each_prefetched};
-use crate::score::semdedup::similarity_threshold;
+use crate::pipeline::stages::{Grouped, check_spilled, map_grouped, read_grouped, scatter};
+use crate::score::semdedup::{DedupScores, SemDedupParams, dedup_cluster_at, is_duplicate, similarity_threshold};
 
-/// Groups the eligible rows of one spill partition by `cluster_of` (then
-/// row id): (cluster, positions into the partition).
-fn group_partition(ids: &[u32], eligible: &[bool], cluster_of: &[u32]) -> Vec<(u32, Vec<u32>)> {
-    let mut pos: Vec<u32> = (0..ids.len() as u32)
-        .filter(|&i| eligible[ids[i as usize] as usize])
+/// Groups the rows of one spill partition by `key` (then row id), leaving out
+/// the rows it maps to `None`: (cluster, positions into the partition).
+fn group_partition(ids: &[u32], key: impl Fn(usize) -> Option<u32>) -> Vec<(u32, Vec<u32>)> {
+    let mut pos: Vec<(u32, u32)> = (0..ids.len() as u32)
+        .filter_map(|i| key(ids[i as usize] as usize).map(|c| (c, i)))
         .collect();
-    pos.sort_unstable_by_key(|&i| (cluster_of[ids[i as usize] as usize], ids[i as usize]));
+    pos.sort_unstable_by_key(|&(c, i)| (c, ids[i as usize]));
     let mut out: Vec<(u32, Vec<u32>)> = Vec::new();
-    for i in pos {
-        let c = cluster_of[ids[i as usize] as usize];
+    for (c, i) in pos {
         match out.last_mut() {
             Some((lc, v)) if *lc == c => v.push(i),
             _ => out.push((c, vec![i])),
+        }
+    }
+    out
+}
+
+/// Marks a guest position as one into the owner rows of the partition (a row
+/// whose two clusters share it) rather than into the guest spill.
+const IN_OWNERS: u32 = 1 << 31;
+
+/// The guests of each cluster of a partition: those of the guest spill
+/// (`spilled`) and those among the partition's own rows (`internal`, marked
+/// [`IN_OWNERS`]), by cluster.
+fn merge_guests(spilled: Groups, internal: Groups) -> Groups {
+    let mut out: Groups = Vec::with_capacity(spilled.len().max(internal.len()));
+    let (mut a, mut b) = (spilled.into_iter().peekable(), internal.into_iter().peekable());
+    loop {
+        let take_a = match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (Some(x), Some(y)) => x.0 <= y.0,
+        };
+        let (c, mut pos, internal) = if take_a {
+            let (c, p) = a.next().unwrap_or_default();
+            (c, p, false)
+        } else {
+            let (c, p) = b.next().unwrap_or_default();
+            (c, p, true)
+        };
+        if internal {
+            pos.iter_mut().for_each(|i| *i |= IN_OWNERS);
+        }
+        match out.last_mut() {
+            Some((lc, v)) if *lc == c => v.extend(pos),
+            _ => out.push((c, pos)),
         }
     }
     out
@@ -46,59 +82,81 @@ fn group_partition(ids: &[u32], eligible: &[bool], cluster_of: &[u32]) -> Vec<(u
 /// (x·c1 − x·c2) + (y·c2 − y·c1) = (x − y)·(c1 − c2) ≤ ‖x − y‖·‖c1 − c2‖,
 /// and x·y > 1 − eps means ‖x − y‖ < √(2·eps). Both gaps are ≥ 0, so
 /// x·c1 − x·c2 < √(2·eps)·‖c1 − c2‖. Rows farther from the boundary are
-/// skipped; the small slack covers f32 rounding of the dots (|error| ≲ 1e-5
-/// at these dimensions) and of `x`'s and y's norms.
+/// skipped. x·c2 and ‖c1 − c2‖² are f32 sums, in whatever order: each is within
+/// γ_d·Σ|aᵢbᵢ| of its exact value (Higham §3.1), so with `d1` (an f32 dot too)
+/// the test allows 2γ, and γ of ‖c1 − c2‖² (γ = γ_{d+2}, counting the rounding of
+/// each c1 − c2 and its square); a small slack covers the norms
+/// of x and y, which are 1 only up to rounding.
 pub fn near_boundary(x: &[f32], d1: f32, c1: &[f32], c2: &[f32], eps: f64) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    if crate::distance::kernel() == crate::distance::Kernel::Avx512 {
-        // SAFETY: the AVX-512 kernel is chosen only when the CPU has AVX-512F.
-        return unsafe { near_boundary_avx512(x, d1, c1, c2, eps) };
-    }
-    near_boundary_body(x, d1, c1, c2, eps)
+    let (d2, gap2) = {
+        #[cfg(target_arch = "x86_64")]
+        if crate::distance::kernel() == crate::distance::Kernel::Avx512 {
+            // SAFETY: the AVX-512 kernel is chosen only when the CPU has AVX-512F.
+            unsafe { dot_and_gap_avx512(x, c1, c2) }
+        } else {
+            dot_and_gap(x, c1, c2)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        dot_and_gap(x, c1, c2)
+    };
+    const SLACK: f64 = 1e-4;
+    // Two more roundings than terms: c1 − c2 and its square.
+    let n = (x.len().min(c1.len()).min(c2.len()) + 2) as f64;
+    let u = f64::from(f32::EPSILON) / 2.0;
+    let gamma = n * u / (1.0 - n * u);
+    let gap = (f64::from(gap2) * (1.0 + gamma)).sqrt();
+    f64::from(d1) - f64::from(d2) <= (2.0 * eps.max(0.0) + SLACK).sqrt() * gap + SLACK + 2.0 * gamma
 }
 
+/// x·c2 and ‖c1 − c2‖², f32 sums in sixteen lanes.
+fn dot_and_gap(x: &[f32], c1: &[f32], c2: &[f32]) -> (f32, f32) {
+    const W: usize = 16;
+    let n = x.len().min(c1.len()).min(c2.len());
+    let (mut d, mut g) = ([0f32; W], [0f32; W]);
+    for (i, ((&a, &u), &v)) in x[..n].iter().zip(&c1[..n]).zip(&c2[..n]).enumerate() {
+        d[i % W] += a * v;
+        let t = u - v;
+        g[i % W] += t * t;
+    }
+    (d.iter().sum(), g.iter().sum())
+}
+
+/// [`dot_and_gap`] in AVX-512 registers (the tail masked).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn near_boundary_avx512(x: &[f32], d1: f32, c1: &[f32], c2: &[f32], eps: f64) -> bool {
-    near_boundary_body(x, d1, c1, c2, eps)
-}
-
-#[inline(always)]
-fn near_boundary_body(x: &[f32], d1: f32, c1: &[f32], c2: &[f32], eps: f64) -> bool {
-    const SLACK: f64 = 1e-4;
-    // Eight sums per quantity (one AVX-512 register each), added in a fixed order at
-    // the end: the adds overlap instead of waiting on one chain (which, over 2·dim
-    // dependent f64 adds per row, was a tenth of `--dedup-global`'s score pass). The
-    // same value on every path.
-    const W: usize = 8;
-    let (mut d2, mut gap2) = ([0f64; W], [0f64; W]);
-    let whole = x.len().min(c1.len()).min(c2.len()) / W * W;
-    for ((a, u), v) in x[..whole]
-        .chunks_exact(W)
-        .zip(c1[..whole].chunks_exact(W))
-        .zip(c2[..whole].chunks_exact(W))
-    {
-        for l in 0..W {
-            d2[l] += f64::from(a[l]) * f64::from(v[l]);
-            let t = f64::from(u[l]) - f64::from(v[l]);
-            gap2[l] += t * t;
+unsafe fn dot_and_gap_avx512(x: &[f32], c1: &[f32], c2: &[f32]) -> (f32, f32) {
+    use std::arch::x86_64::*;
+    let n = x.len().min(c1.len()).min(c2.len());
+    let (mut d, mut g) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    let mut i = 0;
+    while i < n {
+        let m: __mmask16 = if n - i >= 16 {
+            0xFFFF
+        } else {
+            ((1u32 << (n - i)) - 1) as u16
+        };
+        // SAFETY: lanes at or past n are masked off, so every read is inside the slices.
+        unsafe {
+            let a = _mm512_maskz_loadu_ps(m, x.as_ptr().add(i));
+            let u = _mm512_maskz_loadu_ps(m, c1.as_ptr().add(i));
+            let v = _mm512_maskz_loadu_ps(m, c2.as_ptr().add(i));
+            d = _mm512_fmadd_ps(a, v, d);
+            let t = _mm512_sub_ps(u, v);
+            g = _mm512_fmadd_ps(t, t, g);
         }
+        i += 16;
     }
-    let (mut d2, mut gap2) = (d2.iter().sum::<f64>(), gap2.iter().sum::<f64>());
-    for ((&a, &u), &v) in x[whole..].iter().zip(&c1[whole..]).zip(&c2[whole..]) {
-        d2 += f64::from(a) * f64::from(v);
-        let t = f64::from(u) - f64::from(v);
-        gap2 += t * t;
-    }
-    f64::from(d1) - d2 <= (2.0 * eps.max(0.0) + SLACK).sqrt() * gap2.sqrt() + SLACK
+    (_mm512_reduce_add_ps(d), _mm512_reduce_add_ps(g))
 }
 
 /// The second-cluster cross pass
 /// ([`GlobalPass::SecondCluster`](crate::pipeline::stages::GlobalPass::SecondCluster)): for every
-/// cluster, the rows whose second-nearest centroid it is (`guests`) against
-/// its own rows (`owners`), in tiles of matrix products. Returns, per row,
-/// the most similar lower-id row of another cluster above 1 − eps (lower
-/// id on ties).
+/// cluster, the rows whose second-nearest centroid it is against its own rows
+/// (`owners`), in tiles of matrix products. Those guests are the rows of `guests`
+/// and the rows of the owner spill whose `second` cluster lies in their own
+/// partition (the score pass does not spill those again); `second` is `u32::MAX`
+/// for rows that are no guests. Returns, per row, the most similar lower-id row
+/// of another cluster above 1 − eps (lower id on ties); both rows `eligible`.
 #[allow(clippy::too_many_arguments)]
 pub fn second_cluster_duplicates(
     owners: &SpilledClusters,
@@ -111,15 +169,8 @@ pub fn second_cluster_duplicates(
     on_partition: &(dyn Fn(u64) + Sync),
 ) -> Result<Vec<Option<u32>>> {
     let thr = similarity_threshold(eps);
-    // bf16 where it outpaces f32, else int8 where `vpdpbusd` runs, else f32 (same hits).
-    let low = if certified_bf16_pays() {
-        Some(LowFilter::bf16 as MakeFilter)
-    } else if int8_filter_pays(dim) {
-        Some(LowFilter::int8 as MakeFilter)
-    } else {
-        None
-    };
-    let mut best: Vec<(f32, u32)> = vec![(f32::NEG_INFINITY, u32::MAX); labels.len()];
+    let low = low_filter(dim);
+    let mut hits = Vec::new();
     // Partition p + 1 is read (and grouped) while p is compared.
     for_each_prefetched(
         owners.partitions(),
@@ -127,19 +178,145 @@ pub fn second_cluster_duplicates(
             let mut b = spare.map(|s| s.0).unwrap_or_default();
             owners.read_partition_into(p, &mut b.0, &mut b.1)?;
             guests.read_partition_into(p, &mut b.2, &mut b.3)?;
-            let og = group_partition(&b.0, eligible, labels);
-            let gg = group_partition(&b.2, eligible, second);
-            Ok((b, og, gg))
+            let og = group_partition(&b.0, |i| eligible[i].then(|| labels[i]));
+            let spilled = group_partition(&b.2, |i| eligible[i].then(|| second[i]));
+            let internal = internal_guests(owners, p, &b.0, second, eligible);
+            Ok((b, og, merge_guests(spilled, internal)))
         },
         |_, (b, og, gg)| {
-            second_cluster_partition(&b.0, &b.1, &b.2, &b.3, og, gg, dim, thr, low, &mut best);
+            hits.extend(cross_hits((&b.0, &b.1), (&b.2, &b.3), og, gg, dim, thr, low));
             on_partition(b.0.len() as u64);
             Ok(())
         },
     )?;
-    Ok(best.into_iter().map(|(_, o)| (o != u32::MAX).then_some(o)).collect())
+    Ok(best_partners(hits, labels.len(), |_| true))
 }
 
+/// SemDeDup within clusters and the second-cluster cross pass in one sweep over
+/// the owner spill, so each partition is read once: M and `dup_of` of every
+/// `eligible` row, as [`semdedup_spilled`](super::semdedup_spilled) gives them,
+/// and each row's cross-pass partner among the rows the within-cluster pass
+/// leaves at `eps`, as [`second_cluster_duplicates`] gives it given those rows.
+///
+/// A partition's own rows are settled (within clusters) before its guests are
+/// compared. A guest from a partition not read yet is compared before its own
+/// outcome is known; its hits are kept, and dropped at the end if it went.
+#[allow(clippy::too_many_arguments)]
+pub fn semdedup_second_cluster(
+    owners: &SpilledClusters,
+    guests: &SpilledClusters,
+    labels: &[u32],
+    second: &[u32],
+    eligible: &[bool],
+    centroids: &Centroids,
+    params: &SemDedupParams,
+    eps: f64,
+    on_partition: &(dyn Fn(u64) + Sync),
+) -> Result<(DedupScores, Vec<Option<u32>>)> {
+    let (n, dim) = (labels.len(), centroids.dim());
+    let (thr, low) = (similarity_threshold(eps), low_filter(dim));
+    let mut out = DedupScores {
+        max_sim: vec![f32::NAN; n],
+        dup_of: vec![None; n],
+    };
+    // The rows not (yet) removed within their cluster.
+    let mut left = eligible.to_vec();
+    let mut hits = Vec::new();
+    for_each_prefetched(
+        owners.partitions(),
+        |p, spare: Option<SweepPart>| {
+            let (bufs, mut g) = spare.map_or((None, Default::default()), |s| (Some((s.0.ids, s.0.values)), s.1));
+            let part = read_grouped(owners, p, labels, eligible, bufs)?;
+            guests.read_partition_into(p, &mut g.0, &mut g.1)?;
+            let spilled = group_partition(&g.0, |i| eligible[i].then(|| second[i]));
+            Ok((part, g, spilled))
+        },
+        |p, (part, g, spilled)| {
+            let within = map_grouped(part, &|c, row_ids: &[u32], values: &[f32], pos: &[u32]| {
+                dedup_cluster_at(values, dim, pos, row_ids, centroids.row(c as usize), params)
+            })?;
+            for (row_ids, r) in within {
+                for (&id, &m) in row_ids.iter().zip(&r.max_sim) {
+                    left[id as usize] &= !is_duplicate(m, eps);
+                }
+                scatter(&mut out, &row_ids, r);
+            }
+            let kept = |pos: &[u32], ids: &[u32]| -> Vec<u32> {
+                pos.iter()
+                    .copied()
+                    .filter(|&i| left[ids[i as usize] as usize])
+                    .collect()
+            };
+            let og: Groups = part
+                .groups
+                .iter()
+                .map(|&(c, a, b)| (c, kept(&part.pos[a..b], &part.ids)))
+                .collect();
+            let spilled: Groups = spilled.iter().map(|(c, pos)| (*c, kept(pos, &g.0))).collect();
+            let internal = internal_guests(owners, p, &part.ids, second, &left);
+            let gg = merge_guests(spilled, internal);
+            hits.extend(cross_hits(
+                (&part.ids, &part.values),
+                (&g.0, &g.1),
+                &og,
+                &gg,
+                dim,
+                thr,
+                low,
+            ));
+            on_partition(part.ids.len() as u64);
+            Ok(())
+        },
+    )?;
+    check_spilled(&out, eligible)?;
+    let partners = best_partners(hits, n, |i| left[i]);
+    Ok((out, partners))
+}
+
+/// The guests among partition `p`'s own rows `ids` (their second cluster is in
+/// `p` too), by that cluster; only rows `keep` says.
+fn internal_guests(owners: &SpilledClusters, p: usize, ids: &[u32], second: &[u32], keep: &[bool]) -> Groups {
+    group_partition(ids, |i| {
+        let s = second[i];
+        (keep[i] && s != u32::MAX && owners.partition_of(s) == p).then_some(s)
+    })
+}
+
+/// The low-precision filter for the cross pass: bf16 where it outpaces f32, else int8
+/// where `vpdpbusd` runs, else none (f32 products; the same hits).
+fn low_filter(dim: usize) -> Option<MakeFilter> {
+    if certified_bf16_pays() {
+        Some(LowFilter::bf16 as MakeFilter)
+    } else if int8_filter_pays(dim) {
+        Some(LowFilter::int8 as MakeFilter)
+    } else {
+        None
+    }
+}
+
+/// A pair the cross pass found above the threshold: (the higher row id, the exact
+/// product, the lower row id).
+type Hit = (u32, f32, u32);
+
+/// Each row's most similar lower-id partner among `hits` whose two rows `keep`
+/// holds (the lower id on ties), whatever order the hits come in.
+fn best_partners(hits: Vec<Hit>, n: usize, keep: impl Fn(usize) -> bool) -> Vec<Option<u32>> {
+    let mut best: Vec<(f32, u32)> = vec![(f32::NEG_INFINITY, u32::MAX); n];
+    for (row, v, other) in hits {
+        if !keep(row as usize) || !keep(other as usize) {
+            continue;
+        }
+        let b = &mut best[row as usize];
+        if v > b.0 || (v == b.0 && other < b.1) {
+            *b = (v, other);
+        }
+    }
+    best.into_iter().map(|(_, o)| (o != u32::MAX).then_some(o)).collect()
+}
+
+/// One partition of the sweep: its owner rows grouped by cluster, its spilled
+/// guests' ids and rows, and those guests by cluster.
+type SweepPart = (Grouped, (Vec<u32>, Vec<f32>), Groups);
 /// Owner ids and rows, guest ids and rows of one spill partition.
 type Buffers = (Vec<u32>, Vec<f32>, Vec<u32>, Vec<f32>);
 /// Rows of a partition by cluster ([`group_partition`]).
@@ -148,38 +325,44 @@ type Groups = Vec<(u32, Vec<u32>)>;
 /// [`LowFilter::int8`]).
 type MakeFilter = fn(&[f32], usize, f32) -> LowFilter;
 
-/// [`second_cluster_duplicates`] on one partition, into `best`.
-#[allow(clippy::too_many_arguments)]
-fn second_cluster_partition(
-    oids: &[u32],
-    ovals: &[f32],
-    gids: &[u32],
-    gvals: &[f32],
+/// The hits of one partition: each cluster's guests `gg` (positions into the
+/// guest rows, or into the owner rows where marked [`IN_OWNERS`]) against its
+/// owners `og` (positions into the owner rows). Owners and guests are (ids,
+/// rows) of the partition's two spills.
+fn cross_hits(
+    (oids, ovals): (&[u32], &[f32]),
+    (gids, gvals): (&[u32], &[f32]),
     og: &Groups,
     gg: &Groups,
     dim: usize,
     thr: f32,
     low: Option<MakeFilter>,
-    best: &mut [(f32, u32)],
-) {
+) -> Vec<Hit> {
     const TILE: usize = 1024;
     let pairs: Vec<(&Vec<u32>, &Vec<u32>)> = gg
         .iter()
         .filter_map(|(c, g)| og.binary_search_by_key(c, |(oc, _)| *oc).ok().map(|k| (g, &og[k].1)))
         .collect();
-    let found: Vec<Vec<(u32, f32, u32)>> = pairs
+    let found: Vec<Vec<Hit>> = pairs
         .par_iter()
         .map(|&(g, o)| {
-            let gather = |ids: &[u32], vals: &[f32], pos: &[u32]| {
+            // Guest positions marked IN_OWNERS point into the owner rows.
+            let gather = |pos: &[u32], owners: bool| {
                 let mut r = Vec::with_capacity(pos.len() * dim);
+                let mut id = Vec::with_capacity(pos.len());
                 for &i in pos {
-                    r.extend_from_slice(&vals[i as usize * dim..(i as usize + 1) * dim]);
+                    let (ids, vals, i) = if owners || i & IN_OWNERS != 0 {
+                        (oids, ovals, (i & !IN_OWNERS) as usize)
+                    } else {
+                        (gids, gvals, i as usize)
+                    };
+                    r.extend_from_slice(&vals[i * dim..(i + 1) * dim]);
+                    id.push(ids[i]);
                 }
-                let id: Vec<u32> = pos.iter().map(|&i| ids[i as usize]).collect();
                 (id, r)
             };
-            let (gi, gr) = gather(gids, gvals, g);
-            let (oi, or) = gather(oids, ovals, o);
+            let (gi, gr) = gather(g, false);
+            let (oi, or) = gather(o, true);
             let mut hits = Vec::new();
             let mut push = |x: usize, y: usize, v: f32| {
                 if v > thr {
@@ -216,12 +399,7 @@ fn second_cluster_partition(
             hits
         })
         .collect();
-    for (row, v, other) in found.into_iter().flatten() {
-        let b = &mut best[row as usize];
-        if v > b.0 || (v == b.0 && other < b.1) {
-            *b = (v, other);
-        }
-    }
+    found.into_iter().flatten().collect()
 }
 
 /// Whether the second-cluster pass filters with int8 products: where `vpdpbusd` runs
@@ -380,200 +558,4 @@ pub fn global_duplicates(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::cluster::{Centroids, Distance};
-
-    fn unit(v: Vec<f32>) -> Vec<f32> {
-        let n = v.iter().map(|a| a * a).sum::<f32>().sqrt();
-        v.into_iter().map(|a| a / n).collect()
-    }
-
-    fn dot(a: &[f32], b: &[f32]) -> f32 {
-        a.iter().zip(b).map(|(x, y)| x * y).sum()
-    }
-
-    /// Every pair above the threshold, with its f32 kernel value, by brute force.
-    fn f32_hits(g: &[f32], o: &[f32], dim: usize, thr: f32) -> Vec<(usize, usize, u32)> {
-        let (m, k) = (g.len() / dim, o.len() / dim);
-        let mut s = vec![0f32; m * k];
-        dot_batch(g, o, dim, &mut s);
-        let mut out = Vec::new();
-        for x in 0..m {
-            for y in 0..k {
-                if s[x * k + y] > thr {
-                    out.push((x, y, s[x * k + y].to_bits()));
-                }
-            }
-        }
-        out
-    }
-
-    #[test]
-    fn low_precision_filters_find_exactly_the_f32_hits() {
-        // Guests that are noisy copies of owners at similarities spread around the
-        // threshold (the band where bf16 rounding could flip a pair), plus unrelated rows
-        // and a guest equal to many owners (the whole-line fallback). Both filters, on
-        // whichever bf16 and int8 kernels the CPU has: each kernel gives the same bits.
-        let mut rng = crate::rng::Rng::new(21);
-        for (dim, eps) in [(384usize, 0.05f64), (37, 0.01), (8, 0.2)] {
-            let thr = similarity_threshold(eps);
-            let (k, m) = (300usize, 200usize);
-            let mut o: Vec<f32> = Vec::new();
-            for _ in 0..k {
-                o.extend(unit((0..dim).map(|_| rng.normal() as f32).collect()));
-            }
-            // 40 owners are copies of owner 0, so guest 0 (owner 0 itself) has 41 candidates.
-            for y in 1..41 {
-                let (head, tail) = o.split_at_mut(y * dim);
-                tail[..dim].copy_from_slice(&head[..dim]);
-            }
-            let mut g: Vec<f32> = Vec::new();
-            for x in 0..m {
-                let src = (x * 7) % k;
-                let noise = if x % 3 == 2 {
-                    2.0
-                } else {
-                    (eps * (x % 11) as f64 / 4.0).sqrt() / (dim as f64).sqrt()
-                };
-                let row: Vec<f32> = o[src * dim..(src + 1) * dim]
-                    .iter()
-                    .map(|&a| a + (rng.normal() * noise) as f32)
-                    .collect();
-                g.extend(unit(row));
-            }
-            let want = f32_hits(&g, &o, dim, thr);
-            assert!(want.len() > 40, "dim {dim}: only {} hits drawn", want.len());
-            for (name, f) in [
-                ("bf16", LowFilter::bf16(&o, dim, thr)),
-                ("int8", LowFilter::int8(&o, dim, thr)),
-            ] {
-                // Each tile twice: quantized afresh, then from the kept int8 operands.
-                let (mut got, mut again) = (Vec::new(), Vec::new());
-                for (a, a1) in [(0usize, 77usize), (77, m)] {
-                    let mut s = vec![0f32; (a1 - a) * k];
-                    let quantized = OnceCell::new();
-                    for out in [&mut got, &mut again] {
-                        f.scan(&g, a..a1, &quantized, &o, &mut s, |x, y, v| {
-                            if v > thr {
-                                out.push((x, y, v.to_bits()));
-                            }
-                        });
-                    }
-                }
-                got.sort_unstable();
-                again.sort_unstable();
-                assert_eq!(got, want, "{name}, dim {dim}");
-                assert_eq!(again, want, "{name}, dim {dim}, kept operands");
-            }
-        }
-    }
-
-    #[test]
-    fn near_boundary_never_skips_a_split_duplicate() {
-        // Random pairs straddling the boundary between two centroids: every pair more
-        // similar than 1 − eps, with x nearer c1 and y nearer c2, must be flagged.
-        let mut rng = crate::rng::Rng::new(11);
-        let mut checked = 0;
-        for case in 0..40_000 {
-            let eps: f64 = [0.003, 0.01, 0.05, 0.2][case % 4];
-            // Whole groups of eight sums and a tail.
-            let d = if case % 3 == 0 { 19 } else { 16 };
-            let mut g = |s: f64| (0..d).map(|_| (rng.normal() * s) as f32).collect::<Vec<f32>>();
-            let c1 = unit(g(1.0));
-            let c2 = unit(c1.iter().zip(g(0.6)).map(|(a, b)| a + b).collect());
-            let mid: Vec<f32> = c1.iter().zip(&c2).zip(g(0.3)).map(|((a, b), n)| a + b + n).collect();
-            let x = unit(mid.clone());
-            let y = unit(x.iter().zip(g(0.2 * eps.sqrt())).map(|(a, n)| a + n).collect());
-            let (xy, x1, x2, y1, y2) = (dot(&x, &y), dot(&x, &c1), dot(&x, &c2), dot(&y, &c1), dot(&y, &c2));
-            if f64::from(xy) > 1.0 - eps && x1 >= x2 && y2 >= y1 {
-                checked += 1;
-                assert!(near_boundary(&x, x1, &c1, &c2, eps), "case {case}: x·y {xy}, eps {eps}");
-            }
-        }
-        assert!(checked > 1000, "only {checked} straddling pairs drawn");
-    }
-
-    #[test]
-    fn near_boundary_skips_rows_deep_inside_their_cluster() {
-        let mut rng = crate::rng::Rng::new(5);
-        let mut g = || unit((0..16).map(|_| rng.normal() as f32).collect());
-        let (c1, c2) = (g(), g());
-        // A row at its own centroid is ‖c1 − c2‖²/2 from the boundary, more than √(2·eps)·‖c1 − c2‖.
-        assert!(!near_boundary(&c1, dot(&c1, &c1), &c1, &c2, 0.05));
-        // Halfway between the two it is on the boundary.
-        let m = unit(c1.iter().zip(&c2).map(|(a, b)| a + b).collect());
-        assert!(near_boundary(&m, dot(&m, &c1), &c1, &c2, 0.0));
-    }
-
-    #[test]
-    fn guests_far_from_the_boundary_are_never_missed() {
-        use crate::pipeline::spill::ClusterSpill;
-        let (k, d, eps) = (12, 16, 0.05);
-        let mut rng = crate::rng::Rng::new(3);
-        let mut g = |s: f64| (0..d).map(|_| (rng.normal() * s) as f32).collect::<Vec<f32>>();
-        let cv: Vec<f32> = (0..k).flat_map(|_| unit(g(1.0))).collect();
-        let c = Centroids::try_new(cv, d, Distance::Cosine).unwrap();
-        // Rows near a centroid or between two, each with a close copy (cos ≈ 0.97-0.999).
-        let mut rows: Vec<f32> = Vec::new();
-        for i in 0..400 {
-            let (a, b) = (i % k, (i * 5 + 1) % k);
-            let w = if i % 3 == 0 { 1.0 } else { 0.0 };
-            let base: Vec<f32> = c
-                .row(a)
-                .iter()
-                .zip(c.row(b))
-                .zip(g(0.5))
-                .map(|((x, y), n)| x + w * y + n)
-                .collect();
-            let x = unit(base);
-            let y = unit(
-                x.iter()
-                    .zip(g(0.03 + 0.03 * (i % 4) as f64))
-                    .map(|(a, n)| a + n)
-                    .collect(),
-            );
-            rows.extend(x);
-            rows.extend(y);
-        }
-        let n = rows.len() / d;
-        let (mut labels, mut dots, mut second) = (vec![0u32; n], vec![0f32; n], vec![0u32; n]);
-        c.nearest_two(&rows, &mut labels, &mut dots, &mut second);
-        let eligible = vec![true; n];
-        let spill = |cluster: &dyn Fn(usize) -> Option<u32>| {
-            let sp = ClusterSpill::create(None, d, 3).unwrap();
-            let mut buf = sp.buffer();
-            for i in 0..n {
-                if let Some(cl) = cluster(i) {
-                    buf.push(cl, i as u32, &rows[i * d..(i + 1) * d]).unwrap();
-                }
-            }
-            buf.flush().unwrap();
-            drop(buf);
-            sp.finish().unwrap()
-        };
-        let owners = spill(&|i| Some(labels[i]));
-        let all_guests = spill(&|i| Some(second[i]));
-        let near = |i: usize| {
-            near_boundary(
-                &rows[i * d..(i + 1) * d],
-                dots[i],
-                c.row(labels[i] as usize),
-                c.row(second[i] as usize),
-                eps,
-            )
-        };
-        let few_guests = spill(&|i| near(i).then_some(second[i]));
-        let skipped = (0..n).filter(|&i| !near(i)).count();
-        let full =
-            second_cluster_duplicates(&owners, &all_guests, &labels, &second, &eligible, d, eps, &|_| {}).unwrap();
-        let fast =
-            second_cluster_duplicates(&owners, &few_guests, &labels, &second, &eligible, d, eps, &|_| {}).unwrap();
-        assert_eq!(fast, full);
-        let found = full.iter().filter(|f| f.is_some()).count();
-        assert!(
-            found >= 10 && skipped >= n / 20,
-            "found {found}, skipped {skipped} of {n}"
-        );
-    }
-}
+mod tests;
