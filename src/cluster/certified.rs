@@ -41,14 +41,14 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use crate::cluster::centroids::{BOUND_CANDIDATES, CHUNK_ROWS, Centroids, Distance, TopScores, argmax_row};
+use crate::cluster::centroids::{BOUND_CANDIDATES, CHUNK_ROWS, Centroids, Distance, TopScores};
 use crate::distance::{
     Bf16Bound, I8Rows, LowPrecision, PackedBf16, PackedI8, certified_precision, dot_batch_bf16, dot_batch_i8,
     kernel_pair_dots,
 };
 
 mod candidates;
-use candidates::{candidates, max_score, second_largest};
+use candidates::{candidates, max_score, top_two};
 
 /// What the search needs besides the centroids, made once per set of
 /// centroids and precision (cached in [`Centroids`]).
@@ -309,8 +309,7 @@ impl<'a> CertifiedSearch<'a> {
             // With a second nearest wanted, the cut hangs from the second largest score;
             // otherwise only the largest's value is needed (the candidates name it).
             let (top, base) = if second.is_some() {
-                let (jt, top) = argmax_row(b, None);
-                (top, second_largest(b, jt))
+                top_two(b)
             } else {
                 let top = max_score(b);
                 (top, top)

@@ -55,15 +55,82 @@ impl CertifiedSearch<'_> {
     }
 }
 
-/// The largest score other than `b[jt]` (−∞ when there is none; NaN never counts):
-/// the second largest, counting a tie with the largest. Two [`max_score`] reductions,
-/// either side of `jt` (the scalar fold over a chained iterator it replaces cost
-/// `nearest_two` about 0.2 s per million rows).
+/// The largest score and the largest of the others (one occurrence of the largest
+/// left out, so a tie gives it twice); −∞ where there is none, and NaN never counts:
+/// `argmax_row(b, None)`'s value and the second largest around its index, for
+/// `nearest_two`'s cut. One pass of running top-two pairs per lane (four pairs, merged
+/// at the end: max and min are exact, so the order does not change the values), where
+/// the arg-max and two reductions either side of it read the row three times.
 #[inline]
-pub(super) fn second_largest(b: &[f32], jt: usize) -> f32 {
-    let (lo, hi) = (&b[..jt.min(b.len())], &b[(jt + 1).min(b.len())..]);
-    let (l, h) = (max_score(lo), max_score(hi));
-    if h > l { h } else { l }
+pub(super) fn top_two(b: &[f32]) -> (f32, f32) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::distance::kernel() == crate::distance::Kernel::Avx512 {
+        // SAFETY: the AVX-512 kernel is chosen only when the CPU has AVX-512F.
+        return unsafe { top_two_avx512(b) };
+    }
+    top_two_body(b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn top_two_avx512(b: &[f32]) -> (f32, f32) {
+    use std::arch::x86_64::*;
+    let (n, p) = (b.len(), b.as_ptr());
+    let lo = _mm512_set1_ps(f32::NEG_INFINITY);
+    // Per lane: `first` the largest seen, `second` the largest of the rest. With `v`
+    // NaN, `max(v, first)` keeps `first` and `min(first, v)` gives NaN, which
+    // `max(NaN, second)` drops: NaN never enters either.
+    let step = |(first, second): (__m512, __m512), v: __m512| {
+        (_mm512_max_ps(v, first), _mm512_max_ps(_mm512_min_ps(first, v), second))
+    };
+    let mut acc = [(lo, lo); 4];
+    let mut j = 0;
+    while j + 64 <= n {
+        for (q, a) in acc.iter_mut().enumerate() {
+            // SAFETY: j + 64 <= n.
+            *a = step(*a, unsafe { _mm512_loadu_ps(p.add(j + 16 * q)) });
+        }
+        j += 64;
+    }
+    while j < n {
+        let live: __mmask16 = if n - j >= 16 { !0 } else { (1u16 << (n - j)) - 1 };
+        // SAFETY: `live` covers only indices below `n`; the others load as −∞.
+        acc[0] = step(acc[0], unsafe { _mm512_mask_loadu_ps(lo, live, p.add(j)) });
+        j += 16;
+    }
+    let merge = |(a1, a2): (__m512, __m512), (b1, b2): (__m512, __m512)| {
+        (
+            _mm512_max_ps(a1, b1),
+            _mm512_max_ps(_mm512_min_ps(a1, b1), _mm512_max_ps(a2, b2)),
+        )
+    };
+    let (first, second) = merge(merge(acc[0], acc[1]), merge(acc[2], acc[3]));
+    let top = _mm512_reduce_max_ps(first);
+    // The lanes' seconds, and their firsts with one lane holding the top left out.
+    let at_top = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(first, _mm512_set1_ps(top));
+    let one = at_top & at_top.wrapping_neg();
+    let others = _mm512_mask_blend_ps(one, first, lo);
+    (top, _mm512_reduce_max_ps(_mm512_max_ps(others, second)))
+}
+
+#[inline(always)]
+fn top_two_body(b: &[f32]) -> (f32, f32) {
+    b.iter()
+        .fold((f32::NEG_INFINITY, f32::NEG_INFINITY), |(first, second), &v| {
+            if v > first {
+                (v, first)
+            } else if v > second {
+                (first, v)
+            } else {
+                (first, second)
+            }
+        })
+}
+
+/// The portable [`top_two`], for tests of the vector one.
+#[cfg(test)]
+pub(super) fn top_two_plain(b: &[f32]) -> (f32, f32) {
+    top_two_body(b)
 }
 
 /// Appends to `out` the indices `j` with `b[j] >= cut`, ascending

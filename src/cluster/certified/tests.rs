@@ -2,6 +2,7 @@
 //! f32 search, bit for bit, on every path and on near ties.
 
 use super::*;
+use crate::cluster::centroids::argmax_row;
 use crate::distance::normalize;
 use crate::rng::Rng;
 
@@ -263,16 +264,19 @@ fn max_score_is_the_value_of_argmax_row() {
 }
 
 #[test]
-fn second_largest_is_the_largest_of_the_others() {
+fn top_two_is_the_largest_and_the_largest_of_the_others() {
     let mut r = Rng::new(13);
     for row in awkward_rows(&mut r) {
-        let (jt, _) = argmax_row(&row, None);
-        let want = row
+        let (jt, top) = argmax_row(&row, None);
+        let second = row
             .iter()
             .enumerate()
             .filter(|&(j, _)| j != jt)
             .fold(f32::NEG_INFINITY, |a, (_, &v)| a.max(v));
-        assert_same_score(candidates::second_largest(&row, jt), want, &row);
+        for got in [top_two(&row), candidates::top_two_plain(&row)] {
+            assert_same_score(got.0, top, &row);
+            assert_same_score(got.1, second, &row);
+        }
     }
 }
 

@@ -345,7 +345,9 @@ fn cross_hits(
         .collect();
     let found: Vec<Vec<Hit>> = pairs
         .par_iter()
-        .map(|&(g, o)| {
+        // The tile's scratch products are reused from cluster to cluster: fresh, each
+        // was megabytes of zeroed pages.
+        .map_init(Vec::new, |s: &mut Vec<f32>, &(g, o)| {
             // Guest positions marked IN_OWNERS point into the owner rows.
             let gather = |pos: &[u32], owners: bool| {
                 let mut r = Vec::with_capacity(pos.len() * dim);
@@ -370,7 +372,6 @@ fn cross_hits(
                     hits.push((u.max(w), v, u.min(w)));
                 }
             };
-            let mut s = Vec::new();
             // Each guest tile's int8 operands, quantized on its first owner tile and
             // reused by the others (the same bits as quantizing afresh).
             let quantized: Vec<OnceCell<I8Rows>> = (0..gi.len().div_ceil(TILE)).map(|_| OnceCell::new()).collect();
@@ -382,11 +383,9 @@ fn cross_hits(
                     let a1 = (a + TILE).min(gi.len());
                     s.resize((a1 - a) * (b1 - b), 0.0);
                     match &filter {
-                        Some(f) => f.scan(&gr, a..a1, &quantized[a / TILE], owners, &mut s, |x, y, v| {
-                            push(x, b + y, v)
-                        }),
+                        Some(f) => f.scan(&gr, a..a1, &quantized[a / TILE], owners, s, |x, y, v| push(x, b + y, v)),
                         None => {
-                            dot_batch(&gr[a * dim..a1 * dim], owners, dim, &mut s);
+                            dot_batch(&gr[a * dim..a1 * dim], owners, dim, s);
                             for (x, line) in s.chunks_exact(b1 - b).enumerate() {
                                 for (y, &v) in line.iter().enumerate() {
                                     push(a + x, b + y, v);

@@ -166,12 +166,13 @@ impl TileMax {
     /// keep the earliest row.
     #[inline]
     pub(super) fn absorb(&mut self, line: &[f32], start: usize, row: u32) {
-        for ((&v, bv), g) in line.iter().zip(&mut self.best[start..]).zip(&mut self.arg[start..]) {
-            if v > *bv {
-                *bv = v;
-                *g = row;
-            }
+        let (best, arg) = (&mut self.best[start..], &mut self.arg[start..]);
+        #[cfg(target_arch = "x86_64")]
+        if crate::distance::kernel() == crate::distance::Kernel::Avx512 {
+            // SAFETY: the AVX-512 kernel is chosen only when the CPU has AVX-512F.
+            return unsafe { absorb_avx512(line, best, arg, row) };
         }
+        absorb_body(line, best, arg, row);
     }
 
     /// `self` covers earlier rows than `later`: ties keep `self`'s arg-max.
@@ -191,6 +192,44 @@ impl TileMax {
     }
 }
 
+/// [`TileMax::absorb`] in plain code (elsewhere, and the test oracle).
+fn absorb_body(line: &[f32], best: &mut [f32], arg: &mut [u32], row: u32) {
+    for ((&v, bv), g) in line.iter().zip(best).zip(arg) {
+        if v > *bv {
+            *bv = v;
+            *g = row;
+        }
+    }
+}
+
+/// [`absorb_body`] sixteen columns at a time: an ordered greater-than compare (false
+/// with NaN on either side, as `>`) masks the stores of the value and the row. Compiled
+/// for the baseline target, the loop ran a compare and branch per column.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn absorb_avx512(line: &[f32], best: &mut [f32], arg: &mut [u32], row: u32) {
+    use std::arch::x86_64::*;
+    let n = line.len().min(best.len()).min(arg.len());
+    let r = _mm512_set1_epi32(row as i32);
+    let mut j = 0;
+    while j < n {
+        let live: __mmask16 = if n - j >= 16 {
+            0xFFFF
+        } else {
+            ((1u32 << (n - j)) - 1) as u16
+        };
+        // SAFETY: lanes at or past n are masked off, so every access is inside the slices.
+        unsafe {
+            let v = _mm512_maskz_loadu_ps(live, line.as_ptr().add(j));
+            let b = _mm512_maskz_loadu_ps(live, best.as_ptr().add(j));
+            let up = _mm512_mask_cmp_ps_mask::<_CMP_GT_OQ>(live, v, b);
+            _mm512_mask_storeu_ps(best.as_mut_ptr().add(j), up, v);
+            _mm512_mask_storeu_epi32(arg.as_mut_ptr().add(j).cast(), up, r);
+        }
+        j += 16;
+    }
+}
+
 #[derive(Default)]
 struct Scratch {
     rows: Vec<f32>,
@@ -204,5 +243,47 @@ fn gather(rows: &[f32], dim: usize, idx: &[u32], buf: &mut Vec<f32>) {
     for &i in idx {
         let i = i as usize;
         buf.extend_from_slice(&rows[i * dim..(i + 1) * dim]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absorb_takes_the_same_columns_on_every_path() {
+        let specials = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0, 0.5, 0.5];
+        let mut rng = crate::rng::Rng::new(9);
+        for n in 0..41 {
+            for start in [0, 1, 7] {
+                let w = n + start;
+                let mut plain = TileMax::empty(w);
+                for (i, b) in plain.best.iter_mut().enumerate() {
+                    *b = if i % 5 == 0 {
+                        specials[i % specials.len()]
+                    } else {
+                        rng.normal() as f32
+                    };
+                }
+                let mut fast = TileMax {
+                    best: plain.best.clone(),
+                    arg: plain.arg.clone(),
+                };
+                for row in 0..4u32 {
+                    let line: Vec<f32> = (0..n)
+                        .map(|j| match (j + row as usize) % 6 {
+                            0 => specials[j % specials.len()],
+                            1 => plain.best[start + j],
+                            _ => rng.normal() as f32,
+                        })
+                        .collect();
+                    absorb_body(&line, &mut plain.best[start..], &mut plain.arg[start..], row);
+                    fast.absorb(&line, start, row);
+                }
+                let bits = |t: &TileMax| t.best.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+                assert_eq!(bits(&fast), bits(&plain), "n {n}, start {start}");
+                assert_eq!(fast.arg, plain.arg, "n {n}, start {start}");
+            }
+        }
     }
 }
