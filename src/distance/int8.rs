@@ -327,51 +327,44 @@ unsafe fn quantize_avx512(row: &[f32], bytes: &mut [u8], offset: i32) -> (f32, i
         mx = _mm512_max_ps(_mm512_abs_ps(v), mx);
         sq = _mm512_add_ps(sq, _mm512_mul_ps(v, v));
     }
-    let Some((s, inv)) = scale_of(&lanes(mx), &lanes(sq)) else {
+    let sq = lanes(sq);
+    let Some((s, inv)) = scale_of(&lanes(mx), &sq) else {
         bytes.fill(offset as u8);
         return (f32::NAN, 0, I8Norms::NAN);
     };
-    let (sd, invv, off) = (
-        _mm512_set1_pd(f64::from(s)),
-        _mm512_set1_ps(inv),
-        _mm512_set1_ps(offset as f32),
-    );
+    let (sv, invv, off) = (_mm512_set1_ps(s), _mm512_set1_ps(inv), _mm512_set1_ps(offset as f32));
     let (lo, hi) = (_mm512_set1_ps(-127.0), _mm512_set1_ps(127.0));
-    let (mut sum, mut sq_q) = (_mm512_setzero_si512(), _mm512_setzero_si512());
-    let (mut sq_x, mut sq_r) = ([_mm512_setzero_pd(); 2], [_mm512_setzero_pd(); 2]);
+    let (mut sum, mut sq_q, mut sq_r) = (_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_ps());
     let dst = bytes.as_mut_ptr();
     for c in 0..n.div_ceil(L) {
         let v = load(c);
         let r = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(v, invv));
         let q = _mm512_min_ps(_mm512_max_ps(r, lo), hi);
         let b = _mm512_cvtps_epi32(_mm512_add_ps(q, off));
-        // SAFETY: 16 bytes from 16c (masked to `rest` in the last chunk) lie inside `bytes`.
-        unsafe { _mm512_mask_cvtepi32_storeu_epi8(dst.add(L * c).cast(), if c < full { 0xFFFF } else { tail }, b) };
+        // Narrowed in a register, then stored: the masked narrowing store
+        // (`vpmovdb` to memory) was slow.
+        let packed = _mm512_cvtepi32_epi8(b);
+        if c < full {
+            // SAFETY: 16 bytes from 16c lie inside `bytes` (c < full).
+            unsafe { _mm_storeu_si128(dst.add(L * c).cast(), packed) };
+        } else {
+            let mut t = [0u8; L];
+            // SAFETY: `t` holds 16 bytes.
+            unsafe { _mm_storeu_si128(t.as_mut_ptr().cast(), packed) };
+            bytes[L * c..L * c + rest].copy_from_slice(&t[..rest]);
+        }
         let qi = _mm512_cvtps_epi32(q);
         sum = _mm512_add_epi32(sum, qi);
         sq_q = _mm512_add_epi32(sq_q, _mm512_mullo_epi32(qi, qi));
-        let half = |x: __m512, h: usize| -> __m512d {
-            let bits = _mm512_castps_pd(x);
-            let part = if h == 0 {
-                _mm512_castpd512_pd256(bits)
-            } else {
-                _mm512_extractf64x4_pd::<1>(bits)
-            };
-            _mm512_cvtps_pd(_mm256_castpd_ps(part))
-        };
-        for h in 0..2 {
-            let (vd, qd) = (half(v, h), half(q, h));
-            let e = _mm512_fnmadd_pd(sd, qd, vd);
-            sq_x[h] = _mm512_fmadd_pd(vd, vd, sq_x[h]);
-            sq_r[h] = _mm512_fmadd_pd(e, e, sq_r[h]);
-        }
+        // The residual x − s·q with one rounding, its square added with one more.
+        let e = _mm512_fnmadd_ps(sv, q, v);
+        sq_r = _mm512_fmadd_ps(e, e, sq_r);
     }
-    let wide = |v: [__m512d; 2]| -> [f64; L] { unsafe { std::mem::transmute(v) } };
     let ints = |v: __m512i| -> [i32; L] { unsafe { std::mem::transmute(v) } };
     (
         s,
         ints(sum).iter().sum(),
-        norms_of(s, &wide(sq_x), &ints(sq_q), &wide(sq_r)),
+        norms_of(s, n, &sq, &ints(sq_q), &lanes(sq_r)),
     )
 }
 
@@ -390,8 +383,8 @@ fn quantize_body(row: &[f32], bytes: &mut [u8], offset: i32) -> (f32, i32, I8Nor
         bytes.fill(offset as u8);
         return (f32::NAN, 0, I8Norms::NAN);
     };
-    let (sd, off) = (f64::from(s), offset as f32);
-    let (mut sum, mut sq_q, mut sq_x, mut sq_r) = ([0i32; L], [0i32; L], [0f64; L], [0f64; L]);
+    let off = offset as f32;
+    let (mut sum, mut sq_q, mut sq_r) = ([0i32; L], [0i32; L], [0f32; L]);
     for (ch, bs) in row.chunks(L).zip(bytes.chunks_mut(L)) {
         for (l, (&v, b)) in ch.iter().zip(bs).enumerate() {
             // Any integer is a valid rounding: the error uses the residual actually made.
@@ -400,13 +393,11 @@ fn quantize_body(row: &[f32], bytes: &mut [u8], offset: i32) -> (f32, i32, I8Nor
             let qi = q as i32;
             sum[l] += qi;
             sq_q[l] += qi * qi;
-            let (vd, qd) = (f64::from(v), f64::from(q));
-            let e = (-sd).mul_add(qd, vd);
-            sq_x[l] = vd.mul_add(vd, sq_x[l]);
+            let e = (-s).mul_add(q, v);
             sq_r[l] = e.mul_add(e, sq_r[l]);
         }
     }
-    (s, sum.iter().sum(), norms_of(s, &sq_x, &sq_q, &sq_r))
+    (s, sum.iter().sum(), norms_of(s, row.len(), &sq, &sq_q, &sq_r))
 }
 
 /// The scale and its inverse from the lanes' max |x_t| and f32 sums of squares: None
@@ -425,16 +416,26 @@ fn scale_of(max: &[f32; 16], sq: &[f32; 16]) -> Option<(f32, f32)> {
     })
 }
 
-/// The norms from the lanes' sums: f64 sums of at most 32,768 squares, each exact or
-/// within 2⁻⁵³ (s·q is exact in f64, and so is x − s·q), so 1e-9 covers them and the
-/// square roots; Σq² is exact.
+/// Upper bounds on the norms from the lanes' f32 sums over a row of `n` values:
+/// `sq_x` of the squares x_t² (a product and a sum each), `sq_r` of the squared
+/// residuals (x_t − s·q_t with one rounding, added by FMA), `sq_q` of q_t² (exact).
+/// Each lane's sum has at most n + 1 roundings of terms that are all ≥ 0, so it is
+/// within γ_{n+2} of its exact value, plus 2⁻¹⁴⁹ per term for squares that fall to
+/// subnormals (Higham §3.1, §4.2); a rounded residual is within u of its value. The
+/// bounds are taken in f64 with a 1e-9 margin for the square roots.
 #[inline]
-fn norms_of(s: f32, sq_x: &[f64; 16], sq_q: &[i32; 16], sq_r: &[f64; 16]) -> I8Norms {
-    let up = |v: f64| v.sqrt() * (1.0 + 1e-9);
+fn norms_of(s: f32, n: usize, sq_x: &[f32; 16], sq_q: &[i32; 16], sq_r: &[f32; 16]) -> I8Norms {
+    let g = (n + 2) as f64 * U32;
+    let gamma = g / (1.0 - g);
+    let tiny = n as f64 * f64::from(f32::from_bits(1));
+    let up = |lanes: &[f32; 16], extra: f64| {
+        let sum: f64 = lanes.iter().map(|&v| f64::from(v)).sum();
+        ((sum + tiny) / (1.0 - gamma) * extra).sqrt() * (1.0 + 1e-9)
+    };
     I8Norms {
-        norm: up(sq_x.iter().sum()),
-        rounded: up(sq_q.iter().map(|&v| f64::from(v)).sum()) * f64::from(s),
-        residual: up(sq_r.iter().sum()),
+        norm: up(sq_x, 1.0),
+        rounded: (sq_q.iter().map(|&v| f64::from(v)).sum::<f64>()).sqrt() * (1.0 + 1e-9) * f64::from(s),
+        residual: up(sq_r, 1.0 / ((1.0 - U32) * (1.0 - U32))),
     }
 }
 
