@@ -104,7 +104,7 @@ pub fn near_boundary(x: &[f32], d1: f32, c1: &[f32], c2: &[f32], eps: f64) -> bo
     let n = (x.len().min(c1.len()).min(c2.len()) + 2) as f64;
     let u = f64::from(f32::EPSILON) / 2.0;
     let gamma = n * u / (1.0 - n * u);
-    let gap = (f64::from(gap2) * (1.0 + gamma)).sqrt();
+    let gap = (f64::from(gap2) / (1.0 - gamma)).sqrt();
     f64::from(d1) - f64::from(d2) <= (2.0 * eps.max(0.0) + SLACK).sqrt() * gap + SLACK + 2.0 * gamma
 }
 
@@ -180,7 +180,7 @@ pub fn second_cluster_duplicates(
             guests.read_partition_into(p, &mut b.2, &mut b.3)?;
             let og = group_partition(&b.0, |i| eligible[i].then(|| labels[i]));
             let spilled = group_partition(&b.2, |i| eligible[i].then(|| second[i]));
-            let internal = internal_guests(owners, p, &b.0, second, eligible);
+            let internal = internal_guests(owners, p, &b.0, second, eligible)?;
             Ok((b, og, merge_guests(spilled, internal)))
         },
         |_, (b, og, gg)| {
@@ -253,7 +253,7 @@ pub fn semdedup_second_cluster(
                 .map(|&(c, a, b)| (c, kept(&part.pos[a..b], &part.ids)))
                 .collect();
             let spilled: Groups = spilled.iter().map(|(c, pos)| (*c, kept(pos, &g.0))).collect();
-            let internal = internal_guests(owners, p, &part.ids, second, &left);
+            let internal = internal_guests(owners, p, &part.ids, second, &left)?;
             let gg = merge_guests(spilled, internal);
             hits.extend(cross_hits(
                 (&part.ids, &part.values),
@@ -275,11 +275,21 @@ pub fn semdedup_second_cluster(
 
 /// The guests among partition `p`'s own rows `ids` (their second cluster is in
 /// `p` too), by that cluster; only rows `keep` says.
-fn internal_guests(owners: &SpilledClusters, p: usize, ids: &[u32], second: &[u32], keep: &[bool]) -> Groups {
-    group_partition(ids, |i| {
+///
+/// # Errors
+/// When the partition holds 2³¹ rows or more: its positions could not be marked
+/// [`IN_OWNERS`].
+fn internal_guests(owners: &SpilledClusters, p: usize, ids: &[u32], second: &[u32], keep: &[bool]) -> Result<Groups> {
+    if ids.len() >= IN_OWNERS as usize {
+        return Err(crate::Error::Internal(format!(
+            "spill partition {p} holds {} rows; the cross pass takes fewer than 2^31",
+            ids.len()
+        )));
+    }
+    Ok(group_partition(ids, |i| {
         let s = second[i];
         (keep[i] && s != u32::MAX && owners.partition_of(s) == p).then_some(s)
-    })
+    }))
 }
 
 /// The low-precision filter for the cross pass: bf16 where it outpaces f32, else int8
