@@ -162,11 +162,12 @@ pub enum GlobalPass {
     /// Within clusters only.
     #[default]
     Off,
-    /// Every row is also compared with the rows of its second-nearest
-    /// cluster (exact, blocked matrix products over a second spill): finds
-    /// pairs split by one cluster boundary, which is where near-duplicates
-    /// split; bounded memory, deterministic, about the cost of the
-    /// within-cluster pass.
+    /// Every row near the boundary to its second-nearest cluster is also
+    /// compared with that cluster's rows (exact, blocked matrix products in the
+    /// same sweep over the spill as the within-cluster pass; neighbouring
+    /// clusters share a partition, so few rows are spilled twice): finds pairs
+    /// split by one cluster boundary, which is where near-duplicates split;
+    /// bounded memory, deterministic.
     SecondCluster,
     /// An HNSW index ([`Hnsw`](crate::cluster::hnsw::Hnsw)) over all rows left: finds pairs anywhere,
     /// but holds the rows in memory (approximate; the build is parallel and

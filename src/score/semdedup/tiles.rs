@@ -95,8 +95,8 @@ pub(super) fn max_sim_ranked_with(
                     let r0 = ri * block;
                     let r1 = (r0 + block).min(b);
                     let tr = r1 - r0;
+                    let row_idx = positions(r0..r1);
                     if let Some(h) = &half {
-                        let row_idx = positions(r0..r1);
                         let x = RowSet {
                             data: rows,
                             idx: &row_idx,
@@ -108,7 +108,6 @@ pub(super) fn max_sim_ranked_with(
                     }
                     // The rows are gathered while the kernel packs them (scale 1: the
                     // same bits as gathering first), one copy fewer.
-                    let row_idx = positions(r0..r1);
                     s.ones.resize(tr, 1.0);
                     s.out.resize(tr * tc, 0.0);
                     dot_batch_rows(rows, &row_idx, &s.ones[..tr], packed(), &mut s.out);
