@@ -89,8 +89,9 @@ pub fn certified_bf16_pays() -> bool {
 /// How many times the f32 kernel's rate the bf16 products must reach for the certified
 /// paths to pay: they add rounding, packing and f32 rechecks of the doubtful pairs. Zen 4
 /// runs `vdpbf16ps` at about twice the rate of its f32 FMAs (three times on one core, see
-/// the module doc); Intel's Sapphire and Emerald Rapids at about the same rate (one port
-/// against two), where SemDeDup's certified pairwise pass took 7.2 s against 4.2 s in f32.
+/// the module doc). On Intel the answer has differed between machines: one Sapphire/Emerald
+/// Rapids host ran it at about the f32 rate (SemDeDup's certified pairwise pass took 7.2 s
+/// against 4.2 s in f32), the Emerald Rapids VM of 2026-12-07 at 1.9× (this probe).
 const MIN_BF16_SPEEDUP: f64 = 1.4;
 
 /// A one-time probe, about a millisecond: the same 192 × 512 product (384 dims) through
