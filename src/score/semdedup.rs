@@ -45,7 +45,7 @@ use crate::distance::kernel_pair_dots;
 use crate::rng::mix64;
 use crate::{Error, Result};
 #[cfg(test)]
-use certified::{Bf16Block, CertScratch, RowSet, absorb_certified, diagonal_certified};
+use certified::{Bf16Block, CertScratch, RowSet, absorb_certified, diagonal_certified, row_norms};
 #[cfg(test)]
 use tiles::{DIAGONAL_BAND_ROWS, max_sim_ranked_with};
 use tiles::{TileMax, max_sim_ranked};

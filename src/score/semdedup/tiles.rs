@@ -8,8 +8,13 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::certified::{Bf16Block, CertScratch, RowSet, absorb_certified, diagonal_certified};
+use super::certified::{Bf16Block, CertScratch, RowSet, absorb_certified, diagonal_certified, row_norms};
 use crate::distance::{PackedRows, certified_bf16_pays, dot_batch_packed_cols, dot_batch_rows};
+
+thread_local! {
+    /// [`diagonal_certified`]'s buffers, one set per thread.
+    static DIAGONAL_SCRATCH: std::cell::RefCell<CertScratch> = std::cell::RefCell::new(CertScratch::default());
+}
 
 /// Rows per band of a diagonal tile in [`max_sim_ranked`]: a band of rows
 /// is multiplied only with the columns from its own first row on, so a
@@ -55,13 +60,25 @@ pub(super) fn max_sim_ranked_with(
     if m < 2 {
         return (vec![f32::NEG_INFINITY; m], vec![u32::MAX; m]);
     }
+    let positions = |r: std::ops::Range<usize>| order[r].iter().map(|&p| p as usize).collect::<Vec<usize>>();
+    // Every row's bf16 norms in rank order, for its own block's columns and as a row of
+    // the later blocks' tiles.
+    let norms = if bf16 {
+        let all = positions(0..m);
+        row_norms(RowSet {
+            data: rows,
+            idx: &all,
+            dim,
+        })
+    } else {
+        Vec::new()
+    };
     let parts: Vec<TileMax> = (0..m.div_ceil(block))
         .into_par_iter()
         .map(|bi| {
             let a = bi * block;
             let b = (a + block).min(m);
             let tc = b - a;
-            let positions = |r: std::ops::Range<usize>| order[r].iter().map(|&p| p as usize).collect::<Vec<usize>>();
             let col_idx = positions(a..b);
             let cols = RowSet {
                 data: rows,
@@ -78,10 +95,18 @@ pub(super) fn max_sim_ranked_with(
                 })
             };
             let packed = || packed.get_or_init(|| PackedRows::new(gathered(), dim));
-            let half = bf16.then(|| Bf16Block::new(cols));
+            let half = bf16.then(|| Bf16Block::with_norms(cols, norms[a..b].to_vec()));
             let mut diag = TileMax::empty(tc);
             let certified = half.as_ref().is_some_and(|h| {
-                diagonal_certified(h, cols, a, DIAGONAL_BAND_ROWS, &mut diag, &mut CertScratch::default())
+                // The thread's scratch, reused from block to block and cluster to cluster
+                // (fresh, its megabytes of bands were faulted in and zeroed every time);
+                // a fresh one where it is in use further up this thread's stack.
+                DIAGONAL_SCRATCH.with(|cell| match cell.try_borrow_mut() {
+                    Ok(mut s) => diagonal_certified(h, cols, a, DIAGONAL_BAND_ROWS, &mut diag, &mut s),
+                    Err(_) => {
+                        diagonal_certified(h, cols, a, DIAGONAL_BAND_ROWS, &mut diag, &mut CertScratch::default())
+                    }
+                })
             });
             if !certified {
                 diagonal_tile(gathered(), packed(), a, &mut Scratch::default().out, &mut diag);
@@ -102,7 +127,7 @@ pub(super) fn max_sim_ranked_with(
                             idx: &row_idx,
                             dim,
                         };
-                        if absorb_certified(h, cols, x, r0 as u32, &diag.best, &mut t, &mut s.cert) {
+                        if absorb_certified(h, cols, x, &norms[r0..r1], r0 as u32, &diag.best, &mut t, &mut s.cert) {
                             return t;
                         }
                     }
