@@ -215,7 +215,11 @@ fn pack(x: &[f32], dim: usize, rows: &[usize], scale: &[f32], width: usize, out:
         WORDS.with_borrow_mut(|words| {
             words.clear();
             words.resize(rows.len() * pairs, 0);
-            for ((&row, &s), w) in rows.iter().zip(scale).zip(words.chunks_exact_mut(pairs)) {
+            for (i, ((&row, &s), w)) in rows.iter().zip(scale).zip(words.chunks_exact_mut(pairs)).enumerate() {
+                // Rows are taken by position, often scattered: fetched a few ahead.
+                if let Some(&ahead) = rows.get(i + super::PREFETCH_ROWS_AHEAD) {
+                    super::prefetch_row(&x[ahead * dim..(ahead + 1) * dim]);
+                }
                 convert_row(&x[row * dim..(row + 1) * dim], s, w);
             }
             super::avx512::pack_words(words, pairs, width, out);

@@ -26,6 +26,8 @@
 use std::cell::RefCell;
 use std::sync::OnceLock;
 
+use super::{PREFETCH_ROWS_AHEAD, prefetch_row};
+
 /// Left-hand rows per register tile.
 const MR: usize = 12;
 /// Right-hand rows per register tile (two 16-lane registers).
@@ -133,7 +135,17 @@ impl PackedI8 {
             dim > 0 && dim <= MAX_INT8_DIM && c.len().is_multiple_of(dim),
             "PackedI8: c is not n x dim"
         );
-        let (k, quads) = (c.len() / dim, dim.div_ceil(4));
+        Self::from_rows(c.chunks_exact(dim), dim)
+    }
+
+    /// [`PackedI8::new`] of the rows given, in order, each read where it lies (the same
+    /// bits as packing them gathered, without the copy).
+    ///
+    /// # Panics
+    /// If a row is not `dim` long, or `dim` is 0 or above [`MAX_INT8_DIM`].
+    pub fn from_rows<'a>(c: impl ExactSizeIterator<Item = &'a [f32]>, dim: usize) -> Self {
+        assert!(dim > 0 && dim <= MAX_INT8_DIM, "PackedI8: dim {dim} out of range");
+        let (k, quads) = (c.len(), dim.div_ceil(4));
         let mut words = vec![0u32; k * quads];
         let blocks = k.div_ceil(NR);
         let (mut scale, mut corr) = (vec![0f32; blocks * NR], vec![0i32; blocks * NR]);
@@ -142,7 +154,13 @@ impl PackedI8 {
             rounded: 0.0,
             residual: 0.0,
         };
-        for (j, (row, w)) in c.chunks_exact(dim).zip(words.chunks_exact_mut(quads)).enumerate() {
+        // Rows read by position are scattered: each is fetched a few rows ahead.
+        let c: Vec<&[f32]> = c.collect();
+        for (j, (&row, w)) in c.iter().zip(words.chunks_exact_mut(quads)).enumerate() {
+            assert_eq!(row.len(), dim, "PackedI8: row {j} is not dim long");
+            if let Some(ahead) = c.get(j + PREFETCH_ROWS_AHEAD) {
+                prefetch_row(ahead);
+            }
             let (s, sum, norms) = quantize_row(row, w, 0);
             (scale[j], corr[j]) = (s, 128 * sum);
             // A row that cannot be scaled (NaN, ∞) makes every bound NaN, so every search
@@ -227,6 +245,17 @@ impl I8Rows {
         r
     }
 
+    /// [`I8Rows::new`] of the rows given, in order, each read where it lies (the same
+    /// bits as from them gathered, without the copy).
+    ///
+    /// # Panics
+    /// If a row is not `dim` long, or `dim` is 0 or above [`MAX_INT8_DIM`].
+    pub fn from_rows<'a>(x: impl ExactSizeIterator<Item = &'a [f32]>, dim: usize) -> Self {
+        let mut r = I8Rows::default();
+        r.fill_rows(x, dim, &mut Vec::new());
+        r
+    }
+
     /// Number of rows.
     pub fn rows(&self) -> usize {
         self.norms.len()
@@ -237,7 +266,12 @@ impl I8Rows {
             dim > 0 && dim <= MAX_INT8_DIM && x.len().is_multiple_of(dim),
             "I8Rows: x is not n x dim"
         );
-        let m = x.len() / dim;
+        self.fill_rows(x.chunks_exact(dim), dim, words);
+    }
+
+    fn fill_rows<'a>(&mut self, x: impl ExactSizeIterator<Item = &'a [f32]>, dim: usize, words: &mut Vec<u32>) {
+        assert!(dim > 0 && dim <= MAX_INT8_DIM, "I8Rows: dim {dim} out of range");
+        let m = x.len();
         let quads = dim.div_ceil(4);
         self.dim = dim;
         words.clear();
@@ -245,7 +279,12 @@ impl I8Rows {
         self.scale.clear();
         self.scale.resize(m.div_ceil(MR) * MR, 0.0);
         self.norms.clear();
-        for (i, (row, w)) in x.chunks_exact(dim).zip(words.chunks_exact_mut(quads)).enumerate() {
+        let x: Vec<&[f32]> = x.collect();
+        for (i, (&row, w)) in x.iter().zip(words.chunks_exact_mut(quads)).enumerate() {
+            assert_eq!(row.len(), dim, "I8Rows: row {i} is not dim long");
+            if let Some(ahead) = x.get(i + PREFETCH_ROWS_AHEAD) {
+                prefetch_row(ahead);
+            }
             let (s, _, norms) = quantize_row(row, w, 128);
             self.scale[i] = s;
             self.norms.push(norms);

@@ -176,6 +176,61 @@ fn prefetch_row(m: &[f32], at: usize, len: usize) {
 #[cfg(target_arch = "x86_64")]
 const CHAINS: usize = 16;
 
+/// Transposes the 16 × 16 matrix whose row r is `m[r]` (lane t of `m[r]` becomes lane r
+/// of `m[t]`): the usual four rounds of in-lane and cross-lane shuffles. A macro, so it
+/// is always expanded inside the AVX-512 function that uses it: `#[inline(always)]` is
+/// not allowed with `#[target_feature]`, and out of line (LLVM's choice changed with an
+/// unrelated edit elsewhere) the sixteen registers went through memory, and the exact
+/// pair dots took a third longer.
+#[cfg(target_arch = "x86_64")]
+macro_rules! transpose16 {
+    ($m:expr) => {{
+        use std::arch::x86_64::*;
+        let m: &mut [__m512; 16] = $m;
+        let r = *m;
+        // Pairs of rows interleaved (32-bit elements).
+        let t: [__m512; 16] = std::array::from_fn(|i| {
+            let (a, b) = (r[i & !1], r[i | 1]);
+            if i % 2 == 0 {
+                _mm512_unpacklo_ps(a, b)
+            } else {
+                _mm512_unpackhi_ps(a, b)
+            }
+        });
+        // Quads (64-bit pairs within each 128-bit lane).
+        let u: [__m512; 16] = std::array::from_fn(|i| {
+            let g = i & !3;
+            let (a, b) = if i % 4 < 2 {
+                (t[g], t[g + 2])
+            } else {
+                (t[g + 1], t[g + 3])
+            };
+            if i % 2 == 0 {
+                _mm512_shuffle_ps::<0x44>(a, b)
+            } else {
+                _mm512_shuffle_ps::<0xEE>(a, b)
+            }
+        });
+        // 128-bit lanes, then 256-bit halves.
+        let v: [__m512; 16] = std::array::from_fn(|i| {
+            let g = (i / 8) * 8 + i % 4;
+            if (i / 4) % 2 == 0 {
+                _mm512_shuffle_f32x4::<0x88>(u[g], u[g + 4])
+            } else {
+                _mm512_shuffle_f32x4::<0xDD>(u[g], u[g + 4])
+            }
+        });
+        *m = std::array::from_fn(|i| {
+            let g = i % 8;
+            if i < 8 {
+                _mm512_shuffle_f32x4::<0x88>(v[g], v[g + 8])
+            } else {
+                _mm512_shuffle_f32x4::<0xDD>(v[g], v[g + 8])
+            }
+        });
+    }};
+}
+
 /// `acc_q = fma(x_q[t], c_q[t], acc_q)` for t ascending, from `acc_q = 0`, for sixteen
 /// pairs at once, one per lane: each lane runs the kernel's own chain, so its bits.
 /// Sixteen coordinates of the sixteen rows of each side are loaded and transposed in
@@ -222,8 +277,8 @@ unsafe fn fma_chains16(
                 }
             }
         }
-        transpose16(&mut xt);
-        transpose16(&mut ct);
+        transpose16!(&mut xt);
+        transpose16!(&mut ct);
         // Only the live coordinates: an extra fma(0, 0, acc) would turn −0 into +0.
         let live = if b < full { CHAINS } else { rest };
         for t in 0..live {
@@ -234,53 +289,11 @@ unsafe fn fma_chains16(
     unsafe { std::mem::transmute::<__m512, [f32; CHAINS]>(acc) }
 }
 
-/// Transposes the 16 × 16 matrix whose row r is `m[r]` (lane t of `m[r]` becomes lane r
-/// of `m[t]`): the usual four rounds of in-lane and cross-lane shuffles.
-#[cfg(target_arch = "x86_64")]
+/// [`transpose16!`] as a function, for its test.
+#[cfg(all(test, target_arch = "x86_64"))]
 #[target_feature(enable = "avx512f")]
 fn transpose16(m: &mut [std::arch::x86_64::__m512; 16]) {
-    use std::arch::x86_64::*;
-    let r = *m;
-    // Pairs of rows interleaved (32-bit elements).
-    let t: [__m512; 16] = std::array::from_fn(|i| {
-        let (a, b) = (r[i & !1], r[i | 1]);
-        if i % 2 == 0 {
-            _mm512_unpacklo_ps(a, b)
-        } else {
-            _mm512_unpackhi_ps(a, b)
-        }
-    });
-    // Quads (64-bit pairs within each 128-bit lane).
-    let u: [__m512; 16] = std::array::from_fn(|i| {
-        let g = i & !3;
-        let (a, b) = if i % 4 < 2 {
-            (t[g], t[g + 2])
-        } else {
-            (t[g + 1], t[g + 3])
-        };
-        if i % 2 == 0 {
-            _mm512_shuffle_ps::<0x44>(a, b)
-        } else {
-            _mm512_shuffle_ps::<0xEE>(a, b)
-        }
-    });
-    // 128-bit lanes, then 256-bit halves.
-    let v: [__m512; 16] = std::array::from_fn(|i| {
-        let g = (i / 8) * 8 + i % 4;
-        if (i / 4) % 2 == 0 {
-            _mm512_shuffle_f32x4::<0x88>(u[g], u[g + 4])
-        } else {
-            _mm512_shuffle_f32x4::<0xDD>(u[g], u[g + 4])
-        }
-    });
-    *m = std::array::from_fn(|i| {
-        let g = i % 8;
-        if i < 8 {
-            _mm512_shuffle_f32x4::<0x88>(v[g], v[g + 8])
-        } else {
-            _mm512_shuffle_f32x4::<0xDD>(v[g], v[g + 8])
-        }
-    });
+    transpose16!(m)
 }
 
 #[cfg(test)]

@@ -78,12 +78,13 @@ fn add_rows_fixed_body(acc: &mut [i64], data: &[f32], members: &[u32], scale: &[
     }
 }
 
-/// How far ahead [`add_rows_fixed`] prefetches its rows.
-const PREFETCH_ROWS_AHEAD: usize = 2;
+/// How far ahead loops over scattered rows ([`add_rows_fixed`], quantizing and
+/// rounding rows read by position) prefetch their rows.
+pub(crate) const PREFETCH_ROWS_AHEAD: usize = 2;
 
 /// Asks for every cache line of `row` (a hint; no effect on results).
 #[inline(always)]
-fn prefetch_row(row: &[f32]) {
+pub(crate) fn prefetch_row(row: &[f32]) {
     #[cfg(target_arch = "x86_64")]
     for line in row.chunks(16) {
         // SAFETY: prefetching is a hint and never faults; the pointer is in bounds.

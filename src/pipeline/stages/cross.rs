@@ -15,8 +15,8 @@ use crate::cluster::Centroids;
 use crate::cluster::centroids::scan_at_least;
 use crate::cluster::hnsw::{Hnsw, HnswParams};
 use crate::distance::{
-    Bf16Bound, I8Rows, Int8Kernel, MAX_INT8_DIM, PackedBf16, PackedI8, PackedRows, certified_bf16_pays, dot_batch,
-    dot_batch_bf16, dot_batch_packed, int8_kernel, kernel_pair_dots,
+    Bf16Bound, Bf16Norms, I8Rows, Int8Kernel, MAX_INT8_DIM, PackedBf16, PackedI8, PackedRows, certified_bf16_pays,
+    dot_batch, dot_batch_bf16, dot_batch_packed, int8_kernel, kernel_pair_dots,
 };
 use crate::pipeline::spill::{SpilledClusters, for_each_prefetched};
 use crate::pipeline::stages::{Grouped, check_spilled, map_grouped, read_grouped, scatter};
@@ -297,11 +297,11 @@ fn internal_guests(owners: &SpilledClusters, p: usize, ids: &[u32], second: &[u3
 /// `vpdpbusd` does twice the multiply-adds of `vdpbf16ps` per instruction wherever both
 /// run, and at the threshold its wider bound adds hardly any candidates (on the 1M
 /// benchmark the pass's products took 1.6 CPU-s in int8 against 3.1 in bf16).
-fn low_filter(dim: usize) -> Option<MakeFilter> {
+fn low_filter(dim: usize) -> Option<Filter> {
     if int8_filter_pays(dim) {
-        Some(LowFilter::int8 as MakeFilter)
+        Some(Filter::Int8)
     } else if certified_bf16_pays() {
-        Some(LowFilter::bf16 as MakeFilter)
+        Some(Filter::Bf16)
     } else {
         None
     }
@@ -334,9 +334,24 @@ type SweepPart = (Grouped, (Vec<u32>, Vec<f32>), Groups);
 type Buffers = (Vec<u32>, Vec<f32>, Vec<u32>, Vec<f32>);
 /// Rows of a partition by cluster ([`group_partition`]).
 type Groups = Vec<(u32, Vec<u32>)>;
-/// Packs a tile of owners for the low-precision filter ([`LowFilter::bf16`] or
-/// [`LowFilter::int8`]).
-type MakeFilter = fn(&[f32], usize, f32) -> LowFilter;
+/// The low-precision filter of a run ([`low_filter`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Filter {
+    /// [`LowFilter::bf16`].
+    Bf16,
+    /// [`LowFilter::int8`].
+    Int8,
+}
+
+impl Filter {
+    /// Packs a tile of owners for this filter.
+    fn make<'a>(self, owners: Side<'a>, thr: f32) -> LowFilter<'a> {
+        match self {
+            Filter::Bf16 => LowFilter::bf16(owners, thr),
+            Filter::Int8 => LowFilter::int8(owners, thr),
+        }
+    }
+}
 
 /// The hits of one partition: each cluster's guests `gg` (positions into the
 /// guest rows, or into the owner rows where marked [`IN_OWNERS`]) against its
@@ -349,7 +364,7 @@ fn cross_hits(
     gg: &Groups,
     dim: usize,
     thr: f32,
-    low: Option<MakeFilter>,
+    low: Option<Filter>,
 ) -> Vec<Hit> {
     const TILE: usize = 1024;
     let pairs: Vec<(&Vec<u32>, &Vec<u32>)> = gg
@@ -361,44 +376,46 @@ fn cross_hits(
         // The tile's scratch products are reused from cluster to cluster: fresh, each
         // was megabytes of zeroed pages.
         .map_init(Vec::new, |s: &mut Vec<f32>, &(g, o)| {
-            // Guest positions marked IN_OWNERS point into the owner rows.
-            let gather = |pos: &[u32], owners: bool| {
-                let mut r = Vec::with_capacity(pos.len() * dim);
-                let mut id = Vec::with_capacity(pos.len());
-                for &i in pos {
-                    let (ids, vals, i) = if owners || i & IN_OWNERS != 0 {
-                        (oids, ovals, (i & !IN_OWNERS) as usize)
-                    } else {
-                        (gids, gvals, i as usize)
-                    };
-                    r.extend_from_slice(&vals[i * dim..(i + 1) * dim]);
-                    id.push(ids[i]);
-                }
-                (id, r)
+            let guests = Side {
+                pos: g,
+                rows: (gids, gvals),
+                owners: (oids, ovals),
+                all_owners: false,
+                dim,
             };
-            let (gi, gr) = gather(g, false);
-            let (oi, or) = gather(o, true);
+            let owners = Side {
+                rows: (oids, ovals),
+                pos: o,
+                all_owners: true,
+                ..guests
+            };
             let mut hits = Vec::new();
             let mut push = |x: usize, y: usize, v: f32| {
                 if v > thr {
-                    let (u, w) = (gi[x], oi[y]);
+                    let (u, w) = (guests.id(x), owners.id(y));
                     hits.push((u.max(w), v, u.min(w)));
                 }
             };
             // Each guest tile's int8 operands, quantized on its first owner tile and
             // reused by the others (the same bits as quantizing afresh).
-            let quantized: Vec<OnceCell<I8Rows>> = (0..gi.len().div_ceil(TILE)).map(|_| OnceCell::new()).collect();
-            for b in (0..oi.len()).step_by(TILE) {
-                let b1 = (b + TILE).min(oi.len());
-                let owners = &or[b * dim..b1 * dim];
-                let filter = low.map(|make| make(owners, dim, thr));
-                for a in (0..gi.len()).step_by(TILE) {
-                    let a1 = (a + TILE).min(gi.len());
-                    s.resize((a1 - a) * (b1 - b), 0.0);
+            let quantized: Vec<OnceCell<I8Rows>> = (0..g.len().div_ceil(TILE)).map(|_| OnceCell::new()).collect();
+            for b in (0..o.len()).step_by(TILE) {
+                let b1 = (b + TILE).min(o.len());
+                let tile = owners.range(b..b1);
+                let filter = low.map(|f| f.make(tile, thr));
+                for a in (0..g.len()).step_by(TILE) {
+                    let a1 = (a + TILE).min(g.len());
+                    let n = (a1 - a) * (b1 - b);
+                    if s.len() < n {
+                        s.resize(n, 0.0);
+                    }
+                    let s = &mut s[..n];
                     match &filter {
-                        Some(f) => f.scan(&gr, a..a1, &quantized[a / TILE], owners, s, |x, y, v| push(x, b + y, v)),
+                        Some(f) => f.scan(guests.range(a..a1), &quantized[a / TILE], s, |x, y, v| {
+                            push(a + x, b + y, v)
+                        }),
                         None => {
-                            dot_batch(&gr[a * dim..a1 * dim], owners, dim, s);
+                            dot_batch(&guests.range(a..a1).gather(), &tile.gather(), dim, s);
                             for (x, line) in s.chunks_exact(b1 - b).enumerate() {
                                 for (y, &v) in line.iter().enumerate() {
                                     push(a + x, b + y, v);
@@ -412,6 +429,70 @@ fn cross_hits(
         })
         .collect();
     found.into_iter().flatten().collect()
+}
+
+/// Rows of one cluster's guests or owners, read where they lie in the partition's
+/// two spills rather than gathered (copying them was a tenth of the pass): row x is
+/// row `pos[x]` of `rows`, or of `owners` where marked [`IN_OWNERS`] (for a side of
+/// owners, both are the owner rows).
+#[derive(Clone, Copy)]
+struct Side<'a> {
+    pos: &'a [u32],
+    /// Ids and row-major values of the spill `pos` points into.
+    rows: (&'a [u32], &'a [f32]),
+    /// The same of the owner spill.
+    owners: (&'a [u32], &'a [f32]),
+    /// Whether `rows` are the owner rows (a side of owners).
+    all_owners: bool,
+    dim: usize,
+}
+
+impl<'a> Side<'a> {
+    fn len(&self) -> usize {
+        self.pos.len()
+    }
+
+    /// The spill row x lies in (`true`: the owner rows) and its position there.
+    fn at(&self, x: usize) -> (bool, usize) {
+        let p = self.pos[x];
+        if p & IN_OWNERS != 0 {
+            (true, (p & !IN_OWNERS) as usize)
+        } else {
+            (self.all_owners, p as usize)
+        }
+    }
+
+    fn row(&self, x: usize) -> &'a [f32] {
+        let (own, i) = self.at(x);
+        let vals = if own { self.owners.1 } else { self.rows.1 };
+        &vals[i * self.dim..(i + 1) * self.dim]
+    }
+
+    fn id(&self, x: usize) -> u32 {
+        let (own, i) = self.at(x);
+        if own { self.owners.0[i] } else { self.rows.0[i] }
+    }
+
+    /// Rows `r` of this side, as a side.
+    fn range(&self, r: std::ops::Range<usize>) -> Side<'a> {
+        Side {
+            pos: &self.pos[r],
+            ..*self
+        }
+    }
+
+    fn rows_iter(&self) -> impl ExactSizeIterator<Item = &'a [f32]> + '_ {
+        (0..self.len()).map(|x| self.row(x))
+    }
+
+    /// The rows copied out, row-major (the paths that want them contiguous).
+    fn gather(&self) -> Vec<f32> {
+        let mut v = Vec::with_capacity(self.len() * self.dim);
+        for x in 0..self.len() {
+            v.extend_from_slice(self.row(x));
+        }
+        v
+    }
 }
 
 /// Whether the second-cluster pass filters with int8 products: where `vpdpbusd` runs
@@ -438,95 +519,105 @@ enum LowPrecision {
 /// The hits, and their values, are exactly those of the f32 products. The threshold
 /// (0.95 at the default eps) is far above most pairs, so int8's wider bound (about
 /// 0.018 against bf16's 0.0035 at d = 384) leaves hardly more candidates, at twice
-/// the rate of f32 products where `vpdpbusd` runs.
-struct LowFilter {
+/// the rate of bf16 products where `vpdpbusd` runs.
+struct LowFilter<'a> {
     low: LowPrecision,
+    owners: Side<'a>,
     /// The owners packed for the f32 kernel, made on the first guest line with too many
     /// candidates (copies of copies), so those lines do not repack the owners each.
     packed_f32: OnceCell<PackedRows>,
     thr: f32,
-    dim: usize,
 }
 
-impl LowFilter {
+impl<'a> LowFilter<'a> {
     /// Guests with more candidates than this in one tile get their whole line in f32.
     const MAX_CANDIDATES: usize = 32;
 
-    fn bf16(owners: &[f32], dim: usize, thr: f32) -> Self {
-        let k = owners.len() / dim;
-        let idx: Vec<usize> = (0..k).collect();
+    fn bf16(owners: Side<'a>, thr: f32) -> Self {
         let low = LowPrecision::Bf16(
-            PackedBf16::new(owners, dim, &idx, &vec![1.0; k]),
-            Bf16Bound::new(owners, dim),
+            {
+                // Owners all lie in the owner rows: packed from there by position.
+                let idx: Vec<usize> = (0..owners.len()).map(|y| owners.at(y).1).collect();
+                PackedBf16::new(owners.owners.1, owners.dim, &idx, &vec![1.0; idx.len()])
+            },
+            Bf16Bound::from_norms(owners.rows_iter().map(Bf16Norms::of), owners.dim),
         );
-        LowFilter::with(low, dim, thr)
+        LowFilter::with(low, owners, thr)
     }
 
-    fn int8(owners: &[f32], dim: usize, thr: f32) -> Self {
-        LowFilter::with(LowPrecision::Int8(PackedI8::new(owners, dim)), dim, thr)
+    fn int8(owners: Side<'a>, thr: f32) -> Self {
+        LowFilter::with(
+            LowPrecision::Int8(PackedI8::from_rows(owners.rows_iter(), owners.dim)),
+            owners,
+            thr,
+        )
     }
 
-    fn with(low: LowPrecision, dim: usize, thr: f32) -> Self {
+    fn with(low: LowPrecision, owners: Side<'a>, thr: f32) -> Self {
         LowFilter {
             low,
+            owners,
             packed_f32: OnceCell::new(),
             thr,
-            dim,
         }
     }
 
-    /// Calls `hit(x, y, v)` with the exact f32 product `v` of guest row `x` (of `guests`,
-    /// rows `rows`) and owner `y` for every pair that can exceed the threshold (and a few
-    /// that do not); `s` is scratch of `rows.len() × owners` values. `quantized` keeps
-    /// those guest rows' int8 operands for the next tile of owners.
-    #[allow(clippy::too_many_arguments)]
-    fn scan(
-        &self,
-        guests: &[f32],
-        rows: std::ops::Range<usize>,
-        quantized: &OnceCell<I8Rows>,
-        owners: &[f32],
-        s: &mut [f32],
-        mut hit: impl FnMut(usize, usize, f32),
-    ) {
-        let dim = self.dim;
-        let w = owners.len() / dim;
-        let mut err = vec![0f64; rows.len()];
+    /// Calls `hit(x, y, v)` with the exact f32 product `v` of guest `x` and owner `y`
+    /// for every pair that can exceed the threshold (and a few that do not); `s` is
+    /// scratch of `guests.len() × owners` values. `quantized` keeps those guest rows'
+    /// int8 operands for the next tile of owners.
+    fn scan(&self, guests: Side, quantized: &OnceCell<I8Rows>, s: &mut [f32], mut hit: impl FnMut(usize, usize, f32)) {
+        let (dim, w) = (guests.dim, self.owners.len());
+        let mut err = vec![0f64; guests.len()];
         match &self.low {
             LowPrecision::Bf16(packed, bound) => {
-                let idx: Vec<usize> = rows.clone().collect();
-                dot_batch_bf16(guests, &idx, &vec![1.0; idx.len()], packed, s);
-                for (e, x) in err.iter_mut().zip(rows.clone()) {
-                    *e = bound.row_error(&guests[x * dim..(x + 1) * dim]);
+                let rows = guests.gather();
+                let idx: Vec<usize> = (0..guests.len()).collect();
+                dot_batch_bf16(&rows, &idx, &vec![1.0; idx.len()], packed, s);
+                for (x, e) in err.iter_mut().enumerate() {
+                    *e = bound.row_error(guests.row(x));
                 }
             }
             LowPrecision::Int8(packed) => quantized
-                .get_or_init(|| I8Rows::new(&guests[rows.start * dim..rows.end * dim], dim))
+                .get_or_init(|| I8Rows::from_rows(guests.rows_iter(), dim))
                 .dot_batch(packed, s, &mut err),
         }
-        let mut pairs: Vec<(u32, u32)> = Vec::new();
-        for ((line, x), &e) in s.chunks_exact_mut(w).zip(rows).zip(&err) {
+        // The candidates, by the spill each guest lies in: (guest, owner) positions in
+        // the spills for the kernel, and (x, y) in the tile for `hit`.
+        let mut pairs: [Vec<(u32, u32)>; 2] = Default::default();
+        let mut tile: [Vec<(u32, u32)>; 2] = Default::default();
+        let owner_at = |y: u32| self.owners.at(y as usize).1 as u32;
+        for ((x, line), &e) in s.chunks_exact_mut(w).enumerate().zip(&err) {
             // Rounded down: a larger candidate set is still exact. A bound that is not a
             // number (a row that cannot be rounded) sends the line to f32.
             let cut = ((self.thr as f64 - e) as f32).next_down();
-            let start = pairs.len();
+            let (own, gx) = guests.at(x);
+            let side = usize::from(own);
+            let start = tile[side].len();
             if !cut.is_nan() {
-                scan_at_least(line, cut, |y, _| pairs.push((x as u32, y)));
+                scan_at_least(line, cut, |y, _| tile[side].push((x as u32, y)));
             }
-            if cut.is_nan() || pairs.len() - start > Self::MAX_CANDIDATES {
-                pairs.truncate(start);
-                let packed = self.packed_f32.get_or_init(|| PackedRows::new(owners, dim));
-                dot_batch_packed(&guests[x * dim..(x + 1) * dim], packed, line);
+            if cut.is_nan() || tile[side].len() - start > Self::MAX_CANDIDATES {
+                tile[side].truncate(start);
+                let packed = self
+                    .packed_f32
+                    .get_or_init(|| PackedRows::new(&self.owners.gather(), dim));
+                dot_batch_packed(guests.row(x), packed, line);
                 for (y, &v) in line.iter().enumerate() {
                     hit(x, y, v);
                 }
+            } else {
+                pairs[side].extend(tile[side][start..].iter().map(|&(_, y)| (gx as u32, owner_at(y))));
             }
         }
         // The f32 kernel's value for each pair, whatever shape it is computed in.
-        let mut exact = vec![0f32; pairs.len()];
-        kernel_pair_dots(guests, owners, dim, &pairs, &mut exact);
-        for (&(x, y), &v) in pairs.iter().zip(&exact) {
-            hit(x as usize, y as usize, v);
+        let spills = [guests.rows.1, guests.owners.1];
+        for side in 0..2 {
+            let mut exact = vec![0f32; pairs[side].len()];
+            kernel_pair_dots(spills[side], self.owners.owners.1, dim, &pairs[side], &mut exact);
+            for (&(x, y), &v) in tile[side].iter().zip(&exact) {
+                hit(x as usize, y as usize, v);
+            }
         }
     }
 }

@@ -26,8 +26,8 @@
 //! chains cost what the bf16 triangle saved (tried 2026-12-06).
 
 use crate::distance::{
-    Bf16Bound, Bf16Norms, PackedBf16, contender_cut, dot_batch_bf16, dot_batch_bf16_cols, f32_error_per_norm,
-    fast_pair_dots, kernel_pair_dots,
+    Bf16Bound, Bf16Norms, PREFETCH_ROWS_AHEAD, PackedBf16, contender_cut, dot_batch_bf16, dot_batch_bf16_cols,
+    f32_error_per_norm, fast_pair_dots, kernel_pair_dots, prefetch_row,
 };
 
 use super::TileMax;
@@ -63,7 +63,15 @@ pub(super) struct Bf16Block {
 /// The norms of each row of `x`, in its order: computed once per cluster, since every
 /// row meets one column block per later block and its norms do not change.
 pub(super) fn row_norms(x: RowSet) -> Vec<Bf16Norms> {
-    (0..x.len()).map(|i| Bf16Norms::of(x.row(i))).collect()
+    (0..x.len())
+        .map(|i| {
+            // Rows in rank order lie scattered in the partition: fetched a few ahead.
+            if i + PREFETCH_ROWS_AHEAD < x.len() {
+                prefetch_row(x.row(i + PREFETCH_ROWS_AHEAD));
+            }
+            Bf16Norms::of(x.row(i))
+        })
+        .collect()
 }
 
 impl Bf16Block {

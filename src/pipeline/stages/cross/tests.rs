@@ -68,9 +68,42 @@ fn low_precision_filters_find_exactly_the_f32_hits() {
         }
         let want = f32_hits(&g, &o, dim, thr);
         assert!(want.len() > 40, "dim {dim}: only {} hits drawn", want.len());
+        // The rows where the pass finds them: owners scattered through the owner spill,
+        // every fourth guest among them (marked IN_OWNERS), the rest in the guest spill
+        // in reverse order.
+        let (mut ov, mut gv) = (Vec::new(), Vec::new());
+        let (mut opos, mut gpos) = (vec![0u32; k], vec![0u32; m]);
+        for y in (0..k).rev() {
+            opos[y] = (ov.len() / dim) as u32;
+            ov.extend_from_slice(&o[y * dim..(y + 1) * dim]);
+            if y < m && y % 4 == 1 {
+                gpos[y] = (ov.len() / dim) as u32 | IN_OWNERS;
+                ov.extend_from_slice(&g[y * dim..(y + 1) * dim]);
+            }
+        }
+        for x in (0..m).rev().filter(|x| x % 4 != 1 || *x >= k) {
+            gpos[x] = (gv.len() / dim) as u32;
+            gv.extend_from_slice(&g[x * dim..(x + 1) * dim]);
+        }
+        let (oids, gids) = (vec![0u32; ov.len() / dim], vec![0u32; gv.len() / dim]);
+        let guests = Side {
+            pos: &gpos,
+            rows: (&gids, &gv),
+            owners: (&oids, &ov),
+            all_owners: false,
+            dim,
+        };
+        let owners = Side {
+            pos: &opos,
+            rows: (&oids, &ov),
+            all_owners: true,
+            ..guests
+        };
+        assert_eq!(guests.range(0..m).gather(), g);
+        assert_eq!(owners.gather(), o);
         for (name, f) in [
-            ("bf16", LowFilter::bf16(&o, dim, thr)),
-            ("int8", LowFilter::int8(&o, dim, thr)),
+            ("bf16", LowFilter::bf16(owners, thr)),
+            ("int8", LowFilter::int8(owners, thr)),
         ] {
             // Each tile twice: quantized afresh, then from the kept int8 operands.
             let (mut got, mut again) = (Vec::new(), Vec::new());
@@ -78,9 +111,9 @@ fn low_precision_filters_find_exactly_the_f32_hits() {
                 let mut s = vec![0f32; (a1 - a) * k];
                 let quantized = OnceCell::new();
                 for out in [&mut got, &mut again] {
-                    f.scan(&g, a..a1, &quantized, &o, &mut s, |x, y, v| {
+                    f.scan(guests.range(a..a1), &quantized, &mut s, |x, y, v| {
                         if v > thr {
-                            out.push((x, y, v.to_bits()));
+                            out.push((a + x, y, v.to_bits()));
                         }
                     });
                 }
