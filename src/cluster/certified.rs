@@ -420,7 +420,8 @@ struct Scratch {
     found: Vec<u32>,
     x: Vec<f32>,
     exact: Vec<f32>,
-    /// Vectorized f32 dots of one row's candidates ([`CertifiedSearch::narrow`]).
+    /// The candidates [`CertifiedSearch::narrow`] takes fast dots of, and those dots.
+    need: Vec<(u32, u32)>,
     fast: Vec<f32>,
     /// The f32 dot with the second nearest so far, per row (with `nearest_two`).
     second: Vec<f32>,

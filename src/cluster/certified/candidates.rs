@@ -19,23 +19,38 @@ impl CertifiedSearch<'_> {
     pub(super) fn narrow(&self, x: &[f32], s: &mut Scratch, two: bool) {
         let dim = self.c.dim();
         let places = if two { 2 } else { 1 };
-        let (mut w, mut a) = (0, 0);
+        let group = |pairs: &[(u32, u32)], a: usize| a + pairs[a..].iter().take_while(|p| p.0 == pairs[a].0).count();
+        // The fast dots of every row with more candidates than places, in one call: its
+        // rows are prefetched a few pairs ahead across rows too (called row by row, each
+        // call's first pairs waited on memory).
+        s.need.clear();
+        let mut a = 0;
+        while a < s.pairs.len() {
+            let b = group(&s.pairs, a);
+            if b - a > places {
+                s.need.extend_from_slice(&s.pairs[a..b]);
+            }
+            a = b;
+        }
+        s.fast.resize(s.need.len(), 0.0);
+        fast_pair_dots(x, self.c.as_slice(), dim, &s.need, &mut s.fast);
+        let (mut w, mut a, mut f) = (0, 0, 0);
         while a < s.pairs.len() {
             let i = s.pairs[a].0;
-            let b = a + s.pairs[a..].iter().take_while(|p| p.0 == i).count();
+            let b = group(&s.pairs, a);
             let keep_all = b - a <= places || {
-                s.fast.resize(b - a, 0.0);
-                fast_pair_dots(x, self.c.as_slice(), dim, &s.pairs[a..b], &mut s.fast);
+                let fast = &s.fast[f..f + (b - a)];
+                f += b - a;
                 let row = &x[i as usize * dim..(i as usize + 1) * dim];
                 let e = self.f32_err * norm_upper_bound(row);
                 let cut = if two {
-                    contender_cut_second(&s.fast, e)
+                    contender_cut_second(fast, e)
                 } else {
-                    contender_cut(&s.fast, e)
+                    contender_cut(fast, e)
                 };
                 if let Some(cut) = cut {
                     for q in a..b {
-                        if s.fast[q - a] as f64 >= cut {
+                        if fast[q - a] as f64 >= cut {
                             s.pairs[w] = s.pairs[q];
                             w += 1;
                         }
