@@ -177,11 +177,12 @@ fn prefetch_row(m: &[f32], at: usize, len: usize) {
 const CHAINS: usize = 16;
 
 /// Transposes the 16 × 16 matrix whose row r is `m[r]` (lane t of `m[r]` becomes lane r
-/// of `m[t]`): the usual four rounds of in-lane and cross-lane shuffles. A macro, so it
-/// is always expanded inside the AVX-512 function that uses it: `#[inline(always)]` is
-/// not allowed with `#[target_feature]`, and out of line (LLVM's choice changed with an
-/// unrelated edit elsewhere) the sixteen registers went through memory, and the exact
-/// pair dots took a third longer.
+/// of `m[t]`): the usual four rounds of in-lane and cross-lane shuffles, written out
+/// statement by statement. A macro, so it is always expanded inside the AVX-512 function
+/// that uses it (`#[inline(always)]` is not allowed with `#[target_feature]`; out of line,
+/// as LLVM chose after an unrelated edit, the exact pair dots took a third longer), and
+/// straight-line code rather than `std::array::from_fn` closures (LLVM had turned one
+/// round into a loop through the stack).
 #[cfg(target_arch = "x86_64")]
 macro_rules! transpose16 {
     ($m:expr) => {{
@@ -189,45 +190,72 @@ macro_rules! transpose16 {
         let m: &mut [__m512; 16] = $m;
         let r = *m;
         // Pairs of rows interleaved (32-bit elements).
-        let t: [__m512; 16] = std::array::from_fn(|i| {
-            let (a, b) = (r[i & !1], r[i | 1]);
-            if i % 2 == 0 {
-                _mm512_unpacklo_ps(a, b)
-            } else {
-                _mm512_unpackhi_ps(a, b)
-            }
-        });
+        let t0 = _mm512_unpacklo_ps(r[0], r[1]);
+        let t1 = _mm512_unpackhi_ps(r[0], r[1]);
+        let t2 = _mm512_unpacklo_ps(r[2], r[3]);
+        let t3 = _mm512_unpackhi_ps(r[2], r[3]);
+        let t4 = _mm512_unpacklo_ps(r[4], r[5]);
+        let t5 = _mm512_unpackhi_ps(r[4], r[5]);
+        let t6 = _mm512_unpacklo_ps(r[6], r[7]);
+        let t7 = _mm512_unpackhi_ps(r[6], r[7]);
+        let t8 = _mm512_unpacklo_ps(r[8], r[9]);
+        let t9 = _mm512_unpackhi_ps(r[8], r[9]);
+        let t10 = _mm512_unpacklo_ps(r[10], r[11]);
+        let t11 = _mm512_unpackhi_ps(r[10], r[11]);
+        let t12 = _mm512_unpacklo_ps(r[12], r[13]);
+        let t13 = _mm512_unpackhi_ps(r[12], r[13]);
+        let t14 = _mm512_unpacklo_ps(r[14], r[15]);
+        let t15 = _mm512_unpackhi_ps(r[14], r[15]);
         // Quads (64-bit pairs within each 128-bit lane).
-        let u: [__m512; 16] = std::array::from_fn(|i| {
-            let g = i & !3;
-            let (a, b) = if i % 4 < 2 {
-                (t[g], t[g + 2])
-            } else {
-                (t[g + 1], t[g + 3])
-            };
-            if i % 2 == 0 {
-                _mm512_shuffle_ps::<0x44>(a, b)
-            } else {
-                _mm512_shuffle_ps::<0xEE>(a, b)
-            }
-        });
+        let u0 = _mm512_shuffle_ps::<0x44>(t0, t2);
+        let u1 = _mm512_shuffle_ps::<0xEE>(t0, t2);
+        let u2 = _mm512_shuffle_ps::<0x44>(t1, t3);
+        let u3 = _mm512_shuffle_ps::<0xEE>(t1, t3);
+        let u4 = _mm512_shuffle_ps::<0x44>(t4, t6);
+        let u5 = _mm512_shuffle_ps::<0xEE>(t4, t6);
+        let u6 = _mm512_shuffle_ps::<0x44>(t5, t7);
+        let u7 = _mm512_shuffle_ps::<0xEE>(t5, t7);
+        let u8 = _mm512_shuffle_ps::<0x44>(t8, t10);
+        let u9 = _mm512_shuffle_ps::<0xEE>(t8, t10);
+        let u10 = _mm512_shuffle_ps::<0x44>(t9, t11);
+        let u11 = _mm512_shuffle_ps::<0xEE>(t9, t11);
+        let u12 = _mm512_shuffle_ps::<0x44>(t12, t14);
+        let u13 = _mm512_shuffle_ps::<0xEE>(t12, t14);
+        let u14 = _mm512_shuffle_ps::<0x44>(t13, t15);
+        let u15 = _mm512_shuffle_ps::<0xEE>(t13, t15);
         // 128-bit lanes, then 256-bit halves.
-        let v: [__m512; 16] = std::array::from_fn(|i| {
-            let g = (i / 8) * 8 + i % 4;
-            if (i / 4) % 2 == 0 {
-                _mm512_shuffle_f32x4::<0x88>(u[g], u[g + 4])
-            } else {
-                _mm512_shuffle_f32x4::<0xDD>(u[g], u[g + 4])
-            }
-        });
-        *m = std::array::from_fn(|i| {
-            let g = i % 8;
-            if i < 8 {
-                _mm512_shuffle_f32x4::<0x88>(v[g], v[g + 8])
-            } else {
-                _mm512_shuffle_f32x4::<0xDD>(v[g], v[g + 8])
-            }
-        });
+        let v0 = _mm512_shuffle_f32x4::<0x88>(u0, u4);
+        let v1 = _mm512_shuffle_f32x4::<0x88>(u1, u5);
+        let v2 = _mm512_shuffle_f32x4::<0x88>(u2, u6);
+        let v3 = _mm512_shuffle_f32x4::<0x88>(u3, u7);
+        let v4 = _mm512_shuffle_f32x4::<0xDD>(u0, u4);
+        let v5 = _mm512_shuffle_f32x4::<0xDD>(u1, u5);
+        let v6 = _mm512_shuffle_f32x4::<0xDD>(u2, u6);
+        let v7 = _mm512_shuffle_f32x4::<0xDD>(u3, u7);
+        let v8 = _mm512_shuffle_f32x4::<0x88>(u8, u12);
+        let v9 = _mm512_shuffle_f32x4::<0x88>(u9, u13);
+        let v10 = _mm512_shuffle_f32x4::<0x88>(u10, u14);
+        let v11 = _mm512_shuffle_f32x4::<0x88>(u11, u15);
+        let v12 = _mm512_shuffle_f32x4::<0xDD>(u8, u12);
+        let v13 = _mm512_shuffle_f32x4::<0xDD>(u9, u13);
+        let v14 = _mm512_shuffle_f32x4::<0xDD>(u10, u14);
+        let v15 = _mm512_shuffle_f32x4::<0xDD>(u11, u15);
+        m[0] = _mm512_shuffle_f32x4::<0x88>(v0, v8);
+        m[1] = _mm512_shuffle_f32x4::<0x88>(v1, v9);
+        m[2] = _mm512_shuffle_f32x4::<0x88>(v2, v10);
+        m[3] = _mm512_shuffle_f32x4::<0x88>(v3, v11);
+        m[4] = _mm512_shuffle_f32x4::<0x88>(v4, v12);
+        m[5] = _mm512_shuffle_f32x4::<0x88>(v5, v13);
+        m[6] = _mm512_shuffle_f32x4::<0x88>(v6, v14);
+        m[7] = _mm512_shuffle_f32x4::<0x88>(v7, v15);
+        m[8] = _mm512_shuffle_f32x4::<0xDD>(v0, v8);
+        m[9] = _mm512_shuffle_f32x4::<0xDD>(v1, v9);
+        m[10] = _mm512_shuffle_f32x4::<0xDD>(v2, v10);
+        m[11] = _mm512_shuffle_f32x4::<0xDD>(v3, v11);
+        m[12] = _mm512_shuffle_f32x4::<0xDD>(v4, v12);
+        m[13] = _mm512_shuffle_f32x4::<0xDD>(v5, v13);
+        m[14] = _mm512_shuffle_f32x4::<0xDD>(v6, v14);
+        m[15] = _mm512_shuffle_f32x4::<0xDD>(v7, v15);
     }};
 }
 
@@ -253,35 +281,43 @@ unsafe fn fma_chains16(
     use std::arch::x86_64::*;
     let mut acc = _mm512_setzero_ps();
     let (full, rest) = (dim / CHAINS, dim % CHAINS);
-    let tail: __mmask16 = ((1u32 << rest) - 1) as u16;
-    let mut xt = [_mm512_setzero_ps(); CHAINS];
-    let mut ct = [_mm512_setzero_ps(); CHAINS];
-    for b in 0..full + usize::from(rest > 0) {
-        let t0 = b * CHAINS;
+    let prefetch = |t0: usize| {
         if let Some((nx, nc)) = next {
-            for p in nx.iter().chain(nc) {
+            for q in 0..CHAINS {
                 // SAFETY: a prefetch never faults, and t0 < dim stays inside the row.
-                unsafe { _mm_prefetch::<_MM_HINT_T0>(p.add(t0).cast()) };
-            }
-        }
-        for q in 0..CHAINS {
-            // SAFETY: t0 + 16 ≤ dim for a full block; the last one reads its `rest`
-            // live values through the mask.
-            unsafe {
-                if b < full {
-                    xt[q] = _mm512_loadu_ps(xs[q].add(t0));
-                    ct[q] = _mm512_loadu_ps(cs[q].add(t0));
-                } else {
-                    xt[q] = _mm512_maskz_loadu_ps(tail, xs[q].add(t0));
-                    ct[q] = _mm512_maskz_loadu_ps(tail, cs[q].add(t0));
+                unsafe {
+                    _mm_prefetch::<_MM_HINT_T0>(nx[q].add(t0).cast());
+                    _mm_prefetch::<_MM_HINT_T0>(nc[q].add(t0).cast());
                 }
             }
         }
+    };
+    // Whole blocks of sixteen coordinates, then the tail: each with a constant count of
+    // coordinates, so the transposed rows stay in registers (a variable count made LLVM
+    // keep them on the stack and branch per coordinate).
+    for b in 0..full {
+        let t0 = b * CHAINS;
+        prefetch(t0);
+        // SAFETY: t0 + 16 ≤ dim for a whole block.
+        let mut xt: [__m512; CHAINS] = std::array::from_fn(|q| unsafe { _mm512_loadu_ps(xs[q].add(t0)) });
+        let mut ct: [__m512; CHAINS] = std::array::from_fn(|q| unsafe { _mm512_loadu_ps(cs[q].add(t0)) });
+        transpose16!(&mut xt);
+        transpose16!(&mut ct);
+        for t in 0..CHAINS {
+            acc = _mm512_fmadd_ps(xt[t], ct[t], acc);
+        }
+    }
+    if rest > 0 {
+        let t0 = full * CHAINS;
+        prefetch(t0);
+        let tail: __mmask16 = ((1u32 << rest) - 1) as u16;
+        // SAFETY: the mask reads only the `rest` live values of the last block.
+        let mut xt: [__m512; CHAINS] = std::array::from_fn(|q| unsafe { _mm512_maskz_loadu_ps(tail, xs[q].add(t0)) });
+        let mut ct: [__m512; CHAINS] = std::array::from_fn(|q| unsafe { _mm512_maskz_loadu_ps(tail, cs[q].add(t0)) });
         transpose16!(&mut xt);
         transpose16!(&mut ct);
         // Only the live coordinates: an extra fma(0, 0, acc) would turn −0 into +0.
-        let live = if b < full { CHAINS } else { rest };
-        for t in 0..live {
+        for t in 0..rest {
             acc = _mm512_fmadd_ps(xt[t], ct[t], acc);
         }
     }
