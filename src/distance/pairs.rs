@@ -117,17 +117,8 @@ fn cut_below(from: f32, fast: &[f32], e: f64) -> Option<f64> {
 #[target_feature(enable = "avx512f")]
 unsafe fn fast_pair_dots_avx512(x: &[f32], c: &[f32], dim: usize, pairs: &[(u32, u32)], out: &mut [f32]) {
     use std::arch::x86_64::*;
-    const LOOKAHEAD: usize = 4;
-    for (p, (&(i, j), o)) in pairs.iter().zip(out.iter_mut()).enumerate() {
-        let a = &x[i as usize * dim..(i as usize + 1) * dim];
-        let b = &c[j as usize * dim..(j as usize + 1) * dim];
-        // As in the portable body: a later pair's rows are fetched while this one runs.
-        if let Some(&(ni, nj)) = pairs.get(p + LOOKAHEAD) {
-            if ni != pairs[p + LOOKAHEAD - 1].0 {
-                prefetch_row(x, ni as usize * dim, dim);
-            }
-            prefetch_row(c, nj as usize * dim, dim);
-        }
+    for (p, o) in out.iter_mut().enumerate() {
+        let (a, b) = pair_rows(x, c, dim, pairs, p);
         let (pa, pb) = (a.as_ptr(), b.as_ptr());
         let mut acc = [_mm512_setzero_ps(); 4];
         let mut t = 0;
@@ -161,23 +152,31 @@ unsafe fn fast_pair_dots_avx512(x: &[f32], c: &[f32], dim: usize, pairs: &[(u32,
     }
 }
 
+/// Pairs ahead whose rows [`pair_rows`] fetches: a pair's dot takes less than a memory
+/// access.
+const LOOKAHEAD: usize = 4;
+
+/// The rows of pair `p` of `pairs` (row i of `x`, row j of `c`), after asking for the
+/// rows of pair `p + LOOKAHEAD` (often read for the first time); a row shared with the
+/// pair before that one is fetched already.
+#[inline(always)]
+fn pair_rows<'a>(x: &'a [f32], c: &'a [f32], dim: usize, pairs: &[(u32, u32)], p: usize) -> (&'a [f32], &'a [f32]) {
+    if let Some(&(ni, nj)) = pairs.get(p + LOOKAHEAD) {
+        if ni != pairs[p + LOOKAHEAD - 1].0 {
+            prefetch_row(x, ni as usize * dim, dim);
+        }
+        prefetch_row(c, nj as usize * dim, dim);
+    }
+    let (i, j) = (pairs[p].0 as usize, pairs[p].1 as usize);
+    (&x[i * dim..(i + 1) * dim], &c[j * dim..(j + 1) * dim])
+}
+
 #[inline(always)]
 fn fast_pair_dots_body(x: &[f32], c: &[f32], dim: usize, pairs: &[(u32, u32)], out: &mut [f32]) {
     // Four registers of independent sums: the adds overlap instead of waiting on one chain.
     const W: usize = 4 * LANES;
-    // Pairs ahead whose rows are fetched: a pair's dot takes less than a memory access.
-    const LOOKAHEAD: usize = 4;
-    for (p, (&(i, j), o)) in pairs.iter().zip(out.iter_mut()).enumerate() {
-        let a = &x[i as usize * dim..(i as usize + 1) * dim];
-        let b = &c[j as usize * dim..(j as usize + 1) * dim];
-        // A later pair's rows are fetched while this one runs (its row is often read for
-        // the first time); a row shared with the pair before it is fetched already.
-        if let Some(&(ni, nj)) = pairs.get(p + LOOKAHEAD) {
-            if ni != pairs[p + LOOKAHEAD - 1].0 {
-                prefetch_row(x, ni as usize * dim, dim);
-            }
-            prefetch_row(c, nj as usize * dim, dim);
-        }
+    for (p, o) in out.iter_mut().enumerate() {
+        let (a, b) = pair_rows(x, c, dim, pairs, p);
         let mut acc = [0f32; W];
         let (ca, cb) = (a.chunks_exact(W), b.chunks_exact(W));
         let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(p, q)| p * q).sum();
