@@ -403,6 +403,9 @@ fn cross_hits(
                 let b1 = (b + TILE).min(o.len());
                 let tile = owners.range(b..b1);
                 let filter = low.map(|f| f.make(tile, thr));
+                // Without a filter the f32 products want the owners contiguous: copied
+                // once per owner tile, on the first guest tile.
+                let plain = OnceCell::new();
                 for a in (0..g.len()).step_by(TILE) {
                     let a1 = (a + TILE).min(g.len());
                     let n = (a1 - a) * (b1 - b);
@@ -415,7 +418,12 @@ fn cross_hits(
                             push(a + x, b + y, v)
                         }),
                         None => {
-                            dot_batch(&guests.range(a..a1).gather(), &tile.gather(), dim, s);
+                            dot_batch(
+                                &guests.range(a..a1).gather(),
+                                plain.get_or_init(|| tile.gather()),
+                                dim,
+                                s,
+                            );
                             for (x, line) in s.chunks_exact(b1 - b).enumerate() {
                                 for (y, &v) in line.iter().enumerate() {
                                     push(a + x, b + y, v);
