@@ -24,6 +24,7 @@
 //! lowest coordinate in the low byte); left-hand rows per call into blocks of [`MR`].
 
 use std::cell::RefCell;
+use std::ops::Range;
 use std::sync::OnceLock;
 
 use super::{PREFETCH_ROWS_AHEAD, prefetch_row};
@@ -297,6 +298,17 @@ impl I8Rows {
     /// # Panics
     /// If the dimensions differ or `out` is not rows × k, `err` one per row.
     pub fn dot_batch(&self, c: &PackedI8, out: &mut [f32], err: &mut [f64]) {
+        self.dot_batch_where(c, out, err, None);
+    }
+
+    /// [`I8Rows::dot_batch`], except that every register tile (rows `i`, columns `j`, at
+    /// most 12 × 32) for which `skip(i, j)` holds is not computed: its outputs are −∞.
+    /// For callers that can prove a whole tile useless (the cross pass's pairs that the
+    /// other direction computes, or that lie too far apart to be near-duplicates).
+    ///
+    /// # Panics
+    /// As [`I8Rows::dot_batch`].
+    pub fn dot_batch_where(&self, c: &PackedI8, out: &mut [f32], err: &mut [f64], skip: Option<&TileSkip<'_>>) {
         let (dim, k, m) = (c.dim, c.k, self.rows());
         assert!(
             self.dim == dim && out.len() == m * k && err.len() == m,
@@ -313,9 +325,61 @@ impl I8Rows {
             // SAFETY: this kernel is chosen only when the CPU has AVX-512F/BW/VNNI; `a` was
             // packed by `fill` and `c` by `PackedI8::new`, for this dim, m and k.
             #[cfg(target_arch = "x86_64")]
-            Int8Kernel::Avx512Vnni => unsafe { simd::dot_batch(&self.a, &self.scale, c, m, quads, out) },
-            _ => portable(&self.a, &self.scale, c, m, quads, out),
+            Int8Kernel::Avx512Vnni => unsafe { simd::dot_batch(&self.a, &self.scale, c, m, quads, out, skip) },
+            _ => portable_where(&self.a, &self.scale, c, m, quads, out, skip),
         }
+    }
+}
+
+/// The portable kernel, then the skipped tiles set to −∞ (the SIMD kernel's outputs).
+fn portable_where(
+    a: &[u32],
+    scale: &[f32],
+    c: &PackedI8,
+    m: usize,
+    quads: usize,
+    out: &mut [f32],
+    skip: Option<&TileSkip<'_>>,
+) {
+    portable(a, scale, c, m, quads, out);
+    if let Some(skip) = skip {
+        fill_skipped_tiles(out, m, c.k, skip);
+    }
+}
+
+/// Decides, per register tile (its left rows, its right rows), whether
+/// [`I8Rows::dot_batch_where`] may leave it out.
+pub type TileSkip<'a> = dyn Fn(Range<usize>, Range<usize>) -> bool + Sync + 'a;
+
+/// Sets the outputs of the register tiles of an `m × k` product that `skip` leaves out
+/// to −∞, as [`I8Rows::dot_batch_where`] leaves them: for other kernels' products, so
+/// that every kernel leaves out the same pairs.
+///
+/// # Panics
+/// If `out` is shorter than `m × k`.
+pub fn fill_skipped_tiles(out: &mut [f32], m: usize, k: usize, skip: &TileSkip<'_>) {
+    assert!(out.len() >= m * k, "fill_skipped_tiles: out is not m x k");
+    for_each_tile(m, k, |i, j| {
+        if skip(i.clone(), j.clone()) {
+            fill_tile(out, k, i, j);
+        }
+    });
+}
+
+/// Calls `f` with the rows and columns of every register tile of an `m × k` product,
+/// column blocks outermost, as the SIMD kernel visits them.
+fn for_each_tile(m: usize, k: usize, mut f: impl FnMut(Range<usize>, Range<usize>)) {
+    for j0 in (0..k).step_by(NR) {
+        for i0 in (0..m).step_by(MR) {
+            f(i0..(i0 + MR).min(m), j0..(j0 + NR).min(k));
+        }
+    }
+}
+
+/// Sets the outputs of a skipped tile (row stride `k`) to −∞.
+fn fill_tile(out: &mut [f32], k: usize, i: Range<usize>, j: Range<usize>) {
+    for r in i {
+        out[r * k + j.start..r * k + j.end].fill(f32::NEG_INFINITY);
     }
 }
 
@@ -528,7 +592,7 @@ mod simd {
 
     use std::arch::x86_64::*;
 
-    use super::{MR, NR, PackedI8};
+    use super::{MR, NR, PackedI8, TileSkip, fill_tile};
 
     /// Whether this CPU has the instructions (checked once; cached by std).
     pub(super) fn available() -> bool {
@@ -543,7 +607,16 @@ mod simd {
     /// The CPU must have AVX-512F/BW/VNNI; `a` packed for `m` rows and `c` for its rows,
     /// both with `quads` quads; `scale` covers `a`'s blocks; `out.len() == m * c.k`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub(super) unsafe fn dot_batch(a: &[u32], scale: &[f32], c: &PackedI8, m: usize, quads: usize, out: &mut [f32]) {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn dot_batch(
+        a: &[u32],
+        scale: &[f32],
+        c: &PackedI8,
+        m: usize,
+        quads: usize,
+        out: &mut [f32],
+        skip: Option<&TileSkip<'_>>,
+    ) {
         let k = c.k;
         debug_assert_eq!(a.len(), m.div_ceil(MR) * MR * quads);
         debug_assert_eq!(c.data.len(), k.div_ceil(NR) * quads * NR);
@@ -556,6 +629,10 @@ mod simd {
                 let i0 = ib * MR;
                 let h = (m - i0).min(MR);
                 let o = &mut out[i0 * k + j0..];
+                if skip.is_some_and(|f| f(i0..i0 + h, j0..j0 + w)) {
+                    fill_tile(out, k, i0..i0 + h, j0..j0 + w);
+                    continue;
+                }
                 let s = &scale[i0..i0 + MR];
                 // SAFETY: the caller guarantees the features; blocks are full-size.
                 unsafe {
@@ -648,10 +725,18 @@ mod simd {
 
     /// Runs the SIMD kernel regardless of `DPRUNE_KERNEL`, for the equality test.
     #[cfg(test)]
-    pub(super) fn dot_batch_checked(a: &[u32], scale: &[f32], c: &PackedI8, m: usize, quads: usize, out: &mut [f32]) {
+    pub(super) fn dot_batch_checked(
+        a: &[u32],
+        scale: &[f32],
+        c: &PackedI8,
+        m: usize,
+        quads: usize,
+        out: &mut [f32],
+        skip: Option<&TileSkip<'_>>,
+    ) {
         assert!(available());
         // SAFETY: features checked just above; the caller packed `a` and `c`.
-        unsafe { dot_batch(a, scale, c, m, quads, out) }
+        unsafe { dot_batch(a, scale, c, m, quads, out, skip) }
     }
 }
 

@@ -21,7 +21,7 @@ use crate::pipeline::prefetch::KeptPrefetch;
 use crate::pipeline::progress::Progress;
 use crate::pipeline::report::InvalidReport;
 use crate::pipeline::spill::ClusterSpill;
-use crate::pipeline::stages::near_boundary;
+use crate::pipeline::stages::boundary;
 use crate::score::semdedup::hash_f32;
 use crate::score::{prototypicality, prototypicality_given};
 use crate::{Error, Result};
@@ -41,6 +41,10 @@ pub struct Rows {
     /// Second-nearest centroid of every row, when the cross-cluster pass
     /// asks for it (empty otherwise).
     pub second: Vec<u32>,
+    /// Each row's margin to that centroid, d1 − d2 (see
+    /// [`boundary`](crate::pipeline::stages::boundary)): with `second` from the
+    /// nearest-centroid search, empty otherwise (given assignments).
+    pub margin: Vec<f32>,
 }
 
 impl Rows {
@@ -52,6 +56,7 @@ impl Rows {
             valid: vec![true; n],
             hashes: Vec::new(),
             second: Vec::new(),
+            margin: Vec::new(),
         }
     }
 }
@@ -355,11 +360,15 @@ pub fn score_rows(
             return Err(Error::Internal("second-cluster spill needs cosine centroids".into()));
         }
         rows.second = vec![u32::MAX; rows.labels.len()];
+        if !fixed {
+            rows.margin = vec![f32::NAN; rows.labels.len()];
+        }
     }
     let mut views = Vec::with_capacity(data.shards.len());
     let (mut l, mut s, mut v) = (&mut rows.labels[..], &mut rows.scores[..], &mut rows.valid[..]);
     let mut h = &mut rows.hashes[..];
     let mut sec = &mut rows.second[..];
+    let mut mar = &mut rows.margin[..];
     for shard in &data.shards {
         let n = shard.num_rows as usize;
         let (l0, l1) = l.split_at_mut(n);
@@ -367,14 +376,15 @@ pub fn score_rows(
         let (v0, v1) = v.split_at_mut(n);
         let (h0, h1) = h.split_at_mut(if hashing { n } else { 0 });
         let (x0, x1) = sec.split_at_mut(if spills.guests.is_some() { n } else { 0 });
-        views.push((shard, l0, s0, v0, h0, x0));
-        (l, s, v, h, sec) = (l1, s1, v1, h1, x1);
+        let (m0, m1) = mar.split_at_mut(if mar.is_empty() { 0 } else { n });
+        views.push((shard, l0, s0, v0, h0, (x0, m0)));
+        (l, s, v, h, sec, mar) = (l1, s1, v1, h1, x1, m1);
     }
     // bf16 products with an exact f32 recheck: the same labels and dots, faster.
     let certified = CertifiedSearch::new(c);
     let parts: Vec<Result<((), InvalidReport)>> = views
         .into_par_iter()
-        .map(|(shard, labels, scores, valid, hashes, second)| {
+        .map(|(shard, labels, scores, valid, hashes, (second, margin))| {
             let mut inv = InvalidReport::default();
             let mut buffer = spills.owners.map(|s| s.buffer());
             let mut guest_buffer = spills.guests.map(|s| s.buffer());
@@ -485,13 +495,22 @@ pub fn score_rows(
                     }
                     // Only rows near the boundary to their second cluster can have a
                     // duplicate there (exact test, see `near_boundary`): the rest stay home.
+                    // Each row's margin to its second cluster bounds the cross pass's pairs.
                     let eps = p.dedup.eps.unwrap_or(0.0);
                     xs.par_chunks(d)
-                        .zip(second[base..base + m].par_iter_mut())
+                        .zip(
+                            second[base..base + m]
+                                .par_iter_mut()
+                                .zip(margin[base..base + m].par_iter_mut()),
+                        )
                         .zip(labels[base..base + m].par_iter().zip(sc.par_iter()))
-                        .for_each(|((x, s2), (&l, &d1))| {
-                            if *s2 != u32::MAX && !near_boundary(x, d1, c.row(l as usize), c.row(*s2 as usize), eps) {
-                                *s2 = u32::MAX;
+                        .for_each(|((x, (s2, mg)), (&l, &d1))| {
+                            if *s2 != u32::MAX {
+                                let (near, gap) = boundary(x, d1, c.row(l as usize), c.row(*s2 as usize), eps);
+                                *mg = gap;
+                                if !near {
+                                    *s2 = u32::MAX;
+                                }
                             }
                         });
                     sc.iter_mut().for_each(|s| *s = 1.0 - *s);

@@ -32,7 +32,9 @@ use crate::select::{Keep, floor_fraction, select_top};
 use crate::{Error, Result};
 
 mod cross;
-pub use cross::{global_duplicates, near_boundary, second_cluster_duplicates, semdedup_second_cluster};
+pub use cross::{
+    Pruning, boundary, global_duplicates, near_boundary, second_cluster_duplicates, semdedup_second_cluster,
+};
 
 /// The eps values of the report's EPS → kept curve.
 pub const EPS_CURVE: [f64; 10] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3];

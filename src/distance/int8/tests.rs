@@ -48,7 +48,7 @@ fn simd_and_portable_kernels_give_the_same_bits() {
         let mut a = Vec::new();
         pack_words_scatter(&words, quads, MR, &mut a);
         let (mut fast, mut slow) = (vec![0f32; m * k], vec![1f32; m * k]);
-        simd::dot_batch_checked(&a, &scale, &c, m, quads, &mut fast);
+        simd::dot_batch_checked(&a, &scale, &c, m, quads, &mut fast, None);
         portable(&a, &scale, &c, m, quads, &mut slow);
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&fast), bits(&slow), "m {m} k {k} dim {dim}");
@@ -189,4 +189,63 @@ fn rows_that_cannot_be_scaled_give_nan_or_zero() {
     c[dim + 4] = f32::NAN;
     dot_batch_i8(&rows(2, dim, 5), &PackedI8::new(&c, dim), &mut out[..6], &mut err[..2]);
     assert!(err[..2].iter().all(|e| e.is_nan()));
+}
+
+#[test]
+fn skipped_tiles_are_minus_infinity_and_the_others_unchanged() {
+    for (m, k, dim) in [(1usize, 1usize, 5usize), (13, 35, 67), (40, 100, 384), (12, 64, 8)] {
+        let x = rows(m, dim, 70 + m as u64);
+        let c = PackedI8::new(&rows(k, dim, 80 + k as u64), dim);
+        let left = I8Rows::new(&x, dim);
+        let mut full = vec![0f32; m * k];
+        let mut err = vec![0f64; m];
+        left.dot_batch(&c, &mut full, &mut err);
+        // Every third tile by position, recorded as the kernel asks.
+        let asked = std::sync::Mutex::new(Vec::new());
+        let skip = |i: Range<usize>, j: Range<usize>| {
+            asked.lock().unwrap().push((i.clone(), j.clone()));
+            (i.start / MR + j.start / NR) % 3 == 1
+        };
+        let mut where_ = vec![0f32; m * k];
+        left.dot_batch_where(&c, &mut where_, &mut err, Some(&skip));
+        let tiles = std::mem::take(&mut *asked.lock().unwrap());
+        // The tiles tile the product: each output in exactly one, none larger than MR x NR.
+        let mut seen = vec![0u8; m * k];
+        for (i, j) in &tiles {
+            assert!(i.len() <= MR && j.len() <= NR && !i.is_empty() && !j.is_empty());
+            for r in i.clone() {
+                for col in j.clone() {
+                    seen[r * k + col] += 1;
+                }
+            }
+        }
+        assert!(seen.iter().all(|&s| s == 1), "m {m} k {k}");
+        let mut skipped = 0;
+        for (i, j) in &tiles {
+            let gone = (i.start / MR + j.start / NR) % 3 == 1;
+            skipped += usize::from(gone);
+            for r in i.clone() {
+                for col in j.clone() {
+                    let (a, b) = (where_[r * k + col], full[r * k + col]);
+                    if gone {
+                        assert_eq!(a, f32::NEG_INFINITY);
+                    } else {
+                        assert_eq!(a.to_bits(), b.to_bits());
+                    }
+                }
+            }
+        }
+        assert_eq!(skipped > 0, tiles.len() > 1, "m {m} k {k}");
+        // The portable kernel leaves out the same tiles (the SIMD one, where it runs).
+        let quads = dim.div_ceil(4);
+        let mut slow = vec![0f32; m * k];
+        portable_where(&left.a, &left.scale, &c, m, quads, &mut slow, Some(&skip));
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&slow), bits(&where_), "m {m} k {k}");
+        if simd::available() {
+            let mut fast = vec![0f32; m * k];
+            simd::dot_batch_checked(&left.a, &left.scale, &c, m, quads, &mut fast, Some(&skip));
+            assert_eq!(bits(&fast), bits(&where_), "m {m} k {k}");
+        }
+    }
 }

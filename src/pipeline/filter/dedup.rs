@@ -55,6 +55,7 @@ pub(super) fn run_semdedup(
                 gs,
                 &rows.labels,
                 &rows.second,
+                &rows.margin,
                 eligible,
                 c,
                 &params,

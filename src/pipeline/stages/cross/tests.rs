@@ -17,6 +17,13 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
+/// The f32 kernel's product of rows `x` and `y` of the row-major `rows`.
+fn pair_dot(rows: &[f32], d: usize, x: usize, y: usize) -> f32 {
+    let mut v = [0f32];
+    kernel_pair_dots(rows, rows, d, &[(x as u32, y as u32)], &mut v);
+    v[0]
+}
+
 /// Every pair above the threshold, with its f32 kernel value, by brute force.
 fn f32_hits(g: &[f32], o: &[f32], dim: usize, thr: f32) -> Vec<(usize, usize, u32)> {
     let (m, k) = (g.len() / dim, o.len() / dim);
@@ -111,7 +118,7 @@ fn low_precision_filters_find_exactly_the_f32_hits() {
                 let mut s = vec![0f32; (a1 - a) * k];
                 let quantized = OnceCell::new();
                 for out in [&mut got, &mut again] {
-                    f.scan(guests.range(a..a1), &quantized, &mut s, |x, y, v| {
+                    f.scan(guests.range(a..a1), &quantized, &mut s, &|_, _| false, |x, y, v| {
                         if v > thr {
                             out.push((a + x, y, v.to_bits()));
                         }
@@ -238,15 +245,27 @@ fn boundary_rows(seed: u64, pairs: usize) -> (Centroids, Vec<f32>, Vec<u32>, Vec
 
 /// `second` with `u32::MAX` for the rows [`near_boundary`] leaves home, as the score
 /// pass leaves it.
-fn guests_only(c: &Centroids, rows: &[f32], labels: &[u32], dots: &[f32], second: &[u32], eps: f64) -> Vec<u32> {
+/// With each row's margin to its second cluster, as the score pass keeps it.
+fn guests_only(
+    c: &Centroids,
+    rows: &[f32],
+    labels: &[u32],
+    dots: &[f32],
+    second: &[u32],
+    eps: f64,
+) -> (Vec<u32>, Vec<f32>) {
     let d = c.dim();
     (0..labels.len())
         .map(|i| {
             let x = &rows[i * d..(i + 1) * d];
-            let near = near_boundary(x, dots[i], c.row(labels[i] as usize), c.row(second[i] as usize), eps);
-            if near { second[i] } else { u32::MAX }
+            let (near, margin) = boundary(x, dots[i], c.row(labels[i] as usize), c.row(second[i] as usize), eps);
+            assert_eq!(
+                near,
+                near_boundary(x, dots[i], c.row(labels[i] as usize), c.row(second[i] as usize), eps)
+            );
+            (if near { second[i] } else { u32::MAX }, margin)
         })
-        .collect()
+        .unzip()
 }
 
 /// Spills row i under `cluster(i)` (none for `None`).
@@ -271,24 +290,17 @@ fn guests_far_from_the_boundary_are_never_missed() {
     // Every pair the pass compares: a guest against the rows of its second cluster.
     let thr = similarity_threshold(eps);
     let mut want: Vec<Option<(f32, u32)>> = vec![None; n];
-    for x in 0..n {
-        for y in (0..n).filter(|&y| labels[y] == second[x]) {
-            let mut v = [0f32];
-            kernel_pair_dots(
-                &rows[x * d..(x + 1) * d],
-                &rows[y * d..(y + 1) * d],
-                d,
-                &[(0, 0)],
-                &mut v,
-            );
+    for (x, &sx) in second.iter().enumerate() {
+        for y in (0..n).filter(|&y| labels[y] == sx) {
+            let v = pair_dot(&rows, d, x, y);
             let (row, other) = (x.max(y), x.min(y) as u32);
-            if v[0] > thr && want[row].is_none_or(|(bv, bo)| v[0] > bv || (v[0] == bv && other < bo)) {
-                want[row] = Some((v[0], other));
+            if v > thr && want[row].is_none_or(|(bv, bo)| v > bv || (v == bv && other < bo)) {
+                want[row] = Some((v, other));
             }
         }
     }
     let want: Vec<Option<u32>> = want.iter().map(|w| w.map(|(_, o)| o)).collect();
-    let second_near = guests_only(&c, &rows, &labels, &dots, &second, eps);
+    let (second_near, margin) = guests_only(&c, &rows, &labels, &dots, &second, eps);
     let skipped = second_near.iter().filter(|&&s| s == u32::MAX).count();
     let layout: Arc<[u32]> = cluster_layout(&c, None, 3).into();
     for table in [false, true] {
@@ -310,12 +322,26 @@ fn guests_far_from_the_boundary_are_never_missed() {
         };
         let all_guests = spill(&external(&second));
         let few_guests = spill(&external(&second_near));
-        let full =
-            second_cluster_duplicates(&owners, &all_guests, labels, &second, &eligible, d, eps, &|_| {}).unwrap();
-        let fast =
-            second_cluster_duplicates(&owners, &few_guests, labels, &second_near, &eligible, d, eps, &|_| {}).unwrap();
-        assert_eq!(full, want, "layout table {table}");
-        assert_eq!(fast, want, "layout table {table}");
+        // With margins and without (given assignments), every guest or only those
+        // near the boundary: the same hits.
+        for m in [&margin[..], &[]] {
+            let full = second_cluster_duplicates(&owners, &all_guests, labels, &second, m, &eligible, &c, eps, &|_| {})
+                .unwrap();
+            let fast = second_cluster_duplicates(
+                &owners,
+                &few_guests,
+                labels,
+                &second_near,
+                m,
+                &eligible,
+                &c,
+                eps,
+                &|_| {},
+            )
+            .unwrap();
+            assert_eq!(full, want, "layout table {table}, margins {}", m.len());
+            assert_eq!(fast, want, "layout table {table}, margins {}", m.len());
+        }
         let internal = (0..n)
             .filter(|&i| owners.partition_of(second[i]) == owners.partition_of(labels[i]))
             .count();
@@ -336,7 +362,7 @@ fn one_sweep_gives_what_the_within_and_cross_passes_give_in_turn() {
     let (d, eps) = (16, 0.05);
     let (c, rows, labels, dots, second) = boundary_rows(7, 1500);
     let n = rows.len() / d;
-    let second = guests_only(&c, &rows, &labels, &dots, &second, eps);
+    let (second, margin) = guests_only(&c, &rows, &labels, &dots, &second, eps);
     // Some rows already gone (exact duplicates, `--where`).
     let eligible: Vec<bool> = (0..n).map(|i| i % 17 != 5).collect();
     let params = SemDedupParams::default();
@@ -356,10 +382,22 @@ fn one_sweep_gives_what_the_within_and_cross_passes_give_in_turn() {
         let within = semdedup_spilled(&owners, &labels, &eligible, &c, &params, &|_| {}).unwrap();
         let mut left = eligible.clone();
         let removed = remove(&mut left, |i| is_duplicate(within.max_sim[i], eps));
-        let cross = second_cluster_duplicates(&owners, &guests, &labels, &second, &left, d, eps, &|_| {}).unwrap();
+        let cross =
+            second_cluster_duplicates(&owners, &guests, &labels, &second, &margin, &left, &c, eps, &|_| {}).unwrap();
         // In one sweep.
-        let (sc, partners) =
-            semdedup_second_cluster(&owners, &guests, &labels, &second, &eligible, &c, &params, eps, &|_| {}).unwrap();
+        let (sc, partners) = semdedup_second_cluster(
+            &owners,
+            &guests,
+            &labels,
+            &second,
+            &margin,
+            &eligible,
+            &c,
+            &params,
+            eps,
+            &|_| {},
+        )
+        .unwrap();
         let bits = |m: &[f32]| m.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
         assert_eq!(bits(&sc.max_sim), bits(&within.max_sim), "table {table}");
         assert_eq!(sc.dup_of, within.dup_of, "table {table}");
@@ -374,4 +412,141 @@ fn one_sweep_gives_what_the_within_and_cross_passes_give_in_turn() {
             "table {table}: removed {removed}, found {found}, deferred {deferred}"
         );
     }
+}
+
+#[test]
+fn pruning_leaves_out_only_pairs_the_other_direction_compares_or_below_the_threshold() {
+    let (d, eps) = (16, 0.05);
+    let (c, rows, labels, dots, second) = boundary_rows(5, 600);
+    let (second, margin) = guests_only(&c, &rows, &labels, &dots, &second, eps);
+    let n = rows.len() / d;
+    let ids: Vec<u32> = (0..n as u32).collect();
+    let prune = Pruning::new(&labels, &second, &margin, &c, eps);
+    let thr = similarity_threshold(eps);
+    let (mut by_symmetry, mut by_margin, mut tiles_left_out, mut hits) = (0, 0, 0, 0);
+    for b in 0..c.k() as u32 {
+        let g: Vec<u32> = ids.iter().copied().filter(|&i| second[i as usize] == b).collect();
+        let o: Vec<u32> = ids.iter().copied().filter(|&i| labels[i as usize] == b).collect();
+        let side = |pos, all_owners| Side {
+            pos,
+            rows: (&ids, &rows),
+            owners: (&ids, &rows),
+            all_owners,
+            dim: d,
+        };
+        let order = prune.order(b, &side(&g, false), &side(&o, true));
+        let (gs, os) = (side(&order.guests, false), side(&order.owners, true));
+        // The same rows, reordered.
+        let sorted = |mut v: Vec<u32>| {
+            v.sort_unstable();
+            v
+        };
+        assert_eq!(sorted(order.guests.clone()), g);
+        assert_eq!(sorted(order.owners.clone()), o);
+        for x in 0..gs.len() {
+            for y in 0..os.len() {
+                let (gx, oy) = (gs.id(x) as usize, os.id(y) as usize);
+                let v = pair_dot(&rows, d, gx, oy);
+                hits += usize::from(v > thr);
+                if !order.skips(x..x + 1, y..y + 1) {
+                    continue;
+                }
+                let a = labels[gx];
+                if a > b && second[oy] == a {
+                    // Compared the other way round, and not left out there by symmetry.
+                    assert!(second[gx] == b && labels[oy] == b);
+                    by_symmetry += 1;
+                } else {
+                    assert!(v <= thr, "pair ({gx}, {oy}) left out at {} > {thr}", v);
+                    by_margin += 1;
+                }
+            }
+        }
+        // A tile is left out only when each of its pairs is.
+        for x0 in (0..gs.len()).step_by(12) {
+            for y0 in (0..os.len()).step_by(32) {
+                let (x1, y1) = ((x0 + 12).min(gs.len()), (y0 + 32).min(os.len()));
+                if order.skips(x0..x1, y0..y1) {
+                    tiles_left_out += 1;
+                    for x in x0..x1 {
+                        for y in y0..y1 {
+                            assert!(order.skips(x..x + 1, y..y + 1), "tile ({x0}, {y0})");
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        by_symmetry > 100 && by_margin > 100 && tiles_left_out > 10 && hits > 10,
+        "symmetry {by_symmetry}, margin {by_margin}, tiles {tiles_left_out}, hits {hits}"
+    );
+}
+
+/// Pairs built to sit on the margin bound: x and y on either side of the boundary
+/// between two orthogonal centroids, x − y parallel to a − b and x·y just above
+/// 1 − eps, so m_x + m_y = ‖x − y‖·‖a − b‖ falls short of the bound by rounding only.
+#[test]
+fn pairs_on_the_margin_bound_are_found() {
+    let (k, d, eps) = (6usize, 16usize, 0.05);
+    let mut cv = vec![0f32; k * d];
+    for i in 0..k {
+        cv[i * d + i] = 1.0;
+    }
+    let c = Centroids::try_new(cv, d, Distance::Cosine).unwrap();
+    // x·y = (1 − 2t²) / (1 + 2t²) = 1 − eps + 1e-4.
+    let target: f64 = 1.0 - eps + 1e-4;
+    let t = ((1.0 - target) / (2.0 * (1.0 + target))).sqrt();
+    let mut rng = crate::rng::Rng::new(9);
+    let mut rows: Vec<f32> = Vec::new();
+    let mut pairs = Vec::new();
+    for (a, b) in [(0usize, 1usize), (2, 4), (5, 3), (1, 2), (4, 0)] {
+        let (p, q) = (std::f64::consts::FRAC_1_SQRT_2 + t, std::f64::consts::FRAC_1_SQRT_2 - t);
+        let mut x = vec![0f32; d];
+        let mut y = vec![0f32; d];
+        (x[a], x[b], y[a], y[b]) = (p as f32, q as f32, q as f32, p as f32);
+        pairs.push((rows.len() / d, rows.len() / d + 1));
+        rows.extend(unit(x));
+        rows.extend(unit(y));
+        // Rows of each cluster that are no one's duplicate.
+        for j in [a, b] {
+            let mut z: Vec<f32> = (0..d).map(|_| (rng.normal() * 0.3) as f32).collect();
+            z[j] += 1.5;
+            rows.extend(unit(z));
+        }
+    }
+    let n = rows.len() / d;
+    let (mut labels, mut dots, mut second) = (vec![0u32; n], vec![0f32; n], vec![0u32; n]);
+    c.nearest_two(&rows, &mut labels, &mut dots, &mut second);
+    let (second, margin) = guests_only(&c, &rows, &labels, &dots, &second, eps);
+    let thr = similarity_threshold(eps);
+    let radius = (2.0 * eps + SLACK).sqrt() * std::f64::consts::SQRT_2;
+    for &(x, y) in &pairs {
+        let v = pair_dot(&rows, d, x, y);
+        assert!(v > thr, "pair ({x}, {y}) at {}", v);
+        assert!(
+            second[x] == labels[y] && second[y] == labels[x],
+            "pair ({x}, {y}) not guests"
+        );
+        // Within two thousandths of the bound.
+        let sum = f64::from(margin[x]) + f64::from(margin[y]);
+        assert!(
+            sum > 0.998 * radius && sum < radius,
+            "pair ({x}, {y}): {sum} against {radius}"
+        );
+    }
+    let eligible = vec![true; n];
+    let owners = spill_rows(ClusterSpill::create(None, d, 2).unwrap(), &rows, d, &|i| {
+        Some(labels[i])
+    });
+    let guests = spill_rows(ClusterSpill::create(None, d, 2).unwrap(), &rows, d, &|i| {
+        let s = second[i];
+        (s != u32::MAX && owners.partition_of(s) != owners.partition_of(labels[i])).then_some(s)
+    });
+    let found =
+        second_cluster_duplicates(&owners, &guests, &labels, &second, &margin, &eligible, &c, eps, &|_| {}).unwrap();
+    for &(x, y) in &pairs {
+        assert_eq!(found[y], Some(x as u32), "pair ({x}, {y})");
+    }
+    assert_eq!(found.iter().filter(|f| f.is_some()).count(), pairs.len());
 }
