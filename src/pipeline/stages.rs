@@ -364,15 +364,31 @@ fn map_grouped<T: Send>(
     part: &Grouped,
     f: &(impl Fn(u32, &[u32], &[f32], &[u32]) -> Result<T> + Sync),
 ) -> Result<Vec<(Vec<u32>, T)>> {
-    part.groups
-        .par_iter()
-        .map(|&(c, a, b)| {
-            let members = &part.pos[a..b];
-            let row_ids: Vec<u32> = members.iter().map(|&i| part.ids[i as usize]).collect();
-            let t = f(c, &row_ids, &part.values, members)?;
-            Ok((row_ids, t))
-        })
-        .collect()
+    let mut done = largest_first(part.groups.len(), |g| {
+        let (_, a, b) = part.groups[g];
+        (b - a) as u64
+    })
+    .par_iter()
+    // One cluster per task: the threads take the largest first, so the partition does
+    // not end with one thread on a big cluster while the other waits.
+    .with_max_len(1)
+    .map(|&g| {
+        let (c, a, b) = part.groups[g];
+        let members = &part.pos[a..b];
+        let row_ids: Vec<u32> = members.iter().map(|&i| part.ids[i as usize]).collect();
+        f(c, &row_ids, &part.values, members).map(|t| (g, row_ids, t))
+    })
+    .collect::<Result<Vec<_>>>()?;
+    done.sort_unstable_by_key(|d| d.0);
+    Ok(done.into_iter().map(|(_, ids, t)| (ids, t)).collect())
+}
+
+/// The indices `0..n` by decreasing `size` (ties in index order): the order in which
+/// parallel work of uneven sizes ends soonest on few threads (longest task first).
+pub(crate) fn largest_first(n: usize, size: impl Fn(usize) -> u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(size(i)));
+    order
 }
 
 /// One spill partition, its eligible rows grouped by cluster.

@@ -21,7 +21,7 @@ use crate::distance::{
     kernel_pair_dots,
 };
 use crate::pipeline::spill::{SpilledClusters, for_each_prefetched};
-use crate::pipeline::stages::{Grouped, check_spilled, map_grouped, read_grouped, scatter};
+use crate::pipeline::stages::{Grouped, check_spilled, largest_first, map_grouped, read_grouped, scatter};
 use crate::score::semdedup::{DedupScores, SemDedupParams, dedup_cluster_at, is_duplicate, similarity_threshold};
 
 /// Groups the rows of one spill partition by `key` (then row id), leaving out
@@ -536,7 +536,6 @@ fn cross_hits(
     low: Option<Filter>,
     prune: &Pruning,
 ) -> Vec<Hit> {
-    const TILE: usize = 1024;
     let pairs: Vec<(u32, &Vec<u32>, &Vec<u32>)> = gg
         .iter()
         .filter_map(|(c, g)| {
@@ -545,85 +544,106 @@ fn cross_hits(
                 .map(|k| (*c, g, &og[k].1))
         })
         .collect();
-    let found: Vec<Vec<Hit>> = pairs
+    // The largest products first, one cluster per task (see `largest_first`).
+    let found: Vec<Vec<Hit>> = largest_first(pairs.len(), |i| (pairs[i].1.len() * pairs[i].2.len()) as u64)
         .par_iter()
-        // The tile's scratch products are reused from cluster to cluster: fresh, each
-        // was megabytes of zeroed pages.
-        .map_init(Vec::new, |s: &mut Vec<f32>, &(c, g, o)| {
-            let guests = Side {
-                pos: g,
-                rows: (gids, gvals),
-                owners: (oids, ovals),
-                all_owners: false,
-                dim,
-            };
-            let owners = Side {
-                rows: (oids, ovals),
-                pos: o,
-                all_owners: true,
-                ..guests
-            };
-            let order = prune.order(c, &guests, &owners);
-            let guests = Side {
-                pos: &order.guests,
-                ..guests
-            };
-            let owners = Side {
-                pos: &order.owners,
-                ..owners
-            };
-            let mut hits = Vec::new();
-            let mut push = |x: usize, y: usize, v: f32| {
-                if v > thr {
-                    let (u, w) = (guests.id(x), owners.id(y));
-                    hits.push((u.max(w), v, u.min(w)));
-                }
-            };
-            // Each guest tile's int8 operands, quantized on its first owner tile and
-            // reused by the others (the same bits as quantizing afresh).
-            let quantized: Vec<OnceCell<I8Rows>> = (0..g.len().div_ceil(TILE)).map(|_| OnceCell::new()).collect();
-            for b in (0..o.len()).step_by(TILE) {
-                let b1 = (b + TILE).min(o.len());
-                let tile = owners.range(b..b1);
-                let filter = low.map(|f| f.make(tile, thr));
-                // Without a filter the f32 products want the owners contiguous: copied
-                // once per owner tile, on the first guest tile.
-                let plain = OnceCell::new();
-                for a in (0..g.len()).step_by(TILE) {
-                    let a1 = (a + TILE).min(g.len());
-                    let n = (a1 - a) * (b1 - b);
-                    if s.len() < n {
-                        s.resize(n, 0.0);
-                    }
-                    let s = &mut s[..n];
-                    let skip =
-                        |i: Range<usize>, j: Range<usize>| order.skips(a + i.start..a + i.end, b + j.start..b + j.end);
-                    match &filter {
-                        Some(f) => f.scan(guests.range(a..a1), &quantized[a / TILE], s, &skip, |x, y, v| {
-                            push(a + x, b + y, v)
-                        }),
-                        None => {
-                            dot_batch(
-                                &guests.range(a..a1).gather(),
-                                plain.get_or_init(|| tile.gather()),
-                                dim,
-                                s,
-                            );
-                            // The pairs left out, as the int8 kernel leaves them out.
-                            fill_skipped_tiles(s, a1 - a, b1 - b, &skip);
-                            for (x, line) in s.chunks_exact(b1 - b).enumerate() {
-                                for (y, &v) in line.iter().enumerate() {
-                                    push(a + x, b + y, v);
-                                }
-                            }
+        .with_max_len(1)
+        .map(|&i| {
+            // The tile's scratch products are reused from cluster to cluster, per thread
+            // (one task per cluster): fresh, each was megabytes of zeroed pages.
+            thread_local! {
+                static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+            }
+            SCRATCH.with_borrow_mut(|s| cluster_hits(pairs[i], (oids, ovals), (gids, gvals), dim, thr, low, prune, s))
+        })
+        .collect();
+    found.into_iter().flatten().collect()
+}
+
+/// [`cross_hits`] of one cluster `c`: its guests `g` against its owners `o`; `s` is
+/// scratch for a tile's products.
+#[allow(clippy::too_many_arguments)]
+fn cluster_hits(
+    (c, g, o): (u32, &Vec<u32>, &Vec<u32>),
+    (oids, ovals): (&[u32], &[f32]),
+    (gids, gvals): (&[u32], &[f32]),
+    dim: usize,
+    thr: f32,
+    low: Option<Filter>,
+    prune: &Pruning,
+    s: &mut Vec<f32>,
+) -> Vec<Hit> {
+    const TILE: usize = 1024;
+    let guests = Side {
+        pos: g,
+        rows: (gids, gvals),
+        owners: (oids, ovals),
+        all_owners: false,
+        dim,
+    };
+    let owners = Side {
+        rows: (oids, ovals),
+        pos: o,
+        all_owners: true,
+        ..guests
+    };
+    let order = prune.order(c, &guests, &owners);
+    let guests = Side {
+        pos: &order.guests,
+        ..guests
+    };
+    let owners = Side {
+        pos: &order.owners,
+        ..owners
+    };
+    let mut hits = Vec::new();
+    let mut push = |x: usize, y: usize, v: f32| {
+        if v > thr {
+            let (u, w) = (guests.id(x), owners.id(y));
+            hits.push((u.max(w), v, u.min(w)));
+        }
+    };
+    // Each guest tile's int8 operands, quantized on its first owner tile and
+    // reused by the others (the same bits as quantizing afresh).
+    let quantized: Vec<OnceCell<I8Rows>> = (0..g.len().div_ceil(TILE)).map(|_| OnceCell::new()).collect();
+    for b in (0..o.len()).step_by(TILE) {
+        let b1 = (b + TILE).min(o.len());
+        let tile = owners.range(b..b1);
+        let filter = low.map(|f| f.make(tile, thr));
+        // Without a filter the f32 products want the owners contiguous: copied
+        // once per owner tile, on the first guest tile.
+        let plain = OnceCell::new();
+        for a in (0..g.len()).step_by(TILE) {
+            let a1 = (a + TILE).min(g.len());
+            let n = (a1 - a) * (b1 - b);
+            if s.len() < n {
+                s.resize(n, 0.0);
+            }
+            let s = &mut s[..n];
+            let skip = |i: Range<usize>, j: Range<usize>| order.skips(a + i.start..a + i.end, b + j.start..b + j.end);
+            match &filter {
+                Some(f) => f.scan(guests.range(a..a1), &quantized[a / TILE], s, &skip, |x, y, v| {
+                    push(a + x, b + y, v)
+                }),
+                None => {
+                    dot_batch(
+                        &guests.range(a..a1).gather(),
+                        plain.get_or_init(|| tile.gather()),
+                        dim,
+                        s,
+                    );
+                    // The pairs left out, as the int8 kernel leaves them out.
+                    fill_skipped_tiles(s, a1 - a, b1 - b, &skip);
+                    for (x, line) in s.chunks_exact(b1 - b).enumerate() {
+                        for (y, &v) in line.iter().enumerate() {
+                            push(a + x, b + y, v);
                         }
                     }
                 }
             }
-            hits
-        })
-        .collect();
-    found.into_iter().flatten().collect()
+        }
+    }
+    hits
 }
 
 /// Rows of one cluster's guests or owners, read where they lie in the partition's
