@@ -41,9 +41,9 @@ pub struct Rows {
     /// Second-nearest centroid of every row, when the cross-cluster pass
     /// asks for it (empty otherwise).
     pub second: Vec<u32>,
-    /// Each row's margin to that centroid, d1 − d2 (see
-    /// [`boundary`](crate::pipeline::stages::boundary)): with `second` from the
-    /// nearest-centroid search, empty otherwise (given assignments).
+    /// Each row's margin to that centroid, d1 − d2 (see [`boundary`]): with
+    /// `second` from the nearest-centroid search, empty otherwise (given
+    /// assignments).
     pub margin: Vec<f32>,
 }
 

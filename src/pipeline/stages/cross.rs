@@ -122,7 +122,7 @@ fn gap_bound(gap2: f32, d: usize) -> f64 {
 ///   (x·a − x·b) + (y·b − y·a) ≤ ‖x − y‖·‖a − b‖ < √(2·eps)·‖a − b‖. The first gap is
 ///   x's margin m_x (b is x's second cluster); y·a is at most y's dot with its own
 ///   second-nearest centroid, so the second gap is at least y's margin m_y. Pairs with
-///   m_x + m_y beyond that bound cannot be hits. The bound allows [`SLACK`] as
+///   m_x + m_y beyond that bound cannot be hits. The bound allows the slack (1e-4) that
 ///   [`near_boundary`] does, and 8γ for the margins' f32 dots: each of the four is
 ///   within γ of exact, and y's second cluster is the argmax of f32 dots, so y·a
 ///   exceeds its dot with it by at most 2γ.
