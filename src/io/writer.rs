@@ -13,14 +13,14 @@ use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{
-    ArrayRef, BooleanArray, FixedSizeListArray, Float32Array, Int32Array, Int64Array, RecordBatch, StringArray,
-};
+use arrow::array::{ArrayRef, BooleanArray, FixedSizeListArray, Float32Array, Int32Array, Int64Array, RecordBatch};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_writer::{ArrowColumnChunk, compute_leaves};
 use parquet::basic::{Compression, Type as PhysicalType, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use rayon::prelude::*;
 
 use crate::io::direct::OutputFile;
 use crate::io::{AtomicFile, Dataset, Shard};
@@ -428,8 +428,17 @@ pub struct ScoreColumns<'a> {
     pub dup_of: Option<&'a [Option<u32>]>,
 }
 
+/// Row groups of a scores table encoded at once, per thread: they are built and
+/// compressed in parallel, then written in order (memory: that many row groups).
+const SCORE_GROUPS_PER_THREAD: usize = 2;
+
 /// Writes one table `(file, row, cluster, score, kept[, max_sim][, dup_of])`
 /// for every input row.
+///
+/// Row groups are the global row ranges of [`DEFAULT_ROW_GROUP_ROWS`] rows (what
+/// [`ArrowWriter`] makes of these batches: a group can span two shards); they are
+/// built and encoded in parallel and appended in order, so the file is the same
+/// bytes whatever the thread count.
 pub fn write_scores_table(data: &Dataset, cols: &ScoreColumns<'_>, dest: &Path) -> Result<()> {
     let mut fields = vec![
         Field::new("file", DataType::Utf8, false),
@@ -451,52 +460,98 @@ pub fn write_scores_table(data: &Dataset, cols: &ScoreColumns<'_>, dest: &Path) 
         path: dest.to_path_buf(),
         source,
     };
-    let mut w = ArrowWriter::try_new(file, schema.clone(), Some(writer_properties(&schema))).map_err(wrap)?;
-    for s in &data.shards {
-        let name = s.path.display().to_string();
-        let off = data.offset(s.index) as usize;
-        let mut r0 = 0usize;
-        while (r0 as u64) < s.num_rows {
-            let r1 = (r0 + DEFAULT_ROW_GROUP_ROWS).min(s.num_rows as usize);
-            let g = off + r0..off + r1;
-            let valid = &cols.valid[g.clone()];
-            let file_col = StringArray::from_iter_values(std::iter::repeat_n(name.as_str(), r1 - r0));
-            let row_col = Int64Array::from_iter_values((r0 as i64)..(r1 as i64));
-            let cluster_col: Int32Array = match cols.cluster {
-                Some(c) => c[g.clone()].iter().zip(valid).map(|(&c, &v)| v.then_some(c)).collect(),
-                None => std::iter::repeat_n(None::<i32>, r1 - r0).collect(),
-            };
-            let score_col: Float32Array = cols.score[g.clone()]
-                .iter()
-                .zip(valid)
-                .map(|(&s, &v)| v.then_some(s))
-                .collect();
-            let kept_col = BooleanArray::from(cols.kept[g.clone()].to_vec());
-            let mut columns: Vec<ArrayRef> = vec![
-                Arc::new(file_col),
-                Arc::new(row_col),
-                Arc::new(cluster_col),
-                Arc::new(score_col),
-                Arc::new(kept_col),
-            ];
-            if let Some(m) = cols.max_sim {
-                let c: Float32Array = m[g.clone()].iter().map(|&v| (!v.is_nan()).then_some(v)).collect();
-                columns.push(Arc::new(c));
+    let w = ArrowWriter::try_new(file, schema.clone(), Some(writer_properties(&schema))).map_err(wrap)?;
+    let (mut fw, factory) = w.into_serialized_writer().map_err(wrap)?;
+    let n = data.num_rows() as usize;
+    let groups: Vec<std::ops::Range<usize>> = (0..n)
+        .step_by(DEFAULT_ROW_GROUP_ROWS)
+        .map(|a| a..(a + DEFAULT_ROW_GROUP_ROWS).min(n))
+        .collect();
+    let wave = rayon::current_num_threads().max(1) * SCORE_GROUPS_PER_THREAD;
+    for (w0, part) in groups.chunks(wave).enumerate() {
+        let encoded: Vec<Result<Vec<ArrowColumnChunk>>> = part
+            .par_iter()
+            .enumerate()
+            .map(|(j, g)| {
+                let batch = scores_batch(data, cols, &schema, g.clone(), dest)?;
+                let mut writers = factory.create_column_writers(w0 * wave + j).map_err(wrap)?;
+                for ((cw, field), col) in writers.iter_mut().zip(schema.fields()).zip(batch.columns()) {
+                    for leaf in compute_leaves(field, col).map_err(wrap)? {
+                        cw.write(&leaf).map_err(wrap)?;
+                    }
+                }
+                writers.into_iter().map(|cw| cw.close().map_err(wrap)).collect()
+            })
+            .collect();
+        for chunks in encoded {
+            let mut rg = fw.next_row_group().map_err(wrap)?;
+            for c in chunks? {
+                c.append_to_row_group(&mut rg).map_err(wrap)?;
             }
-            if let Some(d) = cols.dup_of {
-                let c: Int64Array = d[g.clone()].iter().map(|v| v.map(i64::from)).collect();
-                columns.push(Arc::new(c));
-            }
-            let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|source| Error::Arrow {
-                path: dest.to_path_buf(),
-                source,
-            })?;
-            w.write(&batch).map_err(wrap)?;
-            r0 = r1;
+            rg.close().map_err(wrap)?;
         }
     }
-    let file = w.into_inner().map_err(wrap)?;
+    let file = fw.into_inner().map_err(wrap)?;
     file.sync_all().map_err(|e| Error::io("writing", dest, e))?;
     drop(file);
     atomic.commit()
 }
+
+/// The scores table's rows `g` (global ids), which may span shards.
+fn scores_batch(
+    data: &Dataset,
+    cols: &ScoreColumns<'_>,
+    schema: &SchemaRef,
+    g: std::ops::Range<usize>,
+    dest: &Path,
+) -> Result<RecordBatch> {
+    let m = g.len();
+    let longest = data.shards.iter().map(|s| s.path.as_os_str().len()).max().unwrap_or(0);
+    let mut file_col = arrow::array::StringBuilder::with_capacity(m, m * longest);
+    let mut row_col = Vec::with_capacity(m);
+    for s in &data.shards {
+        let (lo, hi) = (data.offset(s.index) as usize, data.offset(s.index + 1) as usize);
+        let (a, b) = (lo.max(g.start), hi.min(g.end));
+        if a >= b {
+            continue;
+        }
+        let name = s.path.display().to_string();
+        for _ in a..b {
+            file_col.append_value(&name);
+        }
+        row_col.extend(((a - lo) as i64)..((b - lo) as i64));
+    }
+    let valid = &cols.valid[g.clone()];
+    let cluster_col: Int32Array = match cols.cluster {
+        Some(c) => c[g.clone()].iter().zip(valid).map(|(&c, &v)| v.then_some(c)).collect(),
+        None => std::iter::repeat_n(None::<i32>, m).collect(),
+    };
+    let score_col: Float32Array = cols.score[g.clone()]
+        .iter()
+        .zip(valid)
+        .map(|(&s, &v)| v.then_some(s))
+        .collect();
+    let kept_col = BooleanArray::from(cols.kept[g.clone()].to_vec());
+    let mut columns: Vec<ArrayRef> = vec![
+        Arc::new(file_col.finish()),
+        Arc::new(Int64Array::from(row_col)),
+        Arc::new(cluster_col),
+        Arc::new(score_col),
+        Arc::new(kept_col),
+    ];
+    if let Some(ms) = cols.max_sim {
+        let c: Float32Array = ms[g.clone()].iter().map(|&v| (!v.is_nan()).then_some(v)).collect();
+        columns.push(Arc::new(c));
+    }
+    if let Some(d) = cols.dup_of {
+        let c: Int64Array = d[g].iter().map(|v| v.map(i64::from)).collect();
+        columns.push(Arc::new(c));
+    }
+    RecordBatch::try_new(schema.clone(), columns).map_err(|source| Error::Arrow {
+        path: dest.to_path_buf(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests;
