@@ -15,15 +15,16 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use arrow::array::{Array, FixedSizeListArray, Float32Array, UInt32Array};
+use arrow::array::{FixedSizeListArray, Float32Array, UInt32Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
 use arrow::record_batch::RecordBatch;
 
 use crate::{Error, Result};
 
+mod ipc;
 mod layout;
+use ipc::{read_ipc_arrow, read_ipc_stream};
 pub use layout::{CAP_SLACK, MAX_GRAPH_CLUSTERS, NEIGHBORS, cluster_layout};
 
 /// Bytes of embeddings per partition file aimed at (and so the memory of
@@ -367,16 +368,10 @@ impl SpilledClusters {
 
     /// [`SpilledClusters::read_partition`] into buffers that are cleared first and
     /// reused: a partition is tens of MB, and fresh memory costs a page fault and a
-    /// zeroed page every 4 KiB.
+    /// zeroed page every 4 KiB. Each batch's two buffers are read from the file
+    /// straight into `ids` and `values` ([`read_ipc_stream`]).
     pub fn read_partition_into(&self, p: usize, ids: &mut Vec<u32>, values: &mut Vec<f32>) -> Result<()> {
         let path = &self.paths[p];
-        let arrow_err = |source| Error::Arrow {
-            path: path.clone(),
-            source,
-        };
-        let f = File::open(path).map_err(|e| Error::io("reading", path, e))?;
-        let reader =
-            StreamReader::try_new(std::io::BufReader::with_capacity(IO_BUFFER_BYTES, f), None).map_err(arrow_err)?;
         // About the file's size in values up front: no doubling copies.
         let bytes = std::fs::metadata(path).map(|m| m.len() as usize).unwrap_or(0);
         let rows = bytes / (4 * self.dim + 4);
@@ -384,23 +379,11 @@ impl SpilledClusters {
         values.clear();
         ids.reserve(rows);
         values.reserve(rows * self.dim);
-        for batch in reader {
-            let batch = batch.map_err(arrow_err)?;
-            let bad = || Error::Internal(format!("{}: unexpected spill layout", path.display()));
-            let r = batch.column(0).as_any().downcast_ref::<UInt32Array>().ok_or_else(bad)?;
-            let e = batch
-                .column(1)
-                .as_any()
-                .downcast_ref::<FixedSizeListArray>()
-                .ok_or_else(bad)?;
-            let v = e.values().as_any().downcast_ref::<Float32Array>().ok_or_else(bad)?;
-            if e.value_length() as usize != self.dim || v.len() != r.len() * self.dim {
-                return Err(bad());
-            }
-            ids.extend_from_slice(r.values());
-            values.extend_from_slice(v.values());
+        if cfg!(target_endian = "little") {
+            read_ipc_stream(path, self.dim, ids, values)
+        } else {
+            read_ipc_arrow(path, self.dim, ids, values)
         }
-        Ok(())
     }
 }
 
