@@ -26,8 +26,8 @@ pub use bf16::{
 };
 pub use bound::{Bf16Bound, Bf16Norms, f32_error_per_norm, norm_upper_bound};
 pub use int8::{
-    I8Bound, I8Norms, I8Rows, Int8Kernel, MAX_INT8_DIM, PackedI8, TileSkip, dot_batch_i8, fill_skipped_tiles,
-    int8_kernel,
+    I8Bound, I8Norms, I8Rows, Int8Kernel, MAX_INT8_DIM, PackedI8, Quantized, RowSource, TileSkip, dot_batch_i8,
+    fill_skipped_tiles, int8_kernel,
 };
 pub use pairs::{contender_cut, contender_cut_second, fast_pair_dots, kernel_pair_dots};
 pub(crate) use rowwise::{PREFETCH_ROWS_AHEAD, add_rows_fixed, prefetch_row};

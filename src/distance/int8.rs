@@ -27,7 +27,10 @@ use std::cell::RefCell;
 use std::ops::Range;
 use std::sync::OnceLock;
 
-use super::{PREFETCH_ROWS_AHEAD, prefetch_row};
+use super::PREFETCH_ROWS_AHEAD;
+
+mod quantized;
+pub use quantized::{Quantized, RowSource};
 
 /// Left-hand rows per register tile.
 const MR: usize = 12;
@@ -145,6 +148,15 @@ impl PackedI8 {
     /// # Panics
     /// If a row is not `dim` long, or `dim` is 0 or above [`MAX_INT8_DIM`].
     pub fn from_rows<'a>(c: impl ExactSizeIterator<Item = &'a [f32]>, dim: usize) -> Self {
+        Self::from_sources(c.map(RowSource::Raw), dim)
+    }
+
+    /// [`PackedI8::from_rows`] of rows quantized now or before ([`RowSource`]): the same
+    /// bits either way.
+    ///
+    /// # Panics
+    /// As [`PackedI8::from_rows`].
+    pub fn from_sources<'a>(c: impl ExactSizeIterator<Item = RowSource<'a>>, dim: usize) -> Self {
         assert!(dim > 0 && dim <= MAX_INT8_DIM, "PackedI8: dim {dim} out of range");
         let (k, quads) = (c.len(), dim.div_ceil(4));
         let mut words = vec![0u32; k * quads];
@@ -156,13 +168,12 @@ impl PackedI8 {
             residual: 0.0,
         };
         // Rows read by position are scattered: each is fetched a few rows ahead.
-        let c: Vec<&[f32]> = c.collect();
-        for (j, (&row, w)) in c.iter().zip(words.chunks_exact_mut(quads)).enumerate() {
-            assert_eq!(row.len(), dim, "PackedI8: row {j} is not dim long");
+        let c: Vec<RowSource> = c.collect();
+        for (j, (row, w)) in c.iter().zip(words.chunks_exact_mut(quads)).enumerate() {
             if let Some(ahead) = c.get(j + PREFETCH_ROWS_AHEAD) {
-                prefetch_row(ahead);
+                ahead.prefetch();
             }
-            let (s, sum, norms) = quantize_row(row, w, 0);
+            let (s, sum, norms) = row.quantize(dim, w, 0);
             (scale[j], corr[j]) = (s, 128 * sum);
             // A row that cannot be scaled (NaN, ∞) makes every bound NaN, so every search
             // falls back to f32 instead of trusting a bound that ignores it.
@@ -252,6 +263,15 @@ impl I8Rows {
     /// # Panics
     /// If a row is not `dim` long, or `dim` is 0 or above [`MAX_INT8_DIM`].
     pub fn from_rows<'a>(x: impl ExactSizeIterator<Item = &'a [f32]>, dim: usize) -> Self {
+        Self::from_sources(x.map(RowSource::Raw), dim)
+    }
+
+    /// [`I8Rows::from_rows`] of rows quantized now or before ([`RowSource`]): the same
+    /// bits either way.
+    ///
+    /// # Panics
+    /// As [`I8Rows::from_rows`].
+    pub fn from_sources<'a>(x: impl ExactSizeIterator<Item = RowSource<'a>>, dim: usize) -> Self {
         let mut r = I8Rows::default();
         r.fill_rows(x, dim, &mut Vec::new());
         r
@@ -267,10 +287,10 @@ impl I8Rows {
             dim > 0 && dim <= MAX_INT8_DIM && x.len().is_multiple_of(dim),
             "I8Rows: x is not n x dim"
         );
-        self.fill_rows(x.chunks_exact(dim), dim, words);
+        self.fill_rows(x.chunks_exact(dim).map(RowSource::Raw), dim, words);
     }
 
-    fn fill_rows<'a>(&mut self, x: impl ExactSizeIterator<Item = &'a [f32]>, dim: usize, words: &mut Vec<u32>) {
+    fn fill_rows<'a>(&mut self, x: impl ExactSizeIterator<Item = RowSource<'a>>, dim: usize, words: &mut Vec<u32>) {
         assert!(dim > 0 && dim <= MAX_INT8_DIM, "I8Rows: dim {dim} out of range");
         let m = x.len();
         let quads = dim.div_ceil(4);
@@ -280,13 +300,12 @@ impl I8Rows {
         self.scale.clear();
         self.scale.resize(m.div_ceil(MR) * MR, 0.0);
         self.norms.clear();
-        let x: Vec<&[f32]> = x.collect();
-        for (i, (&row, w)) in x.iter().zip(words.chunks_exact_mut(quads)).enumerate() {
-            assert_eq!(row.len(), dim, "I8Rows: row {i} is not dim long");
+        let x: Vec<RowSource> = x.collect();
+        for (i, (row, w)) in x.iter().zip(words.chunks_exact_mut(quads)).enumerate() {
             if let Some(ahead) = x.get(i + PREFETCH_ROWS_AHEAD) {
-                prefetch_row(ahead);
+                ahead.prefetch();
             }
-            let (s, _, norms) = quantize_row(row, w, 128);
+            let (s, _, norms) = row.quantize(dim, w, 128);
             self.scale[i] = s;
             self.norms.push(norms);
         }

@@ -249,3 +249,39 @@ fn skipped_tiles_are_minus_infinity_and_the_others_unchanged() {
         }
     }
 }
+
+#[test]
+fn rows_quantized_once_pack_to_the_same_bits_on_either_side() {
+    // Awkward rows too (NaN, zeros, denormals, a spike), and a dim that pads its last word.
+    for dim in [7, 16, 384] {
+        let mut x = rows(40, dim, 9);
+        x.extend(awkward(dim));
+        x[5 * dim + 1] = f32::NAN;
+        let q = Quantized::new(&x, dim);
+        assert_eq!(q.rows(), x.len() / dim);
+        // Rows in a scrambled order, half from the quantized copy and half afresh.
+        let order: Vec<usize> = (0..q.rows()).map(|i| (i * 17) % q.rows()).collect();
+        let mixed = || {
+            order.iter().map(|&i| {
+                if i % 2 == 0 {
+                    RowSource::Quantized(&q, i)
+                } else {
+                    RowSource::Raw(&x[i * dim..(i + 1) * dim])
+                }
+            })
+        };
+        let fresh = || order.iter().map(|&i| &x[i * dim..(i + 1) * dim]);
+        let (a, b) = (PackedI8::from_sources(mixed(), dim), PackedI8::from_rows(fresh(), dim));
+        assert_eq!((&a.data, a.k, a.dim), (&b.data, b.k, b.dim), "dim {dim}");
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!((bits(&a.scale), &a.corr), (bits(&b.scale), &b.corr));
+        assert_eq!(format!("{:?}", a.bound), format!("{:?}", b.bound));
+        let (l, r) = (I8Rows::from_sources(mixed(), dim), I8Rows::from_rows(fresh(), dim));
+        assert_eq!(
+            (&l.a, bits(&l.scale), l.dim),
+            (&r.a, bits(&r.scale), r.dim),
+            "dim {dim}"
+        );
+        assert_eq!(format!("{:?}", l.norms), format!("{:?}", r.norms));
+    }
+}

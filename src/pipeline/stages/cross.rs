@@ -16,8 +16,8 @@ use crate::cluster::Centroids;
 use crate::cluster::centroids::scan_at_least;
 use crate::cluster::hnsw::{Hnsw, HnswParams};
 use crate::distance::{
-    Bf16Bound, Bf16Norms, I8Rows, Int8Kernel, MAX_INT8_DIM, PackedBf16, PackedI8, PackedRows, TileSkip,
-    certified_bf16_pays, dot_batch, dot_batch_bf16, dot_batch_packed, fill_skipped_tiles, int8_kernel,
+    Bf16Bound, Bf16Norms, I8Rows, Int8Kernel, MAX_INT8_DIM, PackedBf16, PackedI8, PackedRows, Quantized, RowSource,
+    TileSkip, certified_bf16_pays, dot_batch, dot_batch_bf16, dot_batch_packed, fill_skipped_tiles, int8_kernel,
     kernel_pair_dots,
 };
 use crate::pipeline::spill::{SpilledClusters, for_each_prefetched};
@@ -317,6 +317,9 @@ fn cross_hits(
                 .map(|k| (*c, g, &og[k].1))
         })
         .collect();
+    // Each owner row quantized once for the int8 filter: as an owner of its cluster and
+    // as a guest of its second (the same bits as quantizing each time).
+    let quantized = matches!(low, Some(Filter::Int8)).then(|| Quantized::new(ovals, dim));
     // The largest products first, one cluster per task (see `largest_first`).
     let found: Vec<Vec<Hit>> = largest_first(pairs.len(), |i| (pairs[i].1.len() * pairs[i].2.len()) as u64)
         .par_iter()
@@ -327,7 +330,14 @@ fn cross_hits(
             thread_local! {
                 static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
             }
-            SCRATCH.with_borrow_mut(|s| cluster_hits(pairs[i], (oids, ovals), (gids, gvals), dim, thr, low, prune, s))
+            SCRATCH.with_borrow_mut(|s| {
+                let rows = Rows {
+                    owners: (oids, ovals),
+                    guests: (gids, gvals),
+                    quantized: quantized.as_ref(),
+                };
+                cluster_hits(pairs[i], rows, dim, thr, low, prune, s)
+            })
         })
         .collect();
     found.into_iter().flatten().collect()
@@ -338,8 +348,7 @@ fn cross_hits(
 #[allow(clippy::too_many_arguments)]
 fn cluster_hits(
     (c, g, o): (u32, &Vec<u32>, &Vec<u32>),
-    (oids, ovals): (&[u32], &[f32]),
-    (gids, gvals): (&[u32], &[f32]),
+    rows: Rows,
     dim: usize,
     thr: f32,
     low: Option<Filter>,
@@ -349,13 +358,14 @@ fn cluster_hits(
     const TILE: usize = 1024;
     let guests = Side {
         pos: g,
-        rows: (gids, gvals),
-        owners: (oids, ovals),
+        rows: rows.guests,
+        owners: rows.owners,
         all_owners: false,
+        quantized: rows.quantized,
         dim,
     };
     let owners = Side {
-        rows: (oids, ovals),
+        rows: rows.owners,
         pos: o,
         all_owners: true,
         ..guests
@@ -419,6 +429,15 @@ fn cluster_hits(
     hits
 }
 
+/// A partition's two spills (ids and row-major values) and its owner rows quantized
+/// for the int8 filter.
+#[derive(Clone, Copy)]
+struct Rows<'a> {
+    owners: (&'a [u32], &'a [f32]),
+    guests: (&'a [u32], &'a [f32]),
+    quantized: Option<&'a Quantized>,
+}
+
 /// Rows of one cluster's guests or owners, read where they lie in the partition's
 /// two spills rather than gathered (copying them was a tenth of the pass): row x is
 /// row `pos[x]` of `rows`, or of `owners` where marked [`IN_OWNERS`] (for a side of
@@ -432,6 +451,9 @@ struct Side<'a> {
     owners: (&'a [u32], &'a [f32]),
     /// Whether `rows` are the owner rows (a side of owners).
     all_owners: bool,
+    /// The owner rows quantized for the int8 filter, once per partition: owners and
+    /// the guests that lie in the owner rows are packed from these.
+    quantized: Option<&'a Quantized>,
     dim: usize,
 }
 
@@ -471,6 +493,14 @@ impl<'a> Side<'a> {
 
     fn rows_iter(&self) -> impl ExactSizeIterator<Item = &'a [f32]> + '_ {
         (0..self.len()).map(|x| self.row(x))
+    }
+
+    /// The rows for the int8 kernel: quantized already where they lie in the owner rows.
+    fn sources_iter(&self) -> impl ExactSizeIterator<Item = RowSource<'a>> + '_ {
+        (0..self.len()).map(|x| match (self.at(x), self.quantized) {
+            ((true, i), Some(q)) => RowSource::Quantized(q, i),
+            _ => RowSource::Raw(self.row(x)),
+        })
     }
 
     /// The rows copied out, row-major (the paths that want them contiguous).
@@ -535,7 +565,7 @@ impl<'a> LowFilter<'a> {
 
     fn int8(owners: Side<'a>, thr: f32) -> Self {
         LowFilter::with(
-            LowPrecision::Int8(PackedI8::from_rows(owners.rows_iter(), owners.dim)),
+            LowPrecision::Int8(PackedI8::from_sources(owners.sources_iter(), owners.dim)),
             owners,
             thr,
         )
@@ -575,7 +605,7 @@ impl<'a> LowFilter<'a> {
                 }
             }
             LowPrecision::Int8(packed) => quantized
-                .get_or_init(|| I8Rows::from_rows(guests.rows_iter(), dim))
+                .get_or_init(|| I8Rows::from_sources(guests.sources_iter(), dim))
                 .dot_batch_where(packed, s, &mut err, Some(skip)),
         }
         // The candidates, by the spill each guest lies in: (guest, owner) positions in

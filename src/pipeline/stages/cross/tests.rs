@@ -93,42 +93,52 @@ fn low_precision_filters_find_exactly_the_f32_hits() {
             gv.extend_from_slice(&g[x * dim..(x + 1) * dim]);
         }
         let (oids, gids) = (vec![0u32; ov.len() / dim], vec![0u32; gv.len() / dim]);
-        let guests = Side {
-            pos: &gpos,
-            rows: (&gids, &gv),
-            owners: (&oids, &ov),
-            all_owners: false,
-            dim,
-        };
-        let owners = Side {
-            pos: &opos,
-            rows: (&oids, &ov),
-            all_owners: true,
-            ..guests
-        };
-        assert_eq!(guests.range(0..m).gather(), g);
-        assert_eq!(owners.gather(), o);
-        for (name, f) in [
-            ("bf16", LowFilter::bf16(owners, thr)),
-            ("int8", LowFilter::int8(owners, thr)),
-        ] {
-            // Each tile twice: quantized afresh, then from the kept int8 operands.
-            let (mut got, mut again) = (Vec::new(), Vec::new());
-            for (a, a1) in [(0usize, 77usize), (77, m)] {
-                let mut s = vec![0f32; (a1 - a) * k];
-                let quantized = OnceCell::new();
-                for out in [&mut got, &mut again] {
-                    f.scan(guests.range(a..a1), &quantized, &mut s, &|_, _| false, |x, y, v| {
-                        if v > thr {
-                            out.push((a + x, y, v.to_bits()));
-                        }
-                    });
+        // The owner rows quantized once (both sides packed from them where they lie
+        // there), or every tile quantized afresh.
+        let once = Quantized::new(&ov, dim);
+        for quantized in [None, Some(&once)] {
+            let guests = Side {
+                pos: &gpos,
+                rows: (&gids, &gv),
+                owners: (&oids, &ov),
+                all_owners: false,
+                quantized,
+                dim,
+            };
+            let owners = Side {
+                pos: &opos,
+                rows: (&oids, &ov),
+                all_owners: true,
+                ..guests
+            };
+            assert_eq!(guests.range(0..m).gather(), g);
+            assert_eq!(owners.gather(), o);
+            let filters = match quantized {
+                None => vec![
+                    ("bf16", LowFilter::bf16(owners, thr)),
+                    ("int8", LowFilter::int8(owners, thr)),
+                ],
+                Some(_) => vec![("int8, quantized once", LowFilter::int8(owners, thr))],
+            };
+            for (name, f) in filters {
+                // Each tile twice: quantized afresh, then from the kept int8 operands.
+                let (mut got, mut again) = (Vec::new(), Vec::new());
+                for (a, a1) in [(0usize, 77usize), (77, m)] {
+                    let mut s = vec![0f32; (a1 - a) * k];
+                    let quantized = OnceCell::new();
+                    for out in [&mut got, &mut again] {
+                        f.scan(guests.range(a..a1), &quantized, &mut s, &|_, _| false, |x, y, v| {
+                            if v > thr {
+                                out.push((a + x, y, v.to_bits()));
+                            }
+                        });
+                    }
                 }
+                got.sort_unstable();
+                again.sort_unstable();
+                assert_eq!(got, want, "{name}, dim {dim}");
+                assert_eq!(again, want, "{name}, dim {dim}, kept operands");
             }
-            got.sort_unstable();
-            again.sort_unstable();
-            assert_eq!(got, want, "{name}, dim {dim}");
-            assert_eq!(again, want, "{name}, dim {dim}, kept operands");
         }
     }
 }
@@ -432,6 +442,7 @@ fn pruning_leaves_out_only_pairs_the_other_direction_compares_or_below_the_thres
             rows: (&ids, &rows),
             owners: (&ids, &rows),
             all_owners,
+            quantized: None,
             dim: d,
         };
         let order = prune.order(b, &side(&g, false), &side(&o, true));
