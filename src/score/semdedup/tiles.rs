@@ -14,6 +14,9 @@ use crate::distance::{PackedRows, certified_bf16_pays, dot_batch_packed_cols, do
 thread_local! {
     /// [`diagonal_certified`]'s buffers, one set per thread.
     static DIAGONAL_SCRATCH: std::cell::RefCell<CertScratch> = std::cell::RefCell::new(CertScratch::default());
+    /// The earlier tiles' buffers, one set per thread: rayon's `map_init` made one per
+    /// split, so each column block zeroed (and often faulted in) megabytes afresh.
+    static EARLIER_SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
 /// Rows per band of a diagonal tile in [`max_sim_ranked`]: a band of rows
@@ -113,34 +116,41 @@ pub(super) fn max_sim_ranked_with(
             }
             // The diagonal ranks last: merged after the earlier tiles, it keeps their
             // arg-max on ties.
+            let tile = |s: &mut Scratch, ri: usize| {
+                let mut t = TileMax::empty(tc);
+                let r0 = ri * block;
+                let r1 = (r0 + block).min(b);
+                let tr = r1 - r0;
+                let row_idx = positions(r0..r1);
+                if let Some(h) = &half {
+                    let x = RowSet {
+                        data: rows,
+                        idx: &row_idx,
+                        dim,
+                    };
+                    if absorb_certified(h, cols, x, &norms[r0..r1], r0 as u32, &diag.best, &mut t, &mut s.cert) {
+                        return t;
+                    }
+                }
+                // The rows are gathered while the kernel packs them (scale 1: the
+                // same bits as gathering first), one copy fewer.
+                s.ones.resize(tr, 1.0);
+                s.out.resize(tr * tc, 0.0);
+                dot_batch_rows(rows, &row_idx, &s.ones[..tr], packed(), &mut s.out);
+                // every row of an earlier tile ranks before every column
+                for (ii, line) in s.out.chunks_exact(tc).enumerate() {
+                    t.absorb(line, 0, (r0 + ii) as u32);
+                }
+                t
+            };
             let earlier = (0..bi)
                 .into_par_iter()
-                .map_init(Scratch::default, |s, ri| {
-                    let mut t = TileMax::empty(tc);
-                    let r0 = ri * block;
-                    let r1 = (r0 + block).min(b);
-                    let tr = r1 - r0;
-                    let row_idx = positions(r0..r1);
-                    if let Some(h) = &half {
-                        let x = RowSet {
-                            data: rows,
-                            idx: &row_idx,
-                            dim,
-                        };
-                        if absorb_certified(h, cols, x, &norms[r0..r1], r0 as u32, &diag.best, &mut t, &mut s.cert) {
-                            return t;
-                        }
-                    }
-                    // The rows are gathered while the kernel packs them (scale 1: the
-                    // same bits as gathering first), one copy fewer.
-                    s.ones.resize(tr, 1.0);
-                    s.out.resize(tr * tc, 0.0);
-                    dot_batch_rows(rows, &row_idx, &s.ones[..tr], packed(), &mut s.out);
-                    // every row of an earlier tile ranks before every column
-                    for (ii, line) in s.out.chunks_exact(tc).enumerate() {
-                        t.absorb(line, 0, (r0 + ii) as u32);
-                    }
-                    t
+                // A fresh scratch where this thread's is in use further up its stack.
+                .map(|ri| {
+                    EARLIER_SCRATCH.with(|cell| match cell.try_borrow_mut() {
+                        Ok(mut s) => tile(&mut s, ri),
+                        Err(_) => tile(&mut Scratch::default(), ri),
+                    })
                 })
                 .reduce(|| TileMax::empty(tc), TileMax::merge);
             earlier.merge(diag)
