@@ -3,7 +3,8 @@
 //!
 //! `dist(i, j) = 1 − cos(x_i, x_j)` over the tokens (or keys). The first pick is the most
 //! isolated token (largest distance to its nearest neighbour; a mutual nearest pair ties, and
-//! the tie goes to the token less similar to the others on average); each next pick maximises its
+//! the tie goes to the token less similar to the others on average, then to the smaller row
+//! in value order, so that the pick never depends on where a token sits); each next pick maximises its
 //! distance to the nearest already-picked token (the 2-approximation of max–min diversity).
 //! Ties go to the lower index. Cost: one cosine Gram matrix (`N²D/2` multiply-adds, SIMD
 //! microkernels in `linalg`) plus `O(kN)`.
@@ -100,15 +101,16 @@ impl Reducer for DivPrune {
         } else {
             "keys"
         };
-        let g = cosine_gram(input.metric_rows(self.params.metric, self.name())?, what)?;
-        Ok(gather(input, &max_min_picks(&g, k), scores))
+        let rows = input.metric_rows(self.params.metric, self.name())?;
+        let g = cosine_gram(rows, what)?;
+        Ok(gather(input, &max_min_picks(&g, rows, k), scores))
     }
 }
 
-/// The greedy max–min picks on the cosine Gram matrix `g`, `1 <= k < N`, ascending.
-fn max_min_picks(g: &ndarray::Array2<f32>, k: usize) -> Vec<usize> {
+/// The greedy max–min picks on the cosine Gram matrix `g` of `rows`, `1 <= k < N`, ascending.
+fn max_min_picks(g: &ndarray::Array2<f32>, rows: ndarray::ArrayView2<f32>, k: usize) -> Vec<usize> {
     let n = g.nrows();
-    let first = most_isolated(g);
+    let first = most_isolated(g, rows);
     let mut picked = vec![false; n];
     // near[j]: similarity of j to its most similar picked token; +inf marks picked tokens.
     let gs = g.as_slice().expect("gram is contiguous");
@@ -167,9 +169,12 @@ fn raise_and_argmin(near: &mut [f32], row: &[f32]) -> usize {
 const TIE_EPS: f32 = 1e-6;
 
 /// The token whose nearest neighbour is least similar; ties (within [`TIE_EPS`]) go to the
-/// lower mean similarity to the other tokens, then the lower index. The diagonal (1 up to
-/// rounding) stays out of the mean so that rounding cannot decide an exact tie.
-fn most_isolated(g: &ndarray::Array2<f32>) -> usize {
+/// lower mean similarity to the other tokens, then to the row of `rows` that is smaller in
+/// value order ([`value_order`]: two tokens alone always tie on both, and the lower index
+/// would make the pick depend on the token order), then the lower index (equal rows). The
+/// diagonal (1 up to rounding) stays out of the mean so that rounding cannot decide an
+/// exact tie.
+fn most_isolated(g: &ndarray::Array2<f32>, rows: ndarray::ArrayView2<f32>) -> usize {
     let n = g.nrows();
     let gs = g.as_slice().expect("gram is contiguous");
     let mut nn = vec![f32::NEG_INFINITY; n];
@@ -182,8 +187,22 @@ fn most_isolated(g: &ndarray::Array2<f32>) -> usize {
     let lo = nn.iter().copied().fold(f32::INFINITY, f32::min);
     (0..n)
         .filter(|&i| nn[i] <= lo + TIE_EPS)
-        .min_by(|&a, &b| mean[a].total_cmp(&mean[b]).then(a.cmp(&b)))
+        .min_by(|&a, &b| {
+            mean[a]
+                .total_cmp(&mean[b])
+                .then_with(|| value_order(rows.row(a), rows.row(b)))
+                .then(a.cmp(&b))
+        })
         .unwrap_or(0)
+}
+
+/// Two rows compared value by value (`total_cmp`), the first difference deciding.
+fn value_order(a: ndarray::ArrayView1<f32>, b: ndarray::ArrayView1<f32>) -> std::cmp::Ordering {
+    a.iter()
+        .zip(b.iter())
+        .map(|(x, y)| x.total_cmp(y))
+        .find(|o| o.is_ne())
+        .unwrap_or(std::cmp::Ordering::Equal)
 }
 
 #[cfg(test)]
@@ -251,7 +270,7 @@ mod tests {
             .collect();
         let dist = |i: usize, j: usize| 1.0 - u[i].iter().zip(&u[j]).map(|(a, b)| a * b).sum::<f64>();
         // First: the largest nearest-neighbour distance; near-ties go to the larger mean
-        // distance to the others, then the lower index.
+        // distance to the others, then the row smaller in value order, then the lower index.
         let nn: Vec<f64> = (0..n)
             .map(|i| {
                 (0..n)
@@ -264,7 +283,12 @@ mod tests {
         let mean = |i: usize| (0..n).filter(|&j| j != i).map(|j| dist(i, j)).sum::<f64>() / (n - 1) as f64;
         let first = (0..n)
             .filter(|&i| nn[i] >= hi - f64::from(TIE_EPS))
-            .max_by(|&a, &b| mean(a).total_cmp(&mean(b)).then(b.cmp(&a)))
+            .max_by(|&a, &b| {
+                mean(a)
+                    .total_cmp(&mean(b))
+                    .then_with(|| value_order(t.row(b), t.row(a)))
+                    .then(b.cmp(&a))
+            })
             .unwrap();
         let mut picked = vec![first];
         while picked.len() < k {
@@ -306,6 +330,23 @@ mod tests {
     }
 
     #[test]
+    fn two_tokens_pick_the_same_one_in_either_order() {
+        // A mutual nearest pair ties on both the nearest-neighbour and the mean similarity:
+        // the pick must follow the rows, not their positions (proptest found it: seed 0,
+        // two rows, k = 1, swapped).
+        let a = array![[0.3f32, -0.2, 0.9], [0.1, 0.8, -0.4]];
+        let b = array![[0.1f32, 0.8, -0.4], [0.3, -0.2, 0.9]];
+        let keep = |t: &Array2<f32>| {
+            let r = DivPrune::default()
+                .reduce(&VisualInput::new(t.view()), &Budget::keep(1))
+                .unwrap();
+            t.row(r.origin[0]).to_vec()
+        };
+        assert_eq!(keep(&a), keep(&b));
+        assert_eq!(keep(&a), vec![0.1, 0.8, -0.4], "the smaller row in value order");
+    }
+
+    #[test]
     fn fused_kernel_picks_what_the_gemm_path_picks() {
         // The SIMD Gram and the portable GEMM Gram differ in the last bits only; at bench-like
         // shapes (scaled down for debug builds) the selections are the same.
@@ -316,8 +357,8 @@ mod tests {
             let g_gemm = gram(unit_rows(data.tokens.view(), "tokens").unwrap().view());
             for k in [36, 72] {
                 assert_eq!(
-                    max_min_picks(&g_fast, k),
-                    max_min_picks(&g_gemm, k),
+                    max_min_picks(&g_fast, data.tokens.view(), k),
+                    max_min_picks(&g_gemm, data.tokens.view(), k),
                     "seed {seed} k {k}"
                 );
             }
