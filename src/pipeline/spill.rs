@@ -369,7 +369,7 @@ impl SpilledClusters {
     /// [`SpilledClusters::read_partition`] into buffers that are cleared first and
     /// reused: a partition is tens of MB, and fresh memory costs a page fault and a
     /// zeroed page every 4 KiB. Each batch's two buffers are read from the file
-    /// straight into `ids` and `values` ([`read_ipc_stream`]).
+    /// straight into `ids` and `values`, not through Arrow's reader (`spill::ipc`).
     pub fn read_partition_into(&self, p: usize, ids: &mut Vec<u32>, values: &mut Vec<f32>) -> Result<()> {
         let path = &self.paths[p];
         // About the file's size in values up front: no doubling copies.
