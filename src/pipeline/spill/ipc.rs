@@ -61,7 +61,6 @@ pub(super) fn read_ipc_stream(path: &Path, dim: usize, ids: &mut Vec<u32>, value
     let bad = || layout_err(path);
     let mut f = File::open(path).map_err(io_err)?;
     let mut meta = Vec::new();
-    let mut skip = Vec::new();
     loop {
         // Message prefix: 0xFFFFFFFF then the metadata length; 0 ends the stream.
         let mut word = [0u8; 4];
@@ -96,34 +95,29 @@ pub(super) fn read_ipc_stream(path: &Path, dim: usize, ids: &mut Vec<u32>, value
                     if off < at || off + blen as u64 > body {
                         return Err(bad());
                     }
-                    discard(&mut f, off - at, &mut skip).map_err(io_err)?;
+                    discard(&mut f, off - at).map_err(io_err)?;
                     match k {
                         1 if blen == 4 * n => read_append(&mut f, ids, n).map_err(io_err)?,
                         4 if blen == 4 * n * dim => read_append(&mut f, values, n * dim).map_err(io_err)?,
                         1 | 4 => return Err(bad()),
                         // Validity bitmaps of a batch without nulls: read past.
-                        _ => discard(&mut f, blen as u64, &mut skip).map_err(io_err)?,
+                        _ => discard(&mut f, blen as u64).map_err(io_err)?,
                     }
                     at = off + blen as u64;
                 }
             }
             _ => return Err(bad()),
         }
-        discard(&mut f, body - at, &mut skip).map_err(io_err)?;
+        discard(&mut f, body - at).map_err(io_err)?;
     }
 }
 
-/// Reads past `n` bytes of `f`.
-fn discard(f: &mut File, n: u64, scratch: &mut Vec<u8>) -> std::io::Result<()> {
-    use std::io::Read;
+/// Moves past `n` bytes of `f` (padding, or a batch's empty validity bitmaps).
+fn discard(f: &mut File, n: u64) -> std::io::Result<()> {
+    use std::io::{Seek, SeekFrom};
     if n > 0 {
-        scratch.resize(n.min(1 << 16) as usize, 0);
-        let mut left = n;
-        while left > 0 {
-            let k = left.min(scratch.len() as u64) as usize;
-            f.read_exact(&mut scratch[..k])?;
-            left -= k as u64;
-        }
+        let n = i64::try_from(n).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidData))?;
+        f.seek(SeekFrom::Current(n))?;
     }
     Ok(())
 }

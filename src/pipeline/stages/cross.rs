@@ -345,7 +345,6 @@ fn cross_hits(
 
 /// [`cross_hits`] of one cluster `c`: its guests `g` against its owners `o`; `s` is
 /// scratch for a tile's products.
-#[allow(clippy::too_many_arguments)]
 fn cluster_hits(
     (c, g, o): (u32, &Vec<u32>, &Vec<u32>),
     rows: Rows,
