@@ -7,7 +7,7 @@
 //! searches all rows left.
 
 use std::cell::OnceCell;
-use std::ops::Range;
+use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
@@ -17,19 +17,21 @@ use crate::cluster::centroids::scan_at_least;
 use crate::cluster::hnsw::{Hnsw, HnswParams};
 use crate::distance::{
     Bf16Bound, Bf16Norms, I8Rows, Int8Kernel, MAX_INT8_DIM, PackedBf16, PackedI8, PackedRows, Quantized, RowSource,
-    TileSkip, certified_bf16_pays, dot_batch, dot_batch_bf16, dot_batch_packed, fill_skipped_tiles, int8_kernel,
-    kernel_pair_dots,
+    TileSkip, certified_bf16_pays, dot_batch_bf16, dot_batch_packed, fill_skipped_tiles, int8_kernel, kernel_pair_dots,
 };
 use crate::pipeline::spill::{SpilledClusters, for_each_prefetched};
 use crate::pipeline::stages::{Grouped, check_spilled, largest_first, map_grouped, read_grouped, scatter};
 use crate::score::semdedup::{DedupScores, SemDedupParams, dedup_cluster_at, is_duplicate, similarity_threshold};
 
 mod bounds;
+mod tiles;
+use bounds::Ordered;
 #[cfg(all(test, target_arch = "x86_64"))]
 use bounds::dot_and_gap_avx512;
 pub use bounds::{Pruning, boundary, near_boundary};
 #[cfg(test)]
 use bounds::{SLACK, dot_and_gap};
+use tiles::{CROSS_TILE, Prepared};
 
 /// Groups the rows of one spill partition by `key` (then row id), leaving out
 /// the rows it maps to `None`: (cluster, positions into the partition).
@@ -37,7 +39,8 @@ fn group_partition(ids: &[u32], key: impl Fn(usize) -> Option<u32>) -> Vec<(u32,
     let mut pos: Vec<(u32, u32)> = (0..ids.len() as u32)
         .filter_map(|i| key(ids[i as usize] as usize).map(|c| (c, i)))
         .collect();
-    pos.sort_unstable_by_key(|&(c, i)| (c, ids[i as usize]));
+    // Tens of thousands of rows per partition, between two parallel steps: sorted in parallel.
+    pos.par_sort_unstable_by_key(|&(c, i)| (c, ids[i as usize]));
     let mut out: Vec<(u32, Vec<u32>)> = Vec::new();
     for (c, i) in pos {
         match out.last_mut() {
@@ -320,112 +323,44 @@ fn cross_hits(
     // Each owner row quantized once for the int8 filter: as an owner of its cluster and
     // as a guest of its second (the same bits as quantizing each time).
     let quantized = matches!(low, Some(Filter::Int8)).then(|| Quantized::new(ovals, dim));
-    // The largest products first, one cluster per task (see `largest_first`).
-    let found: Vec<Vec<Hit>> = largest_first(pairs.len(), |i| (pairs[i].1.len() * pairs[i].2.len()) as u64)
+    let rows = Rows {
+        owners: (oids, ovals),
+        guests: (gids, gvals),
+        quantized: quantized.as_ref(),
+    };
+    // Each cluster's rows in the order the pruning wants (in parallel), then one task
+    // per tile of its owners: a large cluster is several tasks, so the partition does
+    // not end with one thread on it while the other waits. The largest tasks first
+    // (see `largest_first`); a hit does not depend on the task that finds it.
+    let prepared: Vec<Prepared> = pairs
         .par_iter()
         .with_max_len(1)
-        .map(|&i| {
-            // The tile's scratch products are reused from cluster to cluster, per thread
-            // (one task per cluster): fresh, each was megabytes of zeroed pages.
+        .map(|&(c, g, o)| Prepared::new(c, g, o, rows, dim, prune))
+        .collect();
+    let tasks: Vec<(usize, usize)> = prepared
+        .iter()
+        .enumerate()
+        .flat_map(|(i, p)| (0..p.owners.len()).step_by(CROSS_TILE).map(move |b| (i, b)))
+        .collect();
+    let cost = |t: usize| {
+        let (i, b) = tasks[t];
+        let p = &prepared[i];
+        (p.guests.len() * (p.owners.len() - b).min(CROSS_TILE)) as u64
+    };
+    let found: Vec<Vec<Hit>> = largest_first(tasks.len(), cost)
+        .par_iter()
+        .with_max_len(1)
+        .map(|&t| {
+            // The tile's scratch products are reused from task to task, per thread:
+            // fresh, each was megabytes of zeroed pages.
             thread_local! {
                 static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
             }
-            SCRATCH.with_borrow_mut(|s| {
-                let rows = Rows {
-                    owners: (oids, ovals),
-                    guests: (gids, gvals),
-                    quantized: quantized.as_ref(),
-                };
-                cluster_hits(pairs[i], rows, dim, thr, low, prune, s)
-            })
+            let (i, b) = tasks[t];
+            SCRATCH.with_borrow_mut(|s| prepared[i].tile_hits(b, thr, low, s))
         })
         .collect();
     found.into_iter().flatten().collect()
-}
-
-/// [`cross_hits`] of one cluster `c`: its guests `g` against its owners `o`; `s` is
-/// scratch for a tile's products.
-fn cluster_hits(
-    (c, g, o): (u32, &Vec<u32>, &Vec<u32>),
-    rows: Rows,
-    dim: usize,
-    thr: f32,
-    low: Option<Filter>,
-    prune: &Pruning,
-    s: &mut Vec<f32>,
-) -> Vec<Hit> {
-    const TILE: usize = 1024;
-    let guests = Side {
-        pos: g,
-        rows: rows.guests,
-        owners: rows.owners,
-        all_owners: false,
-        quantized: rows.quantized,
-        dim,
-    };
-    let owners = Side {
-        rows: rows.owners,
-        pos: o,
-        all_owners: true,
-        ..guests
-    };
-    let order = prune.order(c, &guests, &owners);
-    let guests = Side {
-        pos: &order.guests,
-        ..guests
-    };
-    let owners = Side {
-        pos: &order.owners,
-        ..owners
-    };
-    let mut hits = Vec::new();
-    let mut push = |x: usize, y: usize, v: f32| {
-        if v > thr {
-            let (u, w) = (guests.id(x), owners.id(y));
-            hits.push((u.max(w), v, u.min(w)));
-        }
-    };
-    // Each guest tile's int8 operands, quantized on its first owner tile and
-    // reused by the others (the same bits as quantizing afresh).
-    let quantized: Vec<OnceCell<I8Rows>> = (0..g.len().div_ceil(TILE)).map(|_| OnceCell::new()).collect();
-    for b in (0..o.len()).step_by(TILE) {
-        let b1 = (b + TILE).min(o.len());
-        let tile = owners.range(b..b1);
-        let filter = low.map(|f| f.make(tile, thr));
-        // Without a filter the f32 products want the owners contiguous: copied
-        // once per owner tile, on the first guest tile.
-        let plain = OnceCell::new();
-        for a in (0..g.len()).step_by(TILE) {
-            let a1 = (a + TILE).min(g.len());
-            let n = (a1 - a) * (b1 - b);
-            if s.len() < n {
-                s.resize(n, 0.0);
-            }
-            let s = &mut s[..n];
-            let skip = |i: Range<usize>, j: Range<usize>| order.skips(a + i.start..a + i.end, b + j.start..b + j.end);
-            match &filter {
-                Some(f) => f.scan(guests.range(a..a1), &quantized[a / TILE], s, &skip, |x, y, v| {
-                    push(a + x, b + y, v)
-                }),
-                None => {
-                    dot_batch(
-                        &guests.range(a..a1).gather(),
-                        plain.get_or_init(|| tile.gather()),
-                        dim,
-                        s,
-                    );
-                    // The pairs left out, as the int8 kernel leaves them out.
-                    fill_skipped_tiles(s, a1 - a, b1 - b, &skip);
-                    for (x, line) in s.chunks_exact(b1 - b).enumerate() {
-                        for (y, &v) in line.iter().enumerate() {
-                            push(a + x, b + y, v);
-                        }
-                    }
-                }
-            }
-        }
-    }
-    hits
 }
 
 /// A partition's two spills (ids and row-major values) and its owner rows quantized
@@ -586,7 +521,7 @@ impl<'a> LowFilter<'a> {
     fn scan(
         &self,
         guests: Side,
-        quantized: &OnceCell<I8Rows>,
+        quantized: &OnceLock<I8Rows>,
         s: &mut [f32],
         skip: &TileSkip<'_>,
         mut hit: impl FnMut(usize, usize, f32),

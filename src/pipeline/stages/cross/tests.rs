@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::cluster::{Centroids, Distance};
+use crate::distance::dot_batch;
 use crate::pipeline::spill::{ClusterSpill, SpilledClusters, cluster_layout};
 use crate::pipeline::stages::{remove, semdedup_spilled};
 use crate::score::semdedup::SemDedupParams;
@@ -125,7 +126,7 @@ fn low_precision_filters_find_exactly_the_f32_hits() {
                 let (mut got, mut again) = (Vec::new(), Vec::new());
                 for (a, a1) in [(0usize, 77usize), (77, m)] {
                     let mut s = vec![0f32; (a1 - a) * k];
-                    let quantized = OnceCell::new();
+                    let quantized = std::sync::OnceLock::new();
                     for out in [&mut got, &mut again] {
                         f.scan(guests.range(a..a1), &quantized, &mut s, &|_, _| false, |x, y, v| {
                             if v > thr {
@@ -293,8 +294,23 @@ fn spill_rows(sp: ClusterSpill, rows: &[f32], d: usize, cluster: &dyn Fn(usize) 
 
 #[test]
 fn guests_far_from_the_boundary_are_never_missed() {
+    never_missed(3, 400, 20);
+}
+
+/// Clusters of more owners than a tile of the cross pass: each is several tasks
+/// (one per owner tile), whose hits together are every pair's.
+#[test]
+fn clusters_split_into_owner_tiles_miss_no_hit() {
+    let largest = never_missed(11, 7000, 40);
+    assert!(largest > CROSS_TILE, "largest cluster {largest}");
+}
+
+/// The cross pass against every pair of a guest and its second cluster's rows, on
+/// [`boundary_rows`]`(seed, pairs)`, of whose rows at least 1/`skip_divisor` lie far
+/// from their boundary; returns the largest cluster's size.
+fn never_missed(seed: u64, pairs: usize, skip_divisor: usize) -> usize {
     let (d, eps) = (16, 0.05);
-    let (c, rows, labels, dots, second) = boundary_rows(3, 400);
+    let (c, rows, labels, dots, second) = boundary_rows(seed, pairs);
     let n = rows.len() / d;
     let eligible = vec![true; n];
     // Every pair the pass compares: a guest against the rows of its second cluster.
@@ -362,9 +378,13 @@ fn guests_far_from_the_boundary_are_never_missed() {
     }
     let found = want.iter().filter(|f| f.is_some()).count();
     assert!(
-        found >= 10 && skipped >= n / 20,
+        found >= 10 && skipped >= n / skip_divisor,
         "found {found}, skipped {skipped} of {n}"
     );
+    (0..c.k() as u32)
+        .map(|j| labels.iter().filter(|&&l| l == j).count())
+        .max()
+        .unwrap_or(0)
 }
 
 #[test]
