@@ -58,6 +58,7 @@
 
 #![warn(missing_docs)]
 
+mod background;
 pub mod cluster;
 #[cfg(feature = "datafusion")]
 pub mod datafusion;

@@ -137,7 +137,13 @@ impl DriftBounds {
             flags: vec![false; n],
             batch: Vec::new(),
             left: RowCache::new(n),
-            cand_bound: vec![f32::INFINITY; n * BOUND_CANDIDATES],
+            // Tens of MB: filled by every thread (one thread's page faults and writes
+            // held the other up).
+            cand_bound: {
+                let mut v = Vec::with_capacity(n * BOUND_CANDIDATES);
+                v.par_extend(rayon::iter::repeat_n(f32::INFINITY, n * BOUND_CANDIDATES));
+                v
+            },
             last: vec![u32::MAX; n],
             drift_of: Vec::new(),
         }

@@ -288,6 +288,8 @@ impl KMeans {
             }
             centroids = next;
         }
+        // The bounds' candidate lists are 64 values per row: freed while the caller goes on.
+        crate::background::drop_behind((drift, sums));
         Ok(KMeans {
             centroids,
             iterations: history.len(),

@@ -556,6 +556,8 @@ pub(super) fn fit_or_load(
                 progress.advance(1)
             })?;
             progress.end();
+            // 256 rows per centroid: often hundreds of MB, freed while the score pass starts.
+            crate::background::drop_behind(sample);
             t.mark("kmeans");
             let kr = KMeansReport {
                 k,
