@@ -7,14 +7,13 @@ use std::cell::OnceCell;
 use std::ops::Range;
 use std::sync::OnceLock;
 
-use super::{Filter, Hit, Ordered, Rows, Side};
+use super::{Filter, Hit, Ordered, Pruning, Rows, Side};
 use crate::distance::{I8Rows, dot_batch, fill_skipped_tiles};
-use crate::pipeline::stages::cross::Pruning;
 
 /// Rows per tile of the cross pass's products, on each side.
 pub(super) const CROSS_TILE: usize = 1024;
 
-/// One cluster of [`cross_hits`]: its guests and owners in the order [`Pruning`]
+/// One cluster of [`super::cross_hits`]: its guests and owners in the order [`Pruning`]
 /// wants, and each guest tile's int8 operands, quantized by the first owner tile
 /// that needs them and reused by the others (the same bits as quantizing afresh).
 pub(super) struct Prepared<'a> {
